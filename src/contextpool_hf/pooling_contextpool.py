@@ -1,0 +1,499 @@
+"""The ContextPool operator and its modules.
+
+Flat, Hub-shipped file: it imports only torch, so a checkpoint saved with
+`save_pretrained` carries it next to the modeling files.
+
+For output position i with width sigma_i and input weights w_j (spec items 2-5):
+
+    g_ij = exp(-|p_j - p_i|^2 / (2 sigma_i^2))   if every |p_j - p_i| <= R, else 0
+    y_i  = sum_j w_j g_ij x_j / (eps + sum_j w_j g_ij)        (normalize=True)
+
+with R = ceil(truncation * sigma_max); causal 1-D pooling also drops j > i.
+
+Two implementations:
+- "reference": dense (batch, n_out, n_in) coefficient matrix. Obviously correct, any
+  dtype (float64 for the oracle), O(n^2) memory. Used by tests only.
+- "fast": a loop over the (2R+1) (or (2R+1)^2) window offsets. Each step touches
+  one shifted view of x, so time is O(n R d) and extra memory O(n d): no n x n and
+  no n x (2R+1) x d tensor exists, in forward or backward. A hand-written backward
+  recomputes the Gaussian coefficients instead of storing them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMPLEMENTATIONS = ("fast", "reference")
+DEFAULT_EPS = 1e-6
+# sigma is produced as sigma_min + (sigma_max - sigma_min) * sigmoid(b); allow float rounding
+# at the top of that range without letting real out-of-range widths through.
+_SIGMA_MAX_SLACK = 1e-4
+
+
+def window_radius(sigma_max: float, truncation: float) -> int:
+    """R = ceil(truncation * sigma_max): the largest offset that may get a non-zero weight."""
+    return int(math.ceil(truncation * sigma_max))
+
+
+# --------------------------------------------------------------------------------------
+# Input checking
+# --------------------------------------------------------------------------------------
+
+
+def _is_compiling() -> bool:
+    return hasattr(torch, "compiler") and torch.compiler.is_compiling()
+
+
+def _check_options(sigma_max: float, truncation: float, implementation: str, eps: float) -> None:
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if not (isinstance(sigma_max, (int, float)) and math.isfinite(sigma_max) and sigma_max > 0):
+        raise ValueError(f"sigma_max must be a positive finite number, got {sigma_max!r}")
+    if not (isinstance(truncation, (int, float)) and math.isfinite(truncation) and truncation > 0):
+        raise ValueError(f"truncation must be a positive finite number, got {truncation!r}")
+    if not (isinstance(eps, (int, float)) and eps >= 0):
+        raise ValueError(f"eps must be a non-negative number, got {eps!r}")
+
+
+def _check_values(name: str, tensor: torch.Tensor, low=None, high=None, low_open: bool = False) -> None:
+    """Value checks (finite, in range). They read the data, so they are skipped under torch.compile."""
+    if _is_compiling():
+        return
+    if not tensor.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+    tensor = tensor.detach()
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} contains non-finite values (nan or inf)")
+    if tensor.numel() == 0:
+        return
+    if low is not None:
+        smallest = float(tensor.min())
+        if smallest < low or (low_open and smallest <= low):
+            relation = ">" if low_open else ">="
+            raise ValueError(f"{name} must be {relation} {low}, got a minimum of {smallest}")
+    if high is not None:
+        largest = float(tensor.max())
+        if largest > high:
+            raise ValueError(f"{name} must be <= {high}, got a maximum of {largest}")
+
+
+def _check_shape(name: str, tensor, expected: tuple[int, ...], what: str) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tuple(tensor.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)} ({what}), got {tuple(tensor.shape)}")
+
+
+def _mask_as_weights(attention_mask: torch.Tensor, name: str) -> torch.Tensor:
+    """A 0/1 (or bool) mask -> a float multiplier; anything else is an error."""
+    if attention_mask.dtype == torch.bool:
+        return attention_mask
+    if not _is_compiling():
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError(f"{name} must contain only 0 (padding) and 1 (real token)")
+    return attention_mask != 0
+
+
+# --------------------------------------------------------------------------------------
+# The window: which offsets exist and which slices they touch
+# --------------------------------------------------------------------------------------
+
+
+def _window_offsets(radius: int, in_sizes: Sequence[int], causal: bool) -> list[tuple[int, ...]]:
+    """All offsets (one int per spatial dim) that can reach an input: |offset| <= R and < size."""
+    per_dim = []
+    for size in in_sizes:
+        reach = min(radius, size - 1)
+        upper = 0 if causal else reach
+        per_dim.append(range(-reach, upper + 1))
+    return list(itertools.product(*per_dim))
+
+
+def _offset_slices(offset: int, size_in: int, size_out: int, stride: int):
+    """Outputs o with 0 <= o * stride + offset < size_in, as (output slice, input slice), or None."""
+    lo = max(0, (-offset + stride - 1) // stride)  # smallest o with o * stride + offset >= 0
+    hi = min(size_out, (size_in - 1 - offset) // stride + 1)
+    if lo >= hi:
+        return None
+    start = lo * stride + offset
+    return slice(lo, hi), slice(start, start + (hi - lo - 1) * stride + 1, stride)
+
+
+def _offset_plan(radius, in_sizes, out_sizes, stride, causal):
+    """[(squared distance, output index, input index)] for every offset that touches something."""
+    plan = []
+    for offset in _window_offsets(radius, in_sizes, causal):
+        slices = [_offset_slices(o, si, so, stride) for o, si, so in zip(offset, in_sizes, out_sizes)]
+        if any(s is None for s in slices):
+            continue
+        out_index = (slice(None),) + tuple(s[0] for s in slices)
+        in_index = (slice(None),) + tuple(s[1] for s in slices)
+        plan.append((float(sum(o * o for o in offset)), out_index, in_index))
+    return plan
+
+
+# --------------------------------------------------------------------------------------
+# Fast path
+# --------------------------------------------------------------------------------------
+
+
+class _FastContextPool(torch.autograd.Function):
+    """Offset-loop pooling with a hand-written backward (no per-offset tensors are kept)."""
+
+    @staticmethod
+    def forward(ctx, x, weights, sigma, radius, stride, causal, normalize, eps):
+        # x: (B, *in_sizes, d); weights: (B, *in_sizes); sigma: (B, *out_sizes)
+        in_sizes, out_sizes = tuple(weights.shape[1:]), tuple(sigma.shape[1:])
+        plan = _offset_plan(radius, in_sizes, out_sizes, stride, causal)
+        inv_two_var = 0.5 / (sigma * sigma)  # (B, *out_sizes)
+        y = x.new_zeros(sigma.shape + x.shape[-1:])
+        total = torch.zeros_like(sigma)  # sum_j w_j g_ij
+        for sq, out_index, in_index in plan:
+            coef = weights[in_index]
+            if sq:
+                coef = coef * torch.exp(inv_two_var[out_index] * -sq)
+            y[out_index].addcmul_(coef.unsqueeze(-1), x[in_index])
+            total[out_index] += coef
+        if normalize:
+            denom = total + eps
+            y /= denom.unsqueeze(-1)
+        else:
+            denom = None
+        ctx.save_for_backward(x, weights, sigma, y, denom)
+        ctx.plan = plan
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        x, weights, sigma, y, denom = ctx.saved_tensors
+        plan = ctx.plan
+        grad_y = grad_y.contiguous()
+        if denom is not None:
+            grad_num = grad_y / denom.unsqueeze(-1)  # dL/d(sum_j c_ij x_j)
+            grad_total = -(grad_y * y).sum(-1) / denom  # dL/d(sum_j c_ij)
+        else:
+            grad_num, grad_total = grad_y, None
+        inv_two_var = 0.5 / (sigma * sigma)
+        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(weights)
+        grad_sq = torch.zeros_like(sigma)  # sum_j dL/dc_ij * c_ij * |p_j - p_i|^2
+        for sq, out_index, in_index in plan:
+            gauss = torch.exp(inv_two_var[out_index] * -sq) if sq else None
+            w_in = weights[in_index]
+            coef = w_in * gauss if sq else w_in
+            g_out = grad_num[out_index]
+            if grad_x is not None:
+                grad_x[in_index].addcmul_(g_out, coef.unsqueeze(-1))
+            grad_coef = torch.linalg.vecdot(g_out, x[in_index])
+            if grad_total is not None:
+                grad_coef = grad_coef + grad_total[out_index]
+            grad_w[in_index] += grad_coef * gauss if sq else grad_coef
+            if sq:
+                grad_sq[out_index] += grad_coef * coef * sq
+        # d g_ij / d sigma_i = g_ij * |p_j - p_i|^2 / sigma_i^3
+        grad_sigma = grad_sq / (sigma * sigma * sigma)
+        return grad_x, grad_w, grad_sigma, None, None, None, None, None
+
+
+def _pool_fast(x, weights, sigma, radius, stride, causal, normalize, eps):
+    return _FastContextPool.apply(x, weights, sigma, radius, stride, causal, normalize, eps)
+
+
+# --------------------------------------------------------------------------------------
+# Dense reference
+# --------------------------------------------------------------------------------------
+
+
+def _grid_positions(sizes: Sequence[int], stride: int, device, dtype) -> torch.Tensor:
+    """(prod(sizes), ndim) coordinates of a grid whose points sit `stride` apart."""
+    axes = [torch.arange(s, device=device, dtype=dtype) * stride for s in sizes]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(sizes))
+
+
+def _pool_reference(x, weights, sigma, radius, stride, causal, normalize, eps):
+    batch, d = x.shape[0], x.shape[-1]
+    in_sizes, out_sizes = weights.shape[1:], sigma.shape[1:]
+    p_in = _grid_positions(in_sizes, 1, x.device, x.dtype)  # (n_in, ndim)
+    p_out = _grid_positions(out_sizes, stride, x.device, x.dtype)  # (n_out, ndim)
+    diff = p_in.unsqueeze(0) - p_out.unsqueeze(1)  # (n_out, n_in, ndim)
+    inside = (diff.abs() <= radius).all(-1)
+    if causal:
+        inside = inside & (diff[..., 0] <= 0)
+    sq = (diff * diff).sum(-1)  # (n_out, n_in)
+    s = sigma.reshape(batch, -1, 1)  # (B, n_out, 1)
+    gauss = torch.exp(-sq / (2 * s * s)) * inside  # (B, n_out, n_in)
+    coef = gauss * weights.reshape(batch, 1, -1)
+    y = coef @ x.reshape(batch, -1, d)  # (B, n_out, d)
+    if normalize:
+        y = y / (coef.sum(-1, keepdim=True) + eps)
+    return y.reshape(sigma.shape + (d,))
+
+
+_IMPLEMENTATION_FUNCTIONS = {"fast": _pool_fast, "reference": _pool_reference}
+
+
+def _run(x, weights, sigma, radius, stride, causal, normalize, eps, implementation):
+    """Compute in float32 at least: a 49-term sum in bf16/fp16 loses too much."""
+    out_dtype = x.dtype
+    compute_dtype = torch.promote_types(x.dtype, torch.float32)
+    x, weights, sigma = (t.to(compute_dtype) for t in (x, weights, sigma))
+    fn = _IMPLEMENTATION_FUNCTIONS[implementation]
+    return fn(x, weights, sigma, radius, stride, causal, normalize, eps).to(out_dtype)
+
+
+# --------------------------------------------------------------------------------------
+# Public functions
+# --------------------------------------------------------------------------------------
+
+
+def context_pool(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    sigma: torch.Tensor,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    causal: bool = False,
+    sigma_max: float = 8.0,
+    truncation: float = 3.0,
+    normalize: bool = True,
+    implementation: str = "fast",
+    eps: float = DEFAULT_EPS,
+) -> torch.Tensor:
+    """Pool every token's Gaussian neighbourhood of a sequence (ContextPool, 1-D).
+
+    Args:
+        x: (batch, n, d), or grouped (batch, groups, n, d).
+        weights: per-token weights w_j in [0, 1], (batch, n) or (batch, groups, n).
+        sigma: per-output-token Gaussian widths in (0, sigma_max], same shape as `weights`.
+        attention_mask: (batch, n), 1 = real token, 0 = padding. Padded tokens get weight 0.
+        causal: output i pools tokens j <= i only.
+        sigma_max, truncation: the window radius is R = ceil(truncation * sigma_max).
+        normalize: divide by eps + sum_j w_j g_ij (spec item 5).
+        implementation: "fast" (offset loop, O(n R d)) or "reference" (dense n x n).
+
+    Returns:
+        y with the shape of x.
+    """
+    _check_options(sigma_max, truncation, implementation, eps)
+    if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4):
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be (batch, n, d) or (batch, groups, n, d), got {got}")
+    lead = tuple(x.shape[:-1])
+    what = "x's shape without the feature dim"
+    _check_shape("weights", weights, lead, what)
+    _check_shape("sigma", sigma, lead, what)
+    _check_values("x", x)
+    _check_values("weights", weights, 0.0, 1.0)
+    _check_values("sigma", sigma, 0.0, sigma_max * (1 + _SIGMA_MAX_SLACK), low_open=True)
+    if attention_mask is not None:
+        _check_shape("attention_mask", attention_mask, (x.shape[0], x.shape[-2]), "(batch, n)")
+        keep = _mask_as_weights(attention_mask, "attention_mask")
+        if x.dim() == 4:
+            keep = keep.unsqueeze(1)  # (B, 1, n): the same mask for every group
+        weights = weights * keep.to(weights.dtype)
+    d = x.shape[-1]
+    if x.dim() == 4:  # (B, G, n, d) -> (B*G, n, d)
+        x, weights, sigma = x.reshape(-1, x.shape[-2], d), weights.reshape(-1, lead[-1]), sigma.reshape(-1, lead[-1])
+    radius = window_radius(sigma_max, truncation)
+    y = _run(x, weights, sigma, radius, 1, causal, normalize, eps, implementation)
+    return y.reshape(lead + (d,))
+
+
+def strided_size(size: int, stride: int) -> int:
+    """Number of outputs when outputs sit at input positions 0, stride, 2*stride, ..."""
+    return (size - 1) // stride + 1
+
+
+def context_pool_2d(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    sigma: torch.Tensor,
+    *,
+    stride: int = 1,
+    attention_mask: torch.Tensor | None = None,
+    sigma_max: float = 8.0,
+    truncation: float = 3.0,
+    normalize: bool = True,
+    implementation: str = "fast",
+    eps: float = DEFAULT_EPS,
+) -> torch.Tensor:
+    """Pool a 2-D grid of features (ContextPool on image tokens or as a ConvNet pooling layer).
+
+    Args:
+        x: (batch, H, W, d) features on a grid.
+        weights: (batch, H, W) input weights in [0, 1].
+        sigma: (batch, H_out, W_out) widths of the outputs, which sit at input positions
+            (r * stride, c * stride); H_out = ceil(H / stride), W_out = ceil(W / stride).
+        stride: distance between outputs on the input grid (1 = pool in place).
+        attention_mask: optional (batch, H, W), 1 = real pixel/patch, 0 = padding.
+
+    Returns:
+        (batch, H_out, W_out, d).
+    """
+    _check_options(sigma_max, truncation, implementation, eps)
+    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+        raise ValueError(f"stride must be a positive int, got {stride!r}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be (batch, H, W, d), got {got}")
+    batch, height, width, _ = x.shape
+    _check_shape("weights", weights, (batch, height, width), "(batch, H, W)")
+    out_shape = (batch, strided_size(height, stride), strided_size(width, stride))
+    _check_shape("sigma", sigma, out_shape, f"(batch, H_out, W_out) for stride {stride}")
+    _check_values("x", x)
+    _check_values("weights", weights, 0.0, 1.0)
+    _check_values("sigma", sigma, 0.0, sigma_max * (1 + _SIGMA_MAX_SLACK), low_open=True)
+    if attention_mask is not None:
+        _check_shape("attention_mask", attention_mask, (batch, height, width), "(batch, H, W)")
+        weights = weights * _mask_as_weights(attention_mask, "attention_mask").to(weights.dtype)
+    radius = window_radius(sigma_max, truncation)
+    return _run(x, weights, sigma, radius, stride, False, normalize, eps, implementation)
+
+
+# --------------------------------------------------------------------------------------
+# Modules: predictor and ContextPool
+# --------------------------------------------------------------------------------------
+
+
+class ContextPoolPredictor(nn.Module):
+    """m(X) -> (a, b): depthwise conv -> GELU -> linear to 2 * groups logits (spec item 1).
+
+    `a` gives the token weights (w = sigmoid(a)), `b` the pooling sizes. The causal variant
+    pads on the left only, so a token's logits never see later tokens; its conv state (the
+    last kernel_size - 1 inputs) is what incremental decoding carries between steps.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        groups: int = 1,
+        kernel_size: int = 3,
+        causal: bool = False,
+        width: int | None = None,
+        spatial_dims: int = 1,
+    ):
+        super().__init__()
+        width = width or hidden_size
+        self.groups, self.kernel_size, self.causal, self.spatial_dims = groups, kernel_size, causal, spatial_dims
+        # A narrower predictor first projects down; at full width it reads the input directly.
+        self.in_proj = nn.Linear(hidden_size, width, bias=False) if width != hidden_size else None
+        conv = nn.Conv1d if spatial_dims == 1 else nn.Conv2d
+        padding = 0 if causal else kernel_size // 2
+        self.conv = conv(width, width, kernel_size, padding=padding, groups=width)
+        self.proj = nn.Linear(width, 2 * groups)
+
+    @property
+    def state_size(self) -> int:
+        """How many past conv inputs a causal predictor needs to continue a sequence."""
+        return self.kernel_size - 1
+
+    def forward(self, hidden: torch.Tensor, keep: torch.Tensor | None = None, conv_state=None):
+        """hidden: (B, n, d) or (B, H, W, d); keep: (B, n) / (B, H, W) real-token mask.
+
+        Returns a, b of shape (B, groups, n) / (B, groups, H, W), and the new conv state
+        (B, width, kernel_size - 1) for causal 1-D predictors (else None).
+        """
+        h = self.in_proj(hidden) if self.in_proj is not None else hidden
+        if keep is not None:  # padding must not leak into real tokens' logits
+            h = h * keep.unsqueeze(-1).to(h.dtype)
+        h = h.movedim(-1, 1)  # (B, width, n) or (B, width, H, W)
+        new_state = None
+        if self.causal:
+            if conv_state is None:
+                conv_state = h.new_zeros(h.shape[:2] + (self.state_size,))
+            h = torch.cat([conv_state.to(h.dtype), h], dim=-1)  # (B, width, k - 1 + n)
+            new_state = h[..., h.shape[-1] - self.state_size :]
+        h = F.gelu(self.conv(h)).movedim(1, -1)  # (B, n, width) or (B, H, W, width)
+        logits = self.proj(h).movedim(-1, 1)  # (B, 2G, n) or (B, 2G, H, W)
+        a, b = logits.chunk(2, dim=1)
+        return a, b, new_state
+
+
+class ContextPool(nn.Module):
+    """Features (+ mask) -> pooled features, with learned weights and pooling sizes.
+
+    The op module knows nothing about attention: the attention layer owns the projections
+    and decides what to pool (spec item 6). After `forward`, `last_sigma` holds the
+    pooling sizes it used, (B, groups, n) / (B, groups, H_out, W_out), for inspection.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        groups: int = 1,
+        sigma_min: float = 0.5,
+        sigma_max: float = 8.0,
+        truncation: float = 3.0,
+        normalize: bool = True,
+        causal: bool = False,
+        kernel_size: int = 3,
+        predictor_width: int | None = None,
+        spatial_dims: int = 1,
+        stride: int = 1,
+        implementation: str = "fast",
+    ):
+        super().__init__()
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        if spatial_dims == 2 and causal:
+            raise ValueError("causal pooling is only defined for 1-D sequences")
+        if stride != 1 and spatial_dims != 2:
+            raise ValueError("stride is only supported for 2-D pooling")
+        _check_options(sigma_max, truncation, implementation, DEFAULT_EPS)
+        self.groups, self.sigma_min, self.sigma_max = groups, sigma_min, sigma_max
+        self.truncation, self.normalize, self.causal = truncation, normalize, causal
+        self.spatial_dims, self.stride, self.implementation = spatial_dims, stride, implementation
+        self.radius = window_radius(sigma_max, truncation)
+        self.predictor = ContextPoolPredictor(hidden_size, groups, kernel_size, causal, predictor_width, spatial_dims)
+        self.last_sigma: torch.Tensor | None = None
+
+    def sigma_from_logits(self, b: torch.Tensor) -> torch.Tensor:
+        """sigma = sigma_min + (sigma_max - sigma_min) * sigmoid(b)  (spec item 3)."""
+        return self.sigma_min + (self.sigma_max - self.sigma_min) * torch.sigmoid(b)
+
+    def predict(self, hidden, keep=None, conv_state=None):
+        """(weights, sigma, conv_state): w = sigmoid(a), zero exactly on padding (spec item 2)."""
+        a, b, conv_state = self.predictor(hidden, keep, conv_state)
+        weights = torch.sigmoid(a)
+        if keep is not None:
+            weights = weights * keep.unsqueeze(1).to(weights.dtype)
+        sigma = self.sigma_from_logits(b)
+        if self.stride > 1:
+            sigma = sigma[..., :: self.stride, :: self.stride]
+        return weights, sigma, conv_state
+
+    def pool(self, features: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Pool already-predicted weights/sigma. features: (B, G, n, c) / (B, G, H, W, c)."""
+        batch, groups = weights.shape[:2]
+        c = features.shape[-1]
+        x = features.reshape((batch * groups,) + features.shape[2:])  # (B*G, *spatial, c)
+        w = weights.reshape((batch * groups,) + weights.shape[2:])
+        s = sigma.reshape((batch * groups,) + sigma.shape[2:])
+        y = _run(x, w, s, self.radius, self.stride, self.causal, self.normalize, DEFAULT_EPS, self.implementation)
+        return y.reshape((batch, groups) + y.shape[1:-1] + (c,))
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden (B, n, d) or (B, H, W, d) -> pooled, same layout (H, W strided when stride > 1).
+
+        With groups > 1 every group pools the whole feature vector with its own weights
+        and sizes: the output gets a group axis, (B, G, n, d) / (B, G, H_out, W_out, d).
+        """
+        expected_dims = self.spatial_dims + 2
+        if hidden.dim() != expected_dims:
+            raise ValueError(f"ContextPool expects a {expected_dims}-D input, got shape {tuple(hidden.shape)}")
+        keep = None
+        if attention_mask is not None:
+            _check_shape("attention_mask", attention_mask, tuple(hidden.shape[:-1]), "the input without its feature dim")
+            keep = _mask_as_weights(attention_mask, "attention_mask")
+        weights, sigma, _ = self.predict(hidden, keep)
+        self.last_sigma = sigma.detach()
+        features = hidden.unsqueeze(1).expand((-1, self.groups) + hidden.shape[1:])
+        pooled = self.pool(features, weights, sigma)
+        return pooled.squeeze(1) if self.groups == 1 else pooled
