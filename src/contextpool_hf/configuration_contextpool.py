@@ -1,0 +1,191 @@
+"""ContextPool text model configuration.
+
+Flat, Hub-shipped file: imports only torch/transformers (huggingface_hub comes with
+transformers). One config hosts BERT-, GPT-2- and Llama-shaped Transformers so that their
+checkpoints convert by a key map; the `pool_*` fields are the ContextPool knobs of the spec.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+# Every Auto class the text models answer to; written into config.json so that users without
+# this package can load any head with trust_remote_code=True.
+CONTEXTPOOL_AUTO_MAP = {
+    "AutoConfig": "configuration_contextpool.ContextPoolConfig",
+    "AutoModel": "modeling_contextpool.ContextPoolModel",
+    "AutoModelForMaskedLM": "modeling_contextpool.ContextPoolForMaskedLM",
+    "AutoModelForCausalLM": "modeling_contextpool.ContextPoolForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_contextpool.ContextPoolForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_contextpool.ContextPoolForTokenClassification",
+    "AutoModelForQuestionAnswering": "modeling_contextpool.ContextPoolForQuestionAnswering",
+}
+
+Number = int | float
+
+
+@strict
+class ContextPoolConfig(PreTrainedConfig):
+    r"""Configuration of a ContextPool Transformer (encoder, decoder, or decoder-only LM).
+
+    Architecture fields (enough to host BERT, GPT-2 and Llama weights):
+        vocab_size, hidden_size, num_hidden_layers, num_attention_heads: the usual sizes.
+        num_key_value_heads: grouped-query attention (Llama); None = num_attention_heads.
+        head_dim: per-head width; None = hidden_size // num_attention_heads.
+        intermediate_size: MLP width; None = 4 * hidden_size.
+        mlp_type: "gelu" (up -> act -> down, BERT/GPT-2) or "gated" (act(gate) * up -> down, Llama).
+        hidden_act: activation name from transformers' ACT2FN ("gelu", "gelu_new", "silu", ...).
+        max_position_embeddings: longest sequence the model accepts (inputs beyond it are an error).
+        position_embedding_type: "absolute" (learned, BERT/GPT-2), "rotary" (Llama) or "none".
+        rope_theta: rotary base frequency.
+        type_vocab_size: token-type (segment) embeddings, 0 = none (BERT uses 2).
+        norm_type / norm_eps / norm_bias: "layernorm" or "rmsnorm", its epsilon, LayerNorm bias.
+        norm_position: "pre" (GPT-2/Llama) or "post" (BERT) residual normalisation.
+        embedding_norm: normalise the embeddings (BERT). final_norm: normalise the last layer (pre-norm models).
+        attention_bias / mlp_bias: biases of the attention projections / MLP linears.
+        is_causal: decoder-only attention (GPT-2/Llama); False = bidirectional encoder (BERT).
+        tie_word_embeddings: LM heads share the input embedding matrix.
+        mlm_head_transform: BERT-style dense -> act -> norm before the MLM decoder.
+        classifier_pooling: sequence representation for classification: "cls" (first token),
+            "last" (last real token, decoder-only models) or "mean".
+        use_pooler: BERT's dense+tanh pooler on top of classifier_pooling.
+
+    ContextPool fields (see the spec, items 1-7):
+        pool_layers: indices of the layers that pool; None = every layer, [] = none (vanilla).
+        pool_groups: 1 = one pooling shared by all heads; num_key_value_heads (or any divisor of it)
+            = per-head pooling, each group with its own weights and sizes.
+        pool_target: "qkv" (queries, keys and values from pooled features: context-wise attention)
+            or "kv" (queries from the token itself).
+        pool_sigma_min / pool_sigma_max: range of the Gaussian widths, in tokens.
+        pool_truncation: window radius R = ceil(pool_truncation * pool_sigma_max).
+        pool_normalize: divide by the pooled weight mass (spec item 5).
+        pool_kernel_size / pool_predictor_width: predictor's depthwise conv kernel and width (None = hidden_size).
+        pool_mix_init: initial value of each layer's learnable mix between the token and its pooled
+            context (1 = fully pooled; converted pretrained models start at 0 = exactly the source).
+        pool_implementation: "fast" (O(n R d)) or "reference" (dense, for testing).
+    """
+
+    model_type = "contextpool"
+    keys_to_ignore_at_inference = ["cache"]
+
+    vocab_size: int = 8192
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    intermediate_size: int | None = None
+    mlp_type: Literal["gelu", "gated"] = "gelu"
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 1024
+    position_embedding_type: Literal["absolute", "rotary", "none"] = "rotary"
+    rope_theta: Number = 10000.0
+    type_vocab_size: int = 0
+    norm_type: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: Number = 1e-5
+    norm_bias: bool = True
+    norm_position: Literal["pre", "post"] = "pre"
+    embedding_norm: bool = False
+    final_norm: bool = True
+    attention_bias: bool = True
+    mlp_bias: bool = True
+    is_causal: bool = False
+    hidden_dropout: Number = 0.0
+    attention_dropout: Number = 0.0
+    embedding_dropout: Number | None = None
+    classifier_dropout: Number | None = None
+    initializer_range: Number = 0.02
+    mlm_head_transform: bool = True
+    classifier_pooling: Literal["cls", "last", "mean"] = "cls"
+    use_pooler: bool = False
+    tie_word_embeddings: bool = True
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    pool_layers: list[int] | None = None
+    pool_groups: int = 1
+    pool_target: Literal["qkv", "kv"] = "qkv"
+    pool_sigma_min: Number = 0.5
+    pool_sigma_max: Number = 8.0
+    pool_truncation: Number = 3.0
+    pool_normalize: bool = True
+    pool_kernel_size: int = 3
+    pool_predictor_width: int | None = None
+    pool_mix_init: Number = 1.0
+    pool_implementation: Literal["fast", "reference"] = "fast"
+
+    def __post_init__(self, **kwargs):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None and self.num_attention_heads > 0:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
+        if self.embedding_dropout is None:
+            self.embedding_dropout = self.hidden_dropout
+        if self.classifier_dropout is None:
+            self.classifier_dropout = self.hidden_dropout
+        super().__post_init__(**kwargs)
+        if getattr(self, "auto_map", None) is None:
+            self.auto_map = dict(CONTEXTPOOL_AUTO_MAP)
+
+    def validate_architecture(self):
+        """Reject values that would build a broken model, naming the field."""
+        positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                    "head_dim", "intermediate_size", "max_position_embeddings", "pool_groups", "pool_kernel_size")
+        for name in positive:
+            value = getattr(self, name)
+            if value is None or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.num_key_value_heads % self.pool_groups:
+            raise ValueError(
+                f"pool_groups ({self.pool_groups}) must divide num_key_value_heads ({self.num_key_value_heads}): "
+                "use 1 (shared pooling) or a per-head grouping"
+            )
+        if self.position_embedding_type == "rotary" and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+        if self.type_vocab_size < 0:
+            raise ValueError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
+        for name in ("hidden_dropout", "attention_dropout", "embedding_dropout", "classifier_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not 0 < self.pool_sigma_min < self.pool_sigma_max:
+            raise ValueError(
+                f"need 0 < pool_sigma_min < pool_sigma_max, got pool_sigma_min={self.pool_sigma_min}, "
+                f"pool_sigma_max={self.pool_sigma_max}"
+            )
+        if not self.pool_truncation > 0:
+            raise ValueError(f"pool_truncation must be > 0, got {self.pool_truncation}")
+        if self.pool_predictor_width is not None and self.pool_predictor_width < 1:
+            raise ValueError(f"pool_predictor_width must be a positive integer or None, got {self.pool_predictor_width}")
+        if self.pool_kernel_size % 2 == 0:
+            raise ValueError(f"pool_kernel_size must be odd (centred bidirectional conv), got {self.pool_kernel_size}")
+        if not 0.0 <= self.pool_mix_init <= 1.0:
+            raise ValueError(f"pool_mix_init must be in [0, 1], got {self.pool_mix_init}")
+        if self.pool_layers is not None:
+            bad = [i for i in self.pool_layers if not 0 <= i < self.num_hidden_layers]
+            if bad:
+                raise ValueError(
+                    f"pool_layers has indices outside [0, {self.num_hidden_layers}): {bad}"
+                )
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
+        if self.initializer_range < 0:
+            raise ValueError(f"initializer_range must be >= 0, got {self.initializer_range}")
+
+    def layer_pools(self, layer_idx: int) -> bool:
+        """Whether layer `layer_idx` runs ContextPool before its attention."""
+        return self.pool_layers is None or layer_idx in self.pool_layers
+
+
+__all__ = ["ContextPoolConfig", "CONTEXTPOOL_AUTO_MAP"]

@@ -1,0 +1,1057 @@
+"""ContextPool Transformers for text: encoder (BERT-like), decoder-only LM (GPT-2/Llama-like), heads.
+
+Flat, Hub-shipped file: imports only torch, transformers and its sibling flat files.
+
+Every attention layer that pools (config.pool_layers) first lets each token pool its
+Gaussian neighbourhood (pooling_contextpool.ContextPool), then runs ordinary attention
+between the pooled contexts (spec item 6). The residual stream is never replaced, and a
+learnable per-layer mix (`pool_mix`) blends token and context, so a model converted from a
+pretrained checkpoint with pool_mix = 0 is exactly the source model (spec item 7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.generation import GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_utils import PreTrainedModel
+from transformers.utils import logging
+
+from .configuration_contextpool import ContextPoolConfig
+from .pooling_contextpool import ContextPool
+
+logger = logging.get_logger(__name__)
+
+
+def _is_compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+# --------------------------------------------------------------------------------------
+# Outputs: transformers' fields, plus the pooling sizes each layer used
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ContextPoolModelOutput(ModelOutput):
+    """last_hidden_state (B, n, d); pooling_sizes: per pooling layer, sigma (B, groups, n) (None for layers that do not pool)."""
+
+    last_hidden_state: torch.Tensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    pooling_sizes: tuple[torch.Tensor | None, ...] | None = None
+
+
+@dataclass
+class ContextPoolModelOutputWithPooling(ContextPoolModelOutput):
+    pooler_output: torch.Tensor | None = None
+
+
+@dataclass
+class ContextPoolCausalLMOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    pooling_sizes: tuple[torch.Tensor | None, ...] | None = None
+
+
+@dataclass
+class ContextPoolMaskedLMOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    pooling_sizes: tuple[torch.Tensor | None, ...] | None = None
+
+
+@dataclass
+class ContextPoolSequenceClassifierOutput(ContextPoolMaskedLMOutput):
+    pass
+
+
+@dataclass
+class ContextPoolTokenClassifierOutput(ContextPoolMaskedLMOutput):
+    pass
+
+
+@dataclass
+class ContextPoolQuestionAnsweringOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    start_logits: torch.Tensor | None = None
+    end_logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    pooling_sizes: tuple[torch.Tensor | None, ...] | None = None
+
+
+# --------------------------------------------------------------------------------------
+# Cache: keys/values plus the pooling state of every causal pooling layer (spec item 10)
+# --------------------------------------------------------------------------------------
+
+
+class ContextPoolCacheLayer(DynamicLayer):
+    """A DynamicLayer that also keeps what a causal ContextPool needs to continue a sequence.
+
+    pool_features (B, G, R, C): the last R pooled-feature inputs (zero where none yet);
+    pool_weights (B, G, R): their weights w_j (zero where none yet);
+    conv_state (B, width, kernel - 1): the predictor's causal conv inputs.
+    """
+
+    _POOL_STATE = ("pool_features", "pool_weights", "conv_state")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_features = self.pool_weights = self.conv_state = None
+
+    def _map_pool_state(self, fn) -> None:
+        for name in self._POOL_STATE:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, fn(value))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        self._map_pool_state(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self._map_pool_state(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        self._map_pool_state(lambda t: t[indices, ...])
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove != 0 and self.pool_weights is not None:
+            raise NotImplementedError(
+                "ContextPoolCache cannot be cropped: the pooling state of removed tokens is not kept "
+                "(assisted/speculative decoding is not supported by ContextPool models)"
+            )
+        super().crop(tokens_to_remove)
+
+    def reset(self) -> None:
+        super().reset()
+        self.pool_features = self.pool_weights = self.conv_state = None
+
+
+class ContextPoolCache(DynamicCache):
+    """DynamicCache whose layers also carry the ContextPool state; created by the model when needed."""
+
+    def __init__(self, *args, **kwargs):
+        Cache.__init__(self, layer_class_to_replicate=ContextPoolCacheLayer)
+
+    def layer(self, layer_idx: int) -> ContextPoolCacheLayer:
+        while len(self.layers) <= layer_idx:
+            self.layers.append(ContextPoolCacheLayer())
+        return self.layers[layer_idx]
+
+
+# --------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------
+
+
+class ContextPoolRMSNorm(nn.Module):
+    """RMSNorm computed in float32 (as Llama does), so converted checkpoints match exactly."""
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        dtype = hidden.dtype
+        h = hidden.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+def _make_norm(config: ContextPoolConfig) -> nn.Module:
+    if config.norm_type == "rmsnorm":
+        return ContextPoolRMSNorm(config.hidden_size, config.norm_eps)
+    return nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
+
+
+def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos, sin of shape (B, n, head_dim) for rotary positions (computed on the fly: no buffer to load)."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids.device).float() / head_dim
+    inv_freq = 1.0 / (theta**exponent)  # (head_dim / 2,)
+    freqs = position_ids.float().unsqueeze(-1) * inv_freq  # (B, n, head_dim / 2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (B, n, head_dim)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, heads, n, head_dim); cos/sin: (B, n, head_dim)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return x * cos + _rotate_half(x) * sin
+
+
+def repeat_kv(hidden: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, kv_heads, n, dh) -> (B, kv_heads * n_rep, n, dh) for grouped-query attention."""
+    if n_rep == 1:
+        return hidden
+    b, h, n, dh = hidden.shape
+    return hidden[:, :, None].expand(b, h, n_rep, n, dh).reshape(b, h * n_rep, n, dh)
+
+
+def eager_attention_forward(module, query, key, value, attention_bias, scaling, dropout=0.0, is_causal=False):
+    """Plain attention, the reference. query (B, H, q, dh), key/value (B, Hkv, k, dh).
+
+    attention_bias: additive (B|1, 1, q, k) or None (is_causal is then applied here).
+    Returns the output (B, q, H, dh) and the attention weights (B, H, q, k).
+    """
+    n_rep = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, q, k)
+    if attention_bias is not None:
+        scores = scores + attention_bias
+    elif is_causal and scores.shape[-2] > 1:
+        q_len, k_len = scores.shape[-2:]
+        future = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).triu(k_len - q_len + 1)
+        scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, q, H, dh)
+    return output, weights
+
+
+def sdpa_attention_forward(module, query, key, value, attention_bias, scaling, dropout=0.0, is_causal=False):
+    """torch's fused attention on the same (already pooled) queries, keys and values."""
+    n_rep = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
+    output = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_bias,
+        dropout_p=dropout if module.training else 0.0,
+        # torch aligns is_causal top-left; only valid without a cache offset (q_len == k_len)
+        is_causal=is_causal and attention_bias is None and query.shape[2] == key.shape[2],
+        scale=scaling,
+    )
+    return output.transpose(1, 2).contiguous(), None
+
+
+# The attention product is swappable; the pooling is not (it runs before, in every backend).
+ATTENTION_FUNCTIONS = {"eager": eager_attention_forward, "sdpa": sdpa_attention_forward}
+
+
+class ContextPoolSelfAttention(nn.Module):
+    """Self-attention whose queries/keys/values come from ContextPool-pooled features.
+
+    pool_groups == 1: the layer input u is pooled once, mixed with u, then projected.
+    pool_groups  > 1: u is projected (without bias) and each group pools its own heads'
+    q/k/v channels with its own weights and sizes; pooling is linear over tokens and the
+    projection is linear over channels, so this equals projecting per-group pooled inputs,
+    at 3d instead of G*d pooled channels. Biases are added after pooling.
+    """
+
+    def __init__(self, config: ContextPoolConfig, layer_idx: int):
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = config.is_causal
+        self.attention_dropout = config.attention_dropout
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.pool_target = config.pool_target
+        self.groups = config.pool_groups
+        if config.layer_pools(layer_idx):
+            self.pool = ContextPool(
+                config.hidden_size,
+                groups=config.pool_groups,
+                sigma_min=config.pool_sigma_min,
+                sigma_max=config.pool_sigma_max,
+                truncation=config.pool_truncation,
+                normalize=config.pool_normalize,
+                causal=config.is_causal,
+                kernel_size=config.pool_kernel_size,
+                predictor_width=config.pool_predictor_width,
+                implementation=config.pool_implementation,
+            )
+            self.pool_mix = nn.Parameter(torch.full((config.pool_groups,), float(config.pool_mix_init)))
+        else:
+            self.pool = None
+
+    # -- pooling -------------------------------------------------------------------------
+
+    def _pool(self, hidden, features, keep, layer_cache):
+        """hidden (B, n, d) feeds the predictor; features (B, G, n, C) are pooled. -> pooled, sigma (B, G, n)."""
+        conv_state = layer_cache.conv_state if layer_cache is not None else None
+        weights, sigma, conv_state = self.pool.predict(hidden, keep, conv_state)
+        if layer_cache is None:
+            return self.pool.pool(features, weights, sigma), sigma
+        # Incremental decoding: prepend the last R inputs and weights; the pooled output of
+        # token i only reads tokens i-R..i, so this equals pooling the whole sequence.
+        radius = self.pool.radius
+        batch, groups, n, channels = features.shape
+        if layer_cache.pool_features is None:
+            layer_cache.pool_features = features.new_zeros(batch, groups, radius, channels)
+            layer_cache.pool_weights = weights.new_zeros(batch, groups, radius)
+        all_features = torch.cat([layer_cache.pool_features.to(features.dtype), features], dim=2)  # (B, G, R + n, C)
+        all_weights = torch.cat([layer_cache.pool_weights.to(weights.dtype), weights], dim=2)  # (B, G, R + n)
+        # History positions are outputs we throw away; any valid width will do for them.
+        all_sigma = torch.cat([sigma.new_full((batch, groups, radius), self.pool.sigma_max), sigma], dim=2)
+        pooled = self.pool.pool(all_features, all_weights, all_sigma)[:, :, radius:]
+        layer_cache.pool_features = all_features[:, :, -radius:].detach()
+        layer_cache.pool_weights = all_weights[:, :, -radius:].detach()
+        layer_cache.conv_state = conv_state.detach()
+        return pooled, sigma
+
+    def _pooled_projections(self, hidden, keep, layer_cache):
+        """-> q (B, n, H*dh), k, v (B, n, Hkv*dh), sigma (B, G, n) or None."""
+        if self.pool is None:
+            return self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden), None
+        if self.groups == 1:
+            pooled, sigma = self._pool(hidden, hidden.unsqueeze(1), keep, layer_cache)
+            mixed = hidden + self.pool_mix * (pooled.squeeze(1) - hidden)
+            query_source = mixed if self.pool_target == "qkv" else hidden
+            return self.q_proj(query_source), self.k_proj(mixed), self.v_proj(mixed), sigma
+        batch, n, _ = hidden.shape
+        groups = self.groups
+        q = F.linear(hidden, self.q_proj.weight)
+        k = F.linear(hidden, self.k_proj.weight)
+        v = F.linear(hidden, self.v_proj.weight)
+        # heads are contiguous in the projection outputs, so group g owns a contiguous block
+        parts = [q, k, v] if self.pool_target == "qkv" else [k, v]
+        sizes = [p.shape[-1] // groups for p in parts]
+        features = torch.cat([p.view(batch, n, groups, -1) for p in parts], dim=-1).transpose(1, 2)  # (B, G, n, C)
+        pooled, sigma = self._pool(hidden, features, keep, layer_cache)
+        mixed = features + self.pool_mix.view(1, groups, 1, 1) * (pooled - features)
+        mixed_parts = mixed.transpose(1, 2).split(sizes, dim=-1)  # each (B, n, G, c)
+        mixed_parts = [p.reshape(batch, n, -1) for p in mixed_parts]
+        if self.pool_target == "kv":
+            mixed_parts = [q] + mixed_parts
+        q, k, v = mixed_parts
+        if self.q_proj.bias is not None:
+            q, k, v = q + self.q_proj.bias, k + self.k_proj.bias, v + self.v_proj.bias
+        return q, k, v, sigma
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_bias: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: ContextPoolCache | None = None,
+        output_attentions: bool = False,
+    ):
+        batch, n, _ = hidden.shape
+        layer_cache = cache.layer(self.layer_idx) if cache is not None else None
+        q, k, v, sigma = self._pooled_projections(hidden, keep, layer_cache)
+        q = q.view(batch, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, n, dh)
+        k = k.view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, n, dh)
+        v = v.view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if position_embeddings is not None:
+            cos, sin = position_embeddings
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
+        implementation = self.config._attn_implementation or "eager"
+        if output_attentions:
+            implementation = "eager"  # only the eager path materialises the weights
+        attention = ATTENTION_FUNCTIONS.get(implementation, sdpa_attention_forward)
+        output, weights = attention(
+            self,
+            q,
+            k,
+            v,
+            attention_bias,
+            self.scaling,
+            dropout=self.attention_dropout if self.training else 0.0,
+            is_causal=self.is_causal,
+        )
+        output = self.o_proj(output.reshape(batch, n, -1))
+        return output, weights, sigma
+
+
+class ContextPoolMLP(nn.Module):
+    """GELU MLP (BERT/GPT-2: up -> act -> down) or gated MLP (Llama: act(gate) * up -> down)."""
+
+    def __init__(self, config: ContextPoolConfig):
+        super().__init__()
+        self.gated = config.mlp_type == "gated"
+        bias = config.mlp_bias
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias) if self.gated else None
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.act = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.down_proj(self.act(self.gate_proj(hidden)) * self.up_proj(hidden))
+        return self.down_proj(self.act(self.up_proj(hidden)))
+
+
+class ContextPoolLayer(GradientCheckpointingLayer):
+    """One Transformer block; pre-norm (GPT-2/Llama) or post-norm (BERT) residuals."""
+
+    def __init__(self, config: ContextPoolConfig, layer_idx: int):
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        self.attn_norm = _make_norm(config)
+        self.attention = ContextPoolSelfAttention(config, layer_idx)
+        self.mlp_norm = _make_norm(config)
+        self.mlp = ContextPoolMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_bias: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: ContextPoolCache | None = None,
+        output_attentions: bool = False,
+    ):
+        attn_input = self.attn_norm(hidden) if self.pre_norm else hidden
+        attn_out, weights, sigma = self.attention(
+            attn_input, attention_bias, keep, position_embeddings, cache, output_attentions
+        )
+        if self.pre_norm:
+            hidden = hidden + self.dropout(attn_out)
+            hidden = hidden + self.dropout(self.mlp(self.mlp_norm(hidden)))
+        else:
+            hidden = self.attn_norm(hidden + self.dropout(attn_out))
+            hidden = self.mlp_norm(hidden + self.dropout(self.mlp(hidden)))
+        return hidden, weights, sigma
+
+
+# --------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------
+
+
+class ContextPoolPreTrainedModel(PreTrainedModel):
+    config_class = ContextPoolConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ContextPoolLayer"]
+    # The pooling runs in our own attention module before the product; "sdpa" here only
+    # selects torch's fused product for that module (see ATTENTION_FUNCTIONS).
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, ContextPoolRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, ContextPoolSelfAttention) and module.pool is not None:
+            init.constant_(module.pool_mix, float(self.config.pool_mix_init))
+        elif isinstance(module, ContextPoolMaskedLMHead):
+            init.zeros_(module.bias)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate() must not hand us a plain DynamicCache: the model creates a ContextPoolCache,
+        # which also carries the pooling state, and returns it in `outputs.cache`.
+        return False
+
+
+def _check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> None:
+    if _is_compiling() or input_ids.numel() == 0:
+        return
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"{name} contains ids outside [0, {vocab_size}): min {low}, max {high}")
+
+
+def _attention_bias(keep, q_len, kv_len, causal, dtype, device):
+    """Additive mask (B|1, 1, q, kv) or None when nothing is masked.
+
+    keep: (B, kv) bool of real tokens, or None. Masked entries get the dtype's minimum rather
+    than -inf, so fully masked rows (left padding) give uniform weights instead of NaN.
+    """
+    allowed = None
+    # causal with q_len == kv_len (no cache) or q_len == 1 needs no tensor: the attention
+    # functions apply `is_causal` themselves; a chunk after a cache needs the offset mask.
+    if causal and 1 < q_len and (q_len != kv_len or keep is not None):
+        allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(kv_len - q_len)[None, None]
+    if keep is not None:
+        pad = keep[:, None, None, :]  # (B, 1, 1, kv)
+        allowed = pad if allowed is None else (allowed & pad)
+    if allowed is None:
+        return None
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return bias.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+class ContextPoolModel(ContextPoolPreTrainedModel):
+    """The bare ContextPool Transformer: embeddings, layers, optional final norm (and BERT pooler)."""
+
+    def __init__(self, config: ContextPoolConfig, add_pooling_layer: bool | None = None):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.embed_positions = (
+            nn.Embedding(config.max_position_embeddings, config.hidden_size)
+            if config.position_embedding_type == "absolute"
+            else None
+        )
+        self.embed_token_types = (
+            nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
+        )
+        self.embed_norm = _make_norm(config) if config.embedding_norm else None
+        self.embed_dropout = nn.Dropout(config.embedding_dropout)
+        self.layers = nn.ModuleList(ContextPoolLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = _make_norm(config) if config.final_norm else None
+        if add_pooling_layer is None:
+            add_pooling_layer = config.use_pooler
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if add_pooling_layer else None
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def _position_ids(self, position_ids, batch, n, past, device):
+        max_len = self.config.max_position_embeddings
+        if position_ids is None:
+            if past + n > max_len:
+                raise ValueError(
+                    f"Sequence length {past + n} (input {n} + cached {past}) is longer than this model's "
+                    f"max_position_embeddings ({max_len}); truncate the input (e.g. tokenizer(..., truncation=True, "
+                    f"max_length={max_len}))"
+                )
+            return torch.arange(past, past + n, device=device).unsqueeze(0).expand(batch, n)
+        if position_ids.shape[-1] != n:
+            raise ValueError(f"position_ids must have length {n} (the input length), got shape {tuple(position_ids.shape)}")
+        if not _is_compiling() and position_ids.numel() and int(position_ids.max()) >= max_len:
+            raise ValueError(
+                f"position_ids reach {int(position_ids.max())}, beyond max_position_embeddings ({max_len})"
+            )
+        return position_ids.expand(batch, n) if position_ids.shape[0] == 1 else position_ids
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_pooling_sizes: bool | None = None,
+        return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> ContextPoolModelOutputWithPooling | tuple:
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.use_return_dict if return_dict is None else return_dict
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must be (batch, sequence_length), got shape {tuple(input_ids.shape)}")
+            _check_token_ids(input_ids, config.vocab_size)
+            batch, n = input_ids.shape
+            inputs_embeds = self.embed_tokens(input_ids)
+        else:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
+                raise ValueError(
+                    f"inputs_embeds must be (batch, sequence_length, {config.hidden_size}), got {tuple(inputs_embeds.shape)}"
+                )
+            batch, n = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+
+        cache = cache if cache is not None else past_key_values
+        use_cache = (config.use_cache if use_cache is None else use_cache) and config.is_causal
+        if not config.is_causal:
+            cache = None  # a bidirectional encoder has nothing to continue
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        if cache is not None and not isinstance(cache, ContextPoolCache):
+            if cache.get_seq_length() > 0:
+                raise ValueError(
+                    "ContextPool models need a ContextPoolCache (it also holds the pooling state); "
+                    f"got a filled {type(cache).__name__}. Pass cache=None and reuse outputs.cache."
+                )
+            cache = None
+        if use_cache and cache is None:
+            cache = ContextPoolCache()
+        past = cache.get_seq_length() if cache is not None else 0
+
+        keep_all = None
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, past + n):
+                raise ValueError(
+                    f"attention_mask must be (batch, past + sequence_length) = {(batch, past + n)}, "
+                    f"got {tuple(attention_mask.shape)}"
+                )
+            keep_all = attention_mask.bool()
+        keep_new = keep_all[:, past:] if keep_all is not None else None
+        # Nothing to mask: let SDPA use its causal kernel and the pooling skip the mask.
+        if keep_all is not None and not _is_compiling() and bool(keep_all.all()):
+            keep_all = keep_new = None
+
+        position_ids = self._position_ids(position_ids, batch, n, past, device)
+        hidden = inputs_embeds
+        if self.embed_positions is not None:
+            hidden = hidden + self.embed_positions(position_ids)
+        if self.embed_token_types is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros(batch, n, dtype=torch.long, device=device)
+            _check_token_ids(token_type_ids, config.type_vocab_size, "token_type_ids")
+            hidden = hidden + self.embed_token_types(token_type_ids)
+        if self.embed_norm is not None:
+            hidden = self.embed_norm(hidden)
+        hidden = self.embed_dropout(hidden)
+
+        position_embeddings = None
+        if config.position_embedding_type == "rotary":
+            position_embeddings = rotary_cos_sin(position_ids, config.head_dim, config.rope_theta, hidden.dtype)
+        attention_bias = _attention_bias(keep_all, n, past + n, config.is_causal, hidden.dtype, device)
+
+        all_hidden = (hidden,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        all_sigma = ()
+        for layer in self.layers:
+            hidden, weights, sigma = layer(
+                hidden, attention_bias, keep_new, position_embeddings, cache=cache, output_attentions=output_attentions
+            )
+            all_sigma += (sigma,)
+            if output_attentions:
+                all_attentions += (weights,)
+            if output_hidden_states:
+                all_hidden += (hidden,)
+        if self.norm is not None:
+            hidden = self.norm(hidden)
+            if output_hidden_states:
+                all_hidden = all_hidden[:-1] + (hidden,)
+        pooled = torch.tanh(self.pooler(hidden[:, 0])) if self.pooler is not None else None
+        output = ContextPoolModelOutputWithPooling(
+            last_hidden_state=hidden,
+            cache=cache if use_cache else None,
+            hidden_states=all_hidden,
+            attentions=all_attentions,
+            pooling_sizes=all_sigma if output_pooling_sizes else None,
+            pooler_output=pooled,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def _lm_loss(logits, labels, vocab_size, num_items_in_batch=None, shift=False):
+    """Cross-entropy over positions with label != -100, optionally predicting the next token."""
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    logits = logits.reshape(-1, vocab_size).float()
+    labels = labels.reshape(-1).to(logits.device)
+    if num_items_in_batch is None:
+        return F.cross_entropy(logits, labels, ignore_index=-100)
+    loss = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+    if isinstance(num_items_in_batch, torch.Tensor):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    return loss / num_items_in_batch
+
+
+class ContextPoolForCausalLM(ContextPoolPreTrainedModel, GenerationMixin):
+    """Decoder-only language model (GPT-2/Llama shape) with causal ContextPool and a cache that
+    holds keys/values and each layer's pooling state."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: ContextPoolConfig):
+        if not config.is_causal:
+            logger.warning("ContextPoolForCausalLM needs causal attention: setting config.is_causal=True")
+            config.is_causal = True
+        super().__init__(config)
+        self.model = ContextPoolModel(config, add_pooling_layer=False)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        inputs_embeds=None,
+        cache=None,
+        labels=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        output_pooling_sizes=None,
+        return_dict=None,
+        logits_to_keep: int | torch.Tensor = 0,
+        token_type_ids=None,
+        past_key_values=None,
+        num_items_in_batch=None,
+        **kwargs,
+    ) -> ContextPoolCausalLMOutput | tuple:
+        """labels (B, n): next-token targets aligned with input_ids (shifted inside), -100 = ignore."""
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            cache=cache if cache is not None else past_key_values,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_pooling_sizes=output_pooling_sizes,
+            return_dict=True,
+        )
+        hidden = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = _lm_loss(logits, labels, self.config.vocab_size, num_items_in_batch, shift=True)
+        output = ContextPoolCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            pooling_sizes=outputs.pooling_sizes,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class ContextPoolMaskedLMHead(nn.Module):
+    """BERT-style MLM head: (dense -> act -> norm) -> decoder tied to the input embeddings, + bias."""
+
+    def __init__(self, config: ContextPoolConfig):
+        super().__init__()
+        if config.mlm_head_transform:
+            self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+            self.act = ACT2FN[config.hidden_act]
+            self.norm = _make_norm(config)
+        else:
+            self.dense = None
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.dense is not None:
+            hidden = self.norm(self.act(self.dense(hidden)))
+        return self.decoder(hidden) + self.bias
+
+
+class ContextPoolForMaskedLM(ContextPoolPreTrainedModel):
+    _tied_weights_keys = {"cls.decoder.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: ContextPoolConfig):
+        if config.is_causal:
+            logger.warning("ContextPoolForMaskedLM needs bidirectional attention: set config.is_causal=False")
+        super().__init__(config)
+        self.model = ContextPoolModel(config, add_pooling_layer=False)
+        self.cls = ContextPoolMaskedLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.cls.decoder
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.cls.decoder = value
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        output_pooling_sizes=None,
+        return_dict=None,
+        num_items_in_batch=None,
+        **kwargs,
+    ) -> ContextPoolMaskedLMOutput | tuple:
+        """labels (B, n): original ids at masked positions, -100 elsewhere."""
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_pooling_sizes=output_pooling_sizes,
+            return_dict=True,
+        )
+        logits = self.cls(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = _lm_loss(logits, labels, self.config.vocab_size, num_items_in_batch)
+        output = ContextPoolMaskedLMOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            pooling_sizes=outputs.pooling_sizes,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def _sequence_representation(config, hidden, attention_mask, input_ids):
+    """(B, n, d) -> (B, d) by config.classifier_pooling."""
+    if config.classifier_pooling == "cls":
+        return hidden[:, 0]
+    if config.classifier_pooling == "mean":
+        if attention_mask is None:
+            return hidden.mean(1)
+        keep = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+    # "last": the last real token (right padding), as GPT-2/Llama classifiers do
+    if attention_mask is not None:
+        # index of the last 1 in each row, also correct for left padding
+        positions = torch.arange(attention_mask.shape[1], device=hidden.device)
+        last = (attention_mask.to(torch.long) * positions).argmax(-1)
+    elif input_ids is not None and config.pad_token_id is not None:
+        is_real = (input_ids != config.pad_token_id).to(torch.long)
+        positions = torch.arange(input_ids.shape[1], device=hidden.device)
+        last = (is_real * positions).argmax(-1)
+    else:
+        last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, device=hidden.device)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+class ContextPoolForSequenceClassification(ContextPoolPreTrainedModel):
+    def __init__(self, config: ContextPoolConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = ContextPoolModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        output_pooling_sizes=None,
+        return_dict=None,
+        **kwargs,
+    ) -> ContextPoolSequenceClassifierOutput | tuple:
+        """labels (B,): class ids (cross-entropy), floats for regression, or (B, num_labels) multi-label."""
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_pooling_sizes=output_pooling_sizes,
+            return_dict=True,
+        )
+        if outputs.pooler_output is not None:
+            features = outputs.pooler_output
+        else:
+            features = _sequence_representation(self.config, outputs.last_hidden_state, attention_mask, input_ids)
+        logits = self.classifier(self.dropout(features))
+        loss = _classification_loss(self.config, logits, labels) if labels is not None else None
+        output = ContextPoolSequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            pooling_sizes=outputs.pooling_sizes,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def _classification_loss(config, logits, labels):
+    """transformers' convention: problem_type from the labels' dtype and num_labels."""
+    num_labels = config.num_labels
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1)) if num_labels == 1 else F.mse_loss(
+            logits.float(), labels.float()
+        )
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, num_labels).float(), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+class ContextPoolForTokenClassification(ContextPoolPreTrainedModel):
+    def __init__(self, config: ContextPoolConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = ContextPoolModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        output_pooling_sizes=None,
+        return_dict=None,
+        **kwargs,
+    ) -> ContextPoolTokenClassifierOutput | tuple:
+        """labels (B, n): a class per token, -100 = ignore."""
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_pooling_sizes=output_pooling_sizes,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, self.num_labels).float(), labels.reshape(-1), ignore_index=-100)
+        output = ContextPoolTokenClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            pooling_sizes=outputs.pooling_sizes,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class ContextPoolForQuestionAnswering(ContextPoolPreTrainedModel):
+    def __init__(self, config: ContextPoolConfig):
+        super().__init__(config)
+        self.model = ContextPoolModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        start_positions=None,
+        end_positions=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        output_pooling_sizes=None,
+        return_dict=None,
+        **kwargs,
+    ) -> ContextPoolQuestionAnsweringOutput | tuple:
+        """start_positions/end_positions (B,): answer span; positions outside the input are ignored."""
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_pooling_sizes=output_pooling_sizes,
+            return_dict=True,
+        )
+        logits = self.qa_outputs(outputs.last_hidden_state)  # (B, n, 2)
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            n = start_logits.shape[1]
+            start = start_positions.reshape(-1).clamp(0, n)
+            end = end_positions.reshape(-1).clamp(0, n)
+            loss = (
+                F.cross_entropy(start_logits.float(), start, ignore_index=n)
+                + F.cross_entropy(end_logits.float(), end, ignore_index=n)
+            ) / 2
+        output = ContextPoolQuestionAnsweringOutput(
+            loss=loss,
+            start_logits=start_logits,
+            end_logits=end_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            pooling_sizes=outputs.pooling_sizes,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "ContextPoolCache",
+    "ContextPoolPreTrainedModel",
+    "ContextPoolModel",
+    "ContextPoolForCausalLM",
+    "ContextPoolForMaskedLM",
+    "ContextPoolForSequenceClassification",
+    "ContextPoolForTokenClassification",
+    "ContextPoolForQuestionAnswering",
+]
