@@ -1,0 +1,690 @@
+"""ContextPool vision models: a ViT that pools patch tokens before attention, and a ResNet
+whose down-sampling is ContextPool with stride.
+
+Flat, Hub-shipped file: imports only torch, transformers and its sibling flat files.
+Weight names follow transformers' ViT / ResNet (5.x) so a checkpoint converts by a key
+map; ContextPool adds `pool.*` (the predictor) and `pool_mix` (the gate) per site.
+
+Identity start (spec item 7): every pooling site mixes the original features f with the
+pooled ones p as f + g * (p - f) with a learnable scalar g (`pool_mix`). g = 0 gives f
+exactly, so a converted model reproduces its source; g = 1 is pure ContextPool (the
+default for training from scratch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.utils import ModelOutput
+
+from .configuration_contextpool_vision import ContextPoolResNetConfig, ContextPoolViTConfig
+from .pooling_contextpool import ContextPool
+
+# --------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ContextPoolVisionModelOutput(ModelOutput):
+    """Base-model output. `pooling_sizes`: one (B, G, H, W) map of sigma per pooling site
+    (ViT: per pooled layer, on the patch grid; ResNet: per replaced down-sampling site, on
+    its output grid), in grid units of the pooled input; returned with `output_pooling_sizes=True`.
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    pooling_sizes: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class ContextPoolImageClassifierOutput(ModelOutput):
+    """`ImageClassifierOutput` plus the per-site pooling sizes."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    pooling_sizes: tuple[torch.Tensor, ...] | None = None
+
+
+def _make_pool(config, channels: int, stride: int) -> ContextPool:
+    return ContextPool(
+        channels,
+        groups=config.pool_groups,
+        sigma_min=config.pool_sigma_min,
+        sigma_max=config.pool_sigma_max,
+        truncation=config.pool_truncation,
+        normalize=config.pool_normalize,
+        causal=False,
+        kernel_size=config.pool_kernel_size,
+        predictor_width=config.pool_predictor_width,
+        spatial_dims=2,
+        stride=stride,
+        implementation=config.pool_implementation,
+    )
+
+
+def _classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Loss by `config.problem_type`, chosen as transformers' ViT does when unset."""
+    labels = labels.to(logits.device)
+    if config.problem_type is None:
+        if config.num_labels == 1:
+            config.problem_type = "regression"
+        elif config.num_labels > 1 and labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        if config.num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+        return F.mse_loss(logits, labels.to(logits.dtype))
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def _check_channels(pixel_values: torch.Tensor, expected: int) -> None:
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+        got = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+        raise ValueError(f"pixel_values must be (batch, channels, height, width), got {got}")
+    if pixel_values.shape[1] != expected:
+        raise ValueError(
+            "Make sure that the channel dimension of the pixel values match with the one set in the configuration."
+            f" Expected {expected} but got {pixel_values.shape[1]}. (A grayscale image for an RGB model: pass it"
+            " through the image processor with do_convert_rgb=True.)"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# ViT
+# --------------------------------------------------------------------------------------
+
+
+class ContextPoolViTPatchEmbeddings(nn.Module):
+    def __init__(self, config: ContextPoolViTConfig):
+        super().__init__()
+        self.patch_size, self.num_channels = config.patch_size, config.num_channels
+        self.projection = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size, config.patch_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.projection(pixel_values)  # (B, d, H/p, W/p)
+
+
+class ContextPoolViTEmbeddings(nn.Module):
+    """CLS token + patch embeddings + position embeddings (as transformers' ViT)."""
+
+    def __init__(self, config: ContextPoolViTConfig):
+        super().__init__()
+        self.config = config
+        rows, cols = config.grid_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.patch_embeddings = ContextPoolViTPatchEmbeddings(config)
+        self.position_embeddings = nn.Parameter(torch.zeros(1, rows * cols + 1, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def interpolate_pos_encoding(self, rows: int, cols: int) -> torch.Tensor:
+        """Bicubic resize of the patch position embeddings to a (rows, cols) grid."""
+        base_rows, base_cols = self.config.grid_size
+        if (rows, cols) == (base_rows, base_cols):
+            return self.position_embeddings
+        dim = self.position_embeddings.shape[-1]
+        cls_pos, patch_pos = self.position_embeddings[:, :1], self.position_embeddings[:, 1:]
+        patch_pos = patch_pos.reshape(1, base_rows, base_cols, dim).permute(0, 3, 1, 2)  # (1, d, r, c)
+        patch_pos = F.interpolate(patch_pos, size=(rows, cols), mode="bicubic", align_corners=False)
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, rows * cols, dim)
+        return torch.cat([cls_pos, patch_pos], dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
+        """-> embeddings (B, 1 + rows*cols, d) and the grid (rows, cols)."""
+        _check_channels(pixel_values, self.config.num_channels)
+        height, width = pixel_values.shape[-2:]
+        patch = self.config.patch_size
+        if not interpolate_pos_encoding:
+            expected = self.config.image_hw
+            if (height, width) != tuple(expected):
+                raise ValueError(
+                    f"Input image size ({height}*{width}) doesn't match model ({expected[0]}*{expected[1]})."
+                    " Resize it with the image processor, or pass interpolate_pos_encoding=True."
+                )
+        elif height % patch or width % patch:
+            raise ValueError(
+                f"Input image size ({height}*{width}) is not divisible by the patch size {patch}: "
+                "the patch grid would drop pixels; resize or pad the image."
+            )
+        patches = self.patch_embeddings(pixel_values)  # (B, d, rows, cols)
+        rows, cols = patches.shape[-2:]
+        patches = patches.flatten(2).transpose(1, 2)  # (B, rows*cols, d)
+        cls = self.cls_token.expand(patches.shape[0], -1, -1)
+        embeddings = torch.cat([cls, patches], dim=1)
+        if interpolate_pos_encoding:
+            embeddings = embeddings + self.interpolate_pos_encoding(rows, cols)
+        else:
+            embeddings = embeddings + self.position_embeddings
+        return self.dropout(embeddings), (rows, cols)
+
+
+class ContextPoolViTAttention(nn.Module):
+    """Self-attention whose queries/keys/values come from ContextPool-pooled patch tokens.
+
+    Pooling is linear in the features for fixed weights and sizes, so the projections
+    (without bias) are computed first and pooled per group (group g pools the channels of
+    its heads); this is pool-then-project for G = 1 up to the normalisation's eps, and it
+    gives per-head pooling (G = num_heads) at the same cost. The CLS token is not on the
+    grid and is never pooled.
+    """
+
+    def __init__(self, config: ContextPoolViTConfig, pooled: bool):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.dropout = config.attention_probs_dropout_prob
+        d = config.hidden_size
+        self.q_proj = nn.Linear(d, d, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(d, d, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(d, d, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(d, d)
+        self.pool = _make_pool(config, d, stride=1) if pooled else None
+        self.pool_mix = nn.Parameter(torch.full((), float(config.pool_mix_init))) if pooled else None
+
+    def _pool_projections(self, hidden, projections, grid):
+        """hidden (B, N, d) normalised input; projections: list of (B, N, d) without bias."""
+        batch, n, d = hidden.shape
+        rows, cols = grid
+        groups = self.config.pool_groups
+        patches = hidden[:, 1:].reshape(batch, rows, cols, d)
+        weights, sigma, _ = self.pool.predict(patches)  # (B, G, rows, cols) each
+        feats = torch.stack([p[:, 1:] for p in projections], dim=2)  # (B, rows*cols, F, d)
+        nf = feats.shape[2]
+        feats = feats.reshape(batch, rows * cols, nf, groups, d // groups).permute(0, 3, 1, 2, 4)
+        feats = feats.reshape(batch, groups, rows, cols, nf * (d // groups))  # (B, G, r, c, F*d/G)
+        pooled = self.pool.pool(feats, weights, sigma)
+        mixed = feats + self.pool_mix.to(feats.dtype) * (pooled - feats)
+        mixed = mixed.reshape(batch, groups, rows * cols, nf, d // groups).permute(0, 2, 3, 1, 4)
+        mixed = mixed.reshape(batch, rows * cols, nf, d)  # (B, rows*cols, F, d)
+        out = [torch.cat([p[:, :1], mixed[:, :, i]], dim=1) for i, p in enumerate(projections)]
+        return out, sigma
+
+    def forward(self, hidden: torch.Tensor, grid: tuple[int, int], output_attentions: bool = False):
+        batch, n, d = hidden.shape
+        sigma = None
+        if self.pool is None:
+            q, k, v = self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden)
+        else:
+            q = F.linear(hidden, self.q_proj.weight)
+            k = F.linear(hidden, self.k_proj.weight)
+            v = F.linear(hidden, self.v_proj.weight)
+            if self.config.pool_feeds == "qkv":
+                (q, k, v), sigma = self._pool_projections(hidden, [q, k, v], grid)
+            else:
+                (k, v), sigma = self._pool_projections(hidden, [k, v], grid)
+            if self.q_proj.bias is not None:
+                q, k, v = q + self.q_proj.bias, k + self.k_proj.bias, v + self.v_proj.bias
+        shape = (batch, n, self.num_heads, self.head_dim)
+        q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))  # (B, heads, N, hd)
+        dropout = self.dropout if self.training else 0.0
+        probs = None
+        if output_attentions:  # the explicit (reference) path: it has the probabilities to return
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.head_dim**-0.5
+            probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+            context = torch.matmul(F.dropout(probs, dropout, self.training), v)
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        context = context.transpose(1, 2).reshape(batch, n, d)
+        return self.o_proj(context), probs, sigma
+
+
+class ContextPoolViTMLP(nn.Module):
+    def __init__(self, config: ContextPoolViTConfig):
+        super().__init__()
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(hidden)))
+
+
+class ContextPoolViTLayer(nn.Module):
+    """Pre-norm ViT block; the residual stream is never pooled (spec item 6)."""
+
+    def __init__(self, config: ContextPoolViTConfig, pooled: bool):
+        super().__init__()
+        self.attention = ContextPoolViTAttention(config, pooled)
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = ContextPoolViTMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden: torch.Tensor, grid: tuple[int, int], output_attentions: bool = False):
+        attn, probs, sigma = self.attention(self.layernorm_before(hidden), grid, output_attentions)
+        hidden = hidden + self.dropout(attn)
+        hidden = hidden + self.dropout(self.mlp(self.layernorm_after(hidden)))
+        return hidden, probs, sigma
+
+
+class ContextPoolViTPreTrainedModel(PreTrainedModel):
+    config_class = ContextPoolViTConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["ContextPoolViTEmbeddings", "ContextPoolViTLayer"]
+    _supports_sdpa = False
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, ContextPoolViTEmbeddings):
+            init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+            init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+        elif isinstance(module, ContextPoolViTAttention) and module.pool_mix is not None:
+            init.constant_(module.pool_mix, float(self.config.pool_mix_init))
+
+
+class ContextPoolViTModel(ContextPoolViTPreTrainedModel):
+    """Patch embeddings -> layers (ContextPool before attention) -> final LayerNorm.
+
+    `pooler_output` is the CLS token or the mean of the patch tokens (`classifier_pooling`).
+    """
+
+    def __init__(self, config: ContextPoolViTConfig):
+        super().__init__(config)
+        pooled = set(config.pooled_layer_indices())
+        self.embeddings = ContextPoolViTEmbeddings(config)
+        self.layers = nn.ModuleList([ContextPoolViTLayer(config, i in pooled) for i in range(config.num_hidden_layers)])
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_pooling_sizes: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ContextPoolVisionModelOutput | tuple:
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values")
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        dtype = self.embeddings.patch_embeddings.projection.weight.dtype
+        hidden, grid = self.embeddings(pixel_values.to(dtype), bool(interpolate_pos_encoding))
+        all_hidden = (hidden,) if output_hidden_states else None
+        all_attn = () if output_attentions else None
+        sizes = () if output_pooling_sizes else None
+        for layer in self.layers:
+            hidden, probs, sigma = layer(hidden, grid, bool(output_attentions))
+            if output_hidden_states:
+                all_hidden += (hidden,)
+            if output_attentions:
+                all_attn += (probs,)
+            if output_pooling_sizes and sigma is not None:
+                sizes += (sigma.detach(),)
+        sequence = self.layernorm(hidden)
+        pooled = sequence[:, 0] if self.config.classifier_pooling == "cls" else sequence[:, 1:].mean(1)
+        out = ContextPoolVisionModelOutput(
+            last_hidden_state=sequence,
+            pooler_output=pooled,
+            hidden_states=all_hidden,
+            attentions=all_attn,
+            pooling_sizes=sizes,
+        )
+        return out if return_dict else out.to_tuple()
+
+
+class ContextPoolViTForImageClassification(ContextPoolViTPreTrainedModel):
+    """ContextPool ViT with a linear classifier on the CLS token (or the patch mean)."""
+
+    def __init__(self, config: ContextPoolViTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vit = ContextPoolViTModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_pooling_sizes: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ContextPoolImageClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_pooling_sizes=output_pooling_sizes,
+            return_dict=True,
+        )
+        logits = self.classifier(outputs.pooler_output)
+        loss = _classification_loss(self.config, logits, labels) if labels is not None else None
+        out = ContextPoolImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            pooling_sizes=outputs.pooling_sizes,
+        )
+        return out if return_dict else out.to_tuple()
+
+
+# --------------------------------------------------------------------------------------
+# ResNet
+# --------------------------------------------------------------------------------------
+
+
+class ContextPoolDownsample(nn.Module):
+    """Down-sampling by ContextPool with stride, mixed with the operator it replaces.
+
+    x (B, C, H, W) -> (B, C, ceil(H/s), ceil(W/s)): out = orig + g * (contextpool(x) - orig),
+    where orig is x sampled at the strided positions ("subsample": what a strided
+    convolution computes once the convolution itself runs at stride 1) or the 3x3 max
+    pooling ("max", the ResNet stem). The predictor reads x; channel group k of x is
+    pooled with group k's weights and sizes. `last_sigma` keeps the last (B, G, H', W') sizes.
+    """
+
+    def __init__(self, config, channels: int, stride: int = 2, original: str = "subsample"):
+        super().__init__()
+        if channels % config.pool_groups:
+            raise ValueError(f"pool_groups ({config.pool_groups}) must divide the {channels} channels of every pooling site")
+        self.stride, self.original = stride, original
+        self.pool = _make_pool(config, channels, stride)
+        self.pool_mix = nn.Parameter(torch.full((), float(config.pool_mix_init)))
+        self.last_sigma: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride
+        if self.original == "max":
+            orig = F.max_pool2d(x, kernel_size=3, stride=s, padding=1)
+        else:
+            orig = x[:, :, ::s, ::s]
+        batch, channels, height, width = x.shape
+        groups = self.pool.groups
+        hidden = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        weights, sigma, _ = self.pool.predict(hidden)  # (B, G, H, W), (B, G, H', W')
+        feats = hidden.reshape(batch, height, width, groups, channels // groups).permute(0, 3, 1, 2, 4)
+        pooled = self.pool.pool(feats, weights, sigma)  # (B, G, H', W', C/G)
+        pooled = pooled.permute(0, 1, 4, 2, 3).reshape(batch, channels, *pooled.shape[2:4])
+        self.last_sigma = sigma.detach()
+        return orig + self.pool_mix.to(x.dtype) * (pooled - orig)
+
+
+class ContextPoolResNetConvLayer(nn.Module):
+    """Conv -> BatchNorm -> activation; a replaced stride moves into a ContextPoolDownsample
+    (after a k x k conv run at stride 1, or before a 1x1 conv, where sampling commutes)."""
+
+    def __init__(self, config, in_channels, out_channels, kernel_size=3, stride=1, activation="relu", replace=False):
+        super().__init__()
+        self.downsample = None
+        self.downsample_first = False
+        conv_stride = stride
+        if replace and stride > 1:
+            conv_stride = 1
+            self.downsample_first = kernel_size == 1
+            self.downsample = ContextPoolDownsample(config, in_channels if kernel_size == 1 else out_channels, stride)
+        self.convolution = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=conv_stride, padding=kernel_size // 2, bias=False
+        )
+        self.normalization = nn.BatchNorm2d(out_channels)
+        self.activation = ACT2FN[activation] if activation is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample is not None and self.downsample_first:
+            x = self.downsample(x)
+        x = self.convolution(x)
+        if self.downsample is not None and not self.downsample_first:
+            x = self.downsample(x)
+        return self.activation(self.normalization(x))
+
+
+class ContextPoolResNetEmbeddings(nn.Module):
+    def __init__(self, config: ContextPoolResNetConfig):
+        super().__init__()
+        sites = config.pool_downsampling
+        self.embedder = ContextPoolResNetConvLayer(
+            config, config.num_channels, config.embedding_size, kernel_size=7, stride=2,
+            activation=config.hidden_act, replace="stem_conv" in sites,
+        )
+        if "stem_pool" in sites:
+            self.pooler = ContextPoolDownsample(config, config.embedding_size, 2, original="max")
+        else:
+            self.pooler = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.num_channels = config.num_channels
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        _check_channels(pixel_values, self.num_channels)
+        return self.pooler(self.embedder(pixel_values))
+
+
+class ContextPoolResNetShortCut(nn.Module):
+    def __init__(self, config, in_channels, out_channels, stride=2, replace=False):
+        super().__init__()
+        self.downsample = ContextPoolDownsample(config, in_channels, stride) if replace and stride > 1 else None
+        conv_stride = 1 if self.downsample is not None else stride
+        self.convolution = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=conv_stride, bias=False)
+        self.normalization = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return self.normalization(self.convolution(x))
+
+
+class ContextPoolResNetBasicLayer(nn.Module):
+    def __init__(self, config, in_channels, out_channels, stride=1, replace=False):
+        super().__init__()
+        act = config.hidden_act
+        needs_shortcut = in_channels != out_channels or stride != 1
+        self.shortcut = (
+            ContextPoolResNetShortCut(config, in_channels, out_channels, stride, replace) if needs_shortcut else nn.Identity()
+        )
+        self.layer = nn.Sequential(
+            ContextPoolResNetConvLayer(config, in_channels, out_channels, stride=stride, activation=act, replace=replace),
+            ContextPoolResNetConvLayer(config, out_channels, out_channels, activation=None),
+        )
+        self.activation = ACT2FN[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.layer(x) + self.shortcut(x))
+
+
+class ContextPoolResNetBottleNeckLayer(nn.Module):
+    def __init__(self, config, in_channels, out_channels, stride=1, replace=False, reduction=4):
+        super().__init__()
+        act, reduced = config.hidden_act, out_channels // reduction
+        in_first = config.downsample_in_bottleneck
+        needs_shortcut = in_channels != out_channels or stride != 1
+        self.shortcut = (
+            ContextPoolResNetShortCut(config, in_channels, out_channels, stride, replace) if needs_shortcut else nn.Identity()
+        )
+        self.layer = nn.Sequential(
+            ContextPoolResNetConvLayer(
+                config, in_channels, reduced, kernel_size=1, stride=stride if in_first else 1, activation=act, replace=replace
+            ),
+            ContextPoolResNetConvLayer(
+                config, reduced, reduced, stride=1 if in_first else stride, activation=act, replace=replace
+            ),
+            ContextPoolResNetConvLayer(config, reduced, out_channels, kernel_size=1, activation=None),
+        )
+        self.activation = ACT2FN[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.layer(x) + self.shortcut(x))
+
+
+class ContextPoolResNetStage(nn.Module):
+    def __init__(self, config, in_channels, out_channels, stride=2, depth=2):
+        super().__init__()
+        layer = ContextPoolResNetBottleNeckLayer if config.layer_type == "bottleneck" else ContextPoolResNetBasicLayer
+        replace = "stages" in config.pool_downsampling
+        self.layers = nn.Sequential(
+            layer(config, in_channels, out_channels, stride=stride, replace=replace),
+            *[layer(config, out_channels, out_channels) for _ in range(depth - 1)],
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class ContextPoolResNetEncoder(nn.Module):
+    def __init__(self, config: ContextPoolResNetConfig):
+        super().__init__()
+        first_stride = 2 if config.downsample_in_first_stage else 1
+        self.stages = nn.ModuleList(
+            [ContextPoolResNetStage(config, config.embedding_size, config.hidden_sizes[0], first_stride, config.depths[0])]
+        )
+        pairs = zip(config.hidden_sizes[:-1], config.hidden_sizes[1:], strict=True)
+        for (c_in, c_out), depth in zip(pairs, config.depths[1:], strict=True):
+            self.stages.append(ContextPoolResNetStage(config, c_in, c_out, 2, depth))
+
+    def forward(self, x: torch.Tensor, output_hidden_states: bool = False):
+        hidden_states = (x,) if output_hidden_states else None
+        for stage in self.stages:
+            x = stage(x)
+            if output_hidden_states:
+                hidden_states += (x,)
+        return x, hidden_states
+
+
+class ContextPoolResNetPreTrainedModel(PreTrainedModel):
+    config_class = ContextPoolResNetConfig
+    base_model_prefix = "resnet"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["ContextPoolResNetEmbeddings", "ContextPoolResNetStage"]
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                fan_in = module.weight.shape[1]
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            if getattr(module, "num_batches_tracked", None) is not None:
+                init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, ContextPoolDownsample):
+            init.constant_(module.pool_mix, float(self.config.pool_mix_init))
+
+    def pooling_sites(self) -> list[tuple[str, ContextPoolDownsample]]:
+        """(name, module) of every ContextPool down-sampling site, in module order (= `pooling_sizes` order)."""
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, ContextPoolDownsample)]
+
+    def _collect_sizes(self):
+        return tuple(m.last_sigma for _, m in self.pooling_sites() if m.last_sigma is not None)
+
+
+class ContextPoolResNetModel(ContextPoolResNetPreTrainedModel):
+    def __init__(self, config: ContextPoolResNetConfig):
+        super().__init__(config)
+        self.embedder = ContextPoolResNetEmbeddings(config)
+        self.encoder = ContextPoolResNetEncoder(config)
+        self.pooler = nn.AdaptiveAvgPool2d((1, 1))
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_pooling_sizes: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ContextPoolVisionModelOutput | tuple:
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values")
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        for _, site in self.pooling_sites():
+            site.last_sigma = None
+        x = self.embedder(pixel_values)
+        x, hidden_states = self.encoder(x, bool(output_hidden_states))
+        out = ContextPoolVisionModelOutput(
+            last_hidden_state=x,
+            pooler_output=self.pooler(x),  # (B, C, 1, 1) as transformers' ResNet
+            hidden_states=hidden_states,
+            pooling_sizes=self._collect_sizes() if output_pooling_sizes else None,
+        )
+        return out if return_dict else out.to_tuple()
+
+
+class ContextPoolResNetForImageClassification(ContextPoolResNetPreTrainedModel):
+    def __init__(self, config: ContextPoolResNetConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.resnet = ContextPoolResNetModel(config)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity(),
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_pooling_sizes: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ContextPoolImageClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.resnet(
+            pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_pooling_sizes=output_pooling_sizes,
+            return_dict=True,
+        )
+        logits = self.classifier(outputs.pooler_output)
+        loss = _classification_loss(self.config, logits, labels) if labels is not None else None
+        out = ContextPoolImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, pooling_sizes=outputs.pooling_sizes
+        )
+        return out if return_dict else out.to_tuple()
+
+
+__all__ = [
+    "ContextPoolDownsample",
+    "ContextPoolImageClassifierOutput",
+    "ContextPoolResNetForImageClassification",
+    "ContextPoolResNetModel",
+    "ContextPoolResNetPreTrainedModel",
+    "ContextPoolViTForImageClassification",
+    "ContextPoolViTModel",
+    "ContextPoolViTPreTrainedModel",
+    "ContextPoolVisionModelOutput",
+]

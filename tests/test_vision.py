@@ -1,0 +1,359 @@
+"""ContextPool vision models: shapes, losses, pooling sizes, gradients, conversion, bad input,
+a short Trainer run and the heatmap."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import (
+    AutoModel,
+    AutoModelForImageClassification,
+    ResNetConfig,
+    ResNetForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessorPil,
+)
+
+from contextpool_hf import (
+    ContextPoolResNetConfig,
+    ContextPoolResNetForImageClassification,
+    ContextPoolResNetModel,
+    ContextPoolViTConfig,
+    ContextPoolViTForImageClassification,
+    ContextPoolViTModel,
+)
+from contextpool_hf.convert_vision import convert_resnet, convert_vision_checkpoint, convert_vit
+from contextpool_hf.modeling_contextpool_vision import ContextPoolDownsample
+from contextpool_hf.visualize_vision import pooling_size_maps, save_pooling_heatmap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_vit_config(**kw):
+    fields = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  image_size=16, patch_size=4, num_labels=3)
+    fields.update(kw)
+    return ContextPoolViTConfig(**fields)
+
+
+def tiny_resnet_config(**kw):
+    fields = dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=3)
+    fields.update(kw)
+    return ContextPoolResNetConfig(**fields)
+
+
+def randomize(model):
+    """Non-trivial values everywhere (biases, LayerNorm/BatchNorm affine and running stats)."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("pool_mix"):
+                continue
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2 + (1.0 if "norm" in name and "weight" in name else 0.0))
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("pool_sigma_min", 3.0), ("pool_groups", 3), ("pool_feeds", "q"), ("classifier_pooling", "max"),
+     ("patch_size", 5), ("pool_layers", [7]), ("pool_mix_init", 1.5), ("pool_truncation", 0),
+     ("pool_implementation", "cuda"), ("pool_kernel_size", 2)],
+)
+def test_vit_config_rejects_bad_fields(field, value):
+    with pytest.raises(ValueError, match=field):
+        tiny_vit_config(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("pool_downsampling", ["stem"]), ("layer_type", "wide"), ("depths", [1]), ("pool_sigma_max", -1.0)],
+)
+def test_resnet_config_rejects_bad_fields(field, value):
+    with pytest.raises(ValueError):
+        tiny_resnet_config(**{field: value})
+
+
+def test_config_round_trip_and_auto_map(tmp_path):
+    cfg = tiny_vit_config(pool_layers=[1], pool_groups=2)
+    cfg.save_pretrained(tmp_path)
+    again = ContextPoolViTConfig.from_pretrained(tmp_path)
+    assert again.pool_layers == [1] and again.pool_groups == 2 and again.num_labels == 3
+    assert again.auto_map["AutoModelForImageClassification"].endswith("ContextPoolViTForImageClassification")
+    assert tiny_resnet_config().auto_map["AutoModel"].endswith("ContextPoolResNetModel")
+
+
+def test_groups_must_divide_resnet_channels():
+    with pytest.raises(ValueError, match="pool_groups"):
+        ContextPoolResNetForImageClassification(tiny_resnet_config(pool_groups=3))
+
+
+# --------------------------------------------------------------------------------------
+# Forward, loss, pooling sizes, gradients
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", [{}, {"pool_groups": 4, "pool_feeds": "kv", "classifier_pooling": "mean"},
+                                {"pool_layers": [1]}])
+def test_vit_shapes_loss_sizes(kw):
+    torch.manual_seed(0)
+    model = ContextPoolViTForImageClassification(tiny_vit_config(**kw))
+    x = torch.randn(2, 3, 16, 16)
+    out = model(pixel_values=x, labels=torch.tensor([0, 2]), output_pooling_sizes=True,
+                output_hidden_states=True, output_attentions=True)
+    assert out.logits.shape == (2, 3) and torch.isfinite(out.loss)
+    n_pooled = len(model.config.pooled_layer_indices())
+    groups = model.config.pool_groups
+    assert len(out.pooling_sizes) == n_pooled
+    for sigma in out.pooling_sizes:
+        assert sigma.shape == (2, groups, 4, 4)
+        assert float(sigma.min()) >= 0.5 and float(sigma.max()) <= 2.0
+    assert len(out.hidden_states) == 3 and out.attentions[0].shape == (2, 4, 17, 17)
+    assert model(pixel_values=x).pooling_sizes is None
+    # the explicit attention path (output_attentions) and SDPA agree
+    torch.testing.assert_close(model(pixel_values=x, output_attentions=True).logits, model(pixel_values=x).logits)
+    assert isinstance(model(pixel_values=x, return_dict=False), tuple)
+
+
+@pytest.mark.parametrize("kw", [{}, {"pool_downsampling": ["stem_conv", "stem_pool", "stages"]},
+                                {"layer_type": "bottleneck", "hidden_sizes": [8, 16], "pool_groups": 2,
+                                 "downsample_in_bottleneck": True}])
+def test_resnet_shapes_loss_sizes(kw):
+    torch.manual_seed(0)
+    model = ContextPoolResNetForImageClassification(tiny_resnet_config(**kw))
+    x = torch.randn(2, 3, 30, 30)
+    out = model(pixel_values=x, labels=torch.tensor([0, 2]), output_pooling_sizes=True, output_hidden_states=True)
+    assert out.logits.shape == (2, 3) and torch.isfinite(out.loss)
+    sites = model.pooling_sites()
+    assert len(out.pooling_sizes) == len(sites) > 0
+    for (_, _site), sigma in zip(sites, out.pooling_sizes, strict=True):
+        assert sigma.shape[:2] == (2, model.config.pool_groups)
+    # the stem max pooling site: 30 -> 15 (stem conv) -> 8
+    stem = dict(sites)["resnet.embedder.pooler"]
+    assert stem.last_sigma.shape[-2:] == (8, 8)
+
+
+def test_loss_problem_types():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    reg = ContextPoolViTForImageClassification(tiny_vit_config(num_labels=1))
+    assert reg(pixel_values=x, labels=torch.tensor([0.5, 1.0])).loss.ndim == 0
+    assert reg.config.problem_type == "regression"
+    multi = ContextPoolResNetForImageClassification(tiny_resnet_config())
+    loss = multi(pixel_values=x, labels=torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])).loss
+    assert torch.isfinite(loss) and multi.config.problem_type == "multi_label_classification"
+
+
+@pytest.mark.parametrize("which", ["vit", "resnet"])
+def test_every_parameter_gets_a_finite_gradient(which):
+    torch.manual_seed(0)
+    if which == "vit":
+        model = ContextPoolViTForImageClassification(tiny_vit_config(pool_mix_init=0.7))
+        x = torch.randn(2, 3, 16, 16)
+    else:
+        model = ContextPoolResNetForImageClassification(
+            tiny_resnet_config(pool_downsampling=["stem_conv", "stem_pool", "stages"], pool_mix_init=0.7))
+        x = torch.randn(2, 3, 24, 24)
+    model.train()
+    model(pixel_values=x, labels=torch.tensor([0, 1])).loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_fast_matches_reference_implementation():
+    torch.manual_seed(0)
+    fast = ContextPoolViTForImageClassification(tiny_vit_config(pool_groups=2)).eval()
+    ref = ContextPoolViTForImageClassification(tiny_vit_config(pool_groups=2, pool_implementation="reference")).eval()
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(fast(pixel_values=x).logits, ref(pixel_values=x).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_classes_in_process(tmp_path):
+    model = ContextPoolViTForImageClassification(tiny_vit_config())
+    model.save_pretrained(tmp_path)
+    assert isinstance(AutoModelForImageClassification.from_pretrained(tmp_path), ContextPoolViTForImageClassification)
+    assert isinstance(AutoModel.from_pretrained(tmp_path), ContextPoolViTModel)
+    for name in ("modeling_contextpool_vision.py", "configuration_contextpool_vision.py", "pooling_contextpool.py"):
+        assert (tmp_path / name).exists(), name
+    rn = tmp_path / "rn"
+    ContextPoolResNetForImageClassification(tiny_resnet_config()).save_pretrained(rn)
+    assert isinstance(AutoModel.from_pretrained(rn), ContextPoolResNetModel)
+
+
+def test_interpolate_pos_encoding():
+    model = ContextPoolViTForImageClassification(tiny_vit_config()).eval()
+    out = model(pixel_values=torch.randn(1, 3, 24, 20), interpolate_pos_encoding=True, output_pooling_sizes=True)
+    assert out.pooling_sizes[0].shape == (1, 1, 6, 5)
+
+
+# --------------------------------------------------------------------------------------
+# Conversion: weights carried over, logits reproduced (<= 1e-5)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", [{}, {"pool_groups": 4, "pool_feeds": "kv"}])
+def test_convert_vit_reproduces_source(kw):
+    torch.manual_seed(0)
+    src = randomize(ViTForImageClassification(ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        image_size=16, patch_size=4, num_labels=5, layer_norm_eps=1e-6)))
+    converted = convert_vit(src, **kw)
+    assert converted.config.pool_mix_init == 0.0 and converted.config.num_labels == 5
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        diff = (src(pixel_values=x).logits - converted(pixel_values=x).logits).abs().max()
+    assert diff <= 1e-5
+    # and the pooled path is live: opening a gate changes the output
+    with torch.no_grad():
+        converted.vit.layers[0].attention.pool_mix.fill_(1.0)
+        assert (src(pixel_values=x).logits - converted(pixel_values=x).logits).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("layer_type,extra", [("basic", {}), ("bottleneck", {"downsample_in_bottleneck": True}),
+                                               ("bottleneck", {"downsample_in_first_stage": True})])
+def test_convert_resnet_reproduces_source(layer_type, extra):
+    torch.manual_seed(0)
+    src = randomize(ResNetForImageClassification(ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[2, 1], layer_type=layer_type, num_labels=4, **extra)))
+    converted = convert_resnet(src, pool_downsampling=["stem_conv", "stem_pool", "stages"])
+    assert len(converted.pooling_sites()) >= 4
+    x = torch.randn(2, 3, 33, 33)
+    with torch.no_grad():
+        diff = (src(pixel_values=x).logits - converted(pixel_values=x).logits).abs().max()
+    assert diff <= 1e-5
+
+
+def test_convert_checkpoint_folder_with_processor(tmp_path):
+    torch.manual_seed(0)
+    src = randomize(ViTForImageClassification(ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        image_size=16, patch_size=4, num_labels=2)))
+    src.save_pretrained(tmp_path / "src")
+    ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "src")
+    convert_vision_checkpoint(str(tmp_path / "src"), str(tmp_path / "out"))
+    assert (tmp_path / "out" / "preprocessor_config.json").exists()
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "out").eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert (src(pixel_values=x).logits - loaded(pixel_values=x).logits).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="model_type"):
+        ContextPoolViTForImageClassification(tiny_vit_config()).save_pretrained(tmp_path / "cp")
+        convert_vision_checkpoint(str(tmp_path / "cp"), str(tmp_path / "bad"))
+
+
+# --------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------
+
+
+def test_bad_inputs():
+    vit = ContextPoolViTForImageClassification(tiny_vit_config()).eval()
+    resnet = ContextPoolResNetForImageClassification(tiny_resnet_config()).eval()
+    for model in (vit, resnet):
+        with pytest.raises(ValueError, match="channel dimension"):
+            model(pixel_values=torch.randn(1, 1, 16, 16))
+    with pytest.raises(ValueError, match="doesn't match model"):
+        vit(pixel_values=torch.randn(1, 3, 18, 18))
+    with pytest.raises(ValueError, match="not divisible by the patch size"):
+        vit(pixel_values=torch.randn(1, 3, 18, 18), interpolate_pos_encoding=True)
+    with pytest.raises(ValueError, match="pixel_values"):
+        vit(pixel_values=torch.randn(3, 16, 16))
+
+
+def test_grayscale_image_through_processor():
+    processor = ViTImageProcessorPil(size={"height": 16, "width": 16}, do_convert_rgb=True)
+    gray = Image.fromarray((np.random.default_rng(0).random((20, 20)) * 255).astype("uint8"), mode="L")
+    pixel_values = processor(gray, return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (1, 3, 16, 16)
+    model = ContextPoolViTForImageClassification(tiny_vit_config()).eval()
+    assert model(pixel_values=pixel_values).logits.shape == (1, 3)
+
+
+# --------------------------------------------------------------------------------------
+# Heatmap and a short Trainer run
+# --------------------------------------------------------------------------------------
+
+
+def test_heatmap_png(tmp_path):
+    processor = ViTImageProcessorPil(size={"height": 16, "width": 16}, do_convert_rgb=True)
+    image = Image.fromarray((np.random.default_rng(0).random((16, 16, 3)) * 255).astype("uint8"))
+    for name, model in [("vit", ContextPoolViTForImageClassification(tiny_vit_config())),
+                        ("resnet", ContextPoolResNetForImageClassification(tiny_resnet_config()))]:
+        names, maps = pooling_size_maps(model, processor(image, return_tensors="pt")["pixel_values"])
+        assert len(names) == len(maps) > 0
+        path = save_pooling_heatmap(model, processor, image, tmp_path / f"{name}.png")
+        with open(path, "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def make_image_folder(root, n_per_class=6, size=12):
+    rng = np.random.default_rng(0)
+    for split in ("train", "validation"):
+        for label in ("a", "b"):
+            os.makedirs(root / split / label, exist_ok=True)
+            for i in range(n_per_class):
+                pixels = rng.integers(0, 255, (size, size), dtype=np.uint8)
+                if label == "b":
+                    pixels[: size // 2] = 255
+                Image.fromarray(pixels, mode="L").save(root / split / label / f"{i}.png")
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("run_image_classification",
+                                                  os.path.join(ROOT, "scripts", "run_image_classification.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["run_image_classification"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("model_type", ["contextpool_vit", "contextpool_resnet"])
+def test_short_trainer_run_saves_loadable_model(tmp_path, model_type):
+    make_image_folder(tmp_path / "data")
+    script = _load_script()
+    out = tmp_path / "out"
+    overrides = ("hidden_size=16,num_hidden_layers=1,num_attention_heads=2,intermediate_size=32,pool_layers=[0]"
+                 if model_type == "contextpool_vit" else "embedding_size=8,hidden_sizes=[8,16],depths=[1,1]")
+    metrics = script.main([
+        "--model_type", model_type, "--train_dir", str(tmp_path / "data" / "train"),
+        "--validation_dir", str(tmp_path / "data" / "validation"), "--image_size", "16",
+        "--config_overrides", overrides, "--output_dir", str(out), "--num_train_epochs", "1",
+        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--save_strategy", "no",
+        "--use_cpu", "--report_to", "none", "--augment", "crop,flip", "--seed", "3",
+    ])
+    assert np.isfinite(metrics["train_loss"]) and 0.0 <= metrics["eval_accuracy"] <= 1.0
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert model.config.id2label == {0: "a", 1: "b"}
+    assert (out / "preprocessor_config.json").exists() and (out / "modeling_contextpool_vision.py").exists()
+
+
+def test_parse_overrides():
+    script = _load_script()
+    assert script.parse_overrides("a=1,b=[1,2],c=gelu,d=true,e=0.5") == {
+        "a": 1, "b": [1, 2], "c": "gelu", "d": True, "e": 0.5}
+
+
+def test_downsample_gate_zero_is_the_original_operator():
+    cfg = tiny_resnet_config(pool_mix_init=0.0)
+    x = torch.randn(2, 8, 9, 9)
+    sub, mx = ContextPoolDownsample(cfg, 8, 2), ContextPoolDownsample(cfg, 8, 2, original="max")
+    torch.testing.assert_close(sub(x), x[:, :, ::2, ::2], rtol=0, atol=0)
+    torch.testing.assert_close(mx(x), torch.nn.functional.max_pool2d(x, 3, 2, 1), rtol=0, atol=0)
