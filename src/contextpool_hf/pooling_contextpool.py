@@ -62,25 +62,25 @@ def _check_options(sigma_max: float, truncation: float, implementation: str, eps
 
 
 def _check_values(name: str, tensor: torch.Tensor, low=None, high=None, low_open: bool = False) -> None:
-    """Value checks (finite, in range). They read the data, so they are skipped under torch.compile."""
+    """Value checks (finite, in range). They read the data, so they are skipped under torch.compile.
+
+    One pass over the data: min and max propagate nan and expose +-inf, so they answer the
+    finiteness and the range questions together.
+    """
     if _is_compiling():
         return
     if not tensor.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
-    tensor = tensor.detach()
-    if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name} contains non-finite values (nan or inf)")
     if tensor.numel() == 0:
         return
-    if low is not None:
-        smallest = float(tensor.min())
-        if smallest < low or (low_open and smallest <= low):
-            relation = ">" if low_open else ">="
-            raise ValueError(f"{name} must be {relation} {low}, got a minimum of {smallest}")
-    if high is not None:
-        largest = float(tensor.max())
-        if largest > high:
-            raise ValueError(f"{name} must be <= {high}, got a maximum of {largest}")
+    smallest, largest = torch.stack(torch.aminmax(tensor.detach())).tolist()
+    if not (math.isfinite(smallest) and math.isfinite(largest)):
+        raise ValueError(f"{name} contains non-finite values (nan or inf)")
+    if low is not None and (smallest < low or (low_open and smallest <= low)):
+        relation = ">" if low_open else ">="
+        raise ValueError(f"{name} must be {relation} {low}, got a minimum of {smallest}")
+    if high is not None and largest > high:
+        raise ValueError(f"{name} must be <= {high}, got a maximum of {largest}")
 
 
 def _check_shape(name: str, tensor, expected: tuple[int, ...], what: str) -> None:
@@ -129,13 +129,31 @@ def _offset_plan(radius, in_sizes, out_sizes, stride, causal):
     """[(squared distance, output index, input index)] for every offset that touches something."""
     plan = []
     for offset in _window_offsets(radius, in_sizes, causal):
-        slices = [_offset_slices(o, si, so, stride) for o, si, so in zip(offset, in_sizes, out_sizes)]
+        slices = [
+            _offset_slices(o, si, so, stride) for o, si, so in zip(offset, in_sizes, out_sizes, strict=True)
+        ]
         if any(s is None for s in slices):
             continue
         out_index = (slice(None),) + tuple(s[0] for s in slices)
         in_index = (slice(None),) + tuple(s[1] for s in slices)
         plan.append((float(sum(o * o for o in offset)), out_index, in_index))
+    # Offsets at the same distance (+-k in 1-D; up to 8 in 2-D) share one Gaussian, computed
+    # once on all outputs and sliced: sorting makes them adjacent, so only one is kept alive.
+    plan.sort(key=lambda step: step[0], reverse=True)
     return plan
+
+
+class _GaussianCache:
+    """exp(-sq / (2 sigma^2)) on every output for the current squared distance (None at 0)."""
+
+    def __init__(self, sigma: torch.Tensor):
+        self.inv_two_var = 0.5 / (sigma * sigma)  # (B, *out_sizes)
+        self.sq, self.gauss = 0.0, None
+
+    def __call__(self, sq: float):
+        if sq != self.sq:
+            self.sq, self.gauss = sq, torch.exp(self.inv_two_var * -sq)
+        return self.gauss
 
 
 # --------------------------------------------------------------------------------------
@@ -151,18 +169,19 @@ class _FastContextPool(torch.autograd.Function):
         # x: (B, *in_sizes, d); weights: (B, *in_sizes); sigma: (B, *out_sizes)
         in_sizes, out_sizes = tuple(weights.shape[1:]), tuple(sigma.shape[1:])
         plan = _offset_plan(radius, in_sizes, out_sizes, stride, causal)
-        inv_two_var = 0.5 / (sigma * sigma)  # (B, *out_sizes)
+        gaussian = _GaussianCache(sigma)
         y = x.new_zeros(sigma.shape + x.shape[-1:])
-        total = torch.zeros_like(sigma)  # sum_j w_j g_ij
+        total = torch.zeros_like(sigma) if normalize else None  # sum_j w_j g_ij
         for sq, out_index, in_index in plan:
             coef = weights[in_index]
             if sq:
-                coef = coef * torch.exp(inv_two_var[out_index] * -sq)
+                coef = coef * gaussian(sq)[out_index]
             y[out_index].addcmul_(coef.unsqueeze(-1), x[in_index])
-            total[out_index] += coef
+            if normalize:
+                total[out_index] += coef
         if normalize:
-            denom = total + eps
-            y /= denom.unsqueeze(-1)
+            denom = total.add_(eps)
+            y.div_(denom.unsqueeze(-1))
         else:
             denom = None
         ctx.save_for_backward(x, weights, sigma, y, denom)
@@ -174,31 +193,37 @@ class _FastContextPool(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, weights, sigma, y, denom = ctx.saved_tensors
         plan = ctx.plan
-        grad_y = grad_y.contiguous()
+        need_x = ctx.needs_input_grad[0]
+        need_coef = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         if denom is not None:
             grad_num = grad_y / denom.unsqueeze(-1)  # dL/d(sum_j c_ij x_j)
-            grad_total = -(grad_y * y).sum(-1) / denom  # dL/d(sum_j c_ij)
+            grad_total = torch.linalg.vecdot(grad_y, y).div_(denom).neg_()  # dL/d(sum_j c_ij)
         else:
             grad_num, grad_total = grad_y, None
-        inv_two_var = 0.5 / (sigma * sigma)
-        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        gaussian = _GaussianCache(sigma)
+        grad_x = torch.zeros_like(x) if need_x else None
         grad_w = torch.zeros_like(weights)
         grad_sq = torch.zeros_like(sigma)  # sum_j dL/dc_ij * c_ij * |p_j - p_i|^2
         for sq, out_index, in_index in plan:
-            gauss = torch.exp(inv_two_var[out_index] * -sq) if sq else None
-            w_in = weights[in_index]
-            coef = w_in * gauss if sq else w_in
-            g_out = grad_num[out_index]
-            if grad_x is not None:
-                grad_x[in_index].addcmul_(g_out, coef.unsqueeze(-1))
-            grad_coef = torch.linalg.vecdot(g_out, x[in_index])
-            if grad_total is not None:
-                grad_coef = grad_coef + grad_total[out_index]
-            grad_w[in_index] += grad_coef * gauss if sq else grad_coef
+            coef = weights[in_index]
             if sq:
-                grad_sq[out_index] += grad_coef * coef * sq
+                gauss = gaussian(sq)[out_index]
+                coef = coef * gauss
+            g_out = grad_num[out_index]
+            if need_x:
+                grad_x[in_index].addcmul_(g_out, coef.unsqueeze(-1))
+            if not need_coef:
+                continue
+            grad_coef = torch.linalg.vecdot(g_out, x[in_index])  # dL/dc_ij
+            if grad_total is not None:
+                grad_coef += grad_total[out_index]
+            if sq:
+                grad_w[in_index].addcmul_(grad_coef, gauss)
+                grad_sq[out_index].addcmul_(grad_coef, coef, value=sq)
+            else:
+                grad_w[in_index] += grad_coef
         # d g_ij / d sigma_i = g_ij * |p_j - p_i|^2 / sigma_i^3
-        grad_sigma = grad_sq / (sigma * sigma * sigma)
+        grad_sigma = grad_sq.div_(sigma * sigma * sigma)
         return grad_x, grad_w, grad_sigma, None, None, None, None, None
 
 
@@ -300,7 +325,11 @@ def context_pool(
         weights = weights * keep.to(weights.dtype)
     d = x.shape[-1]
     if x.dim() == 4:  # (B, G, n, d) -> (B*G, n, d)
-        x, weights, sigma = x.reshape(-1, x.shape[-2], d), weights.reshape(-1, lead[-1]), sigma.reshape(-1, lead[-1])
+        x, weights, sigma = (
+            x.reshape(-1, x.shape[-2], d),
+            weights.reshape(-1, lead[-1]),
+            sigma.reshape(-1, lead[-1]),
+        )
     radius = window_radius(sigma_max, truncation)
     y = _run(x, weights, sigma, radius, 1, causal, normalize, eps, implementation)
     return y.reshape(lead + (d,))
@@ -381,7 +410,12 @@ class ContextPoolPredictor(nn.Module):
     ):
         super().__init__()
         width = width or hidden_size
-        self.groups, self.kernel_size, self.causal, self.spatial_dims = groups, kernel_size, causal, spatial_dims
+        self.groups, self.kernel_size, self.causal, self.spatial_dims = (
+            groups,
+            kernel_size,
+            causal,
+            spatial_dims,
+        )
         # A narrower predictor first projects down; at full width it reads the input directly.
         self.in_proj = nn.Linear(hidden_size, width, bias=False) if width != hidden_size else None
         conv = nn.Conv1d if spatial_dims == 1 else nn.Conv2d
@@ -441,7 +475,9 @@ class ContextPool(nn.Module):
     ):
         super().__init__()
         if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+            raise ValueError(
+                f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
+            )
         if spatial_dims == 2 and causal:
             raise ValueError("causal pooling is only defined for 1-D sequences")
         if stride != 1 and spatial_dims != 2:
@@ -451,7 +487,9 @@ class ContextPool(nn.Module):
         self.truncation, self.normalize, self.causal = truncation, normalize, causal
         self.spatial_dims, self.stride, self.implementation = spatial_dims, stride, implementation
         self.radius = window_radius(sigma_max, truncation)
-        self.predictor = ContextPoolPredictor(hidden_size, groups, kernel_size, causal, predictor_width, spatial_dims)
+        self.predictor = ContextPoolPredictor(
+            hidden_size, groups, kernel_size, causal, predictor_width, spatial_dims
+        )
         self.last_sigma: torch.Tensor | None = None
 
     def sigma_from_logits(self, b: torch.Tensor) -> torch.Tensor:
@@ -476,7 +514,9 @@ class ContextPool(nn.Module):
         x = features.reshape((batch * groups,) + features.shape[2:])  # (B*G, *spatial, c)
         w = weights.reshape((batch * groups,) + weights.shape[2:])
         s = sigma.reshape((batch * groups,) + sigma.shape[2:])
-        y = _run(x, w, s, self.radius, self.stride, self.causal, self.normalize, DEFAULT_EPS, self.implementation)
+        y = _run(
+            x, w, s, self.radius, self.stride, self.causal, self.normalize, DEFAULT_EPS, self.implementation
+        )
         return y.reshape((batch, groups) + y.shape[1:-1] + (c,))
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -487,10 +527,17 @@ class ContextPool(nn.Module):
         """
         expected_dims = self.spatial_dims + 2
         if hidden.dim() != expected_dims:
-            raise ValueError(f"ContextPool expects a {expected_dims}-D input, got shape {tuple(hidden.shape)}")
+            raise ValueError(
+                f"ContextPool expects a {expected_dims}-D input, got shape {tuple(hidden.shape)}"
+            )
         keep = None
         if attention_mask is not None:
-            _check_shape("attention_mask", attention_mask, tuple(hidden.shape[:-1]), "the input without its feature dim")
+            _check_shape(
+                "attention_mask",
+                attention_mask,
+                tuple(hidden.shape[:-1]),
+                "the input without its feature dim",
+            )
             keep = _mask_as_weights(attention_mask, "attention_mask")
         weights, sigma, _ = self.predict(hidden, keep)
         self.last_sigma = sigma.detach()

@@ -1,0 +1,342 @@
+"""Benchmark the ContextPool operator: fast path vs dense reference vs one SDPA call (CPU).
+
+    python scripts/bench_op.py            # full sweep (several minutes)
+    python scripts/bench_op.py --quick    # under a minute: the project's temporary `make demo`
+
+For every width d and length n (batch 2 by default) it measures, in the same run:
+- (a) `context_pool(..., implementation="fast")`, bidirectional, sigma_max 8, truncation 3
+  (R = 24, a 49-token window), through the public function (value checks included);
+- (b) the same call with `implementation="reference"` (dense n x n), skipped and recorded
+  as "skipped (memory)" where its estimated footprint exceeds --mem-cap-gib;
+- (c) one `torch.nn.functional.scaled_dot_product_attention` call on (batch, 4, n, d / 4)
+  q, k, v: the attention that the pooled features feed, for scale.
+
+Time: forward (under no_grad, as in inference) and forward+backward (inputs require grad,
+backward with a fixed random output gradient). Each is the median of --repeats runs after
+one warm-up; the implementations are interleaved inside every repeat so that the noise of a
+shared machine hits all of them alike, and ratios are taken between numbers of this run.
+
+Memory: the extra CPU memory the op allocates, measured with `torch.profiler` memory
+profiling. The profiler records every allocation and free of PyTorch's CPU allocator (the
+op's outputs, the tensors autograd saves, every temporary inside it, and the gradients);
+the running sum of those events, in time order, peaks at the number reported. Inputs that
+exist before the call are not counted. What it cannot see: memory that a kernel obtains
+outside the PyTorch allocator (e.g. a BLAS library's private workspace), Python objects,
+and allocator caching. "fwd" is the peak of a no_grad forward, "fwd+bwd" the peak over the
+forward and backward together, including the returned gradients.
+
+Threads: one by default (--threads 0 keeps torch's default). On a shared 2-core machine a
+second OpenMP thread makes every parallel op wait at a barrier whenever the other core is
+busy; the fast path issues a few hundred such ops per call and SDPA a handful, so 2-thread
+timings there measured the neighbours' load, not the ops (10-100x swings between runs).
+One thread measures all three candidates on the same footing.
+
+Targets (checked and printed as PASS/FAIL; the exit code is 0 either way):
+- fast forward+backward at least 10x faster than the dense reference at n = 4096;
+- fast forward+backward at most 0.5x the SDPA call at n = 4096, d = 256;
+- fast forward+backward time grows at most 10x from n = 1024 to n = 8192.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from contextpool_hf.pooling_contextpool import context_pool, window_radius
+
+IMPLS = ("fast", "reference", "sdpa")
+SIGMA_MAX, TRUNCATION, HEADS = 8.0, 3.0, 4
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="n in {1024, 4096, 8192}, d = 256, 3 repeats")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192])
+    parser.add_argument("--widths", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads; 0 = torch's default (see the docstring)"
+    )
+    parser.add_argument(
+        "--mem-cap-gib", type=float, default=4.0, help="skip the reference above this estimate"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/bench_op"), help="writes OUT.csv and OUT.json"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.widths, args.repeats = [1024, 4096, 8192], [256], 3
+    return args
+
+
+# --------------------------------------------------------------------------------------
+# The three candidates: each returns (forward fn, forward+backward fn)
+# --------------------------------------------------------------------------------------
+
+
+def make_case(impl, batch, n, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if impl == "sdpa":
+        q, k, v = (torch.randn(batch, HEADS, n, d // HEADS, generator=g).requires_grad_() for _ in range(3))
+        grad_out = torch.randn(batch, HEADS, n, d // HEADS, generator=g)
+        inputs = (q, k, v)
+
+        def call():
+            return F.scaled_dot_product_attention(q, k, v)
+    else:
+        x = torch.randn(batch, n, d, generator=g).requires_grad_()
+        w = torch.rand(batch, n, generator=g).requires_grad_()
+        sigma = (0.5 + (SIGMA_MAX - 0.5) * torch.rand(batch, n, generator=g)).requires_grad_()
+        grad_out = torch.randn(batch, n, d, generator=g)
+        inputs = (x, w, sigma)
+
+        def call():
+            return context_pool(x, w, sigma, sigma_max=SIGMA_MAX, truncation=TRUNCATION, implementation=impl)
+
+    def forward():
+        with torch.no_grad():
+            call()
+
+    def forward_backward():
+        torch.autograd.grad(call(), inputs, grad_out)
+
+    return forward, forward_backward
+
+
+def reference_bytes(batch, n):
+    """A generous estimate of the dense reference's fwd+bwd footprint: ~8 (batch, n, n) float32."""
+    return 8 * batch * n * n * 4
+
+
+def peak_extra_bytes(fn):
+    """Peak of the running sum of allocator events while fn runs (see the module docstring)."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    )
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------
+# The sweep
+# --------------------------------------------------------------------------------------
+
+
+def run_sweep(args):
+    rows = []
+    for d in args.widths:
+        for n in args.sizes:
+            active = {}
+            for impl in IMPLS:
+                if impl == "reference" and reference_bytes(args.batch, n) > args.mem_cap_gib * 2**30:
+                    rows.append(dict(impl=impl, d=d, n=n, status="skipped (memory)"))
+                    continue
+                if args.quick and impl != "fast" and n > 4096:
+                    rows.append(dict(impl=impl, d=d, n=n, status="not run (--quick)"))
+                    continue
+                active[impl] = make_case(impl, args.batch, n, d)
+            times = {impl: ([], []) for impl in active}
+            for fwd, fwd_bwd in active.values():  # warm-up
+                fwd(), fwd_bwd()
+            for _ in range(args.repeats):
+                for impl, (fwd, fwd_bwd) in active.items():
+                    times[impl][0].append(timed(fwd))
+                    times[impl][1].append(timed(fwd_bwd))
+            for impl, (fwd, fwd_bwd) in active.items():
+                rows.append(
+                    dict(
+                        impl=impl,
+                        d=d,
+                        n=n,
+                        status="ok",
+                        fwd_s=statistics.median(times[impl][0]),
+                        fwd_bwd_s=statistics.median(times[impl][1]),
+                        fwd_mib=peak_extra_bytes(fwd) / 2**20,
+                        fwd_bwd_mib=peak_extra_bytes(fwd_bwd) / 2**20,
+                    )
+                )
+            print(f"  measured d={d} n={n}", file=sys.stderr, flush=True)
+    return rows
+
+
+def get(rows, impl, d, n, key="fwd_bwd_s"):
+    for row in rows:
+        if (row["impl"], row["d"], row["n"]) == (impl, d, n) and row["status"] == "ok":
+            return row[key]
+    return None
+
+
+def ratio(a, b):
+    return None if a is None or b is None else a / b
+
+
+def add_ratios(rows):
+    for row in rows:
+        if row["impl"] != "fast" or row["status"] != "ok":
+            continue
+        d, n = row["d"], row["n"]
+        for key in ("fwd_s", "fwd_bwd_s"):
+            row[f"ref_over_fast_{key}"] = ratio(get(rows, "reference", d, n, key), row[key])
+            row[f"fast_over_sdpa_{key}"] = ratio(row[key], get(rows, "sdpa", d, n, key))
+
+
+def check_targets(rows, args):
+    """[(target, measured, PASS/FAIL/n.a.)]"""
+    results = []
+    for d in args.widths:
+        speedup = ratio(get(rows, "reference", d, 4096), get(rows, "fast", d, 4096))
+        results.append(
+            (
+                f"fast >= 10x faster than reference, n=4096, d={d} (fwd+bwd)",
+                speedup,
+                speedup and speedup >= 10,
+            )
+        )
+    vs_sdpa = ratio(get(rows, "fast", 256, 4096), get(rows, "sdpa", 256, 4096))
+    results.append(
+        ("fast <= 0.5x SDPA, n=4096, d=256 (fwd+bwd)", vs_sdpa, vs_sdpa is not None and vs_sdpa <= 0.5)
+    )
+    for d in args.widths:
+        for key in ("fwd_s", "fwd_bwd_s"):
+            growth = ratio(get(rows, "fast", d, 8192, key), get(rows, "fast", d, 1024, key))
+            label = "fwd+bwd" if key == "fwd_bwd_s" else "fwd (info)"
+            results.append(
+                (
+                    f"fast time growth n=1024 -> 8192 <= 10x, d={d} ({label})",
+                    growth,
+                    growth is not None and growth <= 10,
+                )
+            )
+    return [
+        (name, value, "n.a." if value is None else ("PASS" if ok else "FAIL")) for name, value, ok in results
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------
+
+
+def fmt_time(value):
+    return "-" if value is None else f"{value * 1e3:9.2f}"
+
+
+def fmt_ratio(value):
+    return "-" if value is None else f"{value:7.2f}x"
+
+
+def print_table(rows, args, info):
+    print(
+        f"\nContextPool op benchmark: batch {args.batch}, R = {window_radius(SIGMA_MAX, TRUNCATION)} "
+        f"(bidirectional), SDPA with {HEADS} heads; torch {info['torch']}, {info['threads']} threads, "
+        f"{info['cpu']}; median of {args.repeats}. Times in ms, memory in MiB (peak extra, fwd+bwd)."
+    )
+    header = (
+        f"{'d':>4} {'n':>5} | {'fast fwd':>9} {'fast f+b':>9} {'MiB':>7} | {'ref fwd':>9} {'ref f+b':>9} {'MiB':>7} "
+        f"| {'sdpa fwd':>9} {'sdpa f+b':>9} {'MiB':>7} | {'ref/fast':>8} {'fast/sdpa':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for d in args.widths:
+        for n in args.sizes:
+            cells = []
+            for impl in IMPLS:
+                row = next(r for r in rows if (r["impl"], r["d"], r["n"]) == (impl, d, n))
+                if row["status"] != "ok":
+                    cells.append(f"{row['status']:>27}")
+                else:
+                    cells.append(
+                        f"{fmt_time(row['fwd_s'])} {fmt_time(row['fwd_bwd_s'])} {row['fwd_bwd_mib']:7.1f}"
+                    )
+            fast = next(r for r in rows if (r["impl"], r["d"], r["n"]) == ("fast", d, n))
+            ratios = f"{fmt_ratio(fast.get('ref_over_fast_fwd_bwd_s')):>8} {fmt_ratio(fast.get('fast_over_sdpa_fwd_bwd_s')):>9}"
+            print(f"{d:>4} {n:>5} | " + " | ".join(cells) + f" | {ratios}")
+    print(
+        "(ratios are fwd+bwd: ref/fast = speed-up over the dense reference; fast/sdpa = share of one SDPA call)"
+    )
+
+
+def machine_info():
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return dict(
+        torch=torch.__version__,
+        python=platform.python_version(),
+        threads=torch.get_num_threads(),
+        cpu=cpu,
+        cpu_count=os.cpu_count(),
+        platform=platform.platform(),
+        load_average=os.getloadavg() if hasattr(os, "getloadavg") else None,
+    )
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    info = machine_info()
+    started = time.time()
+    rows = run_sweep(args)
+    add_ratios(rows)
+    info["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    info["wall_s"] = time.time() - started
+    targets = check_targets(rows, args)
+    print_table(rows, args, info)
+    print("\nTargets:")
+    for name, value, verdict in targets:
+        shown = "-" if value is None else f"{value:.2f}x"
+        print(f"  [{verdict}] {name}: {shown}")
+    print(
+        f"\nload average at start {info['load_average']}, at end {info['load_average_end']}; {info['wall_s']:.0f} s"
+    )
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fields = ["impl", "d", "n", "status", "fwd_s", "fwd_bwd_s", "fwd_mib", "fwd_bwd_mib"]
+    fields += [k for k in sorted({k for r in rows for k in r}) if k not in fields]
+    with open(args.out.with_suffix(".csv"), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config.update(sigma_max=SIGMA_MAX, truncation=TRUNCATION, heads=HEADS, causal=False)
+    payload = dict(
+        machine=info,
+        config=config,
+        rows=rows,
+        targets=[dict(target=t, value=v, verdict=r) for t, v, r in targets],
+    )
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+    print(f"wrote {args.out.with_suffix('.csv')} and {args.out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
