@@ -686,3 +686,49 @@ def test_every_parameter_gets_a_finite_nonzero_gradient(kwargs, shape):
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
+
+
+# --------------------------------------------------------------------------------------
+# Tiling: the fast path splits outputs into cache-sized tiles along the first axis; force
+# tiny tiles so that tile borders, causal windows and strided 2-D rows are all crossed.
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tile_elements", [1, 7, 64])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fast_tiled_1d_matches_reference(monkeypatch, tile_elements, causal):
+    import contextpool_hf.pooling_contextpool as pooling
+
+    monkeypatch.setattr(pooling, "_TILE_ELEMENTS", tile_elements)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 61, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.rand(2, 61, dtype=torch.float64, generator=gen, requires_grad=True)
+    s = (torch.rand(2, 61, dtype=torch.float64, generator=gen) * 2.5 + 0.2).requires_grad_()
+    mask = torch.ones(2, 61)
+    mask[1, 40:] = 0
+    results = []
+    for impl in ("fast", "reference"):
+        y = context_pool(x, w, s, attention_mask=mask, causal=causal, sigma_max=3.0, implementation=impl)
+        grads = torch.autograd.grad((y * y.cos()).sum(), (x, w, s))
+        results.append((y, *grads))
+    for fast, ref in zip(*results, strict=True):
+        torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_fast_tiled_2d_matches_reference(monkeypatch, stride):
+    import contextpool_hf.pooling_contextpool as pooling
+
+    monkeypatch.setattr(pooling, "_TILE_ELEMENTS", 5)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 11, 6, 2, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.rand(2, 11, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    h_out, w_out = (11 - 1) // stride + 1, (6 - 1) // stride + 1
+    s = (torch.rand(2, h_out, w_out, dtype=torch.float64, generator=gen) * 1.5 + 0.3).requires_grad_()
+    results = []
+    for impl in ("fast", "reference"):
+        y = context_pool_2d(x, w, s, stride=stride, sigma_max=2.0, implementation=impl)
+        grads = torch.autograd.grad((y * y.cos()).sum(), (x, w, s))
+        results.append((y, *grads))
+    for fast, ref in zip(*results, strict=True):
+        torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
