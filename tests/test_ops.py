@@ -394,20 +394,33 @@ class _LargestOutput(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("dims", [1, 2])
-def test_fast_path_allocates_nothing_bigger_than_x(dims):
-    if dims == 1:
-        x, w, s = make_inputs((2, 300), 4, dtype=torch.float32)
-        fn, kw = context_pool, dict(causal=False)
-    else:
-        x, w, s = make_inputs((2, 20, 20), 4, dtype=torch.float32, out_lead=(2, 10, 10))
-        fn, kw = context_pool_2d, dict(stride=2)
-    x, w, s = (t.requires_grad_() for t in (x, w, s))
+def _largest_tensor(fn, x, w, s, **kw):
+    x, w, s = (t.detach().clone().requires_grad_() for t in (x, w, s))
     with _LargestOutput() as probe:
         y = fn(x, w, s, **kw)
         y.backward(torch.ones_like(y))
-    # n x n would be 90_000 (1-D) / 40_000 (2-D); n x 49 x d: 58_800 / 78_400; x has 2_400 / 3_200
-    assert probe.largest <= x.numel(), probe.largest
+    return probe.largest
+
+
+def test_fast_path_1d_memory_is_linear_and_never_quadratic():
+    """Blocked 1-D path: its largest tensor is n x (T + 2R) coefficients (or the padded x)."""
+    d, radius = 16, 24
+    sizes = {}
+    for n in (600, 1200):
+        x, w, s = make_inputs((2, n), d, dtype=torch.float32)
+        sizes[n] = _largest_tensor(context_pool, x, w, s, causal=False)
+        quadratic = 2 * n * n
+        per_offset = 2 * n * (2 * radius + 1) * d
+        assert sizes[n] <= min(quadratic, per_offset) / 4, (n, sizes[n])
+    assert sizes[1200] <= 2.2 * sizes[600], sizes
+
+
+def test_fast_path_2d_allocates_nothing_bigger_than_x():
+    """Offset-loop path (2-D): every tensor is at most the size of x."""
+    x, w, s = make_inputs((2, 20, 20), 4, dtype=torch.float32, out_lead=(2, 10, 10))
+    largest = _largest_tensor(context_pool_2d, x, w, s, stride=2)
+    # n x n would be 40_000; n x 49 x d: 78_400; x has 3_200
+    assert largest <= x.numel(), largest
 
 
 # --------------------------------------------------------------------------------------
