@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints-ci.txt requirements-data.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python scripts/bench_op.py --quick
+	$(BIN)/python scripts/demo.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

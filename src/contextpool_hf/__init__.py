@@ -7,7 +7,13 @@ next to the weights (users without this package load them with `trust_remote_cod
 
 from transformers import AutoConfig
 
-from .pooling_contextpool import ContextPool, ContextPoolPredictor, context_pool, context_pool_2d, window_radius
+from .pooling_contextpool import (
+    ContextPool,
+    ContextPoolPredictor,
+    context_pool,
+    context_pool_2d,
+    window_radius,
+)
 
 __version__ = "0.1.0"
 
@@ -89,3 +95,20 @@ __all__ += [
 
 # --- encoder-decoder (translation) ---------------------------------------------------------
 # (added by the translation work)
+from .configuration_contextpool_seq2seq import ContextPoolSeq2SeqConfig  # noqa: E402
+from .modeling_contextpool_seq2seq import (  # noqa: E402
+    ContextPoolForConditionalGeneration,
+    ContextPoolSeq2SeqModel,
+    ContextPoolSeq2SeqPreTrainedModel,
+)
+
+_register(
+    ContextPoolSeq2SeqConfig,
+    {ContextPoolSeq2SeqModel: "AutoModel", ContextPoolForConditionalGeneration: "AutoModelForSeq2SeqLM"},
+)
+__all__ += [
+    "ContextPoolSeq2SeqConfig",
+    "ContextPoolSeq2SeqPreTrainedModel",
+    "ContextPoolSeq2SeqModel",
+    "ContextPoolForConditionalGeneration",
+]

@@ -5,12 +5,11 @@ transformers). One config hosts BERT-, GPT-2- and Llama-shaped Transformers so t
 checkpoints convert by a key map; the `pool_*` fields are the ContextPool knobs of the spec.
 """
 
-from __future__ import annotations
-
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
 
 # Every Auto class the text models answer to; written into config.json so that users without
 # this package can load any head with trust_remote_code=True.
@@ -154,6 +153,8 @@ class ContextPoolConfig(PreTrainedConfig):
             )
         if self.position_embedding_type == "rotary" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"hidden_act must be one of transformers' activations {sorted(ACT2FN)}, got {self.hidden_act!r}")
         if self.type_vocab_size < 0:
             raise ValueError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
         for name in ("hidden_dropout", "attention_dropout", "embedding_dropout", "classifier_dropout"):

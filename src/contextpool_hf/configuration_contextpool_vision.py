@@ -11,7 +11,6 @@ window, weight exp(-2) = 0.14 at the window edge for the widest Gaussian) covers
 neighbourhood several times larger than a 2x2 pooling cell at 81 offsets per layer.
 """
 
-from __future__ import annotations
 
 import math
 

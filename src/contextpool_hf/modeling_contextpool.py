@@ -26,7 +26,7 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import logging
 
 from .configuration_contextpool import ContextPoolConfig
-from .pooling_contextpool import ContextPool
+from .pooling_contextpool import DEFAULT_EPS, ContextPool
 
 logger = logging.get_logger(__name__)
 
@@ -303,7 +303,10 @@ class ContextPoolSelfAttention(nn.Module):
     def _pool(self, hidden, features, keep, layer_cache):
         """hidden (B, n, d) feeds the predictor; features (B, G, n, C) are pooled. -> pooled, sigma (B, G, n)."""
         conv_state = layer_cache.conv_state if layer_cache is not None else None
-        weights, sigma, conv_state = self.pool.predict(hidden, keep, conv_state)
+        if layer_cache is not None and conv_state is not None and hidden.shape[1] == 1:
+            weights, sigma, conv_state = self._predict_one_step(hidden, keep, conv_state)
+        else:
+            weights, sigma, conv_state = self.pool.predict(hidden, keep, conv_state)
         if layer_cache is None:
             return self.pool.pool(features, weights, sigma), sigma
         # Incremental decoding: prepend the last R inputs and weights; the pooled output of
@@ -316,12 +319,56 @@ class ContextPoolSelfAttention(nn.Module):
         all_features = torch.cat([layer_cache.pool_features.to(features.dtype), features], dim=2)  # (B, G, R + n, C)
         all_weights = torch.cat([layer_cache.pool_weights.to(weights.dtype), weights], dim=2)  # (B, G, R + n)
         # History positions are outputs we throw away; any valid width will do for them.
-        all_sigma = torch.cat([sigma.new_full((batch, groups, radius), self.pool.sigma_max), sigma], dim=2)
-        pooled = self.pool.pool(all_features, all_weights, all_sigma)[:, :, radius:]
+        if n == 1:
+            pooled = self._pool_one_step(all_features, all_weights, sigma)
+        else:
+            all_sigma = torch.cat([sigma.new_full((batch, groups, radius), self.pool.sigma_max), sigma], dim=2)
+            pooled = self.pool.pool(all_features, all_weights, all_sigma)[:, :, radius:]
         layer_cache.pool_features = all_features[:, :, -radius:].detach()
         layer_cache.pool_weights = all_weights[:, :, -radius:].detach()
         layer_cache.conv_state = conv_state.detach()
         return pooled, sigma
+
+    def _predict_one_step(self, hidden, keep, conv_state):
+        """Decoding step of the causal predictor: ContextPool.predict for one token and a conv state.
+
+        The depthwise convolution over kernel_size inputs is written as kernel_size multiply-adds:
+        a framework convolution call costs milliseconds of setup for these few numbers.
+        hidden (B, 1, d), conv_state (B, width, kernel - 1) -> weights, sigma (B, G, 1), new state.
+        """
+        pool, predictor = self.pool, self.pool.predictor
+        h = predictor.in_proj(hidden) if predictor.in_proj is not None else hidden
+        if keep is not None:
+            h = h * keep.unsqueeze(-1).to(h.dtype)
+        window = torch.cat([conv_state.to(h.dtype), h.transpose(1, 2)], dim=-1)  # (B, width, kernel)
+        conv = predictor.conv
+        out = (window * conv.weight[:, 0]).sum(-1)  # (B, width)
+        if conv.bias is not None:
+            out = out + conv.bias
+        logits = predictor.proj(F.gelu(out)).unsqueeze(-1)  # (B, 2G, 1)
+        a, b = logits.chunk(2, dim=1)
+        weights = torch.sigmoid(a)
+        if keep is not None:
+            weights = weights * keep.unsqueeze(1).to(weights.dtype)
+        return weights, pool.sigma_from_logits(b), window[..., 1:]
+
+    def _pool_one_step(self, features, weights, sigma):
+        """Decoding step: pool the newest token over its window in a few dense ops.
+
+        features (B, G, R + 1, C), weights (B, G, R + 1) end with the new token; sigma (B, G, 1).
+        Same result as the offset loop (spec items 4-5, causal), without R + 1 loop steps per layer
+        and token. Computed in float32 at least, like the operator.
+        """
+        out_dtype = features.dtype
+        compute = torch.promote_types(features.dtype, torch.float32)
+        features, weights, sigma = features.to(compute), weights.to(compute), sigma.to(compute)
+        radius = features.shape[2] - 1
+        distance = torch.arange(radius, -1, -1, device=features.device, dtype=compute)  # (R + 1,): R .. 0
+        coef = weights * torch.exp(distance * distance * (-0.5 / (sigma * sigma)))  # (B, G, R + 1)
+        pooled = torch.matmul(coef.unsqueeze(-2), features)  # (B, G, 1, C)
+        if self.pool.normalize:
+            pooled = pooled / (coef.sum(-1, keepdim=True).unsqueeze(-1) + DEFAULT_EPS)
+        return pooled.to(out_dtype)
 
     def _pooled_projections(self, hidden, keep, layer_cache):
         """-> q (B, n, H*dh), k, v (B, n, Hkv*dh), sigma (B, G, n) or None."""
@@ -480,6 +527,19 @@ class ContextPoolPreTrainedModel(PreTrainedModel):
         elif isinstance(module, ContextPoolMaskedLMHead):
             init.zeros_(module.bias)
 
+    def push_to_hub(self, repo_id, **kwargs):
+        """Upload with the flat code files and the ContextPool model card.
+
+        With `contextpool_hf` installed this goes through `contextpool_hf.hub.push_model`
+        (returns a `PushResult`; `.oid`/`.commit_sha` is the revision to pin). Without it
+        (the model was loaded from the Hub) it is transformers' own `push_to_hub`.
+        """
+        try:
+            from contextpool_hf.hub import push_model
+        except ImportError:
+            return super().push_to_hub(repo_id, **kwargs)
+        return push_model(self, repo_id, **kwargs)
+
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         # generate() must not hand us a plain DynamicCache: the model creates a ContextPoolCache,
@@ -582,7 +642,7 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = config.use_return_dict if return_dict is None else return_dict
+        return_dict = config.return_dict if return_dict is None else return_dict
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         if input_ids is not None:
@@ -730,7 +790,7 @@ class ContextPoolForCausalLM(ContextPoolPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> ContextPoolCausalLMOutput | tuple:
         """labels (B, n): next-token targets aligned with input_ids (shifted inside), -100 = ignore."""
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -795,6 +855,18 @@ class ContextPoolForMaskedLM(ContextPoolPreTrainedModel):
     def get_output_embeddings(self) -> nn.Linear:
         return self.cls.decoder
 
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """Also resize the MLM head's output bias (a separate parameter, unknown to the base method)."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        old_bias, new_size = self.cls.bias, embeddings.weight.shape[0]
+        if old_bias.shape[0] != new_size:
+            bias = old_bias.new_zeros(new_size)
+            keep = min(new_size, old_bias.shape[0])
+            with torch.no_grad():
+                bias[:keep] = old_bias[:keep]
+            self.cls.bias = nn.Parameter(bias, requires_grad=old_bias.requires_grad)
+        return embeddings
+
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.cls.decoder = value
 
@@ -814,7 +886,7 @@ class ContextPoolForMaskedLM(ContextPoolPreTrainedModel):
         **kwargs,
     ) -> ContextPoolMaskedLMOutput | tuple:
         """labels (B, n): original ids at masked positions, -100 elsewhere."""
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -865,6 +937,9 @@ def _sequence_representation(config, hidden, attention_mask, input_ids):
 
 
 class ContextPoolForSequenceClassification(ContextPoolPreTrainedModel):
+    # the loss is a per-example mean that ignores Trainer's num_items_in_batch
+    accepts_loss_kwargs = False
+
     def __init__(self, config: ContextPoolConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -888,7 +963,7 @@ class ContextPoolForSequenceClassification(ContextPoolPreTrainedModel):
         **kwargs,
     ) -> ContextPoolSequenceClassifierOutput | tuple:
         """labels (B,): class ids (cross-entropy), floats for regression, or (B, num_labels) multi-label."""
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -937,6 +1012,9 @@ def _classification_loss(config, logits, labels):
 
 
 class ContextPoolForTokenClassification(ContextPoolPreTrainedModel):
+    # the loss is a per-example mean that ignores Trainer's num_items_in_batch
+    accepts_loss_kwargs = False
+
     def __init__(self, config: ContextPoolConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -960,7 +1038,7 @@ class ContextPoolForTokenClassification(ContextPoolPreTrainedModel):
         **kwargs,
     ) -> ContextPoolTokenClassifierOutput | tuple:
         """labels (B, n): a class per token, -100 = ignore."""
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -988,6 +1066,9 @@ class ContextPoolForTokenClassification(ContextPoolPreTrainedModel):
 
 
 class ContextPoolForQuestionAnswering(ContextPoolPreTrainedModel):
+    # the loss is a per-example mean that ignores Trainer's num_items_in_batch
+    accepts_loss_kwargs = False
+
     def __init__(self, config: ContextPoolConfig):
         super().__init__(config)
         self.model = ContextPoolModel(config, add_pooling_layer=False)
@@ -1010,7 +1091,7 @@ class ContextPoolForQuestionAnswering(ContextPoolPreTrainedModel):
         **kwargs,
     ) -> ContextPoolQuestionAnsweringOutput | tuple:
         """start_positions/end_positions (B,): answer span; positions outside the input are ignored."""
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

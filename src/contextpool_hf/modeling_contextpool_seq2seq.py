@@ -1,0 +1,737 @@
+"""ContextPool encoder-decoder Transformer for translation (BART/Marian shaped).
+
+Flat, Hub-shipped file: imports only torch, transformers and its sibling flat files.
+
+- Encoder self-attention pools bidirectionally, decoder self-attention causally (the text
+  model's `ContextPoolSelfAttention`, spec items 1-6 and 10).
+- Cross-attention pools the encoder memory (bidirectionally) before its keys/values are
+  projected (spec item 9). Each decoder layer computes its pooled memory and keys/values once
+  per source and keeps them in the cross-attention half of an `EncoderDecoderCache`; the
+  self-attention half is a `ContextPoolCache`, which also carries the causal pooling state.
+- Every pooled path enters through a learnable mix (`pool_mix`); at 0 the model is exactly
+  the vanilla Transformer, which is how BART/Marian checkpoints convert (spec item 7).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.generation import GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_utils import PreTrainedModel
+from transformers.utils import logging
+
+from .configuration_contextpool_seq2seq import ContextPoolSeq2SeqConfig
+from .modeling_contextpool import (
+    ATTENTION_FUNCTIONS,
+    ContextPoolCache,
+    ContextPoolSelfAttention,
+    _attention_bias,
+    _check_token_ids,
+    _lm_loss,
+    sdpa_attention_forward,
+)
+from .pooling_contextpool import ContextPool
+
+logger = logging.get_logger(__name__)
+
+
+def _is_compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+# --------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ContextPoolEncoderOutput(ModelOutput):
+    """last_hidden_state (B, m, d); pooling_sizes: per layer, sigma (B, G, m) or None."""
+
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    pooling_sizes: tuple[torch.Tensor | None, ...] | None = None
+
+
+@dataclass
+class ContextPoolDecoderOutput(ModelOutput):
+    last_hidden_state: torch.Tensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    pooling_sizes: tuple[torch.Tensor | None, ...] | None = None
+
+
+@dataclass
+class ContextPoolSeq2SeqModelOutput(ModelOutput):
+    last_hidden_state: torch.Tensor | None = None
+    cache: Cache | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
+    decoder_pooling_sizes: tuple[torch.Tensor | None, ...] | None = None
+    encoder_pooling_sizes: tuple[torch.Tensor | None, ...] | None = None
+
+
+@dataclass
+class ContextPoolSeq2SeqLMOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    cache: Cache | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
+    decoder_pooling_sizes: tuple[torch.Tensor | None, ...] | None = None
+    encoder_pooling_sizes: tuple[torch.Tensor | None, ...] | None = None
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """labels (B, n) -> decoder_input_ids (B, n): start token, then labels[:, :-1]; -100 becomes pad."""
+    if decoder_start_token_id is None:
+        raise ValueError("config.decoder_start_token_id must be set to build decoder_input_ids from labels")
+    if pad_token_id is None:
+        raise ValueError("config.pad_token_id must be set to build decoder_input_ids from labels")
+    shifted = labels.new_zeros(labels.shape)
+    shifted[:, 1:] = labels[:, :-1].clone()
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def sinusoidal_positions(position_ids: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """Marian's table, computed on the fly: sin in the first half, cos in the second (not interleaved).
+
+    position_ids (B, n) -> (B, n, dim). Computed in float64 like Marian's numpy table.
+    """
+    half = dim // 2 if dim % 2 == 0 else dim // 2 + 1
+    j = torch.arange(0, dim, 2, dtype=torch.float64, device=position_ids.device)  # even channel indices
+    angles = position_ids.to(torch.float64).unsqueeze(-1) / torch.pow(10000.0, j / dim)  # (B, n, ceil(dim/2))
+    out = torch.empty(position_ids.shape + (dim,), dtype=torch.float64, device=position_ids.device)
+    out[..., :half] = torch.sin(angles)
+    out[..., half:] = torch.cos(angles[..., : dim - half])
+    # Marian stores the table in float32 before adding it
+    return out.to(torch.float32).to(dtype)
+
+
+class _StackConfig:
+    """One stack (encoder or decoder) of the seq2seq config seen as a `ContextPoolConfig`.
+
+    The text model's building blocks read these attributes; everything else (pool_*,
+    `_attn_implementation`, ...) is read live from the seq2seq config, so switching the
+    attention implementation on the model reaches every layer.
+    """
+
+    def __init__(self, config: ContextPoolSeq2SeqConfig, stack: str):
+        self._config = config
+        heads = config.encoder_attention_heads if stack == "encoder" else config.decoder_attention_heads
+        self.hidden_size = config.d_model
+        self.num_attention_heads = self.num_key_value_heads = heads
+        self.head_dim = config.d_model // heads
+        self.is_causal = stack == "decoder"
+        self.pool_layers = config.pool_layers_of(stack)
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "_config":
+            raise AttributeError(name)
+        return getattr(self._config, name)
+
+    def layer_pools(self, layer_idx: int) -> bool:
+        return self.pool_layers is None or layer_idx in self.pool_layers
+
+
+def _make_pool(config: ContextPoolSeq2SeqConfig, causal: bool) -> ContextPool:
+    return ContextPool(
+        config.d_model,
+        groups=config.pool_groups,
+        sigma_min=config.pool_sigma_min,
+        sigma_max=config.pool_sigma_max,
+        truncation=config.pool_truncation,
+        normalize=config.pool_normalize,
+        causal=causal,
+        kernel_size=config.pool_kernel_size,
+        predictor_width=config.pool_predictor_width,
+        implementation=config.pool_implementation,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------
+
+
+class ContextPoolCrossAttention(nn.Module):
+    """Decoder-to-encoder attention over the pooled encoder memory (spec item 9).
+
+    The memory (B, m, d) is pooled bidirectionally with this layer's own predictor (padding has
+    weight 0), mixed with the unpooled memory by `pool_mix`, and projected to keys/values once per
+    source: with an `EncoderDecoderCache` they are stored and reused at every generation step.
+    pool_groups > 1: each group pools its own heads' key/value channels (like the self-attention).
+    """
+
+    def __init__(self, config: _StackConfig, layer_idx: int):
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        d, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(d, d, bias=bias)
+        self.k_proj = nn.Linear(d, d, bias=bias)
+        self.v_proj = nn.Linear(d, d, bias=bias)
+        self.o_proj = nn.Linear(d, d, bias=bias)
+        self.groups = config.pool_groups
+        if config.pool_cross_attention and config.layer_pools(layer_idx):
+            self.pool = _make_pool(config._config, causal=False)
+            self.pool_mix = nn.Parameter(torch.full((config.pool_groups,), float(config.pool_mix_init)))
+        else:
+            self.pool = None
+
+    def memory_keys_values(self, memory: torch.Tensor, keep: torch.Tensor | None):
+        """memory (B, m, d), keep (B, m) bool or None -> keys, values (B, H, m, dh)."""
+        batch, m, _ = memory.shape
+        if self.pool is None:
+            k, v = self.k_proj(memory), self.v_proj(memory)
+        else:
+            weights, sigma, _ = self.pool.predict(memory, keep)
+            if self.groups == 1:
+                pooled = self.pool.pool(memory.unsqueeze(1), weights, sigma).squeeze(1)
+                mixed = memory + self.pool_mix * (pooled - memory)
+                k, v = self.k_proj(mixed), self.v_proj(mixed)
+            else:
+                groups = self.groups
+                k = F.linear(memory, self.k_proj.weight).view(batch, m, groups, -1)
+                v = F.linear(memory, self.v_proj.weight).view(batch, m, groups, -1)
+                features = torch.cat([k, v], dim=-1).transpose(1, 2)  # (B, G, m, 2 d / G)
+                pooled = self.pool.pool(features, weights, sigma)
+                mixed = features + self.pool_mix.view(1, groups, 1, 1) * (pooled - features)
+                k, v = (p.reshape(batch, m, -1) for p in mixed.transpose(1, 2).chunk(2, dim=-1))
+                if self.k_proj.bias is not None:
+                    k, v = k + self.k_proj.bias, v + self.v_proj.bias
+        k = k.view(batch, m, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, m, dh)
+        v = v.view(batch, m, self.num_heads, self.head_dim).transpose(1, 2)
+        return k, v
+
+    def forward(self, hidden, memory, memory_keep, attention_bias, cache: EncoderDecoderCache | None = None,
+                output_attentions: bool = False):
+        batch, n, _ = hidden.shape
+        q = self.q_proj(hidden).view(batch, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, n, dh)
+        if cache is not None and cache.is_updated.get(self.layer_idx):
+            layer = cache.cross_attention_cache.layers[self.layer_idx]
+            k, v = layer.keys, layer.values
+        else:
+            k, v = self.memory_keys_values(memory, memory_keep)
+            if cache is not None:
+                k, v = cache.cross_attention_cache.update(k, v, self.layer_idx)
+                cache.is_updated[self.layer_idx] = True
+        implementation = "eager" if output_attentions else (self.config._attn_implementation or "eager")
+        attention = ATTENTION_FUNCTIONS.get(implementation, sdpa_attention_forward)
+        output, weights = attention(
+            self, q, k, v, attention_bias, self.scaling,
+            dropout=self.attention_dropout if self.training else 0.0, is_causal=False,
+        )
+        return self.o_proj(output.reshape(batch, n, -1)), weights
+
+
+class ContextPoolSeq2SeqMLP(nn.Module):
+    """fc1 -> act -> dropout -> fc2 (BART/Marian names)."""
+
+    def __init__(self, d_model: int, ffn_dim: int, activation: str, activation_dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, d_model)
+        self.act = ACT2FN[activation]
+        self.dropout = nn.Dropout(activation_dropout)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(self.act(self.fc1(hidden))))
+
+
+class ContextPoolEncoderLayer(GradientCheckpointingLayer):
+    """Self-attention (bidirectional pooling) + MLP; post-norm (BART/Marian) or pre-norm."""
+
+    def __init__(self, config: _StackConfig, layer_idx: int, ffn_dim: int | None = None):
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        d = config.hidden_size
+        self.self_attn = ContextPoolSelfAttention(config, layer_idx)
+        self.self_attn_layer_norm = nn.LayerNorm(d, eps=config.norm_eps)
+        ffn_dim = config.encoder_ffn_dim if ffn_dim is None else ffn_dim
+        self.mlp = ContextPoolSeq2SeqMLP(d, ffn_dim, config.activation_function, config.activation_dropout)
+        self.final_layer_norm = nn.LayerNorm(d, eps=config.norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def _block(self, hidden, norm, fn):
+        if self.pre_norm:
+            out, *extra = fn(norm(hidden))
+            return hidden + self.dropout(out), extra
+        out, *extra = fn(hidden)
+        return norm(hidden + self.dropout(out)), extra
+
+    def forward(self, hidden, attention_bias=None, keep=None, output_attentions=False):
+        hidden, (weights, sigma) = self._block(
+            hidden, self.self_attn_layer_norm,
+            lambda x: self.self_attn(x, attention_bias, keep, None, None, output_attentions),
+        )
+        hidden, _ = self._block(hidden, self.final_layer_norm, lambda x: (self.mlp(x),))
+        return hidden, weights, sigma
+
+
+class ContextPoolDecoderLayer(ContextPoolEncoderLayer):
+    """Causal pooled self-attention + cross-attention over the pooled memory + MLP."""
+
+    def __init__(self, config: _StackConfig, layer_idx: int):
+        super().__init__(config, layer_idx, config.decoder_ffn_dim)
+        self.encoder_attn = ContextPoolCrossAttention(config, layer_idx)
+        self.encoder_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+
+    def forward(self, hidden, memory, self_bias=None, keep=None, memory_keep=None, cross_bias=None, cache=None,
+                output_attentions=False):
+        self_cache = cache.self_attention_cache if cache is not None else None
+        hidden, (weights, sigma) = self._block(
+            hidden, self.self_attn_layer_norm,
+            lambda x: self.self_attn(x, self_bias, keep, None, self_cache, output_attentions),
+        )
+        hidden, (cross_weights,) = self._block(
+            hidden, self.encoder_attn_layer_norm,
+            lambda x: self.encoder_attn(x, memory, memory_keep, cross_bias, cache, output_attentions),
+        )
+        hidden, _ = self._block(hidden, self.final_layer_norm, lambda x: (self.mlp(x),))
+        return hidden, weights, cross_weights, sigma
+
+
+# --------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------
+
+
+class ContextPoolSeq2SeqPreTrainedModel(PreTrainedModel):
+    config_class = ContextPoolSeq2SeqConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ContextPoolEncoderLayer", "ContextPoolDecoderLayer"]
+    # The pooling runs in our own attention modules; "sdpa" only picks torch's fused product there.
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, (ContextPoolSelfAttention, ContextPoolCrossAttention)) and module.pool is not None:
+            init.constant_(module.pool_mix, float(self.config.pool_mix_init))
+        elif isinstance(module, ContextPoolForConditionalGeneration) and module.final_logits_bias is not None:
+            init.zeros_(module.final_logits_bias)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate() must not hand us a plain DynamicCache for self-attention: the model creates
+        # EncoderDecoderCache(ContextPoolCache(), DynamicCache()) and returns it in `outputs.cache`.
+        return False
+
+
+class _Embeddings(nn.Module):
+    """Token embedding (shared, not owned) * scale + positions (+ LayerNorm) -> dropout."""
+
+    def __init__(self, config: ContextPoolSeq2SeqConfig, shared: nn.Embedding):
+        super().__init__()
+        # A plain attribute, not a submodule: the matrix lives once, at `model.shared`.
+        object.__setattr__(self, "_shared", shared)
+        self.config = config
+        self.scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.offset = config.position_offset if config.position_embedding_type == "learned" else 0
+        self.embed_positions = (
+            nn.Embedding(config.max_position_embeddings + self.offset, config.d_model)
+            if config.position_embedding_type == "learned"
+            else None
+        )
+        self.layernorm_embedding = nn.LayerNorm(config.d_model, eps=config.norm_eps) if config.layernorm_embedding else None
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids, inputs_embeds, past: int, what: str):
+        config = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError(f"Pass exactly one of {what}input_ids or {what}inputs_embeds")
+        if input_ids is not None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"{what}input_ids must be (batch, sequence_length), got shape {tuple(input_ids.shape)}")
+            _check_token_ids(input_ids, config.vocab_size, f"{what}input_ids")
+            inputs_embeds = self._shared(input_ids) * self.scale
+        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.d_model:
+            raise ValueError(f"{what}inputs_embeds must be (batch, n, {config.d_model}), got {tuple(inputs_embeds.shape)}")
+        batch, n = inputs_embeds.shape[:2]
+        if past + n > config.max_position_embeddings:
+            raise ValueError(
+                f"{what or 'source '}sequence length {past + n} is longer than max_position_embeddings "
+                f"({config.max_position_embeddings}); truncate the input (tokenizer(..., truncation=True, "
+                f"max_length={config.max_position_embeddings}))"
+            )
+        position_ids = torch.arange(past, past + n, device=inputs_embeds.device).unsqueeze(0).expand(batch, n)
+        if self.embed_positions is not None:
+            positions = self.embed_positions(position_ids + self.offset)
+        else:
+            positions = sinusoidal_positions(position_ids, config.d_model, inputs_embeds.dtype)
+        hidden = inputs_embeds + positions
+        if self.layernorm_embedding is not None:
+            hidden = self.layernorm_embedding(hidden)
+        return self.dropout(hidden)
+
+
+def _keep_mask(mask, batch, length, name):
+    """(B, length) 0/1 mask -> bool, or None when nothing is masked; anything else is a ValueError."""
+    if mask is None:
+        return None
+    if mask.dim() != 2 or tuple(mask.shape) != (batch, length):
+        raise ValueError(f"{name} must be (batch, length) = {(batch, length)}, got {tuple(mask.shape)}")
+    keep = mask.bool()
+    if not _is_compiling() and bool(keep.all()):
+        return None
+    return keep
+
+
+class ContextPoolSeq2SeqEncoder(ContextPoolSeq2SeqPreTrainedModel):
+    """Embeddings + encoder layers (bidirectional pooling) (+ final norm when pre-norm)."""
+
+    def __init__(self, config: ContextPoolSeq2SeqConfig, shared: nn.Embedding):
+        super().__init__(config)
+        stack = _StackConfig(config, "encoder")
+        self.embeddings = _Embeddings(config, shared)
+        self.layers = nn.ModuleList(ContextPoolEncoderLayer(stack, i) for i in range(config.encoder_layers))
+        self.layer_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps) if config.norm_position == "pre" else None
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings._shared
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_attentions=None,
+                output_hidden_states=None, output_pooling_sizes=None, return_dict=None) -> ContextPoolEncoderOutput:
+        """input_ids (B, m), attention_mask (B, m) 1 = real token."""
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        hidden = self.embeddings(input_ids, inputs_embeds, 0, "")
+        batch, m = hidden.shape[:2]
+        keep = _keep_mask(attention_mask, batch, m, "attention_mask")
+        bias = _attention_bias(keep, m, m, False, hidden.dtype, hidden.device)
+        all_hidden = (hidden,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        all_sigma = ()
+        for layer in self.layers:
+            hidden, weights, sigma = layer(hidden, bias, keep, output_attentions)
+            all_sigma += (sigma,)
+            if output_attentions:
+                all_attentions += (weights,)
+            if output_hidden_states:
+                all_hidden += (hidden,)
+        if self.layer_norm is not None:
+            hidden = self.layer_norm(hidden)
+            if output_hidden_states:
+                all_hidden = all_hidden[:-1] + (hidden,)
+        output = ContextPoolEncoderOutput(hidden, all_hidden, all_attentions, all_sigma if output_pooling_sizes else None)
+        return output if return_dict is not False else output.to_tuple()
+
+
+class ContextPoolSeq2SeqDecoder(ContextPoolSeq2SeqPreTrainedModel):
+    """Embeddings + decoder layers (causal pooling, pooled cross-attention) (+ final norm when pre-norm)."""
+
+    def __init__(self, config: ContextPoolSeq2SeqConfig, shared: nn.Embedding):
+        super().__init__(config)
+        stack = _StackConfig(config, "decoder")
+        self.embeddings = _Embeddings(config, shared)
+        self.layers = nn.ModuleList(ContextPoolDecoderLayer(stack, i) for i in range(config.decoder_layers))
+        self.layer_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps) if config.norm_position == "pre" else None
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                inputs_embeds=None, cache=None, use_cache=None, output_attentions=False, output_hidden_states=False,
+                output_pooling_sizes=False) -> ContextPoolDecoderOutput:
+        config = self.config
+        if encoder_hidden_states is None:
+            raise ValueError("the decoder needs encoder_hidden_states (run the encoder first)")
+        use_cache = config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if cache is not None and not isinstance(cache, EncoderDecoderCache):
+            raise ValueError(f"ContextPool seq2seq models need an EncoderDecoderCache, got {type(cache).__name__}")
+        if cache is not None and not isinstance(cache.self_attention_cache, ContextPoolCache):
+            if cache.get_seq_length() > 0:
+                raise ValueError(
+                    "the self-attention half of the cache must be a ContextPoolCache (it holds the pooling "
+                    f"state); got a filled {type(cache.self_attention_cache).__name__}. Pass cache=None and "
+                    "reuse outputs.cache."
+                )
+            cache = None
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(ContextPoolCache(), DynamicCache())
+        if not use_cache:
+            cache = None
+        past = cache.get_seq_length() if cache is not None else 0
+
+        hidden = self.embeddings(input_ids, inputs_embeds, past, "decoder_")
+        batch, n = hidden.shape[:2]
+        m = encoder_hidden_states.shape[1]
+        if encoder_hidden_states.shape[0] != batch:
+            raise ValueError(
+                f"encoder_hidden_states has batch {encoder_hidden_states.shape[0]}, decoder inputs have {batch}"
+            )
+        keep_all = _keep_mask(attention_mask, batch, past + n, "decoder_attention_mask")
+        keep_new = keep_all[:, past:] if keep_all is not None else None
+        memory_keep = _keep_mask(encoder_attention_mask, batch, m, "attention_mask (encoder)")
+        self_bias = _attention_bias(keep_all, n, past + n, True, hidden.dtype, hidden.device)
+        cross_bias = _attention_bias(memory_keep, n, m, False, hidden.dtype, hidden.device)
+
+        all_hidden = (hidden,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        all_cross = () if output_attentions else None
+        all_sigma = ()
+        for layer in self.layers:
+            hidden, weights, cross_weights, sigma = layer(
+                hidden, encoder_hidden_states, self_bias, keep_new, memory_keep, cross_bias, cache, output_attentions
+            )
+            all_sigma += (sigma,)
+            if output_attentions:
+                all_attentions += (weights,)
+                all_cross += (cross_weights,)
+            if output_hidden_states:
+                all_hidden += (hidden,)
+        if self.layer_norm is not None:
+            hidden = self.layer_norm(hidden)
+            if output_hidden_states:
+                all_hidden = all_hidden[:-1] + (hidden,)
+        return ContextPoolDecoderOutput(
+            hidden, cache, all_hidden, all_attentions, all_cross, all_sigma if output_pooling_sizes else None
+        )
+
+
+class ContextPoolSeq2SeqModel(ContextPoolSeq2SeqPreTrainedModel):
+    """Shared embedding, encoder and decoder; returns the decoder's last hidden state."""
+
+    def __init__(self, config: ContextPoolSeq2SeqConfig):
+        super().__init__(config)
+        self.shared = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        self.encoder = ContextPoolSeq2SeqEncoder(config, self.shared)
+        self.decoder = ContextPoolSeq2SeqDecoder(config, self.shared)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.shared
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.shared = value
+        object.__setattr__(self.encoder.embeddings, "_shared", value)
+        object.__setattr__(self.decoder.embeddings, "_shared", value)
+
+    def get_encoder(self, modality: str | None = None):
+        return self.encoder
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        decoder_input_ids=None,
+        decoder_attention_mask=None,
+        encoder_outputs=None,
+        cache=None,
+        inputs_embeds=None,
+        decoder_inputs_embeds=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        output_pooling_sizes=None,
+        return_dict=None,
+        past_key_values=None,
+        decoder_position_ids=None,
+        **kwargs,
+    ) -> ContextPoolSeq2SeqModelOutput | tuple:
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                output_pooling_sizes=output_pooling_sizes,
+                return_dict=True,
+            )
+        elif not isinstance(encoder_outputs, ModelOutput):
+            encoder_outputs = ContextPoolEncoderOutput(*encoder_outputs)
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            inputs_embeds=decoder_inputs_embeds,
+            cache=cache if cache is not None else past_key_values,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_pooling_sizes=output_pooling_sizes,
+        )
+        output = ContextPoolSeq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            cache=decoder_outputs.cache,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+            decoder_pooling_sizes=decoder_outputs.pooling_sizes,
+            encoder_pooling_sizes=encoder_outputs.get("pooling_sizes"),
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class ContextPoolForConditionalGeneration(ContextPoolSeq2SeqPreTrainedModel, GenerationMixin):
+    """Encoder-decoder LM head for translation; greedy/beam generation with an encoder-decoder cache.
+
+    `labels` (B, n) are the target ids (-100 = ignore). They are shifted right behind
+    `decoder_start_token_id` once, here, to build `decoder_input_ids` when none are given, and the
+    loss compares logits[:, t] with labels[:, t] (no second shift).
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.shared.weight"}
+    _keys_to_ignore_on_load_missing = ["final_logits_bias"]
+
+    def __init__(self, config: ContextPoolSeq2SeqConfig):
+        super().__init__(config)
+        self.model = ContextPoolSeq2SeqModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.final_logits_bias:
+            self.register_buffer("final_logits_bias", torch.zeros(1, config.vocab_size))
+        else:
+            self.final_logits_bias = None
+        self.post_init()
+
+    @property
+    def encoder(self) -> ContextPoolSeq2SeqEncoder:
+        return self.model.encoder
+
+    def get_encoder(self, modality: str | None = None):
+        return self.model.encoder
+
+    def get_decoder(self):
+        return self.model.decoder
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        decoder_input_ids=None,
+        decoder_attention_mask=None,
+        encoder_outputs=None,
+        cache=None,
+        inputs_embeds=None,
+        decoder_inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        output_pooling_sizes=None,
+        return_dict=None,
+        past_key_values=None,
+        decoder_position_ids=None,
+        num_items_in_batch=None,
+        **kwargs,
+    ) -> ContextPoolSeq2SeqLMOutput | tuple:
+        """labels (B, n): target ids aligned with the logits (shifted into decoder_input_ids here), -100 = ignore.
+
+        num_items_in_batch (given by Trainer): the loss is the sum over the batch divided by it.
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if labels is not None:
+            use_cache = False  # training: nothing to continue
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            cache=cache if cache is not None else past_key_values,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_pooling_sizes=output_pooling_sizes,
+            return_dict=True,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        if self.final_logits_bias is not None:
+            logits = logits + self.final_logits_bias.to(logits.dtype)
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:2]:
+                raise ValueError(f"labels must be (batch, target_length) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+            loss = _lm_loss(logits, labels, self.config.vocab_size, num_items_in_batch)
+        output = ContextPoolSeq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+            decoder_pooling_sizes=outputs.decoder_pooling_sizes,
+            encoder_pooling_sizes=outputs.encoder_pooling_sizes,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "ContextPoolSeq2SeqPreTrainedModel",
+    "ContextPoolSeq2SeqEncoder",
+    "ContextPoolSeq2SeqDecoder",
+    "ContextPoolSeq2SeqModel",
+    "ContextPoolForConditionalGeneration",
+    "shift_tokens_right",
+    "sinusoidal_positions",
+]

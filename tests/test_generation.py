@@ -1,0 +1,139 @@
+"""Generation with ContextPoolCache: cached == uncached (logits and tokens), beams, sampling, left padding."""
+
+import pytest
+import torch
+
+from contextpool_hf import ContextPoolCache, ContextPoolConfig, ContextPoolForCausalLM
+
+VOCAB = 99
+
+
+def tiny_lm(seed=0, **overrides) -> ContextPoolForCausalLM:
+    base = dict(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=96, pad_token_id=0, eos_token_id=None, bos_token_id=None, is_causal=True,
+        # a small window so that generation runs well past it; a wide init so that greedy
+        # decoding does not collapse to one repeated token (the tests compare token sequences)
+        pool_sigma_max=2.0, pool_truncation=2.0, initializer_range=0.2,
+    )
+    base.update(overrides)
+    torch.manual_seed(seed)
+    return ContextPoolForCausalLM(ContextPoolConfig(**base)).eval()
+
+
+def prompt(batch=2, n=7, seed=1):
+    return torch.randint(1, VOCAB, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+VARIANTS = [
+    dict(),
+    dict(pool_groups=2, attn_implementation="eager"),
+    dict(pool_groups=4, pool_target="kv"),
+    dict(num_key_value_heads=2, pool_groups=2, mlp_type="gated", norm_type="rmsnorm", hidden_act="silu"),
+    dict(position_embedding_type="absolute", pool_layers=[1], pool_kernel_size=5),
+]
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_incremental_logits_equal_full_logits(overrides):
+    model = tiny_lm(**overrides)
+    input_ids = prompt(n=20)
+    full = model(input_ids, use_cache=False, output_pooling_sizes=True)
+    cache, pieces, sizes = None, [], []
+    for start, stop in [(0, 5), (5, 8), (8, 9), (9, 10), (10, 16), (16, 20)]:
+        out = model(input_ids[:, start:stop], cache=cache, use_cache=True, output_pooling_sizes=True)
+        cache = out.cache
+        assert isinstance(cache, ContextPoolCache) and cache.get_seq_length() == stop
+        pieces.append(out.logits)
+        sizes.append(out.pooling_sizes)
+    torch.testing.assert_close(torch.cat(pieces, 1), full.logits, atol=1e-5, rtol=1e-5)
+    for layer, sigma in enumerate(full.pooling_sizes):
+        if sigma is None:
+            assert all(s[layer] is None for s in sizes)
+        else:
+            torch.testing.assert_close(torch.cat([s[layer] for s in sizes], -1), sigma, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_holds_the_pooling_state():
+    model = tiny_lm(pool_groups=2)
+    out = model(prompt(n=9), use_cache=True)
+    radius = model.model.layers[0].attention.pool.radius
+    for layer in out.cache.layers:
+        assert layer.pool_features.shape[:3] == (2, 2, radius)
+        assert layer.pool_weights.shape == (2, 2, radius)
+        assert layer.conv_state.shape == (2, 32, 2)
+        assert layer.keys.shape == (2, 4, 9, 8)
+    with pytest.raises(NotImplementedError, match="cannot be cropped"):
+        out.cache.crop(5)
+
+
+def _gen(model, input_ids, **kwargs):
+    kwargs.setdefault("max_new_tokens", 12)
+    kwargs.setdefault("do_sample", False)
+    return model.generate(input_ids, pad_token_id=0, **kwargs)
+
+
+@pytest.mark.parametrize("overrides", VARIANTS[:3], ids=["default", "groups2-eager", "groups4-kv"])
+def test_greedy_cached_equals_uncached(overrides):
+    model = tiny_lm(**overrides)
+    input_ids = prompt()
+    # the penalty keeps an untrained model from repeating one token (it reads the whole history)
+    cached = _gen(model, input_ids, use_cache=True, repetition_penalty=3.0)
+    uncached = _gen(model, input_ids, use_cache=False, repetition_penalty=3.0)
+    assert cached.shape == (2, 7 + 12)
+    assert torch.equal(cached, uncached)
+    assert len(set(cached[:, 7:].flatten().tolist())) > 2  # a meaningful comparison, not one repeated token
+
+
+def test_greedy_scores_cached_equal_uncached():
+    model = tiny_lm(pool_groups=2)
+    input_ids = prompt()
+    kwargs = dict(return_dict_in_generate=True, output_logits=True, max_new_tokens=8)
+    cached = _gen(model, input_ids, use_cache=True, **kwargs)
+    uncached = _gen(model, input_ids, use_cache=False, **kwargs)
+    torch.testing.assert_close(torch.stack(cached.logits), torch.stack(uncached.logits), atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_cached_equals_uncached():
+    model = tiny_lm(pool_groups=2)
+    input_ids = prompt()
+    torch.manual_seed(123)
+    cached = _gen(model, input_ids, do_sample=True, top_k=20, temperature=0.9, use_cache=True)
+    torch.manual_seed(123)
+    uncached = _gen(model, input_ids, do_sample=True, top_k=20, temperature=0.9, use_cache=False)
+    assert torch.equal(cached, uncached)
+    torch.manual_seed(124)
+    assert not torch.equal(_gen(model, input_ids, do_sample=True, top_k=20, temperature=0.9), cached)
+
+
+def test_beam_search_cached_equals_uncached():
+    model = tiny_lm(pool_groups=2)
+    input_ids = prompt()
+    kwargs = dict(num_beams=3, num_return_sequences=2, max_new_tokens=10, length_penalty=1.0)
+    cached = _gen(model, input_ids, use_cache=True, **kwargs)
+    uncached = _gen(model, input_ids, use_cache=False, **kwargs)
+    assert cached.shape == (4, 17)
+    assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_left_padding_gives_the_unpadded_continuation(attn):
+    model = tiny_lm(pool_groups=2, attn_implementation=attn)
+    long, short = prompt(batch=1, n=9, seed=3), prompt(batch=1, n=5, seed=4)
+    batch = torch.cat([long, torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1)])
+    mask = (torch.arange(9) >= torch.tensor([[0], [4]])).long()
+    padded = _gen(model, batch, attention_mask=mask)
+    alone_long, alone_short = _gen(model, long), _gen(model, short)
+    assert torch.equal(padded[0, 9:], alone_long[0, 9:])
+    assert torch.equal(padded[1, 9:], alone_short[0, 5:])
+    assert not torch.equal(alone_long[0, 9:], alone_short[0, 5:])
+    # and the uncached padded run agrees too
+    assert torch.equal(_gen(model, batch, attention_mask=mask, use_cache=False), padded)
+
+
+def test_generate_past_the_pooling_window_and_max_length():
+    model = tiny_lm()
+    out = _gen(model, prompt(batch=1, n=3), max_new_tokens=40)
+    assert out.shape == (1, 43)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        _gen(model, prompt(batch=1, n=90), max_new_tokens=10)

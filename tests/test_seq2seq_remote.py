@@ -1,0 +1,86 @@
+"""Remote code: a saved ContextPool seq2seq model loads in a fresh process that cannot import contextpool_hf."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+import contextpool_hf  # noqa: F401
+from contextpool_hf import ContextPoolForConditionalGeneration, ContextPoolSeq2SeqConfig
+
+CHILD = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "contextpool_hf" or name.startswith("contextpool_hf."):
+                raise ImportError("contextpool_hf is blocked in this process")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    try:
+        import contextpool_hf  # noqa: F401
+        blocked = False
+    except ImportError:
+        blocked = True
+
+    import torch
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    folder = sys.argv[1]
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
+    x = torch.tensor([[5, 6, 7, 8, 9, 10, 2], [11, 12, 13, 2, 0, 0, 0]])
+    mask = (x != 0).long()
+    with torch.no_grad():
+        logits = model(input_ids=x, attention_mask=mask, decoder_input_ids=x[:, :4]).logits
+    greedy = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    beam = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=6, num_beams=3, do_sample=False)
+    print(json.dumps({
+        "blocked": blocked, "class": type(model).__name__, "module": type(model).__module__,
+        "config_class": type(config).__name__, "logits": logits.tolist(),
+        "greedy": greedy.tolist(), "beam": beam.tolist(),
+    }))
+    """
+)
+
+
+def test_remote_code_loads_without_the_package(tmp_path):
+    torch.manual_seed(0)
+    config = ContextPoolSeq2SeqConfig(vocab_size=32, d_model=32, encoder_layers=1, decoder_layers=2,
+                                      encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=32,
+                                      decoder_ffn_dim=32, max_position_embeddings=32, dropout=0.0,
+                                      pool_sigma_max=2.0, pool_truncation=2.0, pool_mix_init=0.7)
+    model = ContextPoolForConditionalGeneration(config).eval()
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["auto_map"]["AutoModelForSeq2SeqLM"].endswith("ContextPoolForConditionalGeneration")
+    assert (folder / "modeling_contextpool_seq2seq.py").exists() and (folder / "pooling_contextpool.py").exists()
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY="error")
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    proc = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["blocked"], "the child process could import contextpool_hf"
+    assert result["class"] == "ContextPoolForConditionalGeneration"
+    assert "contextpool_hf" not in result["module"] and "transformers_modules" in result["module"]
+
+    x = torch.tensor([[5, 6, 7, 8, 9, 10, 2], [11, 12, 13, 2, 0, 0, 0]])
+    mask = (x != 0).long()
+    with torch.no_grad():
+        logits = model(input_ids=x, attention_mask=mask, decoder_input_ids=x[:, :4]).logits
+    torch.testing.assert_close(torch.tensor(result["logits"]), logits, atol=1e-6, rtol=0)
+    greedy = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    beam = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=6, num_beams=3, do_sample=False)
+    assert result["greedy"] == greedy.tolist() and result["beam"] == beam.tolist()
