@@ -57,7 +57,7 @@ def variants(layers: int) -> dict[str, dict]:
 
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--full", action="store_true", help="4x steps, hidden 128, block 128 (about an hour)")
+    parser.add_argument("--full", action="store_true", help="4x steps, hidden 256, block 256 (about an hour or more)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the headline comparison")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--hidden", type=int, default=None)
@@ -70,9 +70,9 @@ def parse(argv):
     parser.add_argument("--skip_finetune", action="store_true", help="skip the MiniLM/MLM section")
     parser.add_argument("--out", default=str(HERE.parent / "benchmarks"))
     args = parser.parse_args(argv)
-    args.steps = args.steps or (400 if args.full else 80)
-    args.hidden = args.hidden or (128 if args.full else 64)
-    args.block_size = args.block_size or (128 if args.full else 64)
+    args.steps = args.steps or (1200 if args.full else 300)
+    args.hidden = args.hidden or (256 if args.full else 128)
+    args.block_size = args.block_size or (256 if args.full else 128)
     return args
 
 
