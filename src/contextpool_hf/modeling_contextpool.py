@@ -26,13 +26,15 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import logging
 
 from .configuration_contextpool import ContextPoolConfig
-from .pooling_contextpool import DEFAULT_EPS, ContextPool
+from .modeling_utils_contextpool import (
+    ContextPoolHubMixin,
+    _classification_loss,
+    _is_compiling,
+    _pool_from_config,
+)
+from .pooling_contextpool import DEFAULT_EPS
 
 logger = logging.get_logger(__name__)
-
-
-def _is_compiling() -> bool:
-    return torch.compiler.is_compiling()
 
 
 # --------------------------------------------------------------------------------------
@@ -282,18 +284,7 @@ class ContextPoolSelfAttention(nn.Module):
         self.pool_target = config.pool_target
         self.groups = config.pool_groups
         if config.layer_pools(layer_idx):
-            self.pool = ContextPool(
-                config.hidden_size,
-                groups=config.pool_groups,
-                sigma_min=config.pool_sigma_min,
-                sigma_max=config.pool_sigma_max,
-                truncation=config.pool_truncation,
-                normalize=config.pool_normalize,
-                causal=config.is_causal,
-                kernel_size=config.pool_kernel_size,
-                predictor_width=config.pool_predictor_width,
-                implementation=config.pool_implementation,
-            )
+            self.pool = _pool_from_config(config, config.hidden_size, causal=config.is_causal)
             self.pool_mix = nn.Parameter(torch.full((config.pool_groups,), float(config.pool_mix_init)))
         else:
             self.pool = None
@@ -496,7 +487,7 @@ class ContextPoolLayer(GradientCheckpointingLayer):
 # --------------------------------------------------------------------------------------
 
 
-class ContextPoolPreTrainedModel(PreTrainedModel):
+class ContextPoolPreTrainedModel(ContextPoolHubMixin, PreTrainedModel):
     config_class = ContextPoolConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
@@ -526,19 +517,6 @@ class ContextPoolPreTrainedModel(PreTrainedModel):
             init.constant_(module.pool_mix, float(self.config.pool_mix_init))
         elif isinstance(module, ContextPoolMaskedLMHead):
             init.zeros_(module.bias)
-
-    def push_to_hub(self, repo_id, **kwargs):
-        """Upload with the flat code files and the ContextPool model card.
-
-        With `contextpool_hf` installed this goes through `contextpool_hf.hub.push_model`
-        (returns a `PushResult`; `.oid`/`.commit_sha` is the revision to pin). Without it
-        (the model was loaded from the Hub) it is transformers' own `push_to_hub`.
-        """
-        try:
-            from contextpool_hf.hub import push_model
-        except ImportError:
-            return super().push_to_hub(repo_id, **kwargs)
-        return push_model(self, repo_id, **kwargs)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
@@ -981,7 +959,7 @@ class ContextPoolForSequenceClassification(ContextPoolPreTrainedModel):
         else:
             features = _sequence_representation(self.config, outputs.last_hidden_state, attention_mask, input_ids)
         logits = self.classifier(self.dropout(features))
-        loss = _classification_loss(self.config, logits, labels) if labels is not None else None
+        loss = _classification_loss(self.config, logits, labels, float32=True) if labels is not None else None
         output = ContextPoolSequenceClassifierOutput(
             loss=loss,
             logits=logits,
@@ -990,25 +968,6 @@ class ContextPoolForSequenceClassification(ContextPoolPreTrainedModel):
             pooling_sizes=outputs.pooling_sizes,
         )
         return output if return_dict else output.to_tuple()
-
-
-def _classification_loss(config, logits, labels):
-    """transformers' convention: problem_type from the labels' dtype and num_labels."""
-    num_labels = config.num_labels
-    if config.problem_type is None:
-        if num_labels == 1:
-            config.problem_type = "regression"
-        elif labels.dtype in (torch.long, torch.int):
-            config.problem_type = "single_label_classification"
-        else:
-            config.problem_type = "multi_label_classification"
-    if config.problem_type == "regression":
-        return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1)) if num_labels == 1 else F.mse_loss(
-            logits.float(), labels.float()
-        )
-    if config.problem_type == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, num_labels).float(), labels.view(-1))
-    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
 class ContextPoolForTokenClassification(ContextPoolPreTrainedModel):

@@ -39,14 +39,9 @@ from .modeling_contextpool import (
     _lm_loss,
     sdpa_attention_forward,
 )
-from .pooling_contextpool import ContextPool
+from .modeling_utils_contextpool import ContextPoolHubMixin, _is_compiling, _pool_from_config
 
 logger = logging.get_logger(__name__)
-
-
-def _is_compiling() -> bool:
-    return torch.compiler.is_compiling()
-
 
 # --------------------------------------------------------------------------------------
 # Outputs
@@ -160,21 +155,6 @@ class _StackConfig:
         return self.pool_layers is None or layer_idx in self.pool_layers
 
 
-def _make_pool(config: ContextPoolSeq2SeqConfig, causal: bool) -> ContextPool:
-    return ContextPool(
-        config.d_model,
-        groups=config.pool_groups,
-        sigma_min=config.pool_sigma_min,
-        sigma_max=config.pool_sigma_max,
-        truncation=config.pool_truncation,
-        normalize=config.pool_normalize,
-        causal=causal,
-        kernel_size=config.pool_kernel_size,
-        predictor_width=config.pool_predictor_width,
-        implementation=config.pool_implementation,
-    )
-
-
 # --------------------------------------------------------------------------------------
 # Modules
 # --------------------------------------------------------------------------------------
@@ -202,7 +182,7 @@ class ContextPoolCrossAttention(nn.Module):
         self.o_proj = nn.Linear(d, d, bias=bias)
         self.groups = config.pool_groups
         if config.pool_cross_attention and config.layer_pools(layer_idx):
-            self.pool = _make_pool(config._config, causal=False)
+            self.pool = _pool_from_config(config, config.hidden_size, causal=False)
             self.pool_mix = nn.Parameter(torch.full((config.pool_groups,), float(config.pool_mix_init)))
         else:
             self.pool = None
@@ -325,7 +305,7 @@ class ContextPoolDecoderLayer(ContextPoolEncoderLayer):
 # --------------------------------------------------------------------------------------
 
 
-class ContextPoolSeq2SeqPreTrainedModel(PreTrainedModel):
+class ContextPoolSeq2SeqPreTrainedModel(ContextPoolHubMixin, PreTrainedModel):
     config_class = ContextPoolSeq2SeqConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True

@@ -25,6 +25,7 @@ from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 from .configuration_contextpool_vision import ContextPoolResNetConfig, ContextPoolViTConfig
+from .modeling_utils_contextpool import ContextPoolHubMixin, _classification_loss, _pool_from_config
 from .pooling_contextpool import ContextPool
 
 # --------------------------------------------------------------------------------------
@@ -58,39 +59,7 @@ class ContextPoolImageClassifierOutput(ModelOutput):
 
 
 def _make_pool(config, channels: int, stride: int) -> ContextPool:
-    return ContextPool(
-        channels,
-        groups=config.pool_groups,
-        sigma_min=config.pool_sigma_min,
-        sigma_max=config.pool_sigma_max,
-        truncation=config.pool_truncation,
-        normalize=config.pool_normalize,
-        causal=False,
-        kernel_size=config.pool_kernel_size,
-        predictor_width=config.pool_predictor_width,
-        spatial_dims=2,
-        stride=stride,
-        implementation=config.pool_implementation,
-    )
-
-
-def _classification_loss(config, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Loss by `config.problem_type`, chosen as transformers' ViT does when unset."""
-    labels = labels.to(logits.device)
-    if config.problem_type is None:
-        if config.num_labels == 1:
-            config.problem_type = "regression"
-        elif config.num_labels > 1 and labels.dtype in (torch.long, torch.int):
-            config.problem_type = "single_label_classification"
-        else:
-            config.problem_type = "multi_label_classification"
-    if config.problem_type == "regression":
-        if config.num_labels == 1:
-            return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
-        return F.mse_loss(logits, labels.to(logits.dtype))
-    if config.problem_type == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    return _pool_from_config(config, channels, causal=False, spatial_dims=2, stride=stride)
 
 
 def _check_channels(pixel_values: torch.Tensor, expected: int) -> None:
@@ -273,7 +242,7 @@ class ContextPoolViTLayer(nn.Module):
         return hidden, probs, sigma
 
 
-class ContextPoolViTPreTrainedModel(PreTrainedModel):
+class ContextPoolViTPreTrainedModel(ContextPoolHubMixin, PreTrainedModel):
     config_class = ContextPoolViTConfig
     base_model_prefix = "vit"
     main_input_name = "pixel_values"
@@ -384,7 +353,7 @@ class ContextPoolViTForImageClassification(ContextPoolViTPreTrainedModel):
             return_dict=True,
         )
         logits = self.classifier(outputs.pooler_output)
-        loss = _classification_loss(self.config, logits, labels) if labels is not None else None
+        loss = _classification_loss(self.config, logits, labels, float32=False) if labels is not None else None
         out = ContextPoolImageClassifierOutput(
             loss=loss,
             logits=logits,
@@ -573,7 +542,7 @@ class ContextPoolResNetEncoder(nn.Module):
         return x, hidden_states
 
 
-class ContextPoolResNetPreTrainedModel(PreTrainedModel):
+class ContextPoolResNetPreTrainedModel(ContextPoolHubMixin, PreTrainedModel):
     config_class = ContextPoolResNetConfig
     base_model_prefix = "resnet"
     main_input_name = "pixel_values"
@@ -670,7 +639,7 @@ class ContextPoolResNetForImageClassification(ContextPoolResNetPreTrainedModel):
             return_dict=True,
         )
         logits = self.classifier(outputs.pooler_output)
-        loss = _classification_loss(self.config, logits, labels) if labels is not None else None
+        loss = _classification_loss(self.config, logits, labels, float32=False) if labels is not None else None
         out = ContextPoolImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, pooling_sizes=outputs.pooling_sizes
         )

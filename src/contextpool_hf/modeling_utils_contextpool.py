@@ -1,0 +1,80 @@
+"""Pieces every ContextPool model family shares (text, seq2seq, vision).
+
+Flat, Hub-shipped file: imports only torch, transformers and its sibling flat files
+(`save_pretrained` copies it next to any modeling file that imports it).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# `_is_compiling` is the op module's, re-exported here so every model file takes it from one place.
+from .pooling_contextpool import ContextPool, _is_compiling  # noqa: F401
+
+
+class ContextPoolHubMixin:
+    """`push_to_hub` for the ContextPool `PreTrainedModel` bases; list it before `PreTrainedModel`."""
+
+    def push_to_hub(self, repo_id, **kwargs):
+        """Upload with the flat code files and the ContextPool model card.
+
+        With `contextpool_hf` installed this goes through `contextpool_hf.hub.push_model`
+        (returns a `PushResult`; `.oid`/`.commit_sha` is the revision to pin). Without it
+        (the model was loaded from the Hub) it is transformers' own `push_to_hub`.
+        """
+        try:
+            from contextpool_hf.hub import push_model
+        except ImportError:
+            return super().push_to_hub(repo_id, **kwargs)
+        return push_model(self, repo_id, **kwargs)
+
+
+def _pool_from_config(config, channels: int, causal: bool, **kwargs) -> ContextPool:
+    """A ContextPool from a config's `pool_*` fields (the same names in every family).
+
+    `kwargs` are the remaining `ContextPool` arguments (vision: `spatial_dims=2`, `stride`).
+    """
+    return ContextPool(
+        channels,
+        groups=config.pool_groups,
+        sigma_min=config.pool_sigma_min,
+        sigma_max=config.pool_sigma_max,
+        truncation=config.pool_truncation,
+        normalize=config.pool_normalize,
+        causal=causal,
+        kernel_size=config.pool_kernel_size,
+        predictor_width=config.pool_predictor_width,
+        implementation=config.pool_implementation,
+        **kwargs,
+    )
+
+
+def _classification_loss(config, logits: torch.Tensor, labels: torch.Tensor, *, float32: bool) -> torch.Tensor:
+    """Loss by `config.problem_type`; when unset it is chosen (and stored) as transformers' heads do.
+
+    float32=True computes the loss on float32 logits (the text heads); float32=False in the
+    logits' own dtype (the vision heads, as transformers' ViT/ResNet). Under bf16/fp16 the two
+    give different dtypes and roundings, so each family keeps its own choice.
+    """
+    labels = labels.to(logits.device)
+    num_labels = config.num_labels
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif num_labels > 1 and labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if float32:
+        logits = logits.float()
+    if config.problem_type == "regression":
+        if num_labels == 1:  # logits (B, 1), labels (B,) or (B, 1)
+            return F.mse_loss(logits.squeeze(-1), labels.reshape(-1).to(logits.dtype))
+        return F.mse_loss(logits, labels.to(logits.dtype))
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+__all__ = ["ContextPoolHubMixin"]
