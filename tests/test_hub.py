@@ -633,3 +633,36 @@ def test_scripts_push_to_hub(tmp_path, capsys):
     script = runpy.run_path(str(REPO_ROOT / "scripts" / "push_to_hub.py"))
     assert script["main"]([str(tmp_path), "--repo_id", "me/x"]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+# --- every family's push_to_hub goes through push_model (no Hub needed) ---------------------
+def _tiny_models():
+    import contextpool_hf as cp
+
+    text = cp.ContextPoolForCausalLM(cp.ContextPoolConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1,
+                                                          num_attention_heads=2, max_position_embeddings=32))
+    seq2seq = cp.ContextPoolForConditionalGeneration(cp.ContextPoolSeq2SeqConfig(
+        vocab_size=32, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16, max_position_embeddings=32))
+    vit = cp.ContextPoolViTForImageClassification(cp.ContextPoolViTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, image_size=8, patch_size=4))
+    resnet = cp.ContextPoolResNetForImageClassification(cp.ContextPoolResNetConfig(
+        embedding_size=8, hidden_sizes=[8], depths=[1], layer_type="basic"))
+    return {"text": (text, "modeling_contextpool.py"), "seq2seq": (seq2seq, "modeling_contextpool_seq2seq.py"),
+            "vit": (vit, "modeling_contextpool_vision.py"), "resnet": (resnet, "modeling_contextpool_vision.py")}
+
+
+@pytest.mark.parametrize("family", ["text", "seq2seq", "vit", "resnet"])
+def test_every_family_push_to_hub_uses_push_model(family, tmp_path, monkeypatch):
+    model, modeling_file = _tiny_models()[family]
+    calls = []
+
+    def fake_push_model(pushed, repo_id, **kwargs):
+        calls.append((pushed, repo_id, kwargs))
+        return sorted(hub.write_code_files(pushed, tmp_path))
+
+    monkeypatch.setattr(hub, "push_model", fake_push_model)
+    written = model.push_to_hub("test-user/family", private=True)
+    assert len(calls) == 1 and calls[0][0] is model and calls[0][1] == "test-user/family"
+    assert calls[0][2] == {"private": True}
+    assert {modeling_file, "modeling_utils_contextpool.py", "pooling_contextpool.py"} <= set(written)

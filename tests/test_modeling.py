@@ -461,7 +461,7 @@ def test_save_load_round_trip(tmp_path, cls, tie):
     model.save_pretrained(tmp_path)
     files = {p.name for p in tmp_path.iterdir()}
     assert {"config.json", "model.safetensors", "configuration_contextpool.py", "modeling_contextpool.py",
-            "pooling_contextpool.py"} <= files
+            "pooling_contextpool.py", "modeling_utils_contextpool.py"} <= files
     with safe_open(tmp_path / "model.safetensors", "pt") as handle:
         keys = set(handle.keys())
     assert "model.layers.1.attention.pool_mix" in keys and not any("layers.0.attention.pool" in k for k in keys)

@@ -63,6 +63,7 @@ def test_remote_code_loads_without_the_package(tmp_path):
     saved = json.loads((folder / "config.json").read_text())
     assert saved["auto_map"]["AutoModelForSeq2SeqLM"].endswith("ContextPoolForConditionalGeneration")
     assert (folder / "modeling_contextpool_seq2seq.py").exists() and (folder / "pooling_contextpool.py").exists()
+    assert (folder / "modeling_utils_contextpool.py").exists()
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY="error")

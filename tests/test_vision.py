@@ -191,10 +191,12 @@ def test_auto_classes_in_process(tmp_path):
     model.save_pretrained(tmp_path)
     assert isinstance(AutoModelForImageClassification.from_pretrained(tmp_path), ContextPoolViTForImageClassification)
     assert isinstance(AutoModel.from_pretrained(tmp_path), ContextPoolViTModel)
-    for name in ("modeling_contextpool_vision.py", "configuration_contextpool_vision.py", "pooling_contextpool.py"):
+    for name in ("modeling_contextpool_vision.py", "configuration_contextpool_vision.py", "pooling_contextpool.py",
+                 "modeling_utils_contextpool.py"):
         assert (tmp_path / name).exists(), name
     rn = tmp_path / "rn"
     ContextPoolResNetForImageClassification(tiny_resnet_config()).save_pretrained(rn)
+    assert (rn / "modeling_utils_contextpool.py").exists()
     assert isinstance(AutoModel.from_pretrained(rn), ContextPoolResNetModel)
 
 
