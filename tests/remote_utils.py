@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 BLOCKED_PACKAGE = "contextpool_hf"
@@ -41,8 +42,12 @@ else:
 '''
 
 
-def run_without_package(code: str, timeout: float = 300, cwd: str | os.PathLike | None = None) -> str:
+def run_without_package(
+    code: str, timeout: float = 300, cwd: str | os.PathLike | None = None, args: Sequence[str | os.PathLike] = ()
+) -> str:
     """Run `code` in an isolated interpreter (see the module docstring); return its stdout.
+
+    `args` become the script's `sys.argv[1:]`.
 
     Raises AssertionError with the subprocess's output if it exits with an error.
     """
@@ -64,7 +69,7 @@ def run_without_package(code: str, timeout: float = 300, cwd: str | os.PathLike 
         script = home / "remote_check.py"
         script.write_text(_PRELUDE + "\n" + textwrap.dedent(code))
         proc = subprocess.run(
-            [sys.executable, "-I", str(script)],
+            [sys.executable, "-I", str(script), *map(str, args)],
             env=env,
             cwd=str(cwd or home),
             capture_output=True,

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import torch
+from remote_utils import run_without_package
 
 import contextpool_hf  # noqa: F401
 from contextpool_hf import ContextPoolForConditionalGeneration, ContextPoolSeq2SeqConfig
 
 CHILD = textwrap.dedent(
     """
-    import importlib.abc, json, sys
+    import json, sys
 
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "contextpool_hf" or name.startswith("contextpool_hf."):
-                raise ImportError("contextpool_hf is blocked in this process")
-            return None
-
-    sys.meta_path.insert(0, Block())
     try:
         import contextpool_hf  # noqa: F401
         blocked = False
@@ -65,14 +56,8 @@ def test_remote_code_loads_without_the_package(tmp_path):
     assert (folder / "modeling_contextpool_seq2seq.py").exists() and (folder / "pooling_contextpool.py").exists()
     assert (folder / "modeling_utils_contextpool.py").exists()
 
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY="error")
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    proc = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    stdout = run_without_package(CHILD, timeout=300, cwd=tmp_path, args=[folder])
+    result = json.loads(stdout.strip().splitlines()[-1])
     assert result["blocked"], "the child process could import contextpool_hf"
     assert result["class"] == "ContextPoolForConditionalGeneration"
     assert "contextpool_hf" not in result["module"] and "transformers_modules" in result["module"]

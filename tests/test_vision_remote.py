@@ -4,13 +4,11 @@ process that cannot import contextpool_hf, with an empty module cache and the Hu
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+from remote_utils import run_without_package
 from transformers import ViTImageProcessorPil
 
 from contextpool_hf import (
@@ -22,15 +20,8 @@ from contextpool_hf import (
 
 CHILD = textwrap.dedent(
     """
-    import importlib.abc, json, sys
+    import json, sys
 
-    class _Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "contextpool_hf" or name.startswith("contextpool_hf."):
-                raise ImportError("contextpool_hf is blocked in this process")
-            return None
-
-    sys.meta_path.insert(0, _Block())
     try:
         import contextpool_hf  # noqa: F401
         raise SystemExit("contextpool_hf must not be importable here")
@@ -43,6 +34,7 @@ CHILD = textwrap.dedent(
     from transformers import AutoModel, AutoModelForImageClassification, pipeline
 
     folder, pixels_path = sys.argv[1], sys.argv[2]
+    torch.set_num_threads(int(sys.argv[3]))  # the parent's count: the logits must match bit for bit
     pixel_values = torch.load(pixels_path)
     model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
     base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
@@ -74,12 +66,8 @@ def _save(model, folder, size):
 def _run_child(folder, pixel_values, tmp_path):
     pixels = tmp_path / "pixels.pt"
     torch.save(pixel_values, pixels)
-    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    env.pop("PYTHONPATH", None)
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(pixels)], env=env, capture_output=True,
-                          text=True, timeout=300, cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    stdout = run_without_package(CHILD, timeout=300, cwd=tmp_path, args=[folder, pixels, torch.get_num_threads()])
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("which", ["vit", "resnet"])
