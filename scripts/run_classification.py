@@ -17,45 +17,31 @@ from __future__ import annotations
 import logging
 import sys
 
-from transformers import DataCollatorWithPadding, Trainer, set_seed
+from transformers import DataCollatorWithPadding, Trainer
 
 from contextpool_hf.training import (
-    TimeBudgetCallback,
+    SCRIPT_TRAINING_DEFAULTS,
     accuracy_metrics,
-    build_model,
+    build_model_for_run,
     build_tokenizer,
-    count_parameters,
-    load_raw_datasets,
-    parse_args,
     run_training,
-    setup_logging,
-    text_column,
+    start_run,
+    time_budget_callbacks,
 )
 
 logger = logging.getLogger("run_classification")
 
 TRAINING_DEFAULTS = {
+    **SCRIPT_TRAINING_DEFAULTS,
     "output_dir": "runs/classification",
-    "do_train": True,
-    "do_eval": True,
     "learning_rate": 5e-4,
     "warmup_steps": 10,
-    "weight_decay": 0.01,
-    "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 32,
-    "logging_steps": 10,
-    "save_strategy": "no",
-    "report_to": "none",
 }
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, training_args = parse_args(argv, TRAINING_DEFAULTS)
-    setup_logging(training_args)
-    set_seed(training_args.seed)
-
-    raw = load_raw_datasets(data_args, "classification", training_args.seed, training_args)
-    column = text_column(raw["train"], data_args.text_column_name)
+    model_args, data_args, training_args, raw, column = start_run(argv, TRAINING_DEFAULTS, "classification")
     label_column = data_args.label_column_name
     if label_column not in raw["train"].column_names:
         raise ValueError(f"--label_column_name {label_column!r} not in {raw['train'].column_names}")
@@ -70,11 +56,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raw["validation"] = raw["validation"].select(range(min(data_args.max_eval_samples, len(raw["validation"]))))
 
     tokenizer = build_tokenizer(model_args, raw["train"], column, training_args)
-    set_seed(training_args.seed)
-    model = build_model("classification", model_args, tokenizer, max_positions=max(512, data_args.max_seq_length),
-                        num_labels=len(names), label_maps=(label2id, id2label), training_args=training_args)  # fmt: skip
-    n_params = count_parameters(model)
-    logger.info("model %s: %s parameters", type(model).__name__, f"{n_params:,}")
+    model, n_params = build_model_for_run("classification", model_args, tokenizer, training_args, logger,
+                                          max_positions=max(512, data_args.max_seq_length), num_labels=len(names),
+                                          label_maps=(label2id, id2label))  # fmt: skip
 
     def encode(batch):
         encoded = tokenizer(batch[column], truncation=True, max_length=data_args.max_seq_length)
@@ -83,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     with training_args.main_process_first(desc="tokenising"):
         data = raw.map(encode, batched=True, remove_columns=raw["train"].column_names, desc="tokenising")
-    callbacks = [TimeBudgetCallback(model_args.max_train_seconds)] if model_args.max_train_seconds else []
+    callbacks = time_budget_callbacks(model_args)
     trainer = Trainer(
         model=model,
         args=training_args,

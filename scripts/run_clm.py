@@ -23,60 +23,43 @@ import math
 import sys
 
 import torch
-from transformers import Trainer, set_seed
+from transformers import Trainer
 
 from contextpool_hf.training import (
-    TimeBudgetCallback,
-    build_model,
+    SCRIPT_TRAINING_DEFAULTS,
+    build_model_for_run,
     build_tokenizer,
-    count_parameters,
     estimate_training_flops,
     lm_metrics,
-    load_raw_datasets,
-    parse_args,
     run_training,
-    setup_logging,
-    text_column,
+    start_run,
+    time_budget_callbacks,
     tokenize_and_group,
 )
 
 logger = logging.getLogger("run_clm")
 
 TRAINING_DEFAULTS = {
+    **SCRIPT_TRAINING_DEFAULTS,
     "output_dir": "runs/clm",
-    "do_train": True,
-    "do_eval": True,
     "eval_strategy": "no",
     "learning_rate": 1e-3,
     "warmup_steps": 20,
     "lr_scheduler_type": "cosine",
-    "weight_decay": 0.01,
-    "per_device_train_batch_size": 16,
-    "per_device_eval_batch_size": 16,
-    "logging_steps": 10,
-    "save_strategy": "no",
-    "report_to": "none",
 }
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, training_args = parse_args(argv, TRAINING_DEFAULTS)
-    setup_logging(training_args)
-    set_seed(training_args.seed)
-
-    raw = load_raw_datasets(data_args, "clm", training_args.seed, training_args)
-    column = text_column(raw["train"], data_args.text_column_name)
+    model_args, data_args, training_args, raw, column = start_run(argv, TRAINING_DEFAULTS, "clm")
     tokenizer = build_tokenizer(model_args, raw["train"], column, training_args)
     block_size = data_args.block_size or min(256, tokenizer.model_max_length)
     # The model must take a block; a new model gets room for longer prompts at generation time.
     max_positions = max(512, block_size)
-    set_seed(training_args.seed)  # the same initial weights whatever the data preparation consumed
-    model = build_model("clm", model_args, tokenizer, max_positions=max_positions, training_args=training_args)
-    n_params = count_parameters(model)
-    logger.info("model %s: %s parameters", type(model).__name__, f"{n_params:,}")
+    model, n_params = build_model_for_run("clm", model_args, tokenizer, training_args, logger,
+                                          max_positions=max_positions)  # fmt: skip
 
     lm_data, chars_per_token = tokenize_and_group(raw, tokenizer, block_size, column, data_args, training_args)
-    callbacks = [TimeBudgetCallback(model_args.max_train_seconds)] if model_args.max_train_seconds else []
+    callbacks = time_budget_callbacks(model_args)
     trainer = Trainer(
         model=model,
         args=training_args,

@@ -16,61 +16,44 @@ from __future__ import annotations
 import logging
 import sys
 
-from transformers import DataCollatorForLanguageModeling, Trainer, set_seed
+from transformers import DataCollatorForLanguageModeling, Trainer
 
 from contextpool_hf.training import (
-    TimeBudgetCallback,
+    SCRIPT_TRAINING_DEFAULTS,
     accuracy_metrics,
     argmax_logits,
-    build_model,
+    build_model_for_run,
     build_tokenizer,
-    count_parameters,
     lm_metrics,
-    load_raw_datasets,
-    parse_args,
     run_training,
-    setup_logging,
-    text_column,
+    start_run,
+    time_budget_callbacks,
     tokenize_and_group,
 )
 
 logger = logging.getLogger("run_mlm")
 
 TRAINING_DEFAULTS = {
+    **SCRIPT_TRAINING_DEFAULTS,
     "output_dir": "runs/mlm",
-    "do_train": True,
-    "do_eval": True,
     "learning_rate": 1e-3,
     "warmup_steps": 20,
     "lr_scheduler_type": "cosine",
-    "weight_decay": 0.01,
-    "per_device_train_batch_size": 16,
-    "per_device_eval_batch_size": 16,
-    "logging_steps": 10,
-    "save_strategy": "no",
-    "report_to": "none",
 }
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, training_args = parse_args(argv, TRAINING_DEFAULTS)
-    setup_logging(training_args)
-    set_seed(training_args.seed)
-
-    raw = load_raw_datasets(data_args, "mlm", training_args.seed, training_args)
-    column = text_column(raw["train"], data_args.text_column_name)
+    model_args, data_args, training_args, raw, column = start_run(argv, TRAINING_DEFAULTS, "mlm")
     tokenizer = build_tokenizer(model_args, raw["train"], column, training_args)
     if tokenizer.mask_token is None:
         raise ValueError("the tokenizer has no mask token: masked LM needs one (pass --tokenizer_name)")
     block_size = data_args.block_size or min(128, tokenizer.model_max_length)
-    set_seed(training_args.seed)
-    model = build_model("mlm", model_args, tokenizer, max_positions=max(512, block_size), training_args=training_args)
-    n_params = count_parameters(model)
-    logger.info("model %s: %s parameters", type(model).__name__, f"{n_params:,}")
+    model, n_params = build_model_for_run("mlm", model_args, tokenizer, training_args, logger,
+                                          max_positions=max(512, block_size))  # fmt: skip
 
     lm_data, chars_per_token = tokenize_and_group(raw, tokenizer, block_size, column, data_args, training_args)
     lm_data = lm_data.remove_columns("labels")  # the collator makes the masked labels
-    callbacks = [TimeBudgetCallback(model_args.max_train_seconds)] if model_args.max_train_seconds else []
+    callbacks = time_budget_callbacks(model_args)
     trainer = Trainer(
         model=model,
         args=training_args,

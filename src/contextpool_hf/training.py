@@ -59,6 +59,18 @@ DEFAULT_ENCODER_CONFIG: dict[str, Any] = dict(
 DEFAULT_LM_CORPUS = "kjv"
 DEFAULT_BPE_VOCAB = 2048
 SHARED_TOKENIZER_DIR = ".tokenizer-trained"  # hands the trained tokenizer from rank 0 to the other ranks
+# TrainingArguments defaults of run_clm/run_mlm/run_classification; each script adds its own
+# output_dir, learning rate, warm-up and scheduler (and may override any of these).
+SCRIPT_TRAINING_DEFAULTS: dict[str, Any] = {
+    "do_train": True,
+    "do_eval": True,
+    "weight_decay": 0.01,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 16,
+    "logging_steps": 10,
+    "save_strategy": "no",
+    "report_to": "none",
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -880,6 +892,37 @@ def parse_args(argv: Sequence[str] | None, training_defaults: dict[str, Any] | N
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def start_run(argv: Sequence[str] | None, training_defaults: dict[str, Any], task: str):
+    """The opening of every text script: parse the arguments, set up logging, seed, load the raw
+    datasets and find the text column. Returns (model_args, data_args, training_args, raw, column)."""
+    from transformers import set_seed
+
+    model_args, data_args, training_args = parse_args(argv, training_defaults)
+    setup_logging(training_args)
+    set_seed(training_args.seed)
+    raw = load_raw_datasets(data_args, task, training_args.seed, training_args)
+    column = text_column(raw["train"], data_args.text_column_name)
+    return model_args, data_args, training_args, raw, column
+
+
+def build_model_for_run(task: str, model_args: ModelArguments, tokenizer: Any, training_args: Any,
+                        log: logging.Logger, **kwargs: Any) -> tuple[Any, int]:  # fmt: skip
+    """`build_model` after re-seeding (the same initial weights whatever the data preparation
+    consumed); logs the size on the script's logger `log`. Returns (model, parameter count)."""
+    from transformers import set_seed
+
+    set_seed(training_args.seed)
+    model = build_model(task, model_args, tokenizer, training_args=training_args, **kwargs)
+    n_params = count_parameters(model)
+    log.info("model %s: %s parameters", type(model).__name__, f"{n_params:,}")
+    return model, n_params
+
+
+def time_budget_callbacks(model_args: ModelArguments) -> list[Any]:
+    """[TimeBudgetCallback] when `--max_train_seconds` is set, else []."""
+    return [TimeBudgetCallback(model_args.max_train_seconds)] if model_args.max_train_seconds else []
 
 
 def finish(trainer: Any, train_result: Any, metrics_eval: dict[str, float] | None, extra: dict[str, Any],
