@@ -524,6 +524,22 @@ class ContextPoolPreTrainedModel(ContextPoolHubMixin, PreTrainedModel):
         # which also carries the pooling state, and returns it in `outputs.cache`.
         return False
 
+    def _model_outputs(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                       output_attentions, output_hidden_states, output_pooling_sizes):  # fmt: skip
+        """The heads without a cache (all but the causal LM): `self.model` run uncached, as an output object."""
+        return self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_pooling_sizes=output_pooling_sizes,
+            return_dict=True,
+        )
+
 
 def _check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> None:
     if _is_compiling() or input_ids.numel() == 0:
@@ -865,18 +881,10 @@ class ContextPoolForMaskedLM(ContextPoolPreTrainedModel):
     ) -> ContextPoolMaskedLMOutput | tuple:
         """labels (B, n): original ids at masked positions, -100 elsewhere."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            output_pooling_sizes=output_pooling_sizes,
-            return_dict=True,
-        )
+        outputs = self._model_outputs(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+            output_attentions, output_hidden_states, output_pooling_sizes,
+        )  # fmt: skip
         logits = self.cls(outputs.last_hidden_state)
         loss = None
         if labels is not None:
@@ -942,18 +950,10 @@ class ContextPoolForSequenceClassification(ContextPoolPreTrainedModel):
     ) -> ContextPoolSequenceClassifierOutput | tuple:
         """labels (B,): class ids (cross-entropy), floats for regression, or (B, num_labels) multi-label."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            output_pooling_sizes=output_pooling_sizes,
-            return_dict=True,
-        )
+        outputs = self._model_outputs(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+            output_attentions, output_hidden_states, output_pooling_sizes,
+        )  # fmt: skip
         if outputs.pooler_output is not None:
             features = outputs.pooler_output
         else:
@@ -998,18 +998,10 @@ class ContextPoolForTokenClassification(ContextPoolPreTrainedModel):
     ) -> ContextPoolTokenClassifierOutput | tuple:
         """labels (B, n): a class per token, -100 = ignore."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            output_pooling_sizes=output_pooling_sizes,
-            return_dict=True,
-        )
+        outputs = self._model_outputs(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+            output_attentions, output_hidden_states, output_pooling_sizes,
+        )  # fmt: skip
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
@@ -1051,18 +1043,10 @@ class ContextPoolForQuestionAnswering(ContextPoolPreTrainedModel):
     ) -> ContextPoolQuestionAnsweringOutput | tuple:
         """start_positions/end_positions (B,): answer span; positions outside the input are ignored."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            use_cache=False,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            output_pooling_sizes=output_pooling_sizes,
-            return_dict=True,
-        )
+        outputs = self._model_outputs(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+            output_attentions, output_hidden_states, output_pooling_sizes,
+        )  # fmt: skip
         logits = self.qa_outputs(outputs.last_hidden_state)  # (B, n, 2)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
         loss = None

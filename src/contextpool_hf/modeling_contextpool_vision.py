@@ -62,6 +62,20 @@ def _make_pool(config, channels: int, stride: int) -> ContextPool:
     return _pool_from_config(config, channels, causal=False, spatial_dims=2, stride=stride)
 
 
+def _image_classifier_output(head, outputs, labels, return_dict):
+    """The ViT/ResNet heads' common end: classifier on `pooler_output`, loss, output (tuple unless return_dict)."""
+    logits = head.classifier(outputs.pooler_output)
+    loss = _classification_loss(head.config, logits, labels, float32=False) if labels is not None else None
+    out = ContextPoolImageClassifierOutput(
+        loss=loss,
+        logits=logits,
+        hidden_states=outputs.hidden_states,
+        attentions=outputs.attentions,  # None for ResNet
+        pooling_sizes=outputs.pooling_sizes,
+    )
+    return out if return_dict else out.to_tuple()
+
+
 def _check_channels(pixel_values: torch.Tensor, expected: int) -> None:
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
         got = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
@@ -352,16 +366,7 @@ class ContextPoolViTForImageClassification(ContextPoolViTPreTrainedModel):
             output_pooling_sizes=output_pooling_sizes,
             return_dict=True,
         )
-        logits = self.classifier(outputs.pooler_output)
-        loss = _classification_loss(self.config, logits, labels, float32=False) if labels is not None else None
-        out = ContextPoolImageClassifierOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            pooling_sizes=outputs.pooling_sizes,
-        )
-        return out if return_dict else out.to_tuple()
+        return _image_classifier_output(self, outputs, labels, return_dict)
 
 
 # --------------------------------------------------------------------------------------
@@ -638,12 +643,7 @@ class ContextPoolResNetForImageClassification(ContextPoolResNetPreTrainedModel):
             output_pooling_sizes=output_pooling_sizes,
             return_dict=True,
         )
-        logits = self.classifier(outputs.pooler_output)
-        loss = _classification_loss(self.config, logits, labels, float32=False) if labels is not None else None
-        out = ContextPoolImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, pooling_sizes=outputs.pooling_sizes
-        )
-        return out if return_dict else out.to_tuple()
+        return _image_classifier_output(self, outputs, labels, return_dict)
 
 
 __all__ = [
