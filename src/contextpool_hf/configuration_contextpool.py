@@ -26,6 +26,23 @@ CONTEXTPOOL_AUTO_MAP = {
 Number = int | float
 
 
+def _validate_pool_fields(config) -> None:
+    """The checks of the `pool_*` fields shared by the text and seq2seq configs (ValueError naming the field)."""
+    if not 0 < config.pool_sigma_min < config.pool_sigma_max:
+        raise ValueError(
+            f"need 0 < pool_sigma_min < pool_sigma_max, got pool_sigma_min={config.pool_sigma_min}, "
+            f"pool_sigma_max={config.pool_sigma_max}"
+        )
+    if not config.pool_truncation > 0:
+        raise ValueError(f"pool_truncation must be > 0, got {config.pool_truncation}")
+    if config.pool_predictor_width is not None and config.pool_predictor_width < 1:
+        raise ValueError(f"pool_predictor_width must be a positive integer or None, got {config.pool_predictor_width}")
+    if config.pool_kernel_size % 2 == 0:
+        raise ValueError(f"pool_kernel_size must be odd, got {config.pool_kernel_size}")
+    if not 0.0 <= config.pool_mix_init <= 1.0:
+        raise ValueError(f"pool_mix_init must be in [0, 1], got {config.pool_mix_init}")
+
+
 @strict
 class ContextPoolConfig(PreTrainedConfig):
     r"""Configuration of a ContextPool Transformer (encoder, decoder, or decoder-only LM).
@@ -160,19 +177,7 @@ class ContextPoolConfig(PreTrainedConfig):
         for name in ("hidden_dropout", "attention_dropout", "embedding_dropout", "classifier_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if not 0 < self.pool_sigma_min < self.pool_sigma_max:
-            raise ValueError(
-                f"need 0 < pool_sigma_min < pool_sigma_max, got pool_sigma_min={self.pool_sigma_min}, "
-                f"pool_sigma_max={self.pool_sigma_max}"
-            )
-        if not self.pool_truncation > 0:
-            raise ValueError(f"pool_truncation must be > 0, got {self.pool_truncation}")
-        if self.pool_predictor_width is not None and self.pool_predictor_width < 1:
-            raise ValueError(f"pool_predictor_width must be a positive integer or None, got {self.pool_predictor_width}")
-        if self.pool_kernel_size % 2 == 0:
-            raise ValueError(f"pool_kernel_size must be odd (centred bidirectional conv), got {self.pool_kernel_size}")
-        if not 0.0 <= self.pool_mix_init <= 1.0:
-            raise ValueError(f"pool_mix_init must be in [0, 1], got {self.pool_mix_init}")
+        _validate_pool_fields(self)
         if self.pool_layers is not None:
             bad = [i for i in self.pool_layers if not 0 <= i < self.num_hidden_layers]
             if bad:

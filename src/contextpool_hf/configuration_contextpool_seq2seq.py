@@ -12,6 +12,8 @@ from typing import Literal
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .configuration_contextpool import _validate_pool_fields
+
 CONTEXTPOOL_SEQ2SEQ_AUTO_MAP = {
     "AutoConfig": "configuration_contextpool_seq2seq.ContextPoolSeq2SeqConfig",
     "AutoModel": "modeling_contextpool_seq2seq.ContextPoolSeq2SeqModel",
@@ -130,19 +132,7 @@ class ContextPoolSeq2SeqConfig(PreTrainedConfig):
         for name in ("dropout", "attention_dropout", "activation_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if not 0 < self.pool_sigma_min < self.pool_sigma_max:
-            raise ValueError(
-                f"need 0 < pool_sigma_min < pool_sigma_max, got pool_sigma_min={self.pool_sigma_min}, "
-                f"pool_sigma_max={self.pool_sigma_max}"
-            )
-        if not self.pool_truncation > 0:
-            raise ValueError(f"pool_truncation must be > 0, got {self.pool_truncation}")
-        if self.pool_predictor_width is not None and self.pool_predictor_width < 1:
-            raise ValueError(f"pool_predictor_width must be a positive integer or None, got {self.pool_predictor_width}")
-        if self.pool_kernel_size % 2 == 0:
-            raise ValueError(f"pool_kernel_size must be odd, got {self.pool_kernel_size}")
-        if not 0.0 <= self.pool_mix_init <= 1.0:
-            raise ValueError(f"pool_mix_init must be in [0, 1], got {self.pool_mix_init}")
+        _validate_pool_fields(self)
         for name, count in (("pool_encoder_layers", self.encoder_layers), ("pool_decoder_layers", self.decoder_layers)):
             layers = getattr(self, name)
             if layers is not None and any(not 0 <= i < count for i in layers):
