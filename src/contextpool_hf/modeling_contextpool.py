@@ -351,15 +351,22 @@ class ContextPoolSelfAttention(nn.Module):
         and token. Computed in float32 at least, like the operator.
         """
         out_dtype = features.dtype
-        compute = torch.promote_types(features.dtype, torch.float32)
-        features, weights, sigma = features.to(compute), weights.to(compute), sigma.to(compute)
-        radius = features.shape[2] - 1
-        distance = torch.arange(radius, -1, -1, device=features.device, dtype=compute)  # (R + 1,): R .. 0
-        coef = weights * torch.exp(distance * distance * (-0.5 / (sigma * sigma)))  # (B, G, R + 1)
+        if out_dtype not in (torch.float32, torch.float64):  # no-op casts still cost a dispatch each
+            features, weights, sigma = features.float(), weights.float(), sigma.float()
+        coef = weights * torch.exp(self._decode_distance_sq(features) / (sigma * sigma * -2.0))  # (B, G, R + 1)
         pooled = torch.matmul(coef.unsqueeze(-2), features)  # (B, G, 1, C)
         if self.pool.normalize:
             pooled = pooled / (coef.sum(-1, keepdim=True).unsqueeze(-1) + DEFAULT_EPS)
         return pooled.to(out_dtype)
+
+    def _decode_distance_sq(self, features: torch.Tensor) -> torch.Tensor:
+        """(R + 1,) squared distances R^2 .. 0 of the window to the newest token, built once per device/dtype."""
+        key = (features.device, features.dtype, features.shape[2])
+        cached = getattr(self, "_distance_sq_cache", None)
+        if cached is None or cached[0] != key:
+            distance = torch.arange(features.shape[2] - 1, -1, -1, device=features.device, dtype=features.dtype)
+            self._distance_sq_cache = cached = (key, distance * distance)
+        return cached[1]
 
     def _pooled_projections(self, hidden, keep, layer_cache):
         """-> q (B, n, H*dh), k, v (B, n, Hkv*dh), sigma (B, G, n) or None."""
@@ -367,7 +374,7 @@ class ContextPoolSelfAttention(nn.Module):
             return self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden), None
         if self.groups == 1:
             pooled, sigma = self._pool(hidden, hidden.unsqueeze(1), keep, layer_cache)
-            mixed = hidden + self.pool_mix * (pooled.squeeze(1) - hidden)
+            mixed = torch.lerp(hidden, pooled.squeeze(1), self.pool_mix)  # hidden + mix * (pooled - hidden)
             query_source = mixed if self.pool_target == "qkv" else hidden
             return self.q_proj(query_source), self.k_proj(mixed), self.v_proj(mixed), sigma
         batch, n, _ = hidden.shape
