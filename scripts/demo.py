@@ -59,7 +59,7 @@ RELOAD = textwrap.dedent(
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="runs/demo", help="where model, tokenizer, code and plots go")
-    parser.add_argument("--max_steps", type=int, default=600, help="training steps (the time budget may stop earlier)")
+    parser.add_argument("--max_steps", type=int, default=2000, help="training steps (the time budget may stop earlier)")
     parser.add_argument("--train_seconds", type=float, default=240.0, help="time budget for training")
     parser.add_argument("--config_overrides", default="hidden_size=128,num_hidden_layers=4",
                         help="model size (see run_clm.py --config_overrides)")
