@@ -68,6 +68,11 @@ def parse(argv):
     parser.add_argument("--eval_blocks", type=int, default=64)
     parser.add_argument("--only", nargs="*", default=None, help="run only these variants")
     parser.add_argument("--skip_finetune", action="store_true", help="skip the MiniLM/MLM section")
+    parser.add_argument("--finetune_samples", type=int, default=320, help="MiniLM classification training passages")
+    parser.add_argument("--finetune_epochs", type=float, default=1.0)
+    parser.add_argument("--finetune_lr", type=float, default=1e-4)
+    parser.add_argument("--finetune_mix", type=float, nargs="+", default=[0.0],
+                        help="pool_mix_init values for the converted MiniLM (0 = exactly the original at the start)")
     parser.add_argument("--out", default=str(HERE.parent / "benchmarks"))
     args = parser.parse_args(argv)
     args.steps = args.steps or (1200 if args.full else 300)
@@ -131,14 +136,16 @@ def finetune_runs(args, work: Path, tokenizer_dir: str) -> tuple[list[dict], lis
         notes.append(f"MiniLM classification skipped: {error}")
         minilm = None
     if minilm is not None:
-        for name, baseline in (("minilm-original", "bert"), ("minilm-contextpool", "none")):
+        runs = [("minilm-original", "bert", None)]
+        runs += [(f"minilm-contextpool-mix{mix:g}", "none", mix) for mix in args.finetune_mix]
+        for name, baseline, mix in runs:
             out = work / name
             results = run_classification.main([
                 "--output_dir", str(out), "--use_cpu", "--model_name_or_path", minilm, "--baseline", baseline,
-                "--max_train_samples", "320", "--max_eval_samples", "270", "--max_seq_length", "64", "--num_train_epochs", "1",
-                "--learning_rate", "1e-4", "--per_device_train_batch_size", "16", "--seed", "0",
-                "--disable_tqdm", "true", "--log_level", "warning",
-            ] + (["--config_overrides", "pool_mix_init=0.0"] if baseline == "none" else []))  # fmt: skip
+                "--max_train_samples", str(args.finetune_samples), "--max_eval_samples", "270", "--max_seq_length", "64",
+                "--num_train_epochs", str(args.finetune_epochs), "--learning_rate", str(args.finetune_lr),
+                "--per_device_train_batch_size", "16", "--seed", "0", "--disable_tqdm", "true", "--log_level", "warning",
+            ] + (["--config_overrides", f"pool_mix_init={mix}"] if mix is not None else []))  # fmt: skip
             rows.append({"section": "classification", "variant": name, "seed": 0, "eval_loss": results["eval_loss"],
                          "eval_accuracy": results["eval_accuracy"], "n_parameters": results["n_parameters"],
                          "train_seconds": results["train_runtime"]})  # fmt: skip
