@@ -159,12 +159,17 @@ def run_sweep(args):
                     continue
                 active[impl] = make_case(impl, args.batch, n, d)
             times = {impl: ([], []) for impl in active}
-            for fwd, fwd_bwd in active.values():  # warm-up
-                fwd(), fwd_bwd()
-            for _ in range(args.repeats):
-                for impl, (fwd, fwd_bwd) in active.items():
-                    times[impl][0].append(timed(fwd))
-                    times[impl][1].append(timed(fwd_bwd))
+            # fast and SDPA alternate (background load falls on both); the dense reference runs
+            # after them: its multi-GB temporaries, freed between calls, would otherwise make
+            # every following fast call pay fresh page faults at large n.
+            for group in (("fast", "sdpa"), ("reference",)):
+                cases = {impl: active[impl] for impl in group if impl in active}
+                for fwd, fwd_bwd in cases.values():  # warm-up
+                    fwd(), fwd_bwd()
+                for _ in range(args.repeats):
+                    for impl, (fwd, fwd_bwd) in cases.items():
+                        times[impl][0].append(timed(fwd))
+                        times[impl][1].append(timed(fwd_bwd))
             for impl, (fwd, fwd_bwd) in active.items():
                 rows.append(
                     dict(
