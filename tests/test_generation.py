@@ -54,13 +54,54 @@ def test_incremental_logits_equal_full_logits(overrides):
             torch.testing.assert_close(torch.cat([s[layer] for s in sizes], -1), sigma, atol=1e-5, rtol=1e-5)
 
 
+def _steps_logits(model, input_ids, spans, **kwargs):
+    cache, pieces = None, []
+    for start, stop in spans:
+        out = model(input_ids[:, start:stop], cache=cache, use_cache=True, **kwargs)
+        cache = out.cache
+        pieces.append(out.logits)
+    return torch.cat(pieces, 1), cache
+
+
+# single steps that wrap the ring buffer (R + 1 = 5 slots) twice, then a chunk, then more steps
+RING_SPANS = [(0, 3)] + [(i, i + 1) for i in range(3, 14)] + [(14, 17)] + [(i, i + 1) for i in range(17, 24)]
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(pool_groups=2, pool_target="kv")], ids=["default", "groups2-kv"])
+def test_ring_buffer_decoding_equals_full_forward(overrides):
+    model = tiny_lm(**overrides)
+    input_ids = prompt(n=24)
+    full = model(input_ids, use_cache=False).logits
+    pieces, cache = _steps_logits(model, input_ids, RING_SPANS)
+    torch.testing.assert_close(pieces, full, atol=1e-5, rtol=1e-5)
+    window = model.model.layers[0].attention.pool.radius + 1
+    assert cache.layers[0].pool_next == (24 - 17) % window  # the last chunk reset the ring to time order
+
+
+def test_decoding_with_autograd_gives_the_full_forward_gradients():
+    """Decode steps never edit a tensor saved for backward, and the cache keeps the graph: exact gradients."""
+    model = tiny_lm(pool_groups=2)
+    input_ids = prompt(n=24)
+    full = model(input_ids, use_cache=False).logits
+    full_grads = torch.autograd.grad(full.square().mean(), list(model.parameters()), allow_unused=True)
+    pieces, _ = _steps_logits(model, input_ids, RING_SPANS)
+    step_grads = torch.autograd.grad(pieces.square().mean(), list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(pieces, full, atol=1e-5, rtol=1e-5)
+    for (name, _), a, b in zip(model.named_parameters(), full_grads, step_grads, strict=True):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_cache_holds_the_pooling_state():
     model = tiny_lm(pool_groups=2)
     out = model(prompt(n=9), use_cache=True)
     radius = model.model.layers[0].attention.pool.radius
     for layer in out.cache.layers:
-        assert layer.pool_features.shape[:3] == (2, 2, radius)
-        assert layer.pool_weights.shape == (2, 2, radius)
+        # the last R + 1 inputs, in time order after a chunk
+        assert layer.pool_features.shape[:3] == (2, 2, radius + 1)
+        assert layer.pool_weights.shape == (2, 2, radius + 1)
+        assert layer.pool_next == 0
         assert layer.conv_state.shape == (2, 32, 2)
         assert layer.keys.shape == (2, 4, 9, 8)
     with pytest.raises(NotImplementedError, match="cannot be cropped"):

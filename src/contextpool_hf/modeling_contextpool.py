@@ -105,9 +105,14 @@ class ContextPoolQuestionAnsweringOutput(ModelOutput):
 class ContextPoolCacheLayer(DynamicLayer):
     """A DynamicLayer that also keeps what a causal ContextPool needs to continue a sequence.
 
-    pool_features (B, G, R, C): the last R pooled-feature inputs (zero where none yet);
-    pool_weights (B, G, R): their weights w_j (zero where none yet);
+    pool_features (B, G, R + 1, C): the last R + 1 pooled-feature inputs, as a ring buffer
+    whose slot `pool_next` holds the oldest one (zero where none yet);
+    pool_weights (B, G, R + 1): their weights w_j, in the same slots (zero where none yet);
     conv_state (B, width, kernel - 1): the predictor's causal conv inputs.
+
+    A ring rather than a sliding window because a pooled sum does not depend on the order of
+    its terms: a decoding step overwrites one slot instead of copying the whole window, and
+    reads each slot's distance to the newest token from a table.
     """
 
     _POOL_STATE = ("pool_features", "pool_weights", "conv_state")
@@ -115,12 +120,18 @@ class ContextPoolCacheLayer(DynamicLayer):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.pool_features = self.pool_weights = self.conv_state = None
+        self.pool_next = 0
 
     def _map_pool_state(self, fn) -> None:
         for name in self._POOL_STATE:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, fn(value))
+
+    def pool_history(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ring in time order, oldest first: features (B, G, R + 1, C), weights (B, G, R + 1)."""
+        shift = -self.pool_next
+        return self.pool_features.roll(shift, dims=2), self.pool_weights.roll(shift, dims=2)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
@@ -145,6 +156,7 @@ class ContextPoolCacheLayer(DynamicLayer):
     def reset(self) -> None:
         super().reset()
         self.pool_features = self.pool_weights = self.conv_state = None
+        self.pool_next = 0
 
 
 class ContextPoolCache(DynamicCache):
@@ -293,79 +305,128 @@ class ContextPoolSelfAttention(nn.Module):
 
     def _pool(self, hidden, features, keep, layer_cache):
         """hidden (B, n, d) feeds the predictor; features (B, G, n, C) are pooled. -> pooled, sigma (B, G, n)."""
-        conv_state = layer_cache.conv_state if layer_cache is not None else None
-        if layer_cache is not None and conv_state is not None and hidden.shape[1] == 1:
-            weights, sigma, conv_state = self._predict_one_step(hidden, keep, conv_state)
-        else:
-            weights, sigma, conv_state = self.pool.predict(hidden, keep, conv_state)
         if layer_cache is None:
+            weights, sigma, _ = self.pool.predict(hidden, keep)
             return self.pool.pool(features, weights, sigma), sigma
-        # Incremental decoding: prepend the last R inputs and weights; the pooled output of
-        # token i only reads tokens i-R..i, so this equals pooling the whole sequence.
-        radius = self.pool.radius
+        if layer_cache.conv_state is not None and hidden.shape[1] == 1:
+            return self._decode_step(hidden, features, keep, layer_cache)
+        weights, sigma, conv_state = self.pool.predict(hidden, keep, layer_cache.conv_state)
+        # A chunk after (or without) a cache: prepend the last R + 1 inputs and weights; the
+        # pooled output of token i only reads tokens i-R..i, so this equals pooling the whole
+        # sequence. History positions are outputs we throw away; any valid width will do there.
+        window = self.pool.radius + 1
         batch, groups, n, channels = features.shape
         if layer_cache.pool_features is None:
-            layer_cache.pool_features = features.new_zeros(batch, groups, radius, channels)
-            layer_cache.pool_weights = weights.new_zeros(batch, groups, radius)
-        all_features = torch.cat([layer_cache.pool_features.to(features.dtype), features], dim=2)  # (B, G, R + n, C)
-        all_weights = torch.cat([layer_cache.pool_weights.to(weights.dtype), weights], dim=2)  # (B, G, R + n)
-        # History positions are outputs we throw away; any valid width will do for them.
-        if n == 1:
-            pooled = self._pool_one_step(all_features, all_weights, sigma)
+            history, history_weights = (features.new_zeros(batch, groups, window, channels),
+                                        weights.new_zeros(batch, groups, window))
         else:
-            all_sigma = torch.cat([sigma.new_full((batch, groups, radius), self.pool.sigma_max), sigma], dim=2)
-            pooled = self.pool.pool(all_features, all_weights, all_sigma)[:, :, radius:]
-        layer_cache.pool_features = all_features[:, :, -radius:].detach()
-        layer_cache.pool_weights = all_weights[:, :, -radius:].detach()
-        layer_cache.conv_state = conv_state.detach()
+            history, history_weights = layer_cache.pool_history()
+        all_features = torch.cat([history.to(features.dtype), features], dim=2)  # (B, G, R + 1 + n, C)
+        all_weights = torch.cat([history_weights.to(weights.dtype), weights], dim=2)  # (B, G, R + 1 + n)
+        all_sigma = torch.cat([sigma.new_full((batch, groups, window), self.pool.sigma_max), sigma], dim=2)
+        pooled = self.pool.pool(all_features, all_weights, all_sigma)[:, :, window:]
+        # Not detached, like the keys and values: decoding with autograd on gets exact gradients.
+        layer_cache.pool_features = all_features[:, :, -window:]
+        layer_cache.pool_weights = all_weights[:, :, -window:]
+        layer_cache.pool_next = 0
+        layer_cache.conv_state = conv_state
         return pooled, sigma
 
-    def _predict_one_step(self, hidden, keep, conv_state):
-        """Decoding step of the causal predictor: ContextPool.predict for one token and a conv state.
+    def _decode_step(self, hidden, features, keep, layer_cache):
+        """One decoding step: the causal predictor on a conv state, then the newest token's pooling.
 
-        The depthwise convolution over kernel_size inputs is written as kernel_size multiply-adds:
-        a framework convolution call costs milliseconds of setup for these few numbers.
-        hidden (B, 1, d), conv_state (B, width, kernel - 1) -> weights, sigma (B, G, 1), new state.
+        Same result as `_pool` on the whole sequence, in about 25 small dense ops. At batch 1
+        each op costs a few microseconds whatever its size, so the step avoids the ones it can:
+        a framework conv call (milliseconds of setup for these few numbers), the offset loop
+        (R + 1 steps), copies of the whole window, no-op casts, and Python-float operands,
+        which torch wraps in a new tensor on every call. hidden (B, 1, d), features (B, G, 1, C)
+        -> pooled (B, G, 1, C), sigma (B, G, 1).
         """
         pool, predictor = self.pool, self.pool.predictor
+        groups = pool.groups
+        ring_features, ring_weights = layer_cache.pool_features, layer_cache.pool_weights
+        tables = self._decode_tables(ring_weights)
+
+        # predictor (spec item 1): the depthwise conv as kernel_size multiply-adds
         h = predictor.in_proj(hidden) if predictor.in_proj is not None else hidden
         if keep is not None:
             h = h * keep.unsqueeze(-1).to(h.dtype)
-        window = torch.cat([conv_state.to(h.dtype), h.transpose(1, 2)], dim=-1)  # (B, width, kernel)
+        conv_state = layer_cache.conv_state
+        if conv_state.dtype != h.dtype:
+            conv_state = conv_state.to(h.dtype)
+        conv_window = torch.cat([conv_state, h.transpose(1, 2)], dim=-1)  # (B, width, kernel)
         conv = predictor.conv
-        out = (window * conv.weight[:, 0]).sum(-1)  # (B, width)
+        conv_out = (conv_window * conv.weight.squeeze(1)).sum(-1)  # (B, width)
         if conv.bias is not None:
-            out = out + conv.bias
-        logits = predictor.proj(F.gelu(out)).unsqueeze(-1)  # (B, 2G, 1)
-        a, b = logits.chunk(2, dim=1)
-        weights = torch.sigmoid(a)
+            conv_out = conv_out + conv.bias
+        if conv_out.dtype in (torch.float32, torch.float64):
+            # exact GELU, x * (1 + erf(x / sqrt 2)) / 2: at this size F.gelu costs several erf ops
+            half = conv_out * tables["half"]
+            activated = torch.addcmul(half, half, torch.erf(conv_out * tables["inv_sqrt2"]))
+        else:  # low precision: F.gelu computes in float32 inside, as the full-sequence path does
+            activated = F.gelu(conv_out)
+        gates = torch.sigmoid(predictor.proj(activated)).unsqueeze(-1)  # (B, 2G, 1): sigmoid(a), sigmoid(b)
+        weights = gates[:, :groups]  # spec item 2
         if keep is not None:
             weights = weights * keep.unsqueeze(1).to(weights.dtype)
-        return weights, pool.sigma_from_logits(b), window[..., 1:]
+        sigma = torch.addcmul(tables["sigma_min"], gates[:, groups:], tables["sigma_span"])  # spec item 3
+        layer_cache.conv_state = conv_window[..., 1:]
 
-    def _pool_one_step(self, features, weights, sigma):
-        """Decoding step: pool the newest token over its window in a few dense ops.
-
-        features (B, G, R + 1, C), weights (B, G, R + 1) end with the new token; sigma (B, G, 1).
-        Same result as the offset loop (spec items 4-5, causal), without R + 1 loop steps per layer
-        and token. Computed in float32 at least, like the operator.
-        """
+        # pooling (spec items 4-5, causal): write the newest input over the oldest ring slot.
+        # Out of place, so a step taken with autograd on never edits a tensor saved for backward.
+        slot = layer_cache.pool_next
+        index = tables["slot_index"][slot]
+        if features.dtype != ring_features.dtype:
+            features, weights = features.to(ring_features.dtype), weights.to(ring_weights.dtype)
+        ring_features = ring_features.index_copy(2, index, features)
+        ring_weights = ring_weights.index_copy(2, index, weights)
+        window = ring_weights.shape[-1]
+        layer_cache.pool_next = (slot + 1) % window
+        layer_cache.pool_features, layer_cache.pool_weights = ring_features, ring_weights
         out_dtype = features.dtype
-        if out_dtype not in (torch.float32, torch.float64):  # no-op casts still cost a dispatch each
-            features, weights, sigma = features.float(), weights.float(), sigma.float()
-        coef = weights * torch.exp(self._decode_distance_sq(features) / (sigma * sigma * -2.0))  # (B, G, R + 1)
-        pooled = torch.matmul(coef.unsqueeze(-2), features)  # (B, G, 1, C)
-        if self.pool.normalize:
-            pooled = pooled / (coef.sum(-1, keepdim=True).unsqueeze(-1) + DEFAULT_EPS)
-        return pooled.to(out_dtype)
+        if out_dtype not in (torch.float32, torch.float64):  # computed in float32 at least, like the operator
+            ring_features, ring_weights, sigma_c = ring_features.float(), ring_weights.float(), sigma.float()
+        else:
+            sigma_c = sigma
+        coef = ring_weights * torch.exp(tables["neg_half_distance_sq"][slot] * sigma_c.pow(-2))  # (B, G, R + 1)
+        batch = coef.shape[0]
+        pooled = torch.bmm(
+            coef.view(batch * groups, 1, window), ring_features.view(batch * groups, window, -1)
+        )  # (B*G, 1, C)
+        if pool.normalize:
+            pooled = pooled / (coef.sum(-1).view(batch * groups, 1, 1) + tables["eps"])
+        pooled = pooled.view(batch, groups, 1, -1)
+        return (pooled if pooled.dtype == out_dtype else pooled.to(out_dtype)), sigma
 
-    def _decode_distance_sq(self, features: torch.Tensor) -> torch.Tensor:
-        """(R + 1,) squared distances R^2 .. 0 of the window to the newest token, built once per device/dtype."""
-        key = (features.device, features.dtype, features.shape[2])
-        cached = getattr(self, "_distance_sq_cache", None)
+    def _decode_tables(self, ring: torch.Tensor) -> dict:
+        """Constants of a decoding step, built once per device, dtype and ring size R + 1.
+
+        neg_half_distance_sq (R + 1, R + 1): row s holds -(age of each slot)^2 / 2 when the
+        newest input sits in slot s (float32 at least); slot_index: the (1,) index of each slot;
+        and the step's scalars as 0-dim tensors on the device.
+        """
+        window, dtype, device = ring.shape[-1], ring.dtype, ring.device
+        compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        key = (device, dtype, window, self.pool.sigma_min, self.pool.sigma_max)
+        cached = self.__dict__.get("_decode_tables_cache")  # plain attribute: not a buffer, never saved
         if cached is None or cached[0] != key:
-            distance = torch.arange(features.shape[2] - 1, -1, -1, device=features.device, dtype=features.dtype)
-            self._distance_sq_cache = cached = (key, distance * distance)
+            slots = torch.arange(window, device=device)
+            age = (slots[:, None] - slots[None, :]) % window  # (newest slot, slot)
+
+            def scalar(value, scalar_dtype=dtype):
+                return torch.tensor(value, dtype=scalar_dtype, device=device)
+
+            tables = dict(
+                neg_half_distance_sq=(age * age).to(compute) * -0.5,
+                slot_index=[slots[s : s + 1] for s in range(window)],
+                half=scalar(0.5),
+                inv_sqrt2=scalar(0.5**0.5),
+                sigma_min=scalar(self.pool.sigma_min),
+                sigma_span=scalar(self.pool.sigma_max - self.pool.sigma_min),
+                eps=scalar(DEFAULT_EPS, compute),
+            )
+            cached = (key, tables)
+            self.__dict__["_decode_tables_cache"] = cached
         return cached[1]
 
     def _pooled_projections(self, hidden, keep, layer_cache):
