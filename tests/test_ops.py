@@ -403,7 +403,7 @@ def _largest_tensor(fn, x, w, s, **kw):
 
 
 def test_fast_path_1d_memory_is_linear_and_never_quadratic():
-    """Blocked 1-D path: its largest tensor is n x (T + 2R) coefficients (or the padded x)."""
+    """Blocked 1-D path: its largest tensor is the padded x or an output, never n x n or n x (2R+1) x d."""
     d, radius = 16, 24
     sizes = {}
     for n in (600, 1200):
@@ -707,25 +707,31 @@ def test_every_parameter_gets_a_finite_nonzero_gradient(kwargs, shape):
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tile_elements", [1, 7, 64])
+@pytest.mark.parametrize("block, chunk_elements", [(64, 1), (64, 40_000), (8, 1), (8, 1_000), (5, 10**9)])
 @pytest.mark.parametrize("causal", [False, True])
-def test_fast_tiled_1d_matches_reference(monkeypatch, tile_elements, causal):
+def test_fast_chunked_1d_matches_reference(monkeypatch, block, chunk_elements, causal):
+    """1-D blocks of T tokens in chunks: partial last blocks and chunks, and windows spanning
+    several blocks (2R > T, so each gradient window is added back in several pieces)."""
     import contextpool_hf.pooling_contextpool as pooling
 
-    monkeypatch.setattr(pooling, "_TILE_ELEMENTS", tile_elements)
+    monkeypatch.setattr(pooling, "_BLOCK_1D", block)
+    monkeypatch.setattr(pooling, "_CHUNK_ELEMENTS", chunk_elements)
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 61, 3, dtype=torch.float64, generator=gen, requires_grad=True)
-    w = torch.rand(2, 61, dtype=torch.float64, generator=gen, requires_grad=True)
-    s = (torch.rand(2, 61, dtype=torch.float64, generator=gen) * 2.5 + 0.2).requires_grad_()
-    mask = torch.ones(2, 61)
-    mask[1, 40:] = 0
-    results = []
-    for impl in ("fast", "reference"):
-        y = context_pool(x, w, s, attention_mask=mask, causal=causal, sigma_max=3.0, implementation=impl)
-        grads = torch.autograd.grad((y * y.cos()).sum(), (x, w, s))
-        results.append((y, *grads))
-    for fast, ref in zip(*results, strict=True):
-        torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
+    n = 203
+    x = torch.randn(2, n, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.rand(2, n, dtype=torch.float64, generator=gen, requires_grad=True)
+    s = (torch.rand(2, n, dtype=torch.float64, generator=gen) * 2.5 + 0.2).requires_grad_()
+    mask = torch.ones(2, n)
+    mask[1, 150:] = 0
+    for normalize in (True, False):
+        results = []
+        for impl in ("fast", "reference"):
+            y = context_pool(x, w, s, attention_mask=mask, causal=causal, sigma_max=3.0, normalize=normalize,
+                             implementation=impl)
+            grads = torch.autograd.grad((y * y.cos()).sum(), (x, w, s))
+            results.append((y, *grads))
+        for fast, ref in zip(*results, strict=True):
+            torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("stride", [1, 2, 3])

@@ -260,47 +260,140 @@ class _FastContextPool(torch.autograd.Function):
         return grad_x, grad_w, grad_sigma, None, None, None, None, None
 
 
-# 1-D outputs are processed in blocks of this many tokens (see _pool_blocked_1d).
+# 1-D outputs are processed in blocks of this many tokens (see _BlockedPool1d) ...
 _BLOCK_1D = 64
+# ... and the blocks in chunks of about this many elements per temporary, so that the
+# temporaries stay cache-sized and are reused from chunk to chunk: whole-sequence temporaries
+# are fresh memory on every call, and the page faults then cost more than the arithmetic.
+_CHUNK_ELEMENTS = 1 << 18
 
 
-def _pool_blocked_1d(x, weights, sigma, radius, causal, normalize, eps):
-    """1-D pooling as a batch of small banded matmuls; plain autograd does the backward.
+def _block_tables(block, window, left, radius, causal, device, dtype):
+    """(T, W) tables of -dist^2 / 2 between output i and window input j of a block.
 
-    Outputs are cut into blocks of T tokens; block b only reads the inputs
-    [bT - R, bT + T + R) (causal: up to bT + T), a window of W = T + 2R tokens. So the
-    largest tensors are the (B, n/T, T, W) coefficients, i.e. n x (T + 2R) numbers, and a
-    padded copy of x: no n x n and no n x (2R+1) x d tensor. On a CPU one BLAS call per
-    layer beats 2R+1 elementwise passes over x (about 2-8x, scripts/bench_op.py).
+    `for_exp` is -inf outside the window (exp gives an exact 0 there); `for_grad` is 0 there,
+    so that the sigma gradient, which multiplies by it, never sees 0 * inf.
     """
-    batch, n, d = x.shape
-    block = min(_BLOCK_1D, n)
-    n_blocks = -(-n // block)
-    left, right = radius, (0 if causal else radius)
-    window = block + left + right
-    pad_out = n_blocks * block - n
-    x_pad = F.pad(x, (0, 0, left, pad_out + right))  # (B, R + n_blocks * T + right, d)
-    w_pad = F.pad(weights, (left, pad_out + right))  # zero weight: padding adds nothing
-    s_pad = F.pad(sigma, (0, pad_out), value=1.0).view(batch, n_blocks, block, 1)
-    x_win = x_pad.unfold(1, window, block)  # (B, n_blocks, d, W), a view
-    w_win = w_pad.unfold(1, window, block)  # (B, n_blocks, W)
-    out_pos = torch.arange(block, device=x.device).view(block, 1)
-    in_pos = torch.arange(window, device=x.device).view(1, window) - left
-    dist = (in_pos - out_pos).to(x.dtype)  # (T, W): input position minus output position
+    out_pos = torch.arange(block, device=device).view(block, 1)
+    in_pos = torch.arange(window, device=device).view(1, window) - left
+    dist = (in_pos - out_pos).to(dtype)  # (T, W): input position minus output position
     inside = dist.abs() <= radius
     if causal:
         inside = inside & (dist <= 0)
-    # zero outside the window by a mask product (not exp(-inf): its sigma-gradient is 0 * inf)
-    coef = torch.exp(-(dist * dist) / (2 * s_pad * s_pad)) * (w_win.unsqueeze(2) * inside)  # (B, n_blocks, T, W)
-    y = torch.matmul(coef, x_win.transpose(-1, -2))  # (B, n_blocks, T, d)
-    if normalize:
-        y = y / (coef.sum(-1, keepdim=True) + eps)
-    return y.reshape(batch, n_blocks * block, d)[:, :n]
+    for_grad = torch.where(inside, dist * dist * -0.5, torch.zeros((), dtype=dtype, device=device))
+    for_exp = torch.where(inside, for_grad, torch.full((), float("-inf"), dtype=dtype, device=device))
+    return for_exp, for_grad
+
+
+def _chunk_coefficients(w_win, s_pad, for_exp):
+    """gauss_ij = exp(-dist^2 / (2 s_i^2)) and c_ij = w_j gauss_ij, both (B, kc, T, W)."""
+    inv_var = (s_pad * s_pad).reciprocal_()  # (B, kc, T, 1)
+    gauss = torch.mul(for_exp, inv_var).exp_()  # exactly 0 outside the window
+    return gauss, gauss * w_win
+
+
+def _overlap_add_(out: torch.Tensor, windows: torch.Tensor, first: int, block: int) -> None:
+    """out[:, (first + k) * T + j] += windows[:, k, j]: the adjoint of unfold(1, W, T).
+
+    out (B, rows, ...); windows (B, kc, W, ...). Done as ceil(W / T) strided adds of whole
+    blocks rather than one add per window.
+    """
+    n_windows, window = windows.shape[1:3]
+    chunks = -(-window // block)
+    region = out[:, first * block : (first + n_windows + chunks - 1) * block]
+    region = region.unflatten(1, (n_windows + chunks - 1, block))  # (B, kc + C - 1, T, ...), a view
+    for c in range(chunks):
+        rows = min(block, window - c * block)
+        region[:, c : c + n_windows, :rows] += windows[:, :, c * block : c * block + rows]
+
+
+class _BlockedPool1d(torch.autograd.Function):
+    """1-D pooling as small banded matmuls, in cache-sized chunks, with a hand-written backward.
+
+    Outputs are cut into blocks of T tokens; block b only reads the inputs
+    [bT - R, bT + T + R) (causal: up to bT + T), a window of W = T + 2R tokens, so each block
+    is one (T, W) x (W, d) matmul: no n x n and no n x (2R+1) x d tensor. On a CPU one BLAS
+    call per chunk beats 2R+1 elementwise passes over x (2-8x, scripts/bench_op.py). The
+    coefficients are recomputed in the backward rather than saved, so the extra memory is
+    O(n d) plus one chunk's temporaries.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weights, sigma, radius, causal, normalize, eps):
+        batch, n, d = x.shape
+        block = min(_BLOCK_1D, n)
+        n_blocks = -(-n // block)
+        left = radius
+        window = block + left + (0 if causal else radius)
+        # room for every window, and whole blocks for _overlap_add_ in the backward
+        rows = (n_blocks + -(-window // block) - 1) * block
+        x_pad = F.pad(x, (0, 0, left, rows - n - left))  # (B, rows, d)
+        w_pad = F.pad(weights, (left, rows - n - left))  # zero weight: padding adds nothing
+        s_pad = F.pad(sigma, (0, n_blocks * block - n), value=1.0).view(batch, n_blocks, block, 1)
+        x_win = x_pad.unfold(1, window, block)  # (B, nb, d, W), a view
+        w_win = w_pad.unfold(1, window, block).unsqueeze(2)  # (B, nb, 1, W)
+        for_exp, for_grad = _block_tables(block, window, left, radius, causal, x.device, x.dtype)
+        y = x.new_empty(batch, n_blocks, block, d)
+        denom = x.new_empty(batch, n_blocks, block, 1) if normalize else None
+        step = max(1, _CHUNK_ELEMENTS // (batch * block * max(window, d)))
+        for k0 in range(0, n_blocks, step):
+            k = slice(k0, k0 + step)
+            _, coef = _chunk_coefficients(w_win[:, k], s_pad[:, k], for_exp)
+            y_k = torch.matmul(coef, x_win[:, k].transpose(-1, -2))  # (B, kc, T, d)
+            if normalize:
+                total = coef.sum(-1, keepdim=True).add_(eps)  # (B, kc, T, 1)
+                y_k.div_(total)
+                denom[:, k] = total
+            y[:, k] = y_k
+        ctx.save_for_backward(x_pad, w_pad, s_pad, y, denom, for_exp, for_grad)
+        ctx.layout = (n, block, window, left, step)
+        return y.view(batch, n_blocks * block, d)[:, :n]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x_pad, w_pad, s_pad, y, denom, for_exp, for_grad = ctx.saved_tensors
+        n, block, window, left, step = ctx.layout
+        batch, n_blocks, _, d = y.shape
+        need_x, need_w, need_sigma = ctx.needs_input_grad[:3]
+        grad = grad_out.new_zeros(batch, n_blocks * block, d)
+        grad[:, :n] = grad_out
+        grad = grad.view(batch, n_blocks, block, d)
+        x_win = x_pad.unfold(1, window, block)  # (B, nb, d, W)
+        w_win = w_pad.unfold(1, window, block).unsqueeze(2)  # (B, nb, 1, W)
+        grad_x_pad = torch.zeros_like(x_pad) if need_x else None
+        grad_w_pad = torch.zeros_like(w_pad) if need_w else None
+        grad_inv_var = s_pad.new_empty(batch, n_blocks, block) if need_sigma else None
+        for k0 in range(0, n_blocks, step):
+            k = slice(k0, k0 + step)
+            gauss, coef = _chunk_coefficients(w_win[:, k], s_pad[:, k], for_exp)
+            grad_num = grad[:, k]  # dL/d(sum_j c_ij x_j)
+            grad_total = None
+            if denom is not None:
+                grad_num = grad_num / denom[:, k]
+                grad_total = torch.linalg.vecdot(grad_num, y[:, k]).neg_().unsqueeze(-1)  # dL/d(sum_j c_ij)
+            if need_x:
+                _overlap_add_(grad_x_pad, torch.matmul(coef.transpose(-1, -2), grad_num), k0, block)
+            if need_w or need_sigma:
+                grad_coef = torch.matmul(grad_num, x_win[:, k])  # (B, kc, T, W): dL/dc_ij
+                if grad_total is not None:
+                    grad_coef.add_(grad_total)
+                if need_w:
+                    _overlap_add_(grad_w_pad, (grad_coef * gauss).sum(2), k0, block)
+                if need_sigma:  # c_ij = w_j exp(q_ij / s_i^2), q = -dist^2 / 2
+                    grad_inv_var[:, k] = torch.linalg.vecdot(grad_coef.mul_(coef), for_grad)
+        grad_x = grad_x_pad[:, left : left + n] if need_x else None
+        grad_w = grad_w_pad[:, left : left + n] if need_w else None
+        grad_sigma = None
+        if need_sigma:  # d(1/s^2)/ds = -2/s^3
+            s = s_pad.squeeze(-1)
+            grad_sigma = (grad_inv_var * -2.0 / (s * s * s)).view(batch, -1)[:, :n]
+        return grad_x, grad_w, grad_sigma, None, None, None, None
 
 
 def _pool_fast(x, weights, sigma, radius, stride, causal, normalize, eps):
     if x.dim() == 3 and stride == 1:
-        return _pool_blocked_1d(x, weights, sigma, radius, causal, normalize, eps)
+        return _BlockedPool1d.apply(x, weights, sigma, radius, causal, normalize, eps)
     return _FastContextPool.apply(x, weights, sigma, radius, stride, causal, normalize, eps)
 
 
