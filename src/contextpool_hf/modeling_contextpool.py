@@ -365,7 +365,8 @@ class ContextPoolSelfAttention(nn.Module):
             activated = torch.addcmul(half, half, torch.erf(conv_out * tables["inv_sqrt2"]))
         else:  # low precision: F.gelu computes in float32 inside, as the full-sequence path does
             activated = F.gelu(conv_out)
-        gates = torch.sigmoid(predictor.proj(activated)).unsqueeze(-1)  # (B, 2G, 1): sigmoid(a), sigmoid(b)
+        proj = predictor.proj  # called as F.linear: a module call costs more than this tiny matmul
+        gates = torch.sigmoid(F.linear(activated, proj.weight, proj.bias)).unsqueeze(-1)  # (B, 2G, 1): sigmoid(a), sigmoid(b)
         weights = gates[:, :groups]  # spec item 2
         if keep is not None:
             weights = weights * keep.unsqueeze(1).to(weights.dtype)

@@ -467,7 +467,8 @@ def context_pool(
         causal: output i pools tokens j <= i only.
         sigma_max, truncation: the window radius is R = ceil(truncation * sigma_max).
         normalize: divide by eps + sum_j w_j g_ij (spec item 5).
-        implementation: "fast" (offset loop, O(n R d)) or "reference" (dense n x n).
+        implementation: "fast" (blocked banded matmuls, O(n (T + 2R) d) time, O(n d) extra memory) or
+            "reference" (dense n x n).
 
     Returns:
         y with the shape of x.
