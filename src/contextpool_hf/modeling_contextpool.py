@@ -801,8 +801,12 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
 def _lm_loss(logits, labels, vocab_size, num_items_in_batch=None, shift=False):
     """Cross-entropy over positions with label != -100, optionally predicting the next token."""
     if shift:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    logits = logits.reshape(-1, vocab_size).float()
+        # shift the labels, not the logits: slicing (B, n, vocab) logits would copy them, and
+        # copy their gradient back, on every step; the last position gets the ignore index
+        labels = F.pad(labels[:, 1:], (0, 1), value=-100)
+    logits = logits.reshape(-1, vocab_size)
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
     labels = labels.reshape(-1).to(logits.device)
     if num_items_in_batch is None:
         return F.cross_entropy(logits, labels, ignore_index=-100)

@@ -347,7 +347,8 @@ class _BlockedPool1d(torch.autograd.Function):
             y[:, k] = y_k
         ctx.save_for_backward(x_pad, w_pad, s_pad, y, denom, for_exp, for_grad)
         ctx.layout = (n, block, window, left, step)
-        return y.view(batch, n_blocks * block, d)[:, :n]
+        y = y.view(batch, n_blocks * block, d)
+        return y if n == n_blocks * block else y[:, :n]  # a slice would copy its gradient back
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -356,9 +357,12 @@ class _BlockedPool1d(torch.autograd.Function):
         n, block, window, left, step = ctx.layout
         batch, n_blocks, _, d = y.shape
         need_x, need_w, need_sigma = ctx.needs_input_grad[:3]
-        grad = grad_out.new_zeros(batch, n_blocks * block, d)
-        grad[:, :n] = grad_out
-        grad = grad.view(batch, n_blocks, block, d)
+        if n == n_blocks * block:
+            grad = grad_out.reshape(batch, n_blocks, block, d)
+        else:
+            grad = grad_out.new_zeros(batch, n_blocks * block, d)
+            grad[:, :n] = grad_out
+            grad = grad.view(batch, n_blocks, block, d)
         x_win = x_pad.unfold(1, window, block)  # (B, nb, d, W)
         w_win = w_pad.unfold(1, window, block).unsqueeze(2)  # (B, nb, 1, W)
         grad_x_pad = torch.zeros_like(x_pad) if need_x else None
