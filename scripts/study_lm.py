@@ -204,9 +204,10 @@ def write_outputs(args, rows, table, notes, out: Path, meta: dict) -> None:
              f"Setup: KJV (offline), BPE vocab {args.vocab_size}, hidden {args.hidden}, 4 heads, block {args.block_size}, "
              f"batch {args.batch_size}, {args.steps} steps = {args.steps * args.batch_size * args.block_size:,} "
              "training tokens per run, AdamW lr 2e-3 cosine, validation on "
-             f"{args.eval_blocks} blocks of held-out books. Machine: {meta['machine']}.", "",
-             "| variant | layers | seeds | val loss (nats/token) | val bpc | params | train FLOPs | of which pooling | train wall s |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             f"{args.eval_blocks} blocks of held-out books. Machine: {meta['machine']}.", ""]  # fmt: skip
+    if table:  # empty when --only selected no LM variant
+        lines += ["| variant | layers | seeds | val loss (nats/token) | val bpc | params | train FLOPs | of which pooling | train wall s |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for t in table:
         lines.append(f"| {t['variant']} | {t['layers']} | {t['seeds']} | {t['eval_loss']:.4f}{fmt_std(t['eval_loss_std'])} | "
                      f"{t['eval_bpc']:.4f}{fmt_std(t['eval_bpc_std'])} | {t['n_parameters']:,} | {t['flops_total']:.3g} | "
