@@ -356,14 +356,16 @@ def test_bf16_autocast_close_to_fp32():
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_torch_compile_fullgraph_forward_backward(causal):
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_torch_compile_fullgraph_forward_backward(causal, backend):
+    """inductor generates and compiles C++ (a minute or more on 2 cores), hence slow."""
     torch._dynamo.reset()
     cls = ContextPoolForCausalLM if causal else ContextPoolForMaskedLM
     model = make(cls, is_causal=causal, pool_groups=2, num_hidden_layers=1).train()
     input_ids, mask = right_padded()
     plain = _grads(model, input_ids, mask)
     ref_logits = model(input_ids, attention_mask=mask).logits
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
     model.zero_grad()
     out = compiled(input_ids, attention_mask=mask, labels=input_ids)
     out.loss.backward()
