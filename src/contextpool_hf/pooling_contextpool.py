@@ -266,6 +266,9 @@ _BLOCK_1D = 64
 # temporaries stay cache-sized and are reused from chunk to chunk: whole-sequence temporaries
 # are fresh memory on every call, and the page faults then cost more than the arithmetic.
 _CHUNK_ELEMENTS = 1 << 18
+# Accelerators keep freed memory in a caching allocator (no page faults to avoid) and want few,
+# large kernels, so there the chunks are much larger.
+_CHUNK_ELEMENTS_ACCELERATOR = 1 << 26
 
 
 def _block_tables(block, window, left, radius, causal, device, dtype):
@@ -335,7 +338,8 @@ class _BlockedPool1d(torch.autograd.Function):
         for_exp, for_grad = _block_tables(block, window, left, radius, causal, x.device, x.dtype)
         y = x.new_empty(batch, n_blocks, block, d)
         denom = x.new_empty(batch, n_blocks, block, 1) if normalize else None
-        step = max(1, _CHUNK_ELEMENTS // (batch * block * max(window, d)))
+        chunk_elements = _CHUNK_ELEMENTS if x.device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
+        step = max(1, chunk_elements // (batch * block * max(window, d)))  # blocks per chunk
         for k0 in range(0, n_blocks, step):
             k = slice(k0, k0 + step)
             _, coef = _chunk_coefficients(w_win[:, k], s_pad[:, k], for_exp)
