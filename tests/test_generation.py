@@ -34,33 +34,31 @@ VARIANTS = [
 ]
 
 
+def _in_steps(model, input_ids, spans, **kwargs):
+    """Run input_ids through the model span by span with one cache; -> the outputs of every span."""
+    cache, outputs = None, []
+    for start, stop in spans:
+        out = model(input_ids[:, start:stop], cache=cache, use_cache=True, **kwargs)
+        cache = out.cache
+        assert isinstance(cache, ContextPoolCache) and cache.get_seq_length() == stop
+        outputs.append(out)
+    return outputs
+
+
 @pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
 def test_incremental_logits_equal_full_logits(overrides):
     model = tiny_lm(**overrides)
     input_ids = prompt(n=20)
     full = model(input_ids, use_cache=False, output_pooling_sizes=True)
-    cache, pieces, sizes = None, [], []
-    for start, stop in [(0, 5), (5, 8), (8, 9), (9, 10), (10, 16), (16, 20)]:
-        out = model(input_ids[:, start:stop], cache=cache, use_cache=True, output_pooling_sizes=True)
-        cache = out.cache
-        assert isinstance(cache, ContextPoolCache) and cache.get_seq_length() == stop
-        pieces.append(out.logits)
-        sizes.append(out.pooling_sizes)
-    torch.testing.assert_close(torch.cat(pieces, 1), full.logits, atol=1e-5, rtol=1e-5)
+    outputs = _in_steps(model, input_ids, [(0, 5), (5, 8), (8, 9), (9, 10), (10, 16), (16, 20)],
+                        output_pooling_sizes=True)
+    torch.testing.assert_close(torch.cat([o.logits for o in outputs], 1), full.logits, atol=1e-5, rtol=1e-5)
     for layer, sigma in enumerate(full.pooling_sizes):
         if sigma is None:
-            assert all(s[layer] is None for s in sizes)
+            assert all(o.pooling_sizes[layer] is None for o in outputs)
         else:
-            torch.testing.assert_close(torch.cat([s[layer] for s in sizes], -1), sigma, atol=1e-5, rtol=1e-5)
-
-
-def _steps_logits(model, input_ids, spans, **kwargs):
-    cache, pieces = None, []
-    for start, stop in spans:
-        out = model(input_ids[:, start:stop], cache=cache, use_cache=True, **kwargs)
-        cache = out.cache
-        pieces.append(out.logits)
-    return torch.cat(pieces, 1), cache
+            steps = torch.cat([o.pooling_sizes[layer] for o in outputs], -1)
+            torch.testing.assert_close(steps, sigma, atol=1e-5, rtol=1e-5)
 
 
 # single steps that wrap the ring buffer (R + 1 = 5 slots) twice, then a chunk, then more steps
@@ -72,10 +70,10 @@ def test_ring_buffer_decoding_equals_full_forward(overrides):
     model = tiny_lm(**overrides)
     input_ids = prompt(n=24)
     full = model(input_ids, use_cache=False).logits
-    pieces, cache = _steps_logits(model, input_ids, RING_SPANS)
-    torch.testing.assert_close(pieces, full, atol=1e-5, rtol=1e-5)
+    outputs = _in_steps(model, input_ids, RING_SPANS)
+    torch.testing.assert_close(torch.cat([o.logits for o in outputs], 1), full, atol=1e-5, rtol=1e-5)
     window = model.model.layers[0].attention.pool.radius + 1
-    assert cache.layers[0].pool_next == (24 - 17) % window  # the last chunk reset the ring to time order
+    assert outputs[-1].cache.layers[0].pool_next == (24 - 17) % window  # the last chunk reset the ring to time order
 
 
 def test_decoding_with_autograd_gives_the_full_forward_gradients():
@@ -84,7 +82,7 @@ def test_decoding_with_autograd_gives_the_full_forward_gradients():
     input_ids = prompt(n=24)
     full = model(input_ids, use_cache=False).logits
     full_grads = torch.autograd.grad(full.square().mean(), list(model.parameters()), allow_unused=True)
-    pieces, _ = _steps_logits(model, input_ids, RING_SPANS)
+    pieces = torch.cat([o.logits for o in _in_steps(model, input_ids, RING_SPANS)], 1)
     step_grads = torch.autograd.grad(pieces.square().mean(), list(model.parameters()), allow_unused=True)
     torch.testing.assert_close(pieces, full, atol=1e-5, rtol=1e-5)
     for (name, _), a, b in zip(model.named_parameters(), full_grads, step_grads, strict=True):

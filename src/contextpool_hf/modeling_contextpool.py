@@ -345,7 +345,9 @@ class ContextPoolSelfAttention(nn.Module):
         pool, predictor = self.pool, self.pool.predictor
         groups = pool.groups
         ring_features, ring_weights = layer_cache.pool_features, layer_cache.pool_weights
-        tables = self._decode_tables(ring_weights)
+        window = ring_weights.shape[-1]
+        out_dtype = features.dtype
+        tables = self._decode_tables(features, window)
 
         # predictor (spec item 1): the depthwise conv as kernel_size multiply-adds
         h = predictor.in_proj(hidden) if predictor.in_proj is not None else hidden
@@ -377,14 +379,12 @@ class ContextPoolSelfAttention(nn.Module):
         # Out of place, so a step taken with autograd on never edits a tensor saved for backward.
         slot = layer_cache.pool_next
         index = tables["slot_index"][slot]
-        if features.dtype != ring_features.dtype:
-            features, weights = features.to(ring_features.dtype), weights.to(ring_weights.dtype)
+        if ring_features.dtype != out_dtype:  # history in the step's dtype, as `_pool` does for a chunk
+            ring_features, ring_weights = ring_features.to(out_dtype), ring_weights.to(weights.dtype)
         ring_features = ring_features.index_copy(2, index, features)
         ring_weights = ring_weights.index_copy(2, index, weights)
-        window = ring_weights.shape[-1]
         layer_cache.pool_next = (slot + 1) % window
         layer_cache.pool_features, layer_cache.pool_weights = ring_features, ring_weights
-        out_dtype = features.dtype
         if out_dtype not in (torch.float32, torch.float64):  # computed in float32 at least, like the operator
             ring_features, ring_weights, sigma_c = ring_features.float(), ring_weights.float(), sigma.float()
         else:
@@ -399,14 +399,14 @@ class ContextPoolSelfAttention(nn.Module):
         pooled = pooled.view(batch, groups, 1, -1)
         return (pooled if pooled.dtype == out_dtype else pooled.to(out_dtype)), sigma
 
-    def _decode_tables(self, ring: torch.Tensor) -> dict:
-        """Constants of a decoding step, built once per device, dtype and ring size R + 1.
+    def _decode_tables(self, like: torch.Tensor, window: int) -> dict:
+        """Constants of a decoding step, built once per device, dtype (of `like`) and ring size R + 1.
 
         neg_half_distance_sq (R + 1, R + 1): row s holds -(age of each slot)^2 / 2 when the
         newest input sits in slot s (float32 at least); slot_index: the (1,) index of each slot;
         and the step's scalars as 0-dim tensors on the device.
         """
-        window, dtype, device = ring.shape[-1], ring.dtype, ring.device
+        dtype, device = like.dtype, like.device
         compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32
         key = (device, dtype, window, self.pool.sigma_min, self.pool.sigma_max)
         cached = self.__dict__.get("_decode_tables_cache")  # plain attribute: not a buffer, never saved
