@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import shutil
-import struct
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -255,41 +254,10 @@ def apply_config_overrides(config: Any, overrides: str | dict[str, Any] | None) 
 # Checkpoints
 
 
-class CheckpointError(ValueError):
-    """A checkpoint folder is missing files or holds a truncated/corrupt file."""
-
+# CheckpointError and the safetensors check (safetensors' own reader) are shared with hub.py.
+from .weights_check import CheckpointError, check_safetensors_file  # noqa: E402
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-def check_safetensors_file(path: str | os.PathLike[str]) -> None:
-    """Read a safetensors header and check that the file holds every byte it declares.
-
-    Raises:
-        CheckpointError: the file is empty, its header is unreadable, or it is shorter than declared.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    if size < 8:
-        raise CheckpointError(f"{path} is truncated ({size} bytes): not a safetensors file")
-    with open(path, "rb") as handle:
-        (header_len,) = struct.unpack("<Q", handle.read(8))
-        if header_len > size - 8:
-            raise CheckpointError(
-                f"{path} is truncated or corrupt: its header declares {header_len:,} header bytes but the file "
-                f"has {size:,} bytes"
-            )
-        try:
-            header = json.loads(handle.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"{path} is corrupt: unreadable safetensors header ({error})") from error
-    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
-    expected = 8 + header_len + max(ends, default=0)
-    if size < expected:
-        raise CheckpointError(
-            f"{path} is truncated: the header declares {expected:,} bytes, the file has {size:,} "
-            "(the save was probably interrupted)"
-        )
 
 
 def validate_checkpoint(path: str | os.PathLike[str], *, trainer_checkpoint: bool = False) -> Path:
