@@ -82,6 +82,18 @@ class ContextPoolConfig(PreTrainedConfig):
         pool_mix_init: initial value of each layer's learnable mix between the token and its pooled
             context (1 = fully pooled; converted pretrained models start at 0 = exactly the source).
         pool_implementation: "fast" (O(n R d)) or "reference" (dense, for testing).
+        pool_placement: what is pooled (ablation of issue 16). "attention_input" (the spec): the layer's
+            normalised input is pooled for its attention and the residual stream is kept.
+            "block_output" (the paper's Fig. 2(c) caption): the features entering a pooling layer (the
+            previous block's output, i.e. the residual stream itself) are pooled and replace it, so the
+            pooled features feed this layer's attention and everything after it. Needs pool_groups=1
+            and pool_target="qkv".
+        pool_mode: "adaptive" (the spec: the predictor gives every token its own w and sigma), "fixed"
+            (ablation: w = 1 and sigma = pool_fixed_sigma for every token, no predictor) or
+            "fixed_learned" (w = 1, one learned sigma per layer and pooling group, starting at
+            pool_fixed_sigma). The window radius R is the same in every mode.
+        pool_fixed_sigma: the width of the fixed modes, in [pool_sigma_min, pool_sigma_max]; None = the
+            midpoint, where an adaptive predictor starts (sigmoid(0) = 1/2).
     """
 
     model_type = "contextpool"
@@ -134,6 +146,9 @@ class ContextPoolConfig(PreTrainedConfig):
     pool_predictor_width: int | None = None
     pool_mix_init: Number = 1.0
     pool_implementation: Literal["fast", "reference"] = "fast"
+    pool_placement: Literal["attention_input", "block_output"] = "attention_input"
+    pool_mode: Literal["adaptive", "fixed", "fixed_learned"] = "adaptive"
+    pool_fixed_sigma: Number | None = None
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
@@ -178,6 +193,7 @@ class ContextPoolConfig(PreTrainedConfig):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         _validate_pool_fields(self)
+        self._validate_pool_ablations()
         if self.pool_layers is not None:
             bad = [i for i in self.pool_layers if not 0 <= i < self.num_hidden_layers]
             if bad:
@@ -188,6 +204,30 @@ class ContextPoolConfig(PreTrainedConfig):
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
         if self.initializer_range < 0:
             raise ValueError(f"initializer_range must be >= 0, got {self.initializer_range}")
+
+    def _validate_pool_ablations(self) -> None:
+        """pool_placement / pool_mode / pool_fixed_sigma (the issue-16 ablations), naming the field."""
+        placements, modes = ("attention_input", "block_output"), ("adaptive", "fixed", "fixed_learned")
+        if self.pool_placement not in placements:
+            raise ValueError(f"pool_placement must be one of {placements}, got {self.pool_placement!r}")
+        if self.pool_mode not in modes:
+            raise ValueError(f"pool_mode must be one of {modes}, got {self.pool_mode!r}")
+        if self.pool_placement == "block_output" and (self.pool_groups != 1 or self.pool_target != "qkv"):
+            raise ValueError(
+                "pool_placement='block_output' pools the residual stream itself, so it needs pool_groups=1 and "
+                f"pool_target='qkv'; got pool_groups={self.pool_groups}, pool_target={self.pool_target!r}"
+            )
+        sigma = self.pool_fixed_sigma
+        if sigma is not None and not self.pool_sigma_min <= sigma <= self.pool_sigma_max:
+            raise ValueError(
+                f"pool_fixed_sigma must be in [pool_sigma_min, pool_sigma_max] = "
+                f"[{self.pool_sigma_min}, {self.pool_sigma_max}], got {sigma}"
+            )
+        if self.pool_mode == "fixed_learned" and sigma in (self.pool_sigma_min, self.pool_sigma_max):
+            raise ValueError(
+                "pool_fixed_sigma must lie strictly inside (pool_sigma_min, pool_sigma_max) for "
+                f"pool_mode='fixed_learned' (it is learned through a sigmoid), got {sigma}"
+            )
 
     def layer_pools(self, layer_idx: int) -> bool:
         """Whether layer `layer_idx` runs ContextPool before its attention."""

@@ -32,7 +32,7 @@ from .modeling_utils_contextpool import (
     _is_compiling,
     _pool_from_config,
 )
-from .pooling_contextpool import DEFAULT_EPS
+from .pooling_contextpool import DEFAULT_EPS, ContextPool
 
 logger = logging.get_logger(__name__)
 
@@ -295,8 +295,14 @@ class ContextPoolSelfAttention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
         self.pool_target = config.pool_target
         self.groups = config.pool_groups
+        # "block_output": the layer (ContextPoolLayer) pools the residual stream entering it through
+        # `pool_residual`; the projections below then read unpooled (already pooled) features.
+        self.pools_block_output = config.pool_placement == "block_output" and config.layer_pools(layer_idx)
         if config.layer_pools(layer_idx):
-            self.pool = _pool_from_config(config, config.hidden_size, causal=config.is_causal)
+            self.pool = _pool_from_config(
+                config, config.hidden_size, causal=config.is_causal,
+                mode=config.pool_mode, fixed_sigma=config.pool_fixed_sigma,
+            )  # fmt: skip
             self.pool_mix = nn.Parameter(torch.full((config.pool_groups,), float(config.pool_mix_init)))
         else:
             self.pool = None
@@ -308,7 +314,7 @@ class ContextPoolSelfAttention(nn.Module):
         if layer_cache is None:
             weights, sigma, _ = self.pool.predict(hidden, keep)
             return self.pool.pool(features, weights, sigma), sigma
-        if layer_cache.conv_state is not None and hidden.shape[1] == 1:
+        if self.pool.predictor is not None and layer_cache.conv_state is not None and hidden.shape[1] == 1:
             return self._decode_step(hidden, features, keep, layer_cache)
         weights, sigma, conv_state = self.pool.predict(hidden, keep, layer_cache.conv_state)
         # A chunk after (or without) a cache: prepend the last R + 1 inputs and weights; the
@@ -432,7 +438,7 @@ class ContextPoolSelfAttention(nn.Module):
 
     def _pooled_projections(self, hidden, keep, layer_cache):
         """-> q (B, n, H*dh), k, v (B, n, Hkv*dh), sigma (B, G, n) or None."""
-        if self.pool is None:
+        if self.pool is None or self.pools_block_output:
             return self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden), None
         if self.groups == 1:
             pooled, sigma = self._pool(hidden, hidden.unsqueeze(1), keep, layer_cache)
@@ -458,6 +464,14 @@ class ContextPoolSelfAttention(nn.Module):
         if self.q_proj.bias is not None:
             q, k, v = q + self.q_proj.bias, k + self.k_proj.bias, v + self.v_proj.bias
         return q, k, v, sigma
+
+    def pool_residual(self, predictor_input, residual, keep, cache):
+        """pool_placement="block_output": pool the residual stream entering the layer (the previous
+        block's output) and mix it in, replacing the stream. The predictor reads `predictor_input`
+        (the layer's normalised input). residual (B, n, d) -> (B, n, d), sigma (B, 1, n)."""
+        layer_cache = cache.layer(self.layer_idx) if cache is not None else None
+        pooled, sigma = self._pool(predictor_input, residual.unsqueeze(1), keep, layer_cache)
+        return torch.lerp(residual, pooled.squeeze(1), self.pool_mix), sigma
 
     # -- forward ---------------------------------------------------------------------------
 
@@ -538,10 +552,16 @@ class ContextPoolLayer(GradientCheckpointingLayer):
         cache: ContextPoolCache | None = None,
         output_attentions: bool = False,
     ):
+        residual_sigma = None
+        if self.attention.pools_block_output:  # the paper's Fig. 2(c) placement (config.pool_placement)
+            predictor_input = self.attn_norm(hidden) if self.pre_norm else hidden
+            hidden, residual_sigma = self.attention.pool_residual(predictor_input, hidden, keep, cache)
         attn_input = self.attn_norm(hidden) if self.pre_norm else hidden
         attn_out, weights, sigma = self.attention(
             attn_input, attention_bias, keep, position_embeddings, cache, output_attentions
         )
+        if residual_sigma is not None:
+            sigma = residual_sigma
         if self.pre_norm:
             hidden = hidden + self.dropout(attn_out)
             hidden = hidden + self.dropout(self.mlp(self.mlp_norm(hidden)))
@@ -584,6 +604,8 @@ class ContextPoolPreTrainedModel(ContextPoolHubMixin, PreTrainedModel):
             init.ones_(module.weight)
         elif isinstance(module, ContextPoolSelfAttention) and module.pool is not None:
             init.constant_(module.pool_mix, float(self.config.pool_mix_init))
+        elif isinstance(module, ContextPool) and module.sigma_logit is not None:
+            init.constant_(module.sigma_logit, module.initial_sigma_logit)
         elif isinstance(module, ContextPoolMaskedLMHead):
             init.zeros_(module.bias)
 

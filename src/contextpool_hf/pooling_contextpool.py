@@ -625,6 +625,23 @@ class ContextPoolPredictor(nn.Module):
         return a, b, new_state
 
 
+POOL_MODES = ("adaptive", "fixed", "fixed_learned")
+
+
+def _fixed_sigma(fixed_sigma, sigma_min, sigma_max, mode) -> float:
+    """The fixed modes' width: given, or the midpoint (where an adaptive predictor starts)."""
+    if fixed_sigma is None:
+        return sigma_min + 0.5 * (sigma_max - sigma_min)
+    low_ok = fixed_sigma > sigma_min if mode == "fixed_learned" else fixed_sigma >= sigma_min
+    high_ok = fixed_sigma < sigma_max if mode == "fixed_learned" else fixed_sigma <= sigma_max
+    if not (isinstance(fixed_sigma, (int, float)) and low_ok and high_ok):
+        interval = "(sigma_min, sigma_max)" if mode == "fixed_learned" else "[sigma_min, sigma_max]"
+        raise ValueError(
+            f"fixed_sigma must be in {interval} = ({sigma_min}, {sigma_max}) for mode={mode!r}, got {fixed_sigma!r}"
+        )
+    return float(fixed_sigma)
+
+
 class ContextPool(nn.Module):
     """Features (+ mask) -> pooled features, with learned weights and pooling sizes.
 
@@ -647,12 +664,16 @@ class ContextPool(nn.Module):
         spatial_dims: int = 1,
         stride: int = 1,
         implementation: str = "fast",
+        mode: str = "adaptive",
+        fixed_sigma: float | None = None,
     ):
         super().__init__()
         if not 0 < sigma_min < sigma_max:
             raise ValueError(
                 f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
             )
+        if mode not in POOL_MODES:
+            raise ValueError(f"mode must be one of {POOL_MODES}, got {mode!r}")
         if spatial_dims == 2 and causal:
             raise ValueError("causal pooling is only defined for 1-D sequences")
         if stride != 1 and spatial_dims != 2:
@@ -662,10 +683,39 @@ class ContextPool(nn.Module):
         self.truncation, self.normalize, self.causal = truncation, normalize, causal
         self.spatial_dims, self.stride, self.implementation = spatial_dims, stride, implementation
         self.radius = window_radius(sigma_max, truncation)
-        self.predictor = ContextPoolPredictor(
-            hidden_size, groups, kernel_size, causal, predictor_width, spatial_dims
-        )
+        self.mode = mode
+        # The fixed modes (an ablation) have no predictor: w = 1 and one sigma for every token,
+        # a constant ("fixed") or a learned scalar per group ("fixed_learned"), same window.
+        self.predictor = self.sigma_logit = None
+        if mode == "adaptive":
+            self.predictor = ContextPoolPredictor(
+                hidden_size, groups, kernel_size, causal, predictor_width, spatial_dims
+            )
+        else:
+            self.fixed_sigma = _fixed_sigma(fixed_sigma, sigma_min, sigma_max, mode)
+            if mode == "fixed_learned":
+                self.sigma_logit = nn.Parameter(torch.full((groups,), self.initial_sigma_logit))
         self.last_sigma: torch.Tensor | None = None
+
+    @property
+    def initial_sigma_logit(self) -> float:
+        """b with sigma_from_logits(b) = fixed_sigma (where a "fixed_learned" sigma starts)."""
+        share = (self.fixed_sigma - self.sigma_min) / (self.sigma_max - self.sigma_min)
+        return math.log(share / (1.0 - share))
+
+    def _fixed_prediction(self, hidden, keep):
+        """w = 1 (0 on padding) and one sigma for all tokens, both (B, groups, *spatial)."""
+        spatial = tuple(hidden.shape[1:-1])
+        shape = (hidden.shape[0], self.groups) + spatial
+        weights = hidden.new_ones(shape)
+        if keep is not None:
+            weights = weights * keep.unsqueeze(1).to(weights.dtype)
+        if self.sigma_logit is None:
+            sigma = hidden.new_full(shape, self.fixed_sigma)
+        else:
+            sigma = self.sigma_from_logits(self.sigma_logit).to(hidden.dtype)
+            sigma = sigma.view((1, self.groups) + (1,) * len(spatial)).expand(shape)
+        return weights, sigma
 
     def sigma_from_logits(self, b: torch.Tensor) -> torch.Tensor:
         """sigma = sigma_min + (sigma_max - sigma_min) * sigmoid(b)  (spec item 3)."""
@@ -673,6 +723,11 @@ class ContextPool(nn.Module):
 
     def predict(self, hidden, keep=None, conv_state=None):
         """(weights, sigma, conv_state): w = sigmoid(a), zero exactly on padding (spec item 2)."""
+        if self.predictor is None:
+            weights, sigma = self._fixed_prediction(hidden, keep)
+            if self.stride > 1:
+                sigma = sigma[..., :: self.stride, :: self.stride]
+            return weights, sigma, None
         a, b, conv_state = self.predictor(hidden, keep, conv_state)
         weights = torch.sigmoid(a)
         if keep is not None:
