@@ -15,11 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hub_server import TEST_TOKEN, HubServer
 
 from contextpool_hf import hub
@@ -139,7 +141,8 @@ def tokenizer():
 
 def as_dict(r):
     return {"repo_id": r.repo_id, "revision": r.revision, "sha": r.commit_sha, "head": r.head_sha,
-            "oid": r.oid, "pr_url": r.pr_url}
+            "oid": r.oid, "pr_url": r.pr_url, "uploaded": list(r.uploaded), "skipped": list(r.skipped),
+            "card_kept": r.card_kept}
 
 
 torch.manual_seed(0)
@@ -152,6 +155,12 @@ tokenizer().save_pretrained(ckpt)
 (ckpt / "eval_results.json").write_text(json.dumps(
     {"epoch": 1.0, "eval_loss": 1.25, "eval_accuracy": 0.5, "eval_runtime": 0.2, "eval_samples": 8}))
 expect("tiny", model)
+# what a push must leave behind: a token file, a log, optimizer state, a nested checkpoint
+(ckpt / "hf_token.txt").write_text("hf_this_must_never_be_uploaded")
+(ckpt / "train.log").write_text("step 1 loss 3.0")
+(ckpt / "optimizer.pt").write_bytes(b"state")
+(ckpt / "checkpoint-5").mkdir()
+(ckpt / "checkpoint-5" / "model.safetensors").write_bytes(b"x")
 results["files_in_ckpt"] = sorted(p.name for p in ckpt.iterdir())
 before = digest(ckpt)
 
@@ -169,6 +178,14 @@ with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
     code = cli.main(["push", str(ckpt), "--repo_id", "test-user/tiny-cli", "--revision", "exp", "--private",
                      "--commit_message", "cli push", "--dataset", "wikitext", "--base_model", "gpt2"])
 results["cli"] = {"code": code, "output": out.getvalue()}
+
+# a repo whose README.md the user wrote: kept, unless overwrite_card
+from huggingface_hub import HfApi
+HfApi().create_repo("test-user/own-card")
+HfApi().upload_file(path_or_fileobj=b"# My own card\n", path_in_repo="README.md", repo_id="test-user/own-card")
+attempt("card_kept", lambda: as_dict(hub.push_checkpoint(ckpt, "test-user/own-card")))
+attempt("card_overwritten", lambda: as_dict(hub.push_checkpoint(ckpt, "test-user/own-card", overwrite_card=True)))
+attempt("card_ours_replaced", lambda: as_dict(hub.push_checkpoint(changed, "test-user/own-card")))
 
 token = os.environ.pop("HF_TOKEN")
 attempt("missing_token", lambda: as_dict(hub.push_checkpoint(ckpt, "test-user/no-token")))
@@ -196,6 +213,8 @@ def trainer_run():
         max_steps=2, per_device_train_batch_size=8, save_strategy="steps", save_steps=2, eval_strategy="steps",
         eval_steps=2, report_to=[], use_cpu=True, logging_steps=1, disable_tqdm=True)
     trainer = Trainer(model=m, args=args, train_dataset=data, eval_dataset=data)
+    (work / "trainer_out").mkdir(exist_ok=True)
+    (work / "trainer_out" / "wandb_api_key.txt").write_text("secret")  # a stray file the Trainer would upload
     hub.prepare_trainer_for_hub(trainer, datasets=["synthetic"])
     trainer.train()
     info = trainer.push_to_hub()
@@ -375,6 +394,14 @@ def test_round_trip_pinned_revision_identical_logits(session, fake_hub):
                  "tokenizer.json", "tokenizer_config.json", "eval_results.json"):
         assert name in files, name
     assert "README.md" not in files  # the card is the next commit, pinning this one
+    # only what the checkpoint consists of: stray files stay local, and the push lists them
+    assert not {"hf_token.txt", "train.log", "optimizer.pt"} & set(files)
+    assert not any(name.startswith("checkpoint-5") for name in files)
+    assert not any(b"hf_this_must_never_be_uploaded" in data for data in files.values())
+    skipped = "\n".join(info["skipped"])
+    for name in ("hf_token.txt (not part of a checkpoint)", "train.log", "optimizer.pt (optimizer", "checkpoint-5/"):
+        assert name in skipped, (name, skipped)
+    assert set(info["uploaded"]) == set(files) - {".gitattributes"}
     assert "README.md" in fake_hub.files("test-user/tiny", "main")
     assert fake_hub.refs("test-user/tiny")["main"] == info["head"]
     tiny = loaded["tiny"]
@@ -438,8 +465,14 @@ def _local_checkpoint(tmp_path: Path) -> Path:
     (folder / "configuration_x.py").write_text("X = 1\n")
     (folder / "modeling_x.py").write_text("from .configuration_x import X\nfrom .pooling_x import pool\n")
     (folder / "pooling_x.py").write_text("def pool():\n    pass\n")
-    (folder / "model.safetensors").write_bytes(b"\0" * 16)
+    _save_weights(folder / "model.safetensors", {"w": torch.ones(2, 3), "b": torch.zeros(3)})
     return folder
+
+
+def _save_weights(path: Path, tensors: dict) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path))
 
 
 def test_build_model_card_locally(tmp_path):
@@ -540,14 +573,150 @@ def test_error_no_auto_map_and_missing_shard(tmp_path):
         hub.check_checkpoint(folder)
 
 
-def test_files_to_upload_skips_training_state(tmp_path):
+def test_files_to_upload_is_an_allow_list(tmp_path):
     folder = _local_checkpoint(tmp_path)
-    for name in ("optimizer.pt", "rng_state.pth", "training_args.bin", "README.md", ".hidden"):
+    for name in ("optimizer.pt", "rng_state.pth", "training_args.bin", "README.md", ".hidden", "hf_token.txt",
+                 "train.log", "notes.ipynb", "trainer_state.json", "pytorch_model.bin", "stray.py"):
         (folder / name).write_bytes(b"x")
+    for name in ("tokenizer.json", "special_tokens_map.json", "generation_config.json", "eval_results.json",
+                 "conversion.json"):
+        (folder / name).write_text("{}")
     (folder / "checkpoint-10").mkdir()
     (folder / "checkpoint-10" / "model.safetensors").write_bytes(b"x")
-    assert hub.files_to_upload(folder) == [
-        "config.json", "configuration_x.py", "model.safetensors", "modeling_x.py", "pooling_x.py"]
+    upload, skipped = hub.select_files(folder)
+    assert upload == ["config.json", "configuration_x.py", "conversion.json", "eval_results.json",
+                      "generation_config.json", "model.safetensors", "modeling_x.py", "pooling_x.py",
+                      "special_tokens_map.json", "tokenizer.json"]
+    assert hub.files_to_upload(folder) == upload
+    reasons = dict(entry.split(" ", 1) for entry in skipped)
+    assert set(reasons) == {"optimizer.pt", "rng_state.pth", "training_args.bin", "README.md", ".hidden",
+                            "hf_token.txt", "train.log", "notes.ipynb", "trainer_state.json", "pytorch_model.bin",
+                            "stray.py", "checkpoint-10/"}
+    assert "not part of a checkpoint" in reasons["hf_token.txt"] and "model card" in reasons["README.md"]
+    assert "optimizer" in reasons["optimizer.pt"] and "folder" in reasons["checkpoint-10/"]
+    assert "pickle" in reasons["pytorch_model.bin"]
+    # asked for by name, a file is uploaded; one outside the folder is refused
+    assert "notes.ipynb" in hub.select_files(folder, extra_files=["notes.ipynb"])[0]
+    with pytest.raises(hub.CheckpointError, match="not a file inside"):
+        hub.select_files(folder, extra_files=["../elsewhere.txt"])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "padded"])
+def test_push_refuses_damaged_weights_before_any_upload(tmp_path, damage, monkeypatch):
+    folder = _local_checkpoint(tmp_path)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"truncated": data[:-5], "garbage": os.urandom(len(data)), "empty": b"",
+                         "padded": data + b"\0" * 8}[damage])
+    monkeypatch.setattr(hub, "resolve_token", lambda token=None: pytest.fail("reached the network step"))
+    with pytest.raises(hub.CheckpointError, match="model.safetensors is truncated or corrupt"):
+        hub.push_checkpoint(folder, "me/x", token="unused")
+
+
+def test_push_refuses_damaged_sharded_weights(tmp_path):
+    folder = _local_checkpoint(tmp_path)
+    (folder / "model.safetensors").unlink()
+    _save_weights(folder / "model-00001-of-00002.safetensors", {"w": torch.ones(2, 3)})
+    _save_weights(folder / "model-00002-of-00002.safetensors", {"b": torch.zeros(3)})
+    index = {"metadata": {}, "weight_map": {"w": "model-00001-of-00002.safetensors",
+                                            "b": "model-00002-of-00002.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert hub.check_checkpoint(folder)["model_type"] == "contextpool"
+    assert {"model.safetensors.index.json", "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors"} <= set(hub.files_to_upload(folder))
+    shard = folder / "model-00002-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-4])
+    with pytest.raises(hub.CheckpointError, match="model-00002-of-00002.safetensors is truncated"):
+        hub.check_checkpoint(folder)
+    _save_weights(shard, {"other": torch.zeros(3)})  # intact, but not the tensor the index names
+    with pytest.raises(hub.CheckpointError, match="lacks tensors.*: b"):
+        hub.check_checkpoint(folder)
+    (folder / "model.safetensors.index.json").write_text("{not json")
+    with pytest.raises(hub.CheckpointError, match="not a readable JSON index"):
+        hub.check_checkpoint(folder)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "../model.safetensors"}}))
+    with pytest.raises(hub.CheckpointError, match="not a .safetensors file name"):
+        hub.check_checkpoint(folder)
+
+
+def test_push_refuses_symlinks_leaving_the_folder(tmp_path):
+    (tmp_path / "a").mkdir()
+    folder = _local_checkpoint(tmp_path / "a")
+    outside = tmp_path / "secret.json"
+    outside.write_text('{"token": "hf_secret"}')
+    (folder / "tokenizer_config.json").symlink_to(outside)
+    with pytest.raises(hub.CheckpointError, match="symlinks point outside the folder.*tokenizer_config.json"):
+        hub.push_checkpoint(folder, "me/x", token="unused")
+    (folder / "tokenizer_config.json").unlink()
+    (folder / "tokenizer_config.json").symlink_to(folder / "config.json")  # inside the folder: fine
+    assert "tokenizer_config.json" in hub.files_to_upload(folder)
+    (folder / "linked_dir").symlink_to(tmp_path, target_is_directory=True)  # not entered, listed as skipped
+    assert any(entry.startswith("linked_dir/") for entry in hub.select_files(folder)[1])
+    weights = folder / "model.safetensors"
+    weights.rename(tmp_path / "weights.safetensors")
+    weights.symlink_to(tmp_path / "weights.safetensors")
+    with pytest.raises(hub.CheckpointError, match="model.safetensors ->"):
+        hub.push_checkpoint(folder, "me/x", token="unused")
+
+
+def test_cli_unreachable_endpoint_is_one_line(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    from contextpool_hf import cli
+
+    folder = _local_checkpoint(tmp_path)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    code = cli.main(["push", str(folder), "--repo_id", "me/x", "--token", "hf_cli_unreachable_token"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert "could not reach the Hub at http://127.0.0.1:9" in err and "Traceback" not in err
+    assert "hf_cli_unreachable_token" not in err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "no such file"), ("{oops", "not valid JSON"), ("[1, 2]", "must be a JSON object"),
+     ('{"eval_accuracy": "high"}', "eval_accuracy.*not finite numbers"), ('{"eval_loss": NaN}', "not finite")],
+)
+def test_cli_bad_eval_results_is_one_line(tmp_path, capsys, content, message):
+    from contextpool_hf import cli
+
+    folder = _local_checkpoint(tmp_path)
+    results = tmp_path / "metrics.json"
+    if content is not None:
+        results.write_text(content)
+    code = cli.main(["push", str(folder), "--repo_id", "me/x", "--token", "t", "--eval_results", str(results)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(message, err), err
+
+
+def test_cli_dry_run_lists_upload_and_skipped(tmp_path, capsys):
+    from contextpool_hf import cli
+
+    folder = _local_checkpoint(tmp_path)
+    (folder / "hf_token.txt").write_text("hf_x")
+    assert cli.main(["push", str(folder), "--repo_id", "me/x", "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert "would upload: model.safetensors" in out and "skipped: hf_token.txt (not part of a checkpoint)" in out
+    (folder / "model.safetensors").write_bytes(b"garbage")
+    assert cli.main(["push", str(folder), "--repo_id", "me/x", "--dry_run"]) == 2
+    assert "truncated or corrupt" in capsys.readouterr().err
+
+
+def test_card_written_by_user_is_kept_unless_overwrite(session, fake_hub):
+    pushed, _, _ = session
+    kept = _value(pushed, "card_kept")
+    assert kept["card_kept"] is True and kept["head"] == kept["sha"]
+    assert fake_hub.files("test-user/own-card", kept["sha"])["README.md"] == b"# My own card\n"
+    assert "model.safetensors" in fake_hub.files("test-user/own-card", kept["sha"])
+    replaced = _value(pushed, "card_overwritten")
+    assert replaced["card_kept"] is False
+    assert "huang2022contextpool" in fake_hub.files("test-user/own-card", replaced["head"])["README.md"].decode()
+    ours = _value(pushed, "card_ours_replaced")  # our own card is refreshed without asking
+    assert ours["card_kept"] is False
+    readme = fake_hub.files("test-user/own-card", "main")["README.md"].decode()
+    assert f'revision = "{ours["sha"]}"' in readme
 
 
 # --- (d) model.push_to_hub() and the Trainer ----------------------------------------------
@@ -567,6 +736,8 @@ def test_trainer_push_carries_code_and_card(session, fake_hub):
     _value(pushed, "trainer")
     files = fake_hub.files("test-user/tiny-trainer", "main")
     assert {"configuration_tinypool.py", "modeling_tinypool.py", "model.safetensors", "config.json"} <= set(files)
+    assert not {"wandb_api_key.txt", "training_args.bin", "trainer_state.json", "optimizer.pt"} & set(files)
+    assert not any(name.startswith("checkpoint-") for name in files)
     readme = files["README.md"].decode()
     assert "ContextPool" in readme and "custom_code" in readme and "Adaptive Context Pooling" in readme
     assert "eval_loss" not in readme and "| loss |" in readme  # the Trainer's eval metrics, in the card
@@ -580,6 +751,7 @@ def test_cli_push(session, fake_hub):
     assert cli["code"] == 0, cli["output"]
     assert TEST_TOKEN not in cli["output"]
     assert "model commit:" in cli["output"]
+    assert "skipped: hf_token.txt (not part of a checkpoint)" in cli["output"]
     refs = fake_hub.refs("test-user/tiny-cli")
     assert "exp" in refs and fake_hub.state.repos["test-user/tiny-cli"].private
     files = fake_hub.files("test-user/tiny-cli", "exp")

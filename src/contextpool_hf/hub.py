@@ -1,15 +1,21 @@
 """Share ContextPool checkpoints on the Hugging Face Hub: `contextpool-hf push`.
 
 A checkpoint folder (what `save_pretrained` or the Trainer writes) is checked,
-given the project's model card, and uploaded with its weights, tokenizer or
-processor files, config and the flat remote-code files named in
-`config.json`'s `auto_map`, so that
+given the project's model card, and uploaded so that
 
     AutoModelForCausalLM.from_pretrained(repo_id, trust_remote_code=True, revision=sha)
 
-works on a machine without this package. The upload is two commits on the
-target branch: the model files, then the README whose loading snippet pins the
-first commit's sha (a card cannot name the commit it is in).
+works on a machine without this package. What is uploaded is an allow-list
+(`hub_files.select_files`): config and generation config, the safetensors
+weights (each opened with safetensors' own reader first), the flat code files
+`auto_map` names and what they import, tokenizer/processor files, Trainer and
+conversion results. Everything else in the folder is skipped and listed; a
+selected file that is a symlink out of the folder stops the push.
+
+The upload is two commits on the target branch: the model files, then the
+README whose loading snippet pins the first commit's sha (a card cannot name
+the commit it is in). A README on the Hub that this project did not generate
+is kept unless `overwrite_card=True` (`--overwrite_card`) or a card is given.
 
 Token: `--token`/`token=` or `huggingface_hub`'s own lookup (`HF_TOKEN`, then
 the login stored by `hf auth login`). It is passed to `huggingface_hub` only;
@@ -19,19 +25,16 @@ The local folder is only read: the card is uploaded from memory.
 
 Also here: the function `model.push_to_hub()` of the ContextPool classes
 delegates to (`push_model`), and `prepare_trainer_for_hub`, which makes
-`Trainer(push_to_hub=True)` upload the code files and this card.
+`Trainer(push_to_hub=True)` upload through the same checks and allow-list.
 """
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import logging
 import math
-import re
 import sys
-import sysconfig
 import tempfile
 import types
 from collections.abc import Iterable, Mapping
@@ -39,93 +42,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .hub_card import (  # noqa: F401 - re-exported: hub's public API
+    CARD_TEMPLATE_NAME,
+    CITATION,
+    build_model_card,
+    eval_metrics_from_log_history,
+    find_card_template,
+    is_contextpool_card,
+    read_eval_results,
+)
+from .hub_files import (  # noqa: F401 - re-exported
+    CONFIG_FILES,
+    RESULT_FILES,
+    TOKENIZER_FILES,
+    WEIGHT_FILES,
+    CheckpointError,
+    check_checkpoint,
+    files_to_upload,
+    required_code_files,
+    select_files,
+)
+
 logger = logging.getLogger(__name__)
-
-CARD_TEMPLATE_NAME = "contextpool_model_card.md"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
-# Never uploaded from a checkpoint folder: optimizer/RNG state, nested
-# checkpoints, logs, hidden files, and a README (the card replaces it).
-DEFAULT_IGNORE_PATTERNS = (
-    "README.md", ".*", "*/.*", "__pycache__", "*.pyc", "checkpoint-*", "runs",
-    "optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", "rng_state*.pth", "training_args.bin",
-)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
-# Trainer metric keys that describe the run, not the model.
-_NON_METRIC_KEYS = {"epoch", "step", "total_flos", "train_runtime", "train_samples_per_second",
-                    "train_steps_per_second", "train_loss", "learning_rate", "grad_norm", "loss"}
-_NON_METRIC_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second", "_samples")
-
-# architecture suffix -> (pipeline_tag, Auto class, words for the card)
-_HEADS = (
-    ("ForCausalLM", "text-generation", "AutoModelForCausalLM", "causal language"),
-    ("ForMaskedLM", "fill-mask", "AutoModelForMaskedLM", "masked language"),
-    ("ForSequenceClassification", "text-classification", "AutoModelForSequenceClassification", "sequence classification"),
-    ("ForTokenClassification", "token-classification", "AutoModelForTokenClassification", "token classification"),
-    ("ForQuestionAnswering", "question-answering", "AutoModelForQuestionAnswering", "question answering"),
-    ("ForConditionalGeneration", "translation", "AutoModelForSeq2SeqLM", "sequence-to-sequence"),
-    ("ForSeq2SeqLM", "translation", "AutoModelForSeq2SeqLM", "sequence-to-sequence"),
-    ("ForImageClassification", "image-classification", "AutoModelForImageClassification", "image classification"),
-    ("Model", "feature-extraction", "AutoModel", "encoder"),
-)
-# ContextPool fields are `pool_*` (text) or `pooling_*`; `use_pooler`/`classifier_pooling` are not ContextPool.
-_POOLING_KEY = re.compile(r"^(pool_|pooling_|contextpool)|sigma|truncation")
-
-CITATION = """@inproceedings{huang2022contextpool,
-  title     = {Efficient Representation Learning via Adaptive Context Pooling},
-  author    = {Huang, Chen and Talbott, Walter and Jaitly, Navdeep and Susskind, Joshua M.},
-  booktitle = {Proceedings of the 39th International Conference on Machine Learning},
-  series    = {Proceedings of Machine Learning Research},
-  volume    = {162},
-  publisher = {PMLR},
-  year      = {2022},
-  url       = {https://arxiv.org/abs/2207.01844}
-}"""
-
-# Used only when model_cards/ is not next to the package (an installed wheel
-# without the data files): the same sections, shorter.
-_FALLBACK_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ model_name }}
-
-A **ContextPool** {{ task_label }} model ({{ architecture }}, `model_type: {{ model_type }}`){% if base_model %}, converted from `{{ base_model }}`{% endif %}.
-ContextPool (Huang et al., ICML 2022) pools each token's neighbourhood with learned weights and an
-input-adaptive Gaussian support before attention. The modelling code ships as flat files
-({% for f in code_files %}`{{ f }}`{% if not loop.last %}, {% endif %}{% endfor %}).
-
-## Pooling configuration
-
-| field | value |
-|---|---|
-{% for key, value in pooling_config %}| `{{ key }}` | `{{ value }}` |
-{% endfor %}
-{% if eval_metrics %}
-## Evaluation results
-
-| metric | value |
-|---|---|
-{% for name, value in eval_metrics %}| {{ name }} | {{ value }} |
-{% endfor %}
-{% endif %}
-## How to load
-
-```python
-from transformers import {{ auto_class }}
-
-model = {{ auto_class }}.from_pretrained("{{ repo_id }}", trust_remote_code=True, revision="{{ revision }}")
-```
-
-## Citation
-
-```bibtex
-{{ citation }}
-```
-"""
-
-
-class CheckpointError(ValueError):
-    """The folder is not a shareable checkpoint (missing config, weights or code)."""
 
 
 class HubAuthError(RuntimeError):
@@ -133,7 +71,7 @@ class HubAuthError(RuntimeError):
 
 
 class HubPushError(RuntimeError):
-    """The Hub answered an error while uploading; nothing past the failing commit was written."""
+    """The Hub could not be reached or answered an error; nothing past the failing commit was written."""
 
 
 @dataclass(frozen=True)
@@ -146,255 +84,58 @@ class PushResult:
     head_sha: str  # branch head after the card commit
     commit_url: str
     pr_url: str | None = None
+    uploaded: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()  # "name (why)" for every file of the folder left out
+    card_kept: bool = False  # a README on the Hub that this project did not write was kept
 
     @property
     def oid(self) -> str:  # `CommitInfo` compatibility
         return self.commit_sha
 
 
-# ---------------------------------------------------------------------------
-# Checkpoint inspection
-# ---------------------------------------------------------------------------
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path.name} in {path.parent} is not valid JSON: {error}") from error
-
-
-def _auto_map_modules(auto_map: Mapping[str, Any]) -> set[str]:
-    """Module file names referenced by an `auto_map` ("module.Class", "repo--module.Class", tokenizer pairs)."""
-    modules = set()
-    for value in auto_map.values():
-        for ref in value if isinstance(value, (list, tuple)) else [value]:
-            if ref:
-                modules.add(ref.split("--")[-1].rsplit(".", 1)[0] + ".py")
-    return modules
-
-
-def _relative_imports(source: str) -> set[str]:
-    found = re.findall(r"^\s*from\s+\.(\w+)\s+import", source, flags=re.MULTILINE)
-    found += re.findall(r"^\s*import\s+\.(\w+)\s*$", source, flags=re.MULTILINE)
-    return {f"{name}.py" for name in found}
-
-
-def required_code_files(folder: str | Path, config: Mapping[str, Any] | None = None) -> list[str]:
-    """The `.py` files the checkpoint needs: those in `auto_map`s plus their relative imports."""
-    folder = Path(folder)
-    config = config if config is not None else (_read_json(folder / "config.json") or {})
-    needed = _auto_map_modules(config.get("auto_map") or {})
-    for extra in ("tokenizer_config.json", "preprocessor_config.json", "processor_config.json"):
-        needed |= _auto_map_modules((_read_json(folder / extra) or {}).get("auto_map") or {})
-    pending, seen = list(needed), set()
-    while pending:
-        name = pending.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        if (folder / name).is_file():
-            pending.extend(_relative_imports((folder / name).read_text(encoding="utf-8")) - seen)
-    return sorted(seen)
-
-
-def check_checkpoint(folder: str | Path) -> dict:
-    """Raise `CheckpointError` naming what is missing; return the parsed config.json."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder} is not a folder")
-    config = _read_json(folder / "config.json")
-    if config is None:
-        raise CheckpointError(f"{folder} has no config.json: save the model with save_pretrained() first")
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        raise CheckpointError(
-            f"{folder} has no weights: expected model.safetensors or model.safetensors.index.json "
-            "(save with save_pretrained(); .bin weights are not shared)"
-        )
-    index = _read_json(folder / "model.safetensors.index.json")
-    if index is not None:
-        missing = sorted(f for f in set(index.get("weight_map", {}).values()) if not (folder / f).is_file())
-        if missing:
-            raise CheckpointError(f"{folder} is missing weight shards listed in its index: {', '.join(missing)}")
-    if not config.get("auto_map"):
-        raise CheckpointError(
-            f"{folder}/config.json has no auto_map, so the Hub copy would not load with trust_remote_code=True; "
-            "save a ContextPool model with save_pretrained() (it writes auto_map and the code files)"
-        )
-    missing = [name for name in required_code_files(folder, config) if not (folder / name).is_file()]
-    if missing:
-        raise CheckpointError(f"{folder} is missing the remote-code files named in config.json: {', '.join(missing)}")
-    return config
-
-
-def files_to_upload(folder: str | Path, ignore_patterns: Iterable[str] = DEFAULT_IGNORE_PATTERNS) -> list[str]:
-    """Relative POSIX paths under `folder` that a push uploads (README.md excluded: the card replaces it)."""
-    folder = Path(folder)
-    patterns = tuple(ignore_patterns)
-    selected = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        parts = rel.split("/")
-        if any(fnmatch.fnmatch(rel, p) or any(fnmatch.fnmatch(part, p) for part in parts) for p in patterns):
-            continue
-        if path.is_file():
-            selected.append(rel)
-    return selected
-
-
-# ---------------------------------------------------------------------------
-# Model card
-# ---------------------------------------------------------------------------
-def find_card_template() -> Path | None:
-    """`model_cards/contextpool_model_card.md` from a source checkout or the installed data files."""
-    candidates = [
-        Path(__file__).resolve().parents[2] / "model_cards" / CARD_TEMPLATE_NAME,  # src/contextpool_hf/hub.py
-        Path(sysconfig.get_path("data")) / "share" / "contextpool-hf" / "model_cards" / CARD_TEMPLATE_NAME,
-        Path(sys.prefix) / "share" / "contextpool-hf" / "model_cards" / CARD_TEMPLATE_NAME,
+def check_eval_results(eval_results: Any, source: str = "eval_results") -> dict[str, float]:
+    """A mapping of metric name -> finite number, or ValueError naming what is wrong."""
+    if not isinstance(eval_results, Mapping):
+        raise ValueError(f"{source} must be a JSON object of metric name -> number, got {type(eval_results).__name__}")
+    bad = [
+        k for k, v in eval_results.items()
+        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
     ]
-    return next((c for c in candidates if c.is_file()), None)
+    if bad:
+        raise ValueError(f"{source}: values of {bad} are not finite numbers (metrics must be numbers)")
+    return dict(eval_results)
 
 
-def _is_metric(key: str, value: Any) -> bool:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        return False
-    return key not in _NON_METRIC_KEYS and not key.endswith(_NON_METRIC_SUFFIXES)
-
-
-def eval_metrics_from_log_history(log_history: Iterable[Mapping[str, Any]]) -> dict[str, float]:
-    """The last evaluation the Trainer logged (`eval_*` keys), prefix kept."""
-    last: dict[str, float] = {}
-    for entry in log_history:
-        if any(k.startswith("eval_") for k in entry):
-            last = {k: v for k, v in entry.items() if k.startswith("eval_") and _is_metric(k, v)}
-    return last
-
-
-def read_eval_results(folder: str | Path) -> tuple[dict[str, float], str | None]:
-    """Eval metrics the Trainer left in `folder`, and the file they came from.
-
-    Order: `eval_results.json` (`trainer.save_metrics("eval", ...)`), the `eval_*`
-    keys of `all_results.json`, then the last evaluation in `trainer_state.json`.
-    """
-    folder = Path(folder)
-    for name in ("eval_results.json", "all_results.json"):
-        data = _read_json(folder / name) or {}
-        # all_results.json mixes train_* and eval_* keys; unprefixed ones such as
-        # `perplexity` come from the eval metrics of the example scripts
-        metrics = {k: v for k, v in data.items() if not k.startswith(("train_", "predict_", "test_")) and _is_metric(k, v)}
-        if metrics:
-            return metrics, name
-    state = _read_json(folder / "trainer_state.json") or {}
-    metrics = eval_metrics_from_log_history(state.get("log_history", []))
-    return (metrics, "trainer_state.json") if metrics else ({}, None)
-
-
-def _head(architecture: str) -> tuple[str, str, str]:
-    for suffix, pipeline_tag, auto_class, words in _HEADS:
-        if architecture.endswith(suffix):
-            return pipeline_tag, auto_class, words
-    return "feature-extraction", "AutoModel", "ContextPool"
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, float):
-        text = repr(value)
-        return text if len(text) <= 10 else f"{value:.6g}"
-    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-
-
-def build_model_card(
-    folder: str | Path | None = None,
-    *,
-    repo_id: str | None = None,
-    revision: str | None = None,
-    config: Mapping[str, Any] | None = None,
-    base_model: str | None = None,
-    datasets: str | list[str] | None = None,
-    eval_results: Mapping[str, float] | None = None,
-    license: str = "apache-2.0",
-    language: str | list[str] | None = None,
-    tags: Iterable[str] = (),
-    model_name: str | None = None,
-    template_path: str | Path | None = None,
-):
-    """The project's model card for a checkpoint, as a `huggingface_hub.ModelCard`.
-
-    Reads `config.json` (model type, architectures, auto_map, pooling fields) from
-    `folder` unless `config` is given, and the Trainer's eval metrics from the folder
-    (see `read_eval_results`) unless `eval_results` is given. `revision` is the commit
-    sha the loading snippet pins (`"main"` when not known yet).
-    """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    folder = Path(folder) if folder is not None else None
-    if config is None:
-        if folder is None:
-            raise ValueError("build_model_card needs a checkpoint folder or a config")
-        config = _read_json(folder / "config.json")
-        if config is None:
-            raise CheckpointError(f"{folder} has no config.json")
-    config = dict(config)
-    architecture = (config.get("architectures") or ["ContextPoolModel"])[0]
-    pipeline_tag, auto_class, task_words = _head(architecture)
-    # The auto_map names the Auto class that really maps to this architecture.
-    for key, value in (config.get("auto_map") or {}).items():
-        if isinstance(value, str) and value.rsplit(".", 1)[-1] == architecture and key.startswith("AutoModel"):
-            auto_class = key
-    eval_source = None
-    if eval_results is None and folder is not None:
-        eval_results, eval_source = read_eval_results(folder)
-    eval_results = dict(eval_results or {})
-    datasets = [datasets] if isinstance(datasets, str) else list(datasets or [])
-    repo_id = repo_id or (model_name or "your-name/contextpool-model")
-    model_name = model_name or repo_id.split("/")[-1]
-
-    index = []
-    for key, value in eval_results.items():
-        if not _is_metric(key, value):
-            continue
-        metric = key.removeprefix("eval_")
-        index.append(EvalResult(
-            task_type=pipeline_tag, dataset_type=datasets[0] if datasets else "custom",
-            dataset_name=datasets[0] if datasets else "held-out split of the training data",
-            metric_type=metric, metric_value=float(value), metric_name=metric, dataset_split="validation",
-        ))
-    card_data = ModelCardData(
-        license=license, language=language, library_name="transformers", pipeline_tag=pipeline_tag,
-        tags=["contextpool", "custom_code", config.get("model_type", "contextpool"), *tags],
-        datasets=datasets or None, base_model=base_model, model_name=model_name if index else None,
-        eval_results=index or None,
-    )
-    code_files = sorted(_auto_map_modules(config.get("auto_map") or {}))
-    if folder is not None and folder.is_dir():
-        code_files = required_code_files(folder, config)
-    has_tokenizer = folder is not None and any((folder / f).is_file() for f in TOKENIZER_FILES)
-    pooling_config = [(k, _format_value(v)) for k, v in sorted(config.items()) if _POOLING_KEY.search(k)]
-    template = Path(template_path) if template_path else find_card_template()
-    return ModelCard.from_template(
-        card_data,
-        template_str=template.read_text(encoding="utf-8") if template else _FALLBACK_TEMPLATE,
-        model_name=model_name,
-        repo_id=repo_id,
-        revision=revision or "main",
-        architecture=architecture,
-        model_type=config.get("model_type", "contextpool"),
-        task_label=task_words,
-        auto_class=auto_class,
-        code_files=code_files,
-        pooling_config=pooling_config,
-        eval_metrics=[(k.removeprefix("eval_"), _format_value(v)) for k, v in eval_results.items() if _is_metric(k, v)],
-        eval_source=eval_source,
-        has_tokenizer=has_tokenizer,
-        datasets=datasets,
-        base_model_url=f"https://huggingface.co/{base_model}" if base_model else None,
-        citation=CITATION,
-    )
+def load_eval_results(path: str | Path) -> dict[str, float]:
+    """Read an `--eval_results` JSON file; ValueError (one line) when it is missing or not metrics."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"--eval_results: no such file {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"--eval_results: cannot read {path} ({error})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--eval_results: {path} is not valid JSON ({error})") from None
+    return check_eval_results(data, f"--eval_results {path}")
 
 
 # ---------------------------------------------------------------------------
 # Upload
 # ---------------------------------------------------------------------------
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """HTTP-client errors huggingface_hub lets through (connection refused, DNS, timeouts)."""
+    from huggingface_hub import errors
+
+    http_error = getattr(errors, "HTTPError", None)  # the HTTP client's base error, as huggingface_hub imports it
+    return (OSError,) + ((http_error,) if isinstance(http_error, type) else ())
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
 def resolve_token(token: str | None = None) -> str:
     """`token`, else huggingface_hub's lookup (HF_TOKEN, then the stored login). Never logged."""
     from huggingface_hub import get_token
@@ -408,7 +149,7 @@ def resolve_token(token: str | None = None) -> str:
 
 
 def _check_token(api, token: str) -> str:
-    """The user name behind `token`; `HubAuthError` when the Hub rejects it."""
+    """The user name behind `token`; `HubAuthError` when the Hub rejects it, `HubPushError` when unreachable."""
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
@@ -417,7 +158,30 @@ def _check_token(api, token: str) -> str:
         status = error.response.status_code if error.response is not None else None
         if status == 401:
             raise HubAuthError(f"the Hub at {api.endpoint} rejected the token (401): check HF_TOKEN or --token") from None
-        raise HubPushError(f"could not check the token with {api.endpoint}: {error}") from error
+        raise HubPushError(f"could not check the token with {api.endpoint}: {_first_line(error)}") from error
+    except _transport_errors() as error:
+        raise HubPushError(
+            f"could not reach the Hub at {api.endpoint} ({_first_line(error)}); check the network or HF_ENDPOINT"
+        ) from error
+
+
+def _remote_card(api, repo_id: str, revision: str) -> str | None:
+    """The README.md at `revision`, or None when there is none."""
+    from huggingface_hub.errors import EntryNotFoundError
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = api.hf_hub_download(repo_id, "README.md", revision=revision, local_dir=tmp)
+        except EntryNotFoundError:
+            return None
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+
+
+def plan_push(folder: str | Path, extra_files: Iterable[str] = ()) -> tuple[dict, list[str], list[str]]:
+    """Check `folder` and choose its files: -> (config, files to upload, "name (why)" skipped). No network."""
+    config = check_checkpoint(folder)
+    upload, skipped = select_files(folder, config, extra_files)
+    return config, upload, skipped
 
 
 def push_checkpoint(
@@ -430,8 +194,9 @@ def push_checkpoint(
     commit_description: str | None = None,
     token: str | None = None,
     create_pr: bool = False,
-    ignore_patterns: Iterable[str] = DEFAULT_IGNORE_PATTERNS,
+    extra_files: Iterable[str] = (),
     card=None,
+    overwrite_card: bool = False,
     **card_kwargs: Any,
 ) -> PushResult:
     """Upload a saved checkpoint folder, its code files and the project's card; the folder is only read.
@@ -445,11 +210,18 @@ def push_checkpoint(
         commit_message, commit_description: for the model commit.
         token: a Hub token; default: HF_TOKEN or the stored login.
         create_pr: open a pull request instead of committing to the branch.
-        card: a ready `ModelCard`; default: `build_model_card(folder, **card_kwargs)`
+        extra_files: further files (relative to `folder`) to upload besides the checkpoint's own.
+        card: a ready `ModelCard` (always uploaded); default: `build_model_card(folder, **card_kwargs)`
             with the loading snippet pinned to the model commit.
+        overwrite_card: replace a README.md on the Hub that this project did not generate
+            (by default it is kept and `PushResult.card_kept` is True).
         **card_kwargs: `base_model`, `datasets`, `eval_results`, `license`, `language`, `tags`, ...
 
-    Returns the `PushResult`; `commit_sha` is the revision to pin.
+    Everything is checked before anything is sent: the weights with safetensors' reader, the
+    code files, the eval results, the card arguments. Files outside the allow-list are skipped
+    (logged, and listed in `PushResult.skipped`). Raises CheckpointError / ValueError for a bad
+    folder or argument, HubAuthError for the token, HubPushError when the Hub is unreachable
+    or answers an error. Returns the `PushResult`; `commit_sha` is the revision to pin.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError
@@ -457,16 +229,20 @@ def push_checkpoint(
 
     validate_repo_id(repo_id)  # HFValidationError is a ValueError
     folder = Path(folder)
-    config = check_checkpoint(folder)
-    paths = files_to_upload(folder, ignore_patterns)
+    config, paths, skipped = plan_push(folder, extra_files)
+    if skipped:
+        logger.warning("not uploaded from %s: %s", folder, "; ".join(skipped))
     if not any(name in paths for name in TOKENIZER_FILES):
         logger.warning("%s has no tokenizer or processor files; users will need to bring their own", folder)
+    if card_kwargs.get("eval_results") is not None:
+        card_kwargs["eval_results"] = check_eval_results(card_kwargs["eval_results"])
     if card is None:
         build_model_card(folder, repo_id=repo_id, config=config, **card_kwargs)  # fail on bad card args before any upload
     token = resolve_token(token)
     api = HfApi(token=token)
     user = _check_token(api, token)
     step = "create the repository"
+    card_kept = False
     try:
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         if revision and not create_pr and not revision.startswith("refs/"):
@@ -483,24 +259,44 @@ def push_checkpoint(
         if target is None:  # create_pr, but every file was already there: the client made no commit
             logger.warning("%s: nothing changed since %s, no pull request opened", repo_id, model_commit.oid)
             return PushResult(repo_id=repo_id, revision=revision or "main", commit_sha=model_commit.oid,
-                              head_sha=model_commit.oid, commit_url=model_commit.commit_url)
-        if card is None:
-            card = build_model_card(folder, repo_id=repo_id, revision=model_commit.oid, config=config, **card_kwargs)
-        step = "upload the model card"
-        card_commit = api.create_commit(
-            repo_id, [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode("utf-8"))],
-            revision=target, commit_message="Add ContextPool model card",
-        )
+                              head_sha=model_commit.oid, commit_url=model_commit.commit_url,
+                              uploaded=tuple(paths), skipped=tuple(skipped))
+        head_sha = model_commit.oid
+        if card is None and not overwrite_card:
+            step = "read the README.md on the Hub"
+            existing = _remote_card(api, repo_id, target)
+            card_kept = existing is not None and not is_contextpool_card(existing)
+        if card_kept:
+            logger.warning(
+                "%s@%s has a README.md this project did not write: kept it (pass overwrite_card=True / "
+                "--overwrite_card to replace it with the ContextPool card). Pin revision=%s to load this upload",
+                repo_id, target, model_commit.oid,
+            )
+        else:
+            if card is None:
+                card = build_model_card(folder, repo_id=repo_id, revision=model_commit.oid, config=config,
+                                        **card_kwargs)
+            step = "upload the model card"
+            head_sha = api.create_commit(
+                repo_id, [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode("utf-8"))],
+                revision=target, commit_message="Add ContextPool model card",
+            ).oid
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else "?"
         raise HubPushError(
             f"push of {folder} to {repo_id} failed while trying to {step} (HTTP {status}): "
             f"{str(error).splitlines()[0]}. The local folder was not changed; rerun the push to retry."
         ) from error
+    except _transport_errors() as error:
+        raise HubPushError(
+            f"push of {folder} to {repo_id} failed while trying to {step}: {_first_line(error)} "
+            f"(Hub at {api.endpoint}). The local folder was not changed; rerun the push to retry."
+        ) from error
     logger.info("pushed %s to %s@%s as %s", folder, repo_id, target, user)
     return PushResult(
-        repo_id=repo_id, revision=target, commit_sha=model_commit.oid, head_sha=card_commit.oid,
-        commit_url=model_commit.commit_url, pr_url=model_commit.pr_url,
+        repo_id=repo_id, revision=target, commit_sha=model_commit.oid, head_sha=head_sha,
+        commit_url=model_commit.commit_url, pr_url=model_commit.pr_url, uploaded=tuple(paths),
+        skipped=tuple(skipped), card_kept=card_kept,
     )
 
 
@@ -522,10 +318,18 @@ def write_code_files(model, folder: str | Path) -> list[str]:
             continue
         for path in [source, *get_relative_import_files(source)]:
             dest = folder / Path(path).name
-            if not dest.exists() or dest.read_bytes() != Path(path).read_bytes():
-                dest.write_bytes(Path(path).read_bytes())
+            data = Path(path).read_bytes()
+            if dest.is_symlink() or not dest.exists() or dest.read_bytes() != data:
+                _write_file(dest, data)
             written.append(dest.name)
     return sorted(set(written))
+
+
+def _write_file(dest: Path, data: bytes) -> None:
+    """Write `dest` in the folder itself: a symlink there is replaced, its target left alone."""
+    if dest.is_symlink():
+        dest.unlink()
+    dest.write_bytes(data)
 
 
 def push_model(
@@ -562,42 +366,111 @@ def push_model(
         )
 
 
-def _trainer_card(trainer, folder: str | Path, card_kwargs: Mapping[str, Any]):
-    model = trainer.accelerator.unwrap_model(trainer.model) if hasattr(trainer, "accelerator") else trainer.model
+def _trainer_model(trainer):
+    return trainer.accelerator.unwrap_model(trainer.model) if hasattr(trainer, "accelerator") else trainer.model
+
+
+def _trainer_card_kwargs(trainer, card_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     eval_results = card_kwargs.get("eval_results") or eval_metrics_from_log_history(trainer.state.log_history)
-    kwargs = {k: v for k, v in card_kwargs.items() if k != "eval_results"}
+    return {**card_kwargs, "eval_results": eval_results}
+
+
+def _trainer_card(trainer, folder: str | Path, card_kwargs: Mapping[str, Any]):
     return build_model_card(folder, repo_id=trainer.hub_model_id or trainer.args.hub_model_id,
-                            config=model.config.to_dict(), eval_results=eval_results, **kwargs)
+                            config=_trainer_model(trainer).config.to_dict(),
+                            **_trainer_card_kwargs(trainer, card_kwargs))
+
+
+def _push_trainer_folder(trainer, folder, commit_message, card_kwargs, *, token=None, revision=None, private=None):
+    """Push a folder the Trainer wrote through `push_checkpoint` (checks, allow-list, card)."""
+    write_code_files(_trainer_model(trainer), folder)  # save_pretrained copies them only for registered classes
+    return push_checkpoint(
+        folder, trainer.hub_model_id, token=token if token is not None else trainer.args.hub_token,
+        revision=revision if revision is not None else trainer.args.hub_revision,
+        private=private if private is not None else trainer.args.hub_private_repo,
+        commit_message=commit_message, **_trainer_card_kwargs(trainer, card_kwargs),
+    )
 
 
 def prepare_trainer_for_hub(trainer, **card_kwargs: Any):
-    """Make a `Trainer`'s hub uploads carry the flat code files and the project's card.
+    """Make a `Trainer`'s hub uploads go through `push_checkpoint` and carry the code files and card.
 
-    `Trainer._push_from_checkpoint` (hub_strategy "every_save", "checkpoint", ...)
-    copies only config/weights into `output_dir`, and `Trainer.push_to_hub` writes
-    its own README there; this adds a callback that writes the code files and the
-    card at every `on_push_begin`, and replaces this trainer's `create_model_card`
-    so the end-of-training push keeps the project's card. Returns the callback.
-    `card_kwargs` go to `build_model_card` (base_model, datasets, license, ...).
+    The Trainer's own uploads (`Trainer.push_to_hub` and, with `hub_strategy` "every_save",
+    "checkpoint" or "all_checkpoints", `_push_from_checkpoint`) send everything in `output_dir`
+    that does not start with `_`: logs, tokens, `training_args.bin`, without checking the weights.
+    This replaces both on `trainer`: the model files of the folder just saved are pushed by
+    `push_checkpoint` (safetensors-checked weights, the allow-list, the project's card with the
+    Trainer's eval metrics). Pushes run synchronously; one that fails during training is logged
+    and training goes on (the end-of-training push raises). With hub_strategy "checkpoint" /
+    "all_checkpoints" the checkpoint folder itself (optimizer state included, for resuming) is
+    also uploaded, as the Trainer does, after its weights passed the same check.
+    A callback writes the code files and the card into `output_dir` at every push, and
+    `create_model_card` writes the project's card. Returns the callback. `card_kwargs` go to
+    `build_model_card` (base_model, datasets, license, ...).
     """
     from transformers import TrainerCallback
+    from transformers.trainer_utils import HubStrategy, SaveStrategy
 
     class ContextPoolHubCallback(TrainerCallback):
         def on_push_begin(self, args, state, control, **kwargs):
             if not args.should_save:
                 return
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-            model = trainer.accelerator.unwrap_model(trainer.model)
-            write_code_files(model, args.output_dir)
-            _trainer_card(trainer, args.output_dir, card_kwargs).save(Path(args.output_dir) / "README.md")
+            write_code_files(_trainer_model(trainer), args.output_dir)
+            card = _trainer_card(trainer, args.output_dir, card_kwargs)
+            _write_file(Path(args.output_dir) / "README.md", str(card).encode("utf-8"))
 
     def create_model_card(self, *args, **kwargs) -> None:
         if self.is_world_process_zero():
-            _trainer_card(self, self.args.output_dir, card_kwargs).save(Path(self.args.output_dir) / "README.md")
+            card = _trainer_card(self, self.args.output_dir, card_kwargs)
+            _write_file(Path(self.args.output_dir) / "README.md", str(card).encode("utf-8"))
+
+    def push_to_hub(self, commit_message="End of training", blocking=True, token=None, revision=None,
+                    private=None, **kwargs):
+        """`Trainer.push_to_hub` through `contextpool_hf.hub.push_checkpoint` (always blocking)."""
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        token = token if token is not None else self.args.hub_token
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        self._finish_current_push()
+        tags = [*(getattr(self.model, "model_tags", None) or []), *(card_kwargs.get("tags") or [])]
+        extra = {**card_kwargs, "tags": tags} if tags else dict(card_kwargs)
+        return _push_trainer_folder(self, self.args.output_dir, commit_message, extra, token=token,
+                                    revision=revision, private=private)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
+            return
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        if self.args.save_strategy == SaveStrategy.STEPS:
+            message = f"Training in progress, step {self.state.global_step}"
+        else:
+            message = f"Training in progress, epoch {int(self.state.epoch)}"
+        try:
+            _push_trainer_folder(self, checkpoint_folder, message, card_kwargs)
+            if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+                from huggingface_hub import HfApi
+
+                path_in_repo = (
+                    "last-checkpoint" if self.args.hub_strategy == HubStrategy.CHECKPOINT
+                    else Path(checkpoint_folder).name
+                )
+                HfApi(token=resolve_token(self.args.hub_token)).upload_folder(
+                    repo_id=self.hub_model_id, folder_path=checkpoint_folder, path_in_repo=path_in_repo,
+                    commit_message=message + ", checkpoint", revision=self.args.hub_revision,
+                    ignore_patterns=["_*", ".*"],
+                )
+        except (CheckpointError, HubAuthError, HubPushError, ValueError, *_transport_errors()) as error:
+            logger.warning("push of %s to the Hub failed, training goes on: %s", checkpoint_folder, error)
 
     callback = ContextPoolHubCallback()
     trainer.add_callback(callback)
     trainer.create_model_card = types.MethodType(create_model_card, trainer)
+    trainer.push_to_hub = types.MethodType(push_to_hub, trainer)
+    trainer._push_from_checkpoint = types.MethodType(_push_from_checkpoint, trainer)
     return callback
 
 
@@ -622,24 +495,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tag", action="append", default=[], dest="tags", help="extra card tag (repeatable)")
     parser.add_argument("--eval_results", "--eval-results", default=None,
                         help="JSON file of eval metrics (default: what the Trainer wrote in the folder)")
+    parser.add_argument("--include", action="append", default=[], metavar="FILE",
+                        help="also upload FILE (relative to the folder; repeatable): only the checkpoint's own "
+                             "files are uploaded otherwise")
+    parser.add_argument("--model_card", "--model-card", default=None, metavar="README",
+                        help="upload this card instead of the generated one")
+    parser.add_argument("--overwrite_card", "--overwrite-card", action="store_true",
+                        help="replace a README.md on the Hub that contextpool-hf did not write (default: keep it)")
+    parser.add_argument("--dry_run", "--dry-run", action="store_true",
+                        help="check the folder and list what would be uploaded and skipped; send nothing")
+
+
+def _load_card(path: str):
+    from huggingface_hub import ModelCard
+
+    try:
+        return ModelCard(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"--model_card: no such file {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"--model_card: cannot read {path} ({error})") from None
+
+
+def _print_skipped(skipped: Iterable[str]) -> None:
+    for entry in skipped:
+        print(f"skipped: {entry}")
 
 
 def run(args: argparse.Namespace) -> int:
-    eval_results = None
-    if args.eval_results:
-        eval_results = json.loads(Path(args.eval_results).read_text(encoding="utf-8"))
     try:
+        eval_results = load_eval_results(args.eval_results) if args.eval_results else None
+        if args.dry_run:
+            from huggingface_hub.utils import validate_repo_id
+
+            validate_repo_id(args.repo_id)
+            _, upload, skipped = plan_push(args.folder, args.include)
+            for name in upload:
+                print(f"would upload: {name}")
+            _print_skipped(skipped)
+            return 0
+        card = _load_card(args.model_card) if args.model_card else None
         result = push_checkpoint(
             args.folder, args.repo_id, private=args.private or None, revision=args.revision,
             commit_message=args.commit_message, commit_description=args.commit_description,
-            token=args.token, create_pr=args.create_pr, base_model=args.base_model, datasets=args.datasets,
+            token=args.token, create_pr=args.create_pr, extra_files=args.include, card=card,
+            overwrite_card=args.overwrite_card, base_model=args.base_model, datasets=args.datasets,
             eval_results=eval_results, license=args.license, language=args.language, tags=args.tags,
         )
-    except (CheckpointError, HubAuthError, HubPushError, ValueError) as error:
-        print(f"contextpool-hf push: error: {error}", file=sys.stderr)
+    except (CheckpointError, HubAuthError, HubPushError, ValueError, OSError) as error:
+        message = " ".join(str(error).split())  # one line, whatever the library's message looks like
+        print(f"contextpool-hf push: error: {message}", file=sys.stderr)
         return 2 if isinstance(error, ValueError) else 1
-    print(f"pushed {args.folder} to {result.repo_id} ({result.revision})")
+    print(f"pushed {args.folder} to {result.repo_id} ({result.revision}): {len(result.uploaded)} files")
+    _print_skipped(result.skipped)
     print(f"model commit: {result.commit_sha}  (load with revision=\"{result.commit_sha}\")")
+    if result.card_kept:
+        print("kept the README.md already on the Hub (not written by contextpool-hf); --overwrite_card replaces it")
     if result.pr_url:
         print(f"pull request: {result.pr_url}")
     return 0
