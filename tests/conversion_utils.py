@@ -78,9 +78,18 @@ def layer_pairs(model: torch.nn.Module, pattern_a: str, pattern_b: str) -> list[
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    """max |a - b| in float64, over the positions where `mask` (batch, seq) is 1 when given."""
+    """max |a - b| in float64, over the positions where `mask` (batch, seq) is 1 when given.
+
+    Equal infinities (scores that top-k / a logits processor set to -inf) count as no difference;
+    an infinity on one side only is an infinite difference; NaN on either side is NaN.
+    """
     a, b = a.double(), b.double()
     if mask is not None:
         keep = mask.bool()
         a, b = a[keep], b[keep]
-    return float((a - b).abs().max())
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    if a.numel() == 0:
+        return 0.0
+    same_inf = torch.isinf(a) & (a == b)
+    return float((a - b).abs().masked_fill(same_inf, 0.0).max())

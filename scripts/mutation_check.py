@@ -1,0 +1,317 @@
+"""Deliberate-bug check: break one behaviour at a time in a copy of the repo and run the tests that guard it.
+
+Each mutation is a textual patch (old text -> new text) on the package (or a script). The old text
+must occur exactly once among the files the mutation searches, so a mutation whose anchor has gone
+(someone rewrote that code) is reported as STALE instead of being skipped silently; update its
+anchor then. For every mutation the script copies nothing again: one temporary copy of the working
+tree is made, the patch is applied, the mutation's tests run with that copy's `src/` first on the
+path, and the file is restored.
+
+Outcomes: killed (a test failed), SURVIVED (every selected test passed: the suite misses the bug),
+STALE (anchor not found once), error (pytest could not run the selection: rc 2-5 or a timeout).
+A baseline run of each distinct test selection on the unmutated copy comes first; a selection that
+fails unmutated makes its mutations "invalid" (the suite is red, so a kill proves nothing).
+
+    .venv/bin/python scripts/mutation_check.py                 # all mutations
+    .venv/bin/python scripts/mutation_check.py --only gpt2-ln-swap,eps-10x
+    .venv/bin/python scripts/mutation_check.py --list
+    make mutation
+
+Writes a table to stdout and JSON (with the command, commit and per-mutation results) to
+benchmarks/mutation_check.json. Exit status 1 if any mutation survives or is stale/invalid/error
+(issue 14 requires that none of its table survives); 0 otherwise. Not part of the default suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "src/contextpool_hf"
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+    name: str
+    what: str  # the behaviour broken, in words
+    old: str  # anchor text; must occur exactly once in `where`
+    new: str
+    tests: tuple[str, ...]  # pytest arguments selecting the guarding tests
+    where: str = PACKAGE  # a file or a folder (searched recursively, *.py) relative to the repo
+    issue_table: bool = False  # one of issue 14's "every test still passed" bugs
+
+
+def _k(path: str, expr: str) -> tuple[str, ...]:
+    return (path, "-k", expr)
+
+
+ORACLE = "tests/test_convert_oracle.py"
+LOGITS = "tests/test_logits_equivalence.py"
+
+MUTATIONS: list[Mutation] = [
+    # --- issue 14's table ---------------------------------------------------------------------
+    Mutation(
+        "gpt2-ln-swap", "GPT-2 conversion maps ln_1 to the MLP norm and ln_2 to the attention norm",
+        '[("attn_norm", "ln_1", True), ("mlp_norm", "ln_2", True)]',
+        '[("attn_norm", "ln_2", True), ("mlp_norm", "ln_1", True)]',
+        _k(ORACLE, "GPT2"), issue_table=True,
+    ),
+    Mutation(
+        "llama-norm-swap", "Llama conversion swaps input_layernorm and post_attention_layernorm",
+        '("attn_norm", "input_layernorm", False),\n        ("mlp_norm", "post_attention_layernorm", False),',
+        '("attn_norm", "post_attention_layernorm", False),\n        ("mlp_norm", "input_layernorm", False),',
+        _k(ORACLE, "Llama"), issue_table=True,
+    ),
+    Mutation(
+        "verify-conversion-zero", "verify_conversion returns 0.0 whatever the models do",
+        "    return worst\n", "    return 0.0 * worst\n",
+        _k(ORACLE, "verify_conversion"), issue_table=True,
+    ),
+    Mutation(
+        "causal-predictor-ignores-padding", "causal predictors ignore the padding mask (left padding leaks)",
+        "        if keep is not None:  # padding must not leak into real tokens' logits\n",
+        "        if keep is not None and not self.causal:  # padding must not leak into real tokens' logits\n",
+        _k(LOGITS, "module or text_padded"), issue_table=True,
+    ),
+    # --- the issue's other weak spots and the kinds it names ------------------------------------
+    Mutation(
+        "bert-qk-swap", "BERT conversion maps query to k_proj and key to q_proj",
+        '("attention.q_proj", "attention.self.query", True),\n        ("attention.k_proj", "attention.self.key", True),',
+        '("attention.q_proj", "attention.self.key", True),\n        ("attention.k_proj", "attention.self.query", True),',
+        _k(ORACLE, "Bert"),
+    ),
+    Mutation(
+        "gpt2-c_attn-order", "GPT-2 conversion splits c_attn as [k | q | v]",
+        'enumerate(("q_proj", "k_proj", "v_proj"))', 'enumerate(("k_proj", "q_proj", "v_proj"))',
+        _k(ORACLE, "GPT2"),
+    ),
+    Mutation(
+        "seq2seq-norm-swap", "Marian/BART conversion swaps self_attn_layer_norm and final_layer_norm",
+        "_KEY_MAP = [\n",
+        '_KEY_MAP = [\n    (r"^(.*)\\.self_attn_layer_norm\\.(weight|bias)$", r"\\1.final_layer_norm.\\2"),\n'
+        '    (r"^(.*)\\.final_layer_norm\\.(weight|bias)$", r"\\1.self_attn_layer_norm.\\2"),\n',
+        _k(ORACLE, "seq2seq"),
+    ),
+    Mutation(
+        "vit-norm-swap", "ViT conversion swaps layernorm_before and layernorm_after",
+        'state = {k: v for k, v in source.state_dict().items() if not k.startswith("vit.pooler.")}',
+        'state = {k.replace("layernorm_before", "@").replace("layernorm_after", "layernorm_before")'
+        '.replace("@", "layernorm_after"): v for k, v in source.state_dict().items() if not k.startswith("vit.pooler.")}',
+        _k(ORACLE, "vision"),
+    ),
+    Mutation(
+        "pool-mask-ignored", "the ContextPool module drops the attention mask (padding gets weight)",
+        '            keep = _mask_as_weights(attention_mask, "attention_mask")\n',
+        '            keep = None\n',
+        _k(LOGITS, "module"),
+    ),
+    Mutation(
+        "eps-10x", "the pooling normaliser's eps is 1e-5 instead of the spec's 1e-6",
+        "DEFAULT_EPS = 1e-6", "DEFAULT_EPS = 1e-5",
+        _k("tests/test_ops.py", "spec_oracle"),
+    ),
+    Mutation(
+        "cache-slot-off-by-one", "a decode step writes the ring slot after the oldest one",
+        '        index = tables["slot_index"][slot]\n',
+        '        index = tables["slot_index"][(slot + 1) % window]\n',
+        _k(LOGITS, "cached_equal_uncached and not seq2seq"),
+    ),
+    Mutation(
+        "decode-ignores-padding", "a decode step gives padded positions pooling weight",
+        "        if keep is not None:\n            weights = weights * keep.unsqueeze(1).to(weights.dtype)\n",
+        "        if False:\n            weights = weights * keep.unsqueeze(1).to(weights.dtype)\n",
+        _k(LOGITS, "left_padded_generation"),
+    ),
+    Mutation(
+        "loss-no-shift", "the causal-LM loss predicts the current token instead of the next",
+        "        labels = F.pad(labels[:, 1:], (0, 1), value=-100)\n",
+        "        labels = labels\n",
+        _k("tests/test_modeling.py", "causal_lm_shifts"),
+    ),
+    Mutation(
+        "push-drops-imported-code", "the Hub upload list leaves out the modules the auto_map files import",
+        '            pending.extend(_relative_imports((folder / name).read_text(encoding="utf-8")) - seen)\n',
+        "            pass\n",
+        _k("tests/test_hub.py", "code or upload or push"),
+    ),
+    Mutation(
+        "resume-ignored", "--resume_from_checkpoint is resolved but not passed to Trainer.train",
+        "train_result = trainer.train(resume_from_checkpoint=resume)",
+        "train_result = trainer.train(resume_from_checkpoint=None)",
+        _k("tests/test_distributed.py", "resume_from_checkpoint_matches"),
+    ),
+    Mutation(
+        "resume-picks-oldest", "--resume_from_checkpoint latest picks the oldest complete checkpoint",
+        "        key=_checkpoint_step,\n        reverse=True,\n", "        key=_checkpoint_step,\n        reverse=False,\n",
+        _k("tests/test_training.py", "resolve_latest"),
+    ),
+]
+
+
+@dataclasses.dataclass
+class Result:
+    name: str
+    outcome: str
+    seconds: float
+    file: str | None
+    tests: str
+    issue_table: bool
+    detail: str = ""
+
+
+def _copy_tree(dest: Path) -> None:
+    """The working tree as git sees it (tracked + untracked, not ignored); data/ is linked, not copied."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, listed):
+        source = ROOT / rel
+        if source.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / rel)
+    if (ROOT / "data").is_dir():
+        (dest / "data").symlink_to(ROOT / "data", target_is_directory=True)
+
+
+def _find_anchor(copy: Path, mutation: Mutation) -> tuple[Path | None, str]:
+    target = copy / mutation.where
+    files = [target] if target.is_file() else sorted(target.rglob("*.py"))
+    hits = [(f, f.read_text(encoding="utf-8").count(mutation.old)) for f in files]
+    hits = [(f, n) for f, n in hits if n]
+    total = sum(n for _, n in hits)
+    if total != 1:
+        where = ", ".join(f"{f.relative_to(copy)} x{n}" for f, n in hits) or "nowhere"
+        return None, f"anchor found {total} times ({where}); expected exactly once in {mutation.where}"
+    return hits[0][0], ""
+
+
+def _env(copy: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(copy / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["HF_HUB_OFFLINE"] = "1"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # a restored file must not be shadowed by a stale .pyc
+    return env
+
+
+def _pytest(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, float, str]:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--no-header", *tests]
+    start = time.perf_counter()
+    try:
+        run = subprocess.run(cmd, cwd=copy, env=_env(copy), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -1, time.perf_counter() - start, "timeout"
+    tail = (run.stdout + run.stderr).strip().splitlines()
+    return run.returncode, time.perf_counter() - start, tail[-1] if tail else ""
+
+
+def _check_import_path(copy: Path) -> None:
+    probe = subprocess.run([sys.executable, "-c", "import contextpool_hf; print(contextpool_hf.__file__)"],
+                           cwd=copy, env=_env(copy), capture_output=True, text=True, check=True)
+    location = Path(probe.stdout.strip()).resolve()
+    if copy.resolve() not in location.parents:
+        raise SystemExit(f"the copy's package is not the one imported ({location}); refusing to run")
+
+
+def run(mutations: list[Mutation], timeout: float, baseline: bool) -> list[Result]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mutation-check-") as tmp:
+        copy = Path(tmp) / "repo"
+        copy.mkdir()
+        _copy_tree(copy)
+        _check_import_path(copy)
+        base_ok: dict[tuple[str, ...], tuple[bool, str]] = {}
+        for mutation in mutations:
+            file, problem = _find_anchor(copy, mutation)
+            rel = str(file.relative_to(copy)) if file else None
+            selection = " ".join(shlex.quote(t) for t in mutation.tests)
+            if file is None:
+                results.append(Result(mutation.name, "STALE", 0.0, rel, selection, mutation.issue_table, problem))
+                print(f"{mutation.name}: STALE ({problem})", flush=True)
+                continue
+            if baseline and mutation.tests not in base_ok:
+                rc, seconds, tail = _pytest(copy, mutation.tests, timeout)
+                base_ok[mutation.tests] = (rc == 0, f"unmutated: rc {rc}, {tail} ({seconds:.0f} s)")
+                print(f"baseline {selection}: rc {rc} ({seconds:.0f} s) {tail}", flush=True)
+            if baseline and not base_ok[mutation.tests][0]:
+                results.append(Result(mutation.name, "invalid", 0.0, rel, selection, mutation.issue_table,
+                                      base_ok[mutation.tests][1]))
+                continue
+            original = file.read_text(encoding="utf-8")
+            try:
+                file.write_text(original.replace(mutation.old, mutation.new), encoding="utf-8")
+                rc, seconds, tail = _pytest(copy, mutation.tests, timeout)
+            finally:
+                file.write_text(original, encoding="utf-8")
+            outcome = {0: "SURVIVED", 1: "killed"}.get(rc, "error")
+            results.append(Result(mutation.name, outcome, round(seconds, 1), rel, selection, mutation.issue_table,
+                                  tail))
+            print(f"{mutation.name}: {outcome} ({seconds:.0f} s) {tail}", flush=True)
+    return results
+
+
+def table(results: list[Result]) -> str:
+    lines = ["| mutation | issue-14 table | outcome | seconds | file | tests |", "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.name} | {'yes' if r.issue_table else ''} | {r.outcome} | {r.seconds:g} | "
+                     f"{r.file or '-'} | `{r.tests}` |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="", help="comma-separated mutation names (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per pytest run")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="skip the unmutated run of each test selection")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "mutation_check.json"),
+                        help="JSON results file ('' for none)")
+    args = parser.parse_args(argv)
+    chosen = MUTATIONS
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = sorted(set(names) - {m.name for m in MUTATIONS})
+        if unknown:
+            parser.error(f"unknown mutation(s) {unknown}; --list shows them")
+        chosen = [m for m in MUTATIONS if m.name in names]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:34} {'[issue 14] ' if m.issue_table else ''}{m.what}")
+        return 0
+    start = time.perf_counter()
+    results = run(chosen, args.timeout, args.baseline)
+    print("\n" + table(results))
+    survived = [r.name for r in results if r.outcome == "SURVIVED"]
+    bad = [r.name for r in results if r.outcome in ("STALE", "invalid", "error")]
+    print(f"\nkilled {sum(r.outcome == 'killed' for r in results)}/{len(results)}; survived {survived or 'none'}; "
+          f"stale/invalid/error {bad or 'none'}")
+    if args.output:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        record = {
+            "command": "python scripts/mutation_check.py" + (f" --only {args.only}" if args.only else ""),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": commit,
+            "wall_seconds": round(time.perf_counter() - start, 1),
+            "fields": {"outcome": "killed | SURVIVED | STALE | invalid | error", "file": "where the anchor was found",
+                       "tests": "pytest selection run on the mutated copy", "detail": "pytest's last line or why"},
+            "results": [dataclasses.asdict(r) for r in results],
+        }
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.output}")
+    return 1 if (survived or bad) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
