@@ -111,10 +111,16 @@ def test_classification_labels_balanced_and_blocks_disjoint(prepared):
 
 
 def test_classification_seed_changes_split(tmp_path):
-    folder = data.prepare_classification(tmp_path, seed=1, train_per_class=20, eval_per_class=5)
-    rows = _jsonl(folder / "test.jsonl")
-    assert len(rows) == 5 * len(data.CLASSIFICATION_LABELS)
-    assert _manifest(folder)["request"]["config"]["seed"] == 1
+    splits = {}
+    for seed in (1, 2):
+        folder = data.prepare_classification(tmp_path / f"seed{seed}", seed=seed, train_per_class=20, eval_per_class=5)
+        rows = _jsonl(folder / "test.jsonl")
+        assert len(rows) == 5 * len(data.CLASSIFICATION_LABELS)
+        assert _manifest(folder)["request"]["config"]["seed"] == seed
+        splits[seed] = {split: [row["text"] for row in _jsonl(folder / f"{split}.jsonl")] for split in data.SPLITS}
+    # another seed draws other passages into every split (not merely another order)
+    for split in data.SPLITS:
+        assert set(splits[1][split]) != set(splits[2][split]), split
 
 
 def test_passages_stay_in_range():
