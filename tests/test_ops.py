@@ -207,11 +207,34 @@ SHAPES_2D = [
     (1, 13, 11, 1, 1, 2.0, 1.5),
     (2, 8, 8, 2, 3, 3.0, 1.0),
     (1, 33, 17, 3, 2, 4.0, 3.0),
+    (1, 1, 9, 2, 2, 2.0, 2.0),  # a single row
+    (2, 10, 3, 4, 3, 2.0, 2.0),  # stride 3, width below the window
+    (1, 7, 7, 3, 3, 0.6, 1.0),  # 2R + 1 < stride: windows of neighbouring outputs never overlap
+    (2, 17, 16, 6, 1, 2.0, 2.0),  # the ViT/ResNet window (R = 4) on a map larger than it
 ]
 
 
+# Forcing each 2-D path: the dense form (one tile) and the tiled form with halos, whose tile
+# borders every shape above crosses (tiles of 2 and 3 outputs), in one or many chunks.
+PATHS_2D = {
+    "dense": dict(_DENSE_MAX_COEFS=10**12),
+    "tiled": dict(_DENSE_MAX_COEFS=0, _TILE_SIDE=3, _TILE_SIDE_STRIDED=2),
+    "tiled-chunked": dict(_DENSE_MAX_COEFS=0, _TILE_SIDE=3, _TILE_SIDE_STRIDED=2, _CHUNK_ELEMENTS=1),
+    "tiled-8": dict(_DENSE_MAX_COEFS=0),
+}
+
+
+@pytest.fixture(params=list(PATHS_2D))
+def path_2d(request, monkeypatch):
+    import contextpool_hf.pooling_2d_contextpool as pooling_2d
+
+    for name, value in PATHS_2D[request.param].items():
+        monkeypatch.setattr(pooling_2d, name, value)
+    return request.param
+
+
 @pytest.mark.parametrize("batch,height,width,d,stride,sigma_max,truncation", SHAPES_2D)
-def test_fast_matches_reference_2d(batch, height, width, d, stride, sigma_max, truncation):
+def test_fast_matches_reference_2d(path_2d, batch, height, width, d, stride, sigma_max, truncation):
     out = (batch, strided_size(height, stride), strided_size(width, stride))
     x, w, s = make_inputs((batch, height, width), d, sigma_max=sigma_max, out_lead=out, seed=height * width)
     mask = torch.ones(batch, height, width, dtype=torch.long)
@@ -230,9 +253,15 @@ def test_fast_matches_reference_2d(batch, height, width, d, stride, sigma_max, t
 @pytest.mark.parametrize("implementation", IMPLS)
 @pytest.mark.parametrize(
     "case",
-    ["1d", "1d-causal", "1d-grouped-causal", "1d-unnormalized", "2d-stride2", "2d-stride1"],
+    ["1d", "1d-causal", "1d-grouped-causal", "1d-unnormalized", "2d-stride2", "2d-stride1", "2d-tiled-stride2",
+     "2d-tiled-stride1"],
 )
-def test_gradcheck(implementation, case):
+def test_gradcheck(monkeypatch, implementation, case):
+    if "tiled" in case:  # 2x2 / 1x1 output tiles with halos instead of one dense tile
+        import contextpool_hf.pooling_2d_contextpool as pooling_2d
+
+        for name, value in PATHS_2D["tiled"].items():
+            monkeypatch.setattr(pooling_2d, name, value)
     if case.startswith("1d"):
         lead = (2, 3, 6) if "grouped" in case else (2, 6)
         x, w, s = make_inputs(lead, 2, sigma_max=2.0, sigma_lo=0.6, w_lo=0.2, seed=5)
@@ -244,7 +273,7 @@ def test_gradcheck(implementation, case):
         def fn(x, w, s):
             return context_pool(x, w, s, attention_mask=mask, implementation=implementation, **kw)
     else:
-        stride = 2 if "stride2" in case else 1
+        stride = 2 if "stride2" in case else 1  # also "2d-tiled-*"
         out = (1, strided_size(5, stride), strided_size(4, stride))
         x, w, s = make_inputs((1, 5, 4), 2, sigma_max=2.0, sigma_lo=0.6, w_lo=0.2, out_lead=out, seed=6)
 
@@ -415,12 +444,21 @@ def test_fast_path_1d_memory_is_linear_and_never_quadratic():
     assert sizes[1200] <= 2.2 * sizes[600], sizes
 
 
-def test_fast_path_2d_allocates_nothing_bigger_than_x():
-    """Offset-loop path (2-D): every tensor is at most the size of x."""
-    x, w, s = make_inputs((2, 20, 20), 4, dtype=torch.float32, out_lead=(2, 10, 10))
-    largest = _largest_tensor(context_pool_2d, x, w, s, stride=2)
-    # n x n would be 40_000; n x 49 x d: 78_400; x has 3_200
-    assert largest <= x.numel(), largest
+def test_fast_path_2d_memory_dense_only_on_small_maps_and_linear_when_tiled():
+    """Dense 2-D form: at most batch * _DENSE_MAX_COEFS coefficients. Tiled form (large maps):
+    nothing near n_out x n_in, and the largest tensor grows like the map, not its square."""
+    import contextpool_hf.pooling_2d_contextpool as pooling_2d
+
+    x, w, s = make_inputs((2, 20, 20), 4, dtype=torch.float32, out_lead=(2, 10, 10), sigma_max=2.0)
+    assert pooling_2d.plan_tiles((20, 20), (10, 10), 4, 2)[0] == (10, 20, 0)  # dense
+    assert _largest_tensor(context_pool_2d, x, w, s, stride=2, sigma_max=2.0, truncation=2.0) <= 2 * 100 * 400
+    sizes = {}
+    for side in (48, 96):
+        x, w, s = make_inputs((1, side, side), 4, dtype=torch.float32, sigma_max=2.0)
+        assert pooling_2d.plan_tiles((side, side), (side, side), 4, 1)[0][2] == 4  # tiled, halo R = 4
+        sizes[side] = _largest_tensor(context_pool_2d, x, w, s, sigma_max=2.0, truncation=2.0)
+        assert sizes[side] <= side**4 / 20, (side, sizes[side])  # n_out x n_in is side^4
+    assert sizes[96] <= 4.5 * sizes[48], sizes
 
 
 # --------------------------------------------------------------------------------------
@@ -735,10 +773,7 @@ def test_fast_chunked_1d_matches_reference(monkeypatch, block, chunk_elements, c
 
 
 @pytest.mark.parametrize("stride", [1, 2, 3])
-def test_fast_tiled_2d_matches_reference(monkeypatch, stride):
-    import contextpool_hf.pooling_contextpool as pooling
-
-    monkeypatch.setattr(pooling, "_TILE_ELEMENTS", 5)
+def test_fast_tiled_2d_matches_reference(path_2d, stride):
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(2, 11, 6, 2, dtype=torch.float64, generator=gen, requires_grad=True)
     w = torch.rand(2, 11, 6, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -751,3 +786,32 @@ def test_fast_tiled_2d_matches_reference(monkeypatch, stride):
         results.append((y, *grads))
     for fast, ref in zip(*results, strict=True):
         torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_2d_switch_dense_to_tiled_at_the_threshold(monkeypatch, stride):
+    """The plan switches from dense to tiles exactly above _DENSE_MAX_COEFS; both sides are exact."""
+    import contextpool_hf.pooling_2d_contextpool as pooling_2d
+
+    height, width = 9, 8
+    out = (strided_size(height, stride), strided_size(width, stride))
+    coefs = out[0] * out[1] * height * width
+    for limit, dense in ((coefs, True), (coefs - 1, False)):
+        monkeypatch.setattr(pooling_2d, "_DENSE_MAX_COEFS", limit)
+        plan = pooling_2d.plan_tiles((height, width), out, 2, stride)
+        assert (plan == ((out[0], height, 0), (out[1], width, 0))) is dense, plan
+        x, w, s = make_inputs((2, height, width), 3, sigma_max=1.0, out_lead=(2,) + out, seed=stride)
+        compare_impls64(context_pool_2d, x, w, s, stride=stride, sigma_max=1.0, truncation=2.0)
+
+
+def test_offset_loop_baseline_matches_reference():
+    """The offset loop (the 2-D path before the tiled one, kept as the crossover baseline in
+    scripts/bench_vision.py) stays exact."""
+    from contextpool_hf.pooling_contextpool import _FastContextPool, _pool_reference
+
+    x, w, s = make_inputs((2, 9, 7), 3, sigma_max=2.0, out_lead=(2, 5, 4))
+    grad_out = torch.randn(2, 5, 4, 3, dtype=torch.float64)
+    fast = run_with_grads(lambda *a: _FastContextPool.apply(*a, 4, 2, False, True, 1e-6), x, w, s, grad_out)
+    ref = run_with_grads(lambda *a: _pool_reference(*a, 4, 2, False, True, 1e-6), x, w, s, grad_out)
+    for f, r in zip(fast, ref, strict=True):
+        assert_close64(f, r)

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .pooling_2d_contextpool import tiled_pool_2d
+
 IMPLEMENTATIONS = ("fast", "reference")
 DEFAULT_EPS = 1e-6
 # sigma is produced as sigma_min + (sigma_max - sigma_min) * sigmoid(b); allow float rounding
@@ -402,6 +404,8 @@ class _BlockedPool1d(torch.autograd.Function):
 def _pool_fast(x, weights, sigma, radius, stride, causal, normalize, eps):
     if x.dim() == 3 and stride == 1:
         return _BlockedPool1d.apply(x, weights, sigma, radius, causal, normalize, eps)
+    if x.dim() == 4 and not causal:  # 2-D: dense or tiled coefficient matmuls (pooling_2d_contextpool)
+        return tiled_pool_2d(x, weights, sigma, radius, stride, normalize, eps)
     return _FastContextPool.apply(x, weights, sigma, radius, stride, causal, normalize, eps)
 
 
