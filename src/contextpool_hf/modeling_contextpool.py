@@ -303,6 +303,10 @@ class ContextPoolSelfAttention(nn.Module):
                 config, config.hidden_size, causal=config.is_causal,
                 mode=config.pool_mode, fixed_sigma=config.pool_fixed_sigma,
             )  # fmt: skip
+            # No two positions of a sequence lie more than max_position_embeddings - 1 apart (longer
+            # inputs are rejected), so a larger radius is the same pooling: capping it bounds the
+            # decoding ring (R + 1 slots) and every chunk's work by what positions can reach.
+            self.pool.radius = min(self.pool.radius, max(0, config.max_position_embeddings - 1))
             self.pool_mix = nn.Parameter(torch.full((config.pool_groups,), float(config.pool_mix_init)))
         else:
             self.pool = None
@@ -323,14 +327,20 @@ class ContextPoolSelfAttention(nn.Module):
         window = self.pool.radius + 1
         batch, groups, n, channels = features.shape
         if layer_cache.pool_features is None:
-            history, history_weights = (features.new_zeros(batch, groups, window, channels),
-                                        weights.new_zeros(batch, groups, window))
+            # The first chunk (a prompt, or a training step with use_cache): nothing precedes it, so
+            # it pools alone; a zero-weight history would add nothing to the sums, only R + 1 tokens'
+            # work. The ring still gets R + 1 slots, the missing past with weight 0.
+            pooled = self.pool.pool(features, weights, sigma)
+            all_features, all_weights = features, weights
+            if n < window:
+                all_features = F.pad(features, (0, 0, window - n, 0))  # (B, G, R + 1, C)
+                all_weights = F.pad(weights, (window - n, 0))  # (B, G, R + 1)
         else:
             history, history_weights = layer_cache.pool_history()
-        all_features = torch.cat([history.to(features.dtype), features], dim=2)  # (B, G, R + 1 + n, C)
-        all_weights = torch.cat([history_weights.to(weights.dtype), weights], dim=2)  # (B, G, R + 1 + n)
-        all_sigma = torch.cat([sigma.new_full((batch, groups, window), self.pool.sigma_max), sigma], dim=2)
-        pooled = self.pool.pool(all_features, all_weights, all_sigma)[:, :, window:]
+            all_features = torch.cat([history.to(features.dtype), features], dim=2)  # (B, G, R + 1 + n, C)
+            all_weights = torch.cat([history_weights.to(weights.dtype), weights], dim=2)  # (B, G, R + 1 + n)
+            all_sigma = torch.cat([sigma.new_full((batch, groups, window), self.pool.sigma_max), sigma], dim=2)
+            pooled = self.pool.pool(all_features, all_weights, all_sigma)[:, :, window:]
         # Not detached, like the keys and values: decoding with autograd on gets exact gradients.
         layer_cache.pool_features = all_features[:, :, -window:]
         layer_cache.pool_weights = all_weights[:, :, -window:]

@@ -146,10 +146,19 @@ class _StackConfig:
         self.is_causal = stack == "decoder"
         self.pool_layers = config.pool_layers_of(stack)
 
+    # text-model fields the seq2seq config does not have (ablation knobs, other source families): their defaults
+    _TEXT_ONLY_DEFAULTS = {"pool_placement": "attention_input", "pool_mode": "adaptive", "pool_fixed_sigma": None,
+                           "attention_output_bias": None, "qk_norm": False, "attention_window": None}
+
     def __getattr__(self, name):
         if name.startswith("__") or name == "_config":
             raise AttributeError(name)
-        return getattr(self._config, name)
+        try:
+            return getattr(self._config, name)
+        except AttributeError:
+            if name in self._TEXT_ONLY_DEFAULTS:
+                return self._TEXT_ONLY_DEFAULTS[name]
+            raise
 
     def layer_pools(self, layer_idx: int) -> bool:
         return self.pool_layers is None or layer_idx in self.pool_layers

@@ -43,6 +43,17 @@ def window_radius(sigma_max: float, truncation: float) -> int:
     return int(math.ceil(truncation * sigma_max))
 
 
+def clamped_radius(radius: int, in_sizes: Sequence[int]) -> int:
+    """The radius that pooling an input of `in_sizes` actually needs: min(R, largest size - 1).
+
+    Exact, not an approximation: no two positions of the input lie further apart than that,
+    so a larger R selects the same (j, i) pairs. It keeps every path's cost bounded by the
+    input (a window of R = 9000 on 8 tokens would otherwise cost 9000 tokens' work).
+    """
+    largest = max(in_sizes, default=0)
+    return max(0, min(int(radius), largest - 1))
+
+
 # --------------------------------------------------------------------------------------
 # Input checking
 # --------------------------------------------------------------------------------------
@@ -447,6 +458,7 @@ def _run(x, weights, sigma, radius, stride, causal, normalize, eps, implementati
     out_dtype = x.dtype
     compute_dtype = torch.promote_types(x.dtype, torch.float32)
     x, weights, sigma = (t.to(compute_dtype) for t in (x, weights, sigma))
+    radius = clamped_radius(radius, weights.shape[1:])
     fn = _IMPLEMENTATION_FUNCTIONS[implementation]
     return fn(x, weights, sigma, radius, stride, causal, normalize, eps).to(out_dtype)
 
