@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
@@ -328,7 +329,7 @@ def test_unsupported_architectures_are_named():
     with pytest.raises(UnsupportedArchitectureError, match="distilbert"):
         convert_config(distil.config)
     assert isinstance(UnsupportedArchitectureError("x"), ValueError)
-    assert set(SUPPORTED_SOURCES) == {"bert", "gpt2", "llama"}
+    assert set(SUPPORTED_SOURCES) == {"bert", "gpt2", "llama", "mistral", "qwen2", "qwen3"}
 
     multiple_choice = BertForMultipleChoice(tiny_bert_config()).eval()
     with pytest.raises(UnsupportedArchitectureError, match="BertForMultipleChoice"):
@@ -341,13 +342,13 @@ def test_unsupported_architectures_are_named():
 @pytest.mark.parametrize(
     "config,match",
     [
-        (LlamaConfig(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}), "rope_type='linear'"),
+        (LlamaConfig(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}), "rope_type='dynamic'"),
         (GPT2Config(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx"),
         (GPT2Config(reorder_and_upcast_attn=True), "reorder_and_upcast_attn"),
         (BertConfig(position_embedding_type="relative_key"), "position_embedding_type='relative_key'"),
         (BertConfig(is_decoder=True), "decoder"),
     ],
-    ids=["llama-rope-linear", "gpt2-inverse-layer-idx", "gpt2-upcast", "bert-relative", "bert-decoder"],
+    ids=["llama-rope-dynamic", "gpt2-inverse-layer-idx", "gpt2-upcast", "bert-relative", "bert-decoder"],
 )
 def test_unsupported_source_options(config, match):
     with pytest.raises(UnsupportedArchitectureError, match=match):
@@ -430,10 +431,12 @@ def test_cli_convert_gpt2(tmp_path, capsys):
     assert AutoTokenizer.from_pretrained(out)("w5 w6")["input_ids"] == [5, 6]
     assert_same_generation(source, loaded, pad_token_id=2)
 
-    with pytest.raises(UnsupportedArchitectureError, match="'t5'"):
-        t5_dir = tmp_path / "t5"
-        T5Config(d_model=16, num_layers=1, num_heads=2, vocab_size=VOCAB).save_pretrained(t5_dir)
-        cli_main(["convert", str(t5_dir), str(tmp_path / "t5-cp")])
+    t5_dir = tmp_path / "t5"
+    T5Config(d_model=16, num_layers=1, num_heads=2, vocab_size=VOCAB).save_pretrained(t5_dir)
+    capsys.readouterr()
+    assert cli_main(["convert", str(t5_dir), str(tmp_path / "t5-cp")]) == 2
+    err = capsys.readouterr().err
+    assert "'t5'" in err and err.count("\n") == 1 and "Traceback" not in err  # one line, no traceback
 
 
 def test_half_precision_checkpoint_is_checked_in_float32_and_saved_in_its_dtype(tmp_path):
@@ -446,3 +449,227 @@ def test_half_precision_checkpoint_is_checked_in_float32_and_saved_in_its_dtype(
     assert not record["tokenizer_saved"]
     loaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
     assert loaded.dtype == torch.bfloat16
+
+
+# ----------------------------------------------------------------------------------------
+# The output folder: never the source, never a non-empty folder without --overwrite
+# ----------------------------------------------------------------------------------------
+
+
+def _digest(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def gpt2_folder(tmp_path) -> Path:
+    src = tmp_path / "g2"
+    tiny_gpt2().save_pretrained(src)
+    return src
+
+
+@pytest.mark.parametrize("spelling", ["same", "dot", "trailing", "relative", "symlink", "inside", "model_object"])
+def test_convert_never_writes_into_the_source(gpt2_folder, tmp_path, monkeypatch, capsys, spelling):
+    before = _digest(gpt2_folder)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link").symlink_to(gpt2_folder, target_is_directory=True)
+    out = {"same": str(gpt2_folder), "dot": str(gpt2_folder / "."), "trailing": str(gpt2_folder) + "/",
+           "relative": "sub/../g2", "symlink": "link", "inside": str(gpt2_folder / "converted"),
+           "model_object": str(gpt2_folder)}[spelling]
+    (tmp_path / "sub").mkdir()
+    if spelling == "model_object":  # a model loaded from the folder is still that folder's
+        with pytest.raises(ValueError, match="is the source folder"):
+            convert_checkpoint(GPT2LMHeadModel.from_pretrained(gpt2_folder), out, overwrite=True)
+    else:
+        assert cli_main(["convert", "g2", out, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert "is the source folder" in err and "Traceback" not in err and err.count("\n") == 1
+    assert _digest(gpt2_folder) == before  # nothing written, nothing changed
+    assert type(GPT2LMHeadModel.from_pretrained(gpt2_folder)).__name__ == "GPT2LMHeadModel"
+
+
+def test_convert_needs_overwrite_for_a_non_empty_output(gpt2_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert cli_main(["convert", str(gpt2_folder), str(out)]) == 0  # an empty folder is fine
+    capsys.readouterr()
+    (out / "notes.txt").write_text("mine")
+    first = (out / "model.safetensors").read_bytes()
+    assert cli_main(["convert", str(gpt2_folder), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not empty" in err and "--overwrite" in err
+    assert (out / "model.safetensors").read_bytes() == first
+    assert cli_main(["convert", str(gpt2_folder), str(out), "--overwrite", "--no_check"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"  # --overwrite replaces the converted files only
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        convert_checkpoint(gpt2_folder, tmp_path / "a_file", overwrite=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Llama-family sources: Mistral, Qwen2, Qwen3, Llama with rope scaling (perturbed weights)
+# ----------------------------------------------------------------------------------------
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8}
+FAMILY_CASES = {
+    # name: (config class, model class prefix, config kwargs)
+    "mistral-window": ("MistralConfig", "Mistral", {"sliding_window": 5}),
+    "qwen2": ("Qwen2Config", "Qwen2", {}),
+    "qwen3": ("Qwen3Config", "Qwen3", {"head_dim": 16, "attention_bias": True}),
+    "llama3-rope": ("LlamaConfig", "Llama", {"rope_parameters": {**LLAMA3_ROPE, "rope_theta": 500.0}}),
+    "linear-rope": ("LlamaConfig", "Llama", {"rope_parameters": {"rope_type": "linear", "factor": 4.0,
+                                                                "rope_theta": 100.0}}),
+    "yarn-rope": ("LlamaConfig", "Llama", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 100.0,
+                                                              "original_max_position_embeddings": 16}}),
+}
+
+
+def tiny_family(case: str, head: str = "ForCausalLM", seed: int = 0, **extra):
+    from conversion_utils import perturb_weights
+
+    config_name, prefix, kwargs = FAMILY_CASES[case]
+    config = getattr(transformers, config_name)(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        vocab_size=VOCAB, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        tie_word_embeddings=False, **kwargs, **extra,
+    )
+    torch.manual_seed(seed)
+    model = getattr(transformers, prefix + head)(config).eval()
+    return perturb_weights(model, seed=seed)  # norms and biases too: no two tensors interchangeable
+
+
+def _family_logit_diff(source, converted, length=20):
+    """max |source - converted| on real tokens of a right- and a left-padded batch (the source's own forward)."""
+    generator = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, VOCAB, (3, length), generator=generator)
+    right = torch.ones_like(ids)
+    right[1, 13:] = 0
+    left = torch.ones_like(ids)
+    left[2, :6] = 0
+    worst = 0.0
+    with torch.no_grad():
+        for mask in (right, left):
+            a = source(input_ids=ids, attention_mask=mask).logits
+            b = converted(input_ids=ids, attention_mask=mask).logits
+            worst = max(worst, float((a - b)[mask.bool()].abs().max()))
+    return worst
+
+
+@pytest.mark.parametrize("case", list(FAMILY_CASES))
+def test_llama_family_converts_exactly(case, tmp_path, capsys):
+    source = tiny_family(case)
+    src = tmp_path / "src"
+    source.save_pretrained(src)
+    out = tmp_path / "out"
+    assert cli_main(["convert", str(src), str(out)]) == 0, capsys.readouterr().err
+    record = json.loads((out / "conversion.json").read_text())
+    assert record["source_model_type"] == source.config.model_type and record["max_abs_diff"] <= TOL
+    converted = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    assert type(converted).__name__ == "ContextPoolForCausalLM"
+    diff = _family_logit_diff(source, converted)
+    assert diff <= TOL, diff
+    assert_same_generation(source, converted, pad_token_id=0)
+    # the family's own feature matters at these sizes: without it the logits are far off
+    config = converted.config
+    if case == "mistral-window":
+        assert config.attention_window == 5
+        feature = {"attention_window": None}
+    elif case == "qwen2":
+        assert config.attention_bias and config.attention_output_bias is False
+        assert converted.model.layers[0].attention.o_proj.bias is None
+        feature = None  # structural: an output bias would be a weight the source does not have
+    elif case == "qwen3":
+        assert config.qk_norm and config.head_dim == 16
+        feature = {"qk_norm": False}
+    else:
+        assert config.rope_scaling_params["rope_type"] == FAMILY_CASES[case][2]["rope_parameters"]["rope_type"]
+        feature = {"rope_scaling_params": None}
+    if feature is not None:
+        plain = ContextPoolForCausalLM(type(config)(**{**config.to_dict(), **feature})).eval()
+        plain.load_state_dict(converted.state_dict(), strict=False)
+        assert _family_logit_diff(source, plain) > 100 * TOL
+
+
+@pytest.mark.parametrize("case", ["qwen2", "qwen3", "mistral-window"])
+def test_llama_family_sequence_classification_and_base(case):
+    source = tiny_family(case, head="ForSequenceClassification", num_labels=3)
+    converted = convert_model(source)
+    assert type(converted) is ContextPoolForSequenceClassification
+    assert verify_conversion(source, converted) <= TOL
+    body = tiny_family(case, head="Model")
+    assert verify_conversion(body, convert_model(body)) <= TOL
+
+
+def test_llama_family_options_without_counterpart_are_refused():
+    qwen_mixed = transformers.Qwen2Config(num_hidden_layers=2, use_sliding_window=True, sliding_window=4,
+                                          max_window_layers=1)
+    with pytest.raises(UnsupportedArchitectureError, match="sliding-window attention on some layers"):
+        convert_config(qwen_mixed)
+    with pytest.raises(UnsupportedArchitectureError, match="rope_type='dynamic'"):
+        convert_config(transformers.MistralConfig(rope_parameters={"rope_type": "dynamic", "factor": 2.0}))
+    with pytest.raises(UnsupportedArchitectureError, match="partial_rotary_factor"):
+        convert_config(transformers.Qwen3Config(rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                                                 "partial_rotary_factor": 0.5}))
+    qwen_all = transformers.Qwen2Config(num_hidden_layers=2, use_sliding_window=True, sliding_window=4,
+                                        max_window_layers=0)
+    assert convert_config(qwen_all).attention_window == 4  # every layer slides: one window, supported
+
+
+def test_sliding_window_cached_decoding_matches_the_full_forward():
+    """The window is applied with a cache too (decode steps and chunks), not only to a full forward."""
+    source = tiny_family("mistral-window")
+    converted = convert_model(source)
+    ids = torch.randint(3, VOCAB, (2, 14), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = converted(input_ids=ids).logits
+        first = converted(input_ids=ids[:, :6], use_cache=True)
+        chunk = converted(input_ids=ids[:, 6:10], cache=first.cache, use_cache=True)
+        steps = [converted(input_ids=ids[:, i : i + 1], cache=chunk.cache, use_cache=True).logits
+                 for i in range(10, 11)]
+    incremental = torch.cat([first.logits, chunk.logits, *steps], dim=1)
+    assert float((incremental - full[:, :11]).abs().max()) <= TOL
+
+
+# ----------------------------------------------------------------------------------------
+# Vision: a source without an image processor gets a default one, and the pipeline works
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["vit", "resnet"])
+def test_converted_vision_model_without_processor_runs_in_the_pipeline(family, tmp_path, caplog):
+    import numpy as np
+    from PIL import Image
+    from transformers import (
+        ResNetConfig,
+        ResNetForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+        pipeline,
+    )
+
+    torch.manual_seed(0)
+    labels = {"id2label": {0: "cat", 1: "dog"}, "label2id": {"cat": 0, "dog": 1}}
+    if family == "vit":
+        source = ViTForImageClassification(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                     intermediate_size=32, image_size=16, patch_size=4, **labels))
+    else:
+        source = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                                           layer_type="basic", **labels))
+    src = tmp_path / "src"
+    source.save_pretrained(src)  # weights and config only: no preprocessor_config.json
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="contextpool_hf.convert_vision"):
+        convert_checkpoint(src, out)
+    assert "has no image processor: saved a default" in caplog.text
+    processor_config = json.loads((out / "preprocessor_config.json").read_text())
+    if family == "vit":
+        assert processor_config["size"] == {"height": 16, "width": 16} and processor_config["image_mean"] == [0.5] * 3
+    else:
+        assert processor_config["size"] == {"shortest_edge": 224} and processor_config["crop_pct"] == 0.875
+    classify = pipeline("image-classification", model=str(out), trust_remote_code=True)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    predictions = classify(image)
+    assert {p["label"] for p in predictions} == {"cat", "dog"}
+    assert abs(sum(p["score"] for p in predictions) - 1.0) < 1e-5
+    gray = classify(image.convert("L"))  # a grayscale picture becomes the RGB the model takes
+    assert len(gray) == 2

@@ -24,6 +24,19 @@ CONTEXTPOOL_AUTO_MAP = {
 }
 
 Number = int | float
+# Scaled rotary types whose frequencies do not depend on the sequence length ("dynamic" does).
+ROPE_SCALING_TYPES = ("linear", "llama3", "yarn")
+
+
+def rope_stand_in(config) -> PreTrainedConfig:
+    """A bare config carrying what transformers' rope functions read (`rope_parameters` with the
+    theta, head sizes), so that ROPE_INIT_FUNCTIONS and validate_rope work on ContextPool's fields."""
+    stand_in = PreTrainedConfig()
+    stand_in.rope_parameters = {"rope_theta": float(config.rope_theta), **dict(config.rope_scaling_params or {})}
+    stand_in.head_dim, stand_in.hidden_size = config.head_dim, config.hidden_size
+    stand_in.num_attention_heads = config.num_attention_heads
+    stand_in.max_position_embeddings = config.max_position_embeddings
+    return stand_in
 
 
 def _validate_pool_fields(config) -> None:
@@ -57,11 +70,19 @@ class ContextPoolConfig(PreTrainedConfig):
         max_position_embeddings: longest sequence the model accepts (inputs beyond it are an error).
         position_embedding_type: "absolute" (learned, BERT/GPT-2), "rotary" (Llama) or "none".
         rope_theta: rotary base frequency.
+        rope_scaling_params: None (plain rotary) or a scaled rotary type as transformers' `rope_parameters`
+            hold it, less `rope_theta`: {"rope_type": "llama3" | "linear" | "yarn", "factor": ..., ...}
+            (Llama 3 checkpoints use "llama3"). Frequencies come from transformers' ROPE_INIT_FUNCTIONS.
         type_vocab_size: token-type (segment) embeddings, 0 = none (BERT uses 2).
         norm_type / norm_eps / norm_bias: "layernorm" or "rmsnorm", its epsilon, LayerNorm bias.
         norm_position: "pre" (GPT-2/Llama) or "post" (BERT) residual normalisation.
         embedding_norm: normalise the embeddings (BERT). final_norm: normalise the last layer (pre-norm models).
         attention_bias / mlp_bias: biases of the attention projections / MLP linears.
+        attention_output_bias: bias of the attention output projection; None = attention_bias
+            (Qwen2 has q/k/v biases and none on the output).
+        qk_norm: RMSNorm over each head's queries and keys before the rotation (Qwen3).
+        attention_window: causal attention sees only the last `attention_window` positions (Mistral's
+            sliding window); None = all of them.
         is_causal: decoder-only attention (GPT-2/Llama); False = bidirectional encoder (BERT).
         tie_word_embeddings: LM heads share the input embedding matrix.
         mlm_head_transform: BERT-style dense -> act -> norm before the MLM decoder.
@@ -120,6 +141,10 @@ class ContextPoolConfig(PreTrainedConfig):
     final_norm: bool = True
     attention_bias: bool = True
     mlp_bias: bool = True
+    attention_output_bias: bool | None = None
+    qk_norm: bool = False
+    attention_window: int | None = None
+    rope_scaling_params: dict | None = None
     is_causal: bool = False
     hidden_dropout: Number = 0.0
     attention_dropout: Number = 0.0
@@ -200,10 +225,31 @@ class ContextPoolConfig(PreTrainedConfig):
                 raise ValueError(
                     f"pool_layers has indices outside [0, {self.num_hidden_layers}): {bad}"
                 )
+        self._validate_text_options()
         if self.norm_eps <= 0:
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
         if self.initializer_range < 0:
             raise ValueError(f"initializer_range must be >= 0, got {self.initializer_range}")
+
+    def _validate_text_options(self) -> None:
+        """attention_window and rope_scaling_params (the Mistral / Llama 3 options), naming the field."""
+        window = self.attention_window
+        if window is not None and (isinstance(window, bool) or window < 1 or not self.is_causal):
+            raise ValueError(
+                f"attention_window must be None or a positive integer on a causal model (is_causal=True), got "
+                f"{window!r} with is_causal={self.is_causal}"
+            )
+        if self.rope_scaling_params is None:
+            return
+        if self.position_embedding_type != "rotary":
+            raise ValueError("rope_scaling_params needs position_embedding_type='rotary'")
+        rope_type = self.rope_scaling_params.get("rope_type")
+        if rope_type not in ROPE_SCALING_TYPES:
+            raise ValueError(f"rope_scaling_params['rope_type'] must be one of {ROPE_SCALING_TYPES}, got {rope_type!r}")
+        try:
+            rope_stand_in(self).validate_rope()
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"rope_scaling_params {self.rope_scaling_params} are not valid: {error}") from None
 
     def _validate_pool_ablations(self) -> None:
         """pool_placement / pool_mode / pool_fixed_sigma (the issue-16 ablations), naming the field."""

@@ -156,12 +156,17 @@ def compare_seq2seq(source, converted, *, batch: int = 2, src_len: int = 11, tgt
     return {"max_abs_logit_diff": diff, "generations_equal": bool(a.shape == b.shape and torch.equal(a, b))}
 
 
-def convert_seq2seq_checkpoint(src, out, *, check: bool = True, tolerance: float = 1e-5, **overrides) -> Path:
+def convert_seq2seq_checkpoint(
+    src, out, *, check: bool = True, tolerance: float = 1e-5, overwrite: bool = False, **overrides
+) -> Path:
     """Convert a Marian/BART checkpoint (folder, Hub name or model) and save it to `out` with remote code,
     the source tokenizer (when it loads) and `conversion.json`. With `check`, the converted model must
     reproduce the source's logits within `tolerance` and its greedy generations exactly."""
     import contextpool_hf  # noqa: F401  (registers the classes so save_pretrained writes the code files)
 
+    from .convert import check_output_folder
+
+    check_output_folder(src, out, overwrite)  # never into the source folder; non-empty OUT needs overwrite
     source = src if isinstance(src, PreTrainedModel) else AutoModelForSeq2SeqLM.from_pretrained(src)
     model = convert_seq2seq_model(source, **overrides)
     report = {"source": str(src) if not isinstance(src, PreTrainedModel) else type(src).__name__,

@@ -4,10 +4,17 @@ Weights carry over by name (the ContextPool models keep transformers' 5.x weight
 the new ContextPool parameters (predictors, mix gates) start with the gates closed
 (`pool_mix_init=0.0`), so the converted model reproduces the source's logits at
 conversion time. Fine-tuning then opens the gates.
+
+The source's image processor is saved with the model. A source folder without one (or a model
+object) gets a default processor derived from the config, and a warning says so: ViT models the
+ViT preprocessing at the config's `image_size` (mean/std 0.5), ResNet the ImageNet preprocessing of
+transformers' ResNet checkpoints (shortest edge 224, crop 0.875, ImageNet mean/std), so that
+`pipeline("image-classification", model=out, trust_remote_code=True)` works on the output.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -18,6 +25,8 @@ from .modeling_contextpool_vision import (
     ContextPoolResNetForImageClassification,
     ContextPoolViTForImageClassification,
 )
+
+logger = logging.getLogger(__name__)
 
 _LABEL_FIELDS = ("id2label", "label2id", "problem_type")
 
@@ -104,9 +113,12 @@ def convert_resnet(source, **pooling_overrides) -> ContextPoolResNetForImageClas
     return target.eval()
 
 
-def convert_vision_checkpoint(src, out, **overrides):
+def convert_vision_checkpoint(src, out, *, overwrite: bool = False, **overrides):
     """Convert a ViT or ResNet checkpoint folder (or model) and save it, with remote code,
     to `out`, plus the source's image processor when `src` is a folder that has one."""
+    from .convert import check_output_folder
+
+    check_output_folder(src, out, overwrite)  # never into the source folder; non-empty OUT needs overwrite
     model_type = src.config.model_type if not isinstance(src, (str, os.PathLike)) else None
     if model_type is None:
         from transformers import AutoConfig
@@ -120,16 +132,54 @@ def convert_vision_checkpoint(src, out, **overrides):
         raise ValueError(f"convert_vision_checkpoint handles model_type 'vit' or 'resnet', got {model_type!r}")
     import contextpool_hf  # noqa: F401  (registers the classes so save_pretrained writes the code files)
 
-    os.makedirs(out, exist_ok=True)
-    model.save_pretrained(out)
+    processor = None
     if isinstance(src, (str, os.PathLike)):
         try:
             processor = AutoImageProcessor.from_pretrained(src)
         except (OSError, ValueError):
             processor = None
+    if processor is None:
+        processor = default_image_processor(model.config)
         if processor is not None:
-            processor.save_pretrained(out)
+            logger.warning(
+                "%s has no image processor: saved a default %s derived from the config (%s); replace it if "
+                "the source model was trained with other preprocessing",
+                src if isinstance(src, (str, os.PathLike)) else type(src).__name__,
+                type(processor).__name__, _describe(processor),
+            )
+    os.makedirs(out, exist_ok=True)
+    model.save_pretrained(out)
+    if processor is not None:
+        processor.save_pretrained(out)
     return model
+
+
+def _describe(processor) -> str:
+    size = getattr(processor, "size", None)
+    size = dict(size) if size is not None and not isinstance(size, dict) else size
+    return f"size {size}, mean {list(processor.image_mean)}, std {list(processor.image_std)}"
+
+
+def default_image_processor(config):
+    """The preprocessing a ViT / ResNet of this config was most likely trained with, or None
+    (with a warning) when the images are not 3-channel RGB, for which no default is safe."""
+    from transformers import ConvNextImageProcessorPil, ViTImageProcessorPil
+    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    if config.num_channels != 3:
+        logger.warning(
+            "no image processor saved: the model takes %d-channel images and there is no default preprocessing "
+            "for them; save one with the converted model before using pipeline()", config.num_channels,
+        )
+        return None
+    if config.model_type.endswith("vit"):
+        size = config.image_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        # do_convert_rgb: grayscale and RGBA images become the RGB the model expects
+        return ViTImageProcessorPil(size={"height": height, "width": width}, image_mean=[0.5] * 3,
+                                    image_std=[0.5] * 3, do_convert_rgb=True)  # fmt: skip
+    return ConvNextImageProcessorPil(size={"shortest_edge": 224}, crop_pct=0.875, image_mean=list(IMAGENET_DEFAULT_MEAN),
+                                     image_std=list(IMAGENET_DEFAULT_STD), do_convert_rgb=True)  # fmt: skip
 
 
 @torch.no_grad()
@@ -140,4 +190,5 @@ def max_logit_difference(source, converted, pixel_values: torch.Tensor) -> float
     return float((source(pixel_values=pixel_values).logits - converted(pixel_values=pixel_values).logits).abs().max())
 
 
-__all__ = ["convert_vit", "convert_resnet", "convert_vision_checkpoint", "max_logit_difference"]
+__all__ = ["convert_vit", "convert_resnet", "convert_vision_checkpoint", "default_image_processor",
+           "max_logit_difference"]

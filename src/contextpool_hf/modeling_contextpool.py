@@ -25,7 +25,7 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import logging
 
-from .configuration_contextpool import ContextPoolConfig
+from .configuration_contextpool import ContextPoolConfig, rope_stand_in
 from .modeling_utils_contextpool import (
     ContextPoolHubMixin,
     _classification_loss,
@@ -197,13 +197,40 @@ def _make_norm(config: ContextPoolConfig) -> nn.Module:
     return nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
 
 
-def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos, sin of shape (B, n, head_dim) for rotary positions (computed on the fly: no buffer to load)."""
-    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids.device).float() / head_dim
-    inv_freq = 1.0 / (theta**exponent)  # (head_dim / 2,)
+def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype, config=None):
+    """cos, sin of shape (B, n, head_dim) for rotary positions (computed on the fly: no buffer to load).
+
+    With `config.rope_scaling_params` (Llama 3's "llama3", "linear", "yarn") the frequencies and the
+    cos/sin factor come from transformers' ROPE_INIT_FUNCTIONS, as in the source models.
+    """
+    scaling = getattr(config, "rope_scaling_params", None) if config is not None else None
+    if scaling:
+        inv_freq, attention_factor = _scaled_inv_freq(config)
+        inv_freq = inv_freq.to(position_ids.device)
+    else:
+        exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids.device).float() / head_dim
+        inv_freq, attention_factor = 1.0 / (theta**exponent), 1.0  # (head_dim / 2,)
     freqs = position_ids.float().unsqueeze(-1) * inv_freq  # (B, n, head_dim / 2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (B, n, head_dim)
+    if attention_factor != 1.0:
+        return (emb.cos() * attention_factor).to(dtype), (emb.sin() * attention_factor).to(dtype)
     return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _scaled_inv_freq(config) -> tuple[torch.Tensor, float]:
+    """(inv_freq (head_dim / 2,), cos/sin factor) of a scaled rotary type, memoised per parameters."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    key = (float(config.rope_theta), config.head_dim, config.max_position_embeddings,
+           tuple(sorted((k, str(v)) for k, v in config.rope_scaling_params.items())))  # fmt: skip
+    if key not in _SCALED_ROPE_CACHE:
+        stand_in = rope_stand_in(config)
+        inv_freq, factor = ROPE_INIT_FUNCTIONS[stand_in.rope_parameters["rope_type"]](stand_in, "cpu")
+        _SCALED_ROPE_CACHE[key] = (inv_freq.float(), float(factor))
+    return _SCALED_ROPE_CACHE[key]
+
+
+_SCALED_ROPE_CACHE: dict[tuple, tuple[torch.Tensor, float]] = {}
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -292,7 +319,11 @@ class ContextPoolSelfAttention(nn.Module):
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
+        output_bias = bias if config.attention_output_bias is None else config.attention_output_bias
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=output_bias)
+        # Qwen3: each head's queries and keys are RMS-normalised before the rotation
+        self.q_norm = ContextPoolRMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = ContextPoolRMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
         self.pool_target = config.pool_target
         self.groups = config.pool_groups
         # "block_output": the layer (ContextPoolLayer) pools the residual stream entering it through
@@ -500,6 +531,8 @@ class ContextPoolSelfAttention(nn.Module):
         q = q.view(batch, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, n, dh)
         k = k.view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, n, dh)
         v = v.view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # over head_dim, per head and token
         if position_embeddings is not None:
             cos, sin = position_embeddings
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -650,17 +683,22 @@ def _check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "inpu
         raise ValueError(f"{name} contains ids outside [0, {vocab_size}): min {low}, max {high}")
 
 
-def _attention_bias(keep, q_len, kv_len, causal, dtype, device):
+def _attention_bias(keep, q_len, kv_len, causal, dtype, device, window=None):
     """Additive mask (B|1, 1, q, kv) or None when nothing is masked.
 
     keep: (B, kv) bool of real tokens, or None. Masked entries get the dtype's minimum rather
     than -inf, so fully masked rows (left padding) give uniform weights instead of NaN.
+    window: causal sliding window (Mistral): query i sees keys j with i - window < j <= i.
     """
     allowed = None
+    windowed = causal and window is not None and window < kv_len
     # causal with q_len == kv_len (no cache) or q_len == 1 needs no tensor: the attention
     # functions apply `is_causal` themselves; a chunk after a cache needs the offset mask.
-    if causal and 1 < q_len and (q_len != kv_len or keep is not None):
-        allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(kv_len - q_len)[None, None]
+    if windowed or (causal and 1 < q_len and (q_len != kv_len or keep is not None)):
+        allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(kv_len - q_len)
+        if windowed:  # query i sits at position kv_len - q_len + i
+            allowed = allowed & ~allowed.tril(kv_len - q_len - window)
+        allowed = allowed[None, None]
     if keep is not None:
         pad = keep[:, None, None, :]  # (B, 1, 1, kv)
         allowed = pad if allowed is None else (allowed & pad)
@@ -799,8 +837,12 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
 
         position_embeddings = None
         if config.position_embedding_type == "rotary":
-            position_embeddings = rotary_cos_sin(position_ids, config.head_dim, config.rope_theta, hidden.dtype)
-        attention_bias = _attention_bias(keep_all, n, past + n, config.is_causal, hidden.dtype, device)
+            position_embeddings = rotary_cos_sin(
+                position_ids, config.head_dim, config.rope_theta, hidden.dtype, config=config
+            )
+        attention_bias = _attention_bias(
+            keep_all, n, past + n, config.is_causal, hidden.dtype, device, window=config.attention_window
+        )
 
         all_hidden = (hidden,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
