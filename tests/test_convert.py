@@ -673,3 +673,37 @@ def test_converted_vision_model_without_processor_runs_in_the_pipeline(family, t
     assert abs(sum(p["score"] for p in predictions) - 1.0) < 1e-5
     gray = classify(image.convert("L"))  # a grayscale picture becomes the RGB the model takes
     assert len(gray) == 2
+
+
+def test_llama_family_conversions_load_as_remote_code(tmp_path):
+    """What a Hub user without this package gets: the flat files carry the new options
+    (rope scaling, q/k norms, the attention window) and reproduce the source's logits."""
+    from remote_utils import run_without_package
+
+    ids = torch.randint(3, VOCAB, (2, 12), generator=torch.Generator().manual_seed(2))
+    torch.save(ids, tmp_path / "ids.pt")
+    cases = ["mistral-window", "qwen3", "llama3-rope", "qwen2"]
+    for case in cases:
+        source = tiny_family(case)
+        with torch.no_grad():
+            torch.save(source(input_ids=ids).logits, tmp_path / f"{case}.pt")
+        convert_checkpoint(source, tmp_path / case, check=False)
+    code = '''
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+work = Path(sys.argv[1])
+ids = torch.load(work / "ids.pt")
+for case in sys.argv[2:]:
+    model = AutoModelForCausalLM.from_pretrained(work / case, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+    with torch.no_grad():
+        diff = (model(input_ids=ids).logits - torch.load(work / f"{case}.pt")).abs().max().item()
+    print(case, diff)
+'''
+    output = run_without_package(code, args=[tmp_path, *cases])
+    diffs = {line.split()[0]: float(line.split()[1]) for line in output.strip().splitlines() if line.split()[0] in cases}
+    assert set(diffs) == set(cases) and max(diffs.values()) <= TOL, output
