@@ -224,11 +224,12 @@ def test_run_clm_tiny_end_to_end(tmp_path):
     import run_clm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    results = run_clm.main(clm_args(tmp_path))
+    results = run_clm.main(clm_args(tmp_path, "out", "--max_steps", "8", "--learning_rate", "1e-2"))
     out = tmp_path / "out"
-    assert math.isfinite(results["train_loss"]) and math.isfinite(results["eval_loss"])
+    # something was learned: measured eval loss 5.14 after 8 steps at lr 1e-2 (first step 5.69 = ln 300)
+    assert results["eval_loss"] < math.log(300) - 0.3 and results["train_loss"] < math.log(300), results
     assert results["eval_perplexity"] == pytest.approx(math.exp(results["eval_loss"]))
-    assert 0 < results["eval_bpc"] < 20 and results["flops_total"] > 0 and results["train_tokens"] == 4 * 4 * 32
+    assert 0 < results["eval_bpc"] < 20 and results["flops_total"] > 0 and results["train_tokens"] == 8 * 4 * 32
     saved = json.loads((out / "all_results.json").read_text())
     assert {"eval_loss", "eval_perplexity", "eval_bpc", "train_loss", "n_parameters"} <= set(saved)
     assert json.loads((out / "eval_results.json").read_text())["eval_bpc"] == pytest.approx(results["eval_bpc"])
@@ -243,7 +244,8 @@ def test_run_clm_tiny_end_to_end(tmp_path):
     assert generated.shape[1] == ids["input_ids"].shape[1] + 5
 
 
-def test_run_clm_vanilla_baselines(tmp_path):
+def test_run_clm_vanilla_baselines_complete(tmp_path):
+    """Only that the baselines build, train 2 steps and save (sizes and model types), not that they learn."""
     import run_clm
 
     off = run_clm.main(clm_args(tmp_path, "off", "--baseline", "contextpool-off", "--max_steps", "2"))
