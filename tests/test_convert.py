@@ -567,6 +567,7 @@ def test_llama_family_converts_exactly(case, tmp_path, capsys):
     converted = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     assert type(converted).__name__ == "ContextPoolForCausalLM"
     diff = _family_logit_diff(source, converted)
+    print(f"{case}: max abs logit difference {diff:.2e} (README: pytest tests/test_convert.py -k llama_family -s)")
     assert diff <= TOL, diff
     assert_same_generation(source, converted, pad_token_id=0)
     # the family's own feature matters at these sizes: without it the logits are far off

@@ -741,6 +741,8 @@ def test_trainer_push_carries_code_and_card(session, fake_hub):
     readme = files["README.md"].decode()
     assert "ContextPool" in readme and "custom_code" in readme and "Adaptive Context Pooling" in readme
     assert "eval_loss" not in readme and "| loss |" in readme  # the Trainer's eval metrics, in the card
+    sha = _value(pushed, "trainer")["sha"]
+    assert f'revision = "{sha}"' in readme  # the Trainer's push goes through push_checkpoint: the card pins it
     assert loaded["trainer"]["ok"] and loaded["trainer"]["equal"], loaded["trainer"]
 
 
