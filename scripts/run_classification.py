@@ -15,7 +15,6 @@ Reports eval_loss and eval_accuracy (numpy; evaluate's metric scripts need the H
 from __future__ import annotations
 
 import logging
-import sys
 
 from transformers import DataCollatorWithPadding, Trainer
 
@@ -25,6 +24,7 @@ from contextpool_hf.training import (
     build_model_for_run,
     build_tokenizer,
     run_training,
+    script_main,
     start_run,
     time_budget_callbacks,
 )
@@ -83,4 +83,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    script_main(main)  # a bad argument, damaged checkpoint or NaN loss: one line on stderr, exit 1

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 
 import torch
 from transformers import Trainer
@@ -29,9 +28,11 @@ from contextpool_hf.training import (
     SCRIPT_TRAINING_DEFAULTS,
     build_model_for_run,
     build_tokenizer,
+    check_block_size,
     estimate_training_flops,
     lm_metrics,
     run_training,
+    script_main,
     start_run,
     time_budget_callbacks,
     tokenize_and_group,
@@ -52,11 +53,12 @@ TRAINING_DEFAULTS = {
 def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, training_args, raw, column = start_run(argv, TRAINING_DEFAULTS, "clm")
     tokenizer = build_tokenizer(model_args, raw["train"], column, training_args)
-    block_size = data_args.block_size or min(256, tokenizer.model_max_length)
+    block_size = data_args.block_size if data_args.block_size is not None else min(256, tokenizer.model_max_length)
     # The model must take a block; a new model gets room for longer prompts at generation time.
     max_positions = max(512, block_size)
     model, n_params = build_model_for_run("clm", model_args, tokenizer, training_args, logger,
                                           max_positions=max_positions)  # fmt: skip
+    check_block_size(block_size, model)
 
     lm_data, chars_per_token = tokenize_and_group(raw, tokenizer, block_size, column, data_args, training_args)
     callbacks = time_budget_callbacks(model_args)
@@ -95,4 +97,4 @@ def block_collator(features):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    script_main(main)  # a bad argument, damaged checkpoint or NaN loss: one line on stderr, exit 1

@@ -13,7 +13,7 @@ Offline data: `contextpool-hf prepare-data --tasks images` writes data/images/mn
 
 Augmentation uses PIL + the image processor (no torchvision): `--augment crop` (random
 translation by pad-and-crop), `flip` (horizontal flips) or both ("crop,flip").
-Accuracy is computed with numpy (evaluate's metric scripts need the Hub).
+Accuracy comes from the `evaluate` module shipped in the package (contextpool_hf/metrics; offline).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from transformers import (
     AutoImageProcessor,
@@ -40,6 +39,9 @@ from transformers import (
     ViTForImageClassification,
     set_seed,
 )
+
+from contextpool_hf.metrics import accuracy_metrics
+from contextpool_hf.training_callbacks import NonFiniteLossCallback
 
 logger = logging.getLogger(__name__)
 
@@ -204,40 +206,23 @@ def collate_fn(examples):
 # --------------------------------------------------------------------------------------
 
 
-def _split_top_level(text: str) -> list[str]:
-    parts, depth, current = [], 0, ""
-    for char in text:
-        depth += char in "[{("
-        depth -= char in "]})"
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    if current.strip():
-        parts.append(current)
-    return parts
+def parse_overrides(text: str | None, config=None) -> dict:
+    """``--config_overrides`` -> typed dict: `PretrainedConfig.update_from_string` rules checked against
+    `config` (unknown keys, wrong types and unbalanced brackets are errors naming the item); without a
+    config, JSON values (see `contextpool_hf.config_overrides`)."""
+    from contextpool_hf.config_overrides import parse_config_overrides, parse_untyped_overrides
 
-
-def parse_overrides(text: str | None) -> dict:
-    """ "a=1,b=[1,2],c=gelu" -> {"a": 1, "b": [1, 2], "c": "gelu"} (JSON values, else strings)."""
-    overrides = {}
-    for part in _split_top_level(text or ""):
-        if "=" not in part:
-            raise ValueError(f"--config_overrides entries must be key=value, got {part!r}")
-        key, value = (s.strip() for s in part.split("=", 1))
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = {"True": True, "False": False, "None": None}.get(value, value)
-    return overrides
+    return parse_config_overrides(text, config) if config is not None else parse_untyped_overrides(text)
 
 
 def build_model(model_args: ModelArguments, names: list[str]):
     """A new model of `model_type` (small defaults + overrides), or the checkpoint to fine-tune."""
     labels = {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
-    overrides = parse_overrides(model_args.config_overrides)
     if model_args.model_name_or_path is not None:
+        from transformers import AutoConfig
+
+        reference = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+        overrides = parse_overrides(model_args.config_overrides, reference)
         return AutoModelForImageClassification.from_pretrained(
             model_args.model_name_or_path,
             trust_remote_code=model_args.trust_remote_code,
@@ -254,15 +239,18 @@ def build_model(model_args: ModelArguments, names: list[str]):
     )
 
     kind = model_args.model_type
-    if kind in ("vit", "contextpool_vit"):
-        fields = {**VIT_DEFAULTS, "image_size": model_args.image_size, **labels, **overrides}
-        if kind == "vit":
-            return ViTForImageClassification(ViTConfig(**fields))
-        return ContextPoolViTForImageClassification(ContextPoolViTConfig(**fields))
-    fields = {**RESNET_DEFAULTS, **labels, **overrides}
-    if kind == "resnet":
-        return ResNetForImageClassification(ResNetConfig(**fields))
-    return ContextPoolResNetForImageClassification(ContextPoolResNetConfig(**fields))
+    if kind not in MODEL_TYPES:
+        raise ValueError(f"--model_type must be one of {', '.join(MODEL_TYPES)}, got {kind!r}")
+    config_class, model_class = {
+        "vit": (ViTConfig, ViTForImageClassification),
+        "contextpool_vit": (ContextPoolViTConfig, ContextPoolViTForImageClassification),
+        "resnet": (ResNetConfig, ResNetForImageClassification),
+        "contextpool_resnet": (ContextPoolResNetConfig, ContextPoolResNetForImageClassification),
+    }[kind]
+    defaults = {**VIT_DEFAULTS, "image_size": model_args.image_size} if "vit" in kind else dict(RESNET_DEFAULTS)
+    # the overrides are checked against the config they change (known keys, field types)
+    overrides = parse_overrides(model_args.config_overrides, config_class(**defaults, **labels))
+    return model_class(config_class(**{**defaults, **labels, **overrides}))
 
 
 def build_processor(model_args: ModelArguments):
@@ -281,13 +269,27 @@ def build_processor(model_args: ModelArguments):
 
 
 def compute_metrics(eval_pred) -> dict:
-    logits, labels = eval_pred
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+    # The shipped `evaluate` accuracy module (offline), loaded by local path.
+    return accuracy_metrics(eval_pred)
 
 
 def count_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+    return model.num_parameters()  # tied weights counted once
+
+
+def check_arguments(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
+    """Values argparse lets through that would be misread or crash deep inside: errors naming the argument."""
+    from contextpool_hf.training_args import check_int, check_number, check_training_arguments
+
+    check_int("image_size", model_args.image_size)
+    check_number("train_val_split", data_args.train_val_split, low=0.0, high=1.0, low_open=True, high_open=True)
+    check_int("max_train_samples", data_args.max_train_samples, optional=True)
+    check_int("max_eval_samples", data_args.max_eval_samples, optional=True)
+    for name in ("train_dir", "validation_dir", "test_dir"):
+        folder = getattr(data_args, name)
+        if folder is not None and not os.path.isdir(folder):
+            raise ValueError(f"--{name} {folder}: no such folder (expected <dir>/<label>/<image>)")
+    check_training_arguments(training_args)
 
 
 # --------------------------------------------------------------------------------------
@@ -297,6 +299,7 @@ def count_parameters(model) -> int:
 
 def train_and_evaluate(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> dict:
     """Train, evaluate and save (model + image processor + remote code). Returns the metrics."""
+    check_arguments(model_args, data_args, training_args)
     set_seed(training_args.seed)
     train, validation, test, image_col, label_col, names = load_data(data_args, training_args.seed)
     processor = build_processor(model_args)
@@ -314,6 +317,7 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataArguments, tra
         eval_dataset=validation,
         data_collator=collate_fn,
         compute_metrics=compute_metrics,
+        callbacks=[NonFiniteLossCallback()],  # a NaN/inf loss stops the run with an error naming the step
     )
     metrics: dict = {"parameters": count_parameters(model), "model_type": model_args.model_type}
     if training_args.do_train:
@@ -352,4 +356,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from contextpool_hf.training import script_main
+
+    script_main(main)  # a bad argument or NaN loss: one line on stderr, exit 1

@@ -14,7 +14,6 @@ and eval_accuracy (masked-token accuracy).
 from __future__ import annotations
 
 import logging
-import sys
 
 from transformers import DataCollatorForLanguageModeling, Trainer
 
@@ -24,8 +23,10 @@ from contextpool_hf.training import (
     argmax_logits,
     build_model_for_run,
     build_tokenizer,
+    check_block_size,
     lm_metrics,
     run_training,
+    script_main,
     start_run,
     time_budget_callbacks,
     tokenize_and_group,
@@ -47,9 +48,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     tokenizer = build_tokenizer(model_args, raw["train"], column, training_args)
     if tokenizer.mask_token is None:
         raise ValueError("the tokenizer has no mask token: masked LM needs one (pass --tokenizer_name)")
-    block_size = data_args.block_size or min(128, tokenizer.model_max_length)
+    block_size = data_args.block_size if data_args.block_size is not None else min(128, tokenizer.model_max_length)
     model, n_params = build_model_for_run("mlm", model_args, tokenizer, training_args, logger,
                                           max_positions=max(512, block_size))  # fmt: skip
+    check_block_size(block_size, model)
 
     lm_data, chars_per_token = tokenize_and_group(raw, tokenizer, block_size, column, data_args, training_args)
     lm_data = lm_data.remove_columns("labels")  # the collator makes the masked labels
@@ -75,4 +77,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    script_main(main)  # a bad argument, damaged checkpoint or NaN loss: one line on stderr, exit 1

@@ -44,6 +44,8 @@ from transformers import (
     set_seed,
 )
 
+from contextpool_hf.training_callbacks import NonFiniteLossCallback
+
 logger = logging.getLogger(__name__)
 
 MODEL_TYPES = ("contextpool", "marian", "bart")
@@ -98,38 +100,44 @@ class DataTrainingArguments:
 # --------------------------------------------------------------------------------------
 
 
-def parse_overrides(text: str | None) -> dict:
-    """ "a=1,b=0.5,c=gelu,d=[0,1],e=None" -> typed dict (JSON values where they parse)."""
-    out = {}
-    if not text:
-        return out
-    for item in _split_top_level(text):
-        if "=" not in item:
-            raise ValueError(f"config override {item!r} is not key=value")
-        key, value = (s.strip() for s in item.split("=", 1))
-        if value in ("None", "null"):
-            out[key] = None
-            continue
-        try:
-            out[key] = json.loads(value.replace("True", "true").replace("False", "false"))
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+def parse_overrides(text: str | None, config=None) -> dict:
+    """``--config_overrides`` -> typed dict: `PretrainedConfig.update_from_string` rules checked against
+    `config` (unknown keys, wrong types, unbalanced brackets are errors naming the item); without a
+    config, JSON values (see `contextpool_hf.config_overrides`)."""
+    from contextpool_hf.config_overrides import parse_config_overrides, parse_untyped_overrides
+
+    return parse_config_overrides(text, config) if config is not None else parse_untyped_overrides(text)
 
 
-def _split_top_level(text: str) -> list[str]:
-    parts, depth, current = [], 0, ""
-    for ch in text:
-        depth += ch in "[{"
-        depth -= ch in "]}"
-        if ch == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    if current.strip():
-        parts.append(current)
-    return parts
+def check_arguments(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> None:
+    """Values argparse lets through that would be misread or crash deep inside: errors naming the argument."""
+    from contextpool_hf.training_args import (
+        MIN_BPE_VOCAB,
+        check_int,
+        check_training_arguments,
+        data_file_builder,
+    )
+
+    if model_args.model_type not in MODEL_TYPES:
+        raise ValueError(f"--model_type must be one of {', '.join(MODEL_TYPES)}, got {model_args.model_type!r}")
+    check_int("vocab_size", model_args.vocab_size, minimum=MIN_BPE_VOCAB)
+    # one token of text plus </s>
+    check_int("max_source_length", data_args.max_source_length, minimum=2)
+    check_int("max_target_length", data_args.max_target_length, minimum=2)
+    check_int("num_beams", data_args.num_beams)
+    for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
+        check_int(name, getattr(data_args, name), optional=True)
+    for name in ("train_file", "validation_file", "test_file"):
+        path = getattr(data_args, name)
+        if path is not None and data_file_builder(name, path) != "json":
+            raise ValueError(f"--{name} {path}: translation files are .json/.jsonl with a `translation` field")
+    check_training_arguments(training_args)
+
+
+def _config_class(model_type: str):
+    from contextpool_hf import ContextPoolSeq2SeqConfig
+
+    return {"contextpool": ContextPoolSeq2SeqConfig, "marian": MarianConfig, "bart": BartConfig}[model_type]
 
 
 def load_translation_data(data_args: DataTrainingArguments):
@@ -213,12 +221,10 @@ def encode_pairs(tokenizer, sources, targets, max_source_length, max_target_leng
 
 
 def bleu_chrf(predictions: list[str], references: list[str]) -> dict:
-    import sacrebleu
+    """sacrebleu's corpus BLEU and chrF through the `evaluate` modules shipped in the package (offline)."""
+    from contextpool_hf.metrics import bleu_chrf as shipped_bleu_chrf
 
-    return {
-        "bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
-        "chrf": sacrebleu.corpus_chrf(predictions, [references]).score,
-    }
+    return shipped_bleu_chrf(predictions, references)
 
 
 # --------------------------------------------------------------------------------------
@@ -226,27 +232,37 @@ def bleu_chrf(predictions: list[str], references: list[str]) -> dict:
 
 def _load_model(model_args: ModelArguments, tokenizer, max_positions: int):
     if model_args.model_name_or_path is None:
-        return build_model(model_args.model_type, tokenizer, parse_overrides(model_args.config_overrides), max_positions)
+        # checked against the config the overrides change: known keys, field types
+        reference = _config_class(model_args.model_type)(**COMMON_DEFAULTS)
+        overrides = parse_overrides(model_args.config_overrides, reference)
+        return build_model(model_args.model_type, tokenizer, overrides, max_positions)
     import contextpool_hf  # noqa: F401
 
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     if config.model_type in ("marian", "bart") and model_args.model_type == "contextpool":
         from contextpool_hf.convert_seq2seq import convert_seq2seq_model
 
-        overrides = {k: v for k, v in parse_overrides(model_args.config_overrides).items() if k.startswith("pool_")}
+        overrides = parse_overrides(model_args.config_overrides, _config_class("contextpool")())
+        other = sorted(k for k in overrides if not k.startswith("pool_"))
+        if other:
+            raise ValueError(f"--config_overrides {', '.join(other)}: a converted {config.model_type} checkpoint keeps "
+                             "its architecture; only pool_* fields can be set")  # fmt: skip
         logger.info("converting the %s checkpoint to ContextPool (gates closed)", config.model_type)
         return convert_seq2seq_model(model_args.model_name_or_path, **overrides)
+    overrides = parse_overrides(model_args.config_overrides, config)
     return AutoModelForSeq2SeqLM.from_pretrained(
-        model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
+        model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code, **overrides
     )
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqTrainingArguments))
-    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(sys.argv[1]))
+    args = sys.argv[1:] if argv is None else list(argv)
+    if len(args) == 1 and args[0].endswith(".json"):
+        model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(args[0]))
     else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=args)
+    check_arguments(model_args, data_args, training_args)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
     src, tgt = data_args.source_lang, data_args.target_lang
@@ -322,8 +338,9 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=compute_metrics if training_args.predict_with_generate else None,
+        callbacks=[NonFiniteLossCallback()],  # a NaN/inf loss stops the run with an error naming the step
     )
-    results: dict = {"num_parameters": sum(p.numel() for p in model.parameters())}
+    results: dict = {"num_parameters": model.num_parameters()}  # tied weights counted once
     if training_args.do_train:
         train_result = trainer.train()
         trainer.save_model()
@@ -346,4 +363,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from contextpool_hf.training import script_main
+
+    script_main(main)  # a bad argument or NaN loss: one line on stderr, exit 1

@@ -236,7 +236,9 @@ def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
     data.prepare_lm(tmp_path, "kjv")
     before = _manifest(tmp_path / "lm" / "kjv")
     calls = []
-    real_write = data._write_lines
+    import contextpool_hf.data.lm as lm_module  # the module prepare_lm writes through
+
+    real_write = lm_module._write_lines
 
     def failing_write(path, lines):
         calls.append(path)
@@ -244,7 +246,7 @@ def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C half way through
         real_write(path, lines)
 
-    monkeypatch.setattr(data, "_write_lines", failing_write)
+    monkeypatch.setattr(lm_module, "_write_lines", failing_write)
     with pytest.raises(KeyboardInterrupt):
         data.prepare_lm(tmp_path, "kjv", overwrite=True)
     with pytest.raises(KeyboardInterrupt):

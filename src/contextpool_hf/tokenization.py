@@ -141,6 +141,10 @@ def train_bpe_tokenizer(
 
     specials = _special_map(BPE_SPECIAL_TOKENS, special_tokens)
     ordered = list(specials.values()) + list(additional_special_tokens)
+    smallest = 256 + len(ordered)  # the byte alphabet and the special tokens come before any merge
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < smallest:
+        raise ValueError(f"vocab_size must be an integer >= {smallest} (256 byte symbols + {len(ordered)} special "
+                         f"tokens), got {vocab_size!r}")  # fmt: skip
     tokenizer = Tokenizer(models.BPE(unk_token=specials["unk_token"]))
     steps = [normalizers.NFC()] + ([normalizers.Lowercase()] if lowercase else [])
     tokenizer.normalizer = normalizers.Sequence(steps)
