@@ -206,7 +206,9 @@ def count_parameters(model: Any) -> int:
 
     Kept as a name for the scripts and studies that import it.
     """
-    return model.num_parameters(only_trainable=True)
+    if hasattr(model, "num_parameters"):
+        return model.num_parameters(only_trainable=True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)  # a plain torch module
 
 
 def estimate_training_flops(model: Any, tokens: int, block_size: int) -> dict[str, float]:
