@@ -328,7 +328,9 @@ def _load_script():
 
 
 @pytest.mark.parametrize("model_type", ["contextpool_vit", "contextpool_resnet"])
-def test_short_trainer_run_saves_loadable_model(tmp_path, model_type):
+def test_short_trainer_run_completes_and_saves_loadable_model(tmp_path, model_type):
+    """Completion only (3 steps): not a learning test. Measured: 4 epochs at lr 1e-2 reach accuracy 1.0
+    for ResNet but only 0.58 for this ViT (0.75 after 8 epochs at 3e-3, 26 s), too slow for the suite."""
     make_image_folder(tmp_path / "data")
     script = _load_script()
     out = tmp_path / "out"
