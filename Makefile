@@ -31,3 +31,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info
+
+.PHONY: mutation
+mutation: $(STAMP)  ## deliberate bugs vs the tests that guard them (slow; not in make test)
+	$(BIN)/python scripts/mutation_check.py

@@ -146,6 +146,17 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_hub.py", "code or upload or push"),
     ),
     Mutation(
+        "seq2seq-mask-ignored", "the seq2seq model treats every source/target token as real (padding leaks)",
+        "    keep = mask.bool()\n    if not _is_compiling() and bool(keep.all()):\n        return None\n    return keep\n",
+        "    return None\n",
+        _k(LOGITS, "seq2seq_padded"),
+    ),
+    Mutation(
+        "classification-seed-ignored", "the classification corpus ignores its seed (every seed, one split)",
+        "    rng = random.Random(seed)\n", "    rng = random.Random(0)\n",
+        _k("tests/test_data.py", "seed_changes_split"),
+    ),
+    Mutation(
         "resume-ignored", "--resume_from_checkpoint is resolved but not passed to Trainer.train",
         "train_result = trainer.train(resume_from_checkpoint=resume)",
         "train_result = trainer.train(resume_from_checkpoint=None)",
