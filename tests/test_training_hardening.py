@@ -437,3 +437,44 @@ def test_old_import_paths():
                  "clean_verse", "strip_gutenberg_boilerplate", "BIBLE_BOOKS", "BIBLE_HELD_OUT",
                  "CLASSIFICATION_LABELS", "DATA_DIR_ENV"):  # fmt: skip
         assert hasattr(data, name), name
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # the dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_translation_and_image_script_arguments_are_checked(tmp_path):
+    from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+    rt = _script("run_translation")
+    training = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    for field, value, message in (("max_source_length", 1, "--max_source_length must be an integer >= 2"),
+                                  ("num_beams", 0, "--num_beams"), ("max_train_samples", 0, "--max_train_samples"),
+                                  ("train_file", str(tmp_path / "missing.jsonl"), "no such file")):  # fmt: skip
+        data = rt.DataTrainingArguments(**{field: value})
+        with pytest.raises(ValueError, match=message):
+            rt.check_arguments(rt.ModelArguments(), data, training)
+    with pytest.raises(ValueError, match="--vocab_size must be an integer >= 261"):
+        rt.check_arguments(rt.ModelArguments(vocab_size=10), rt.DataTrainingArguments(), training)
+    text = tmp_path / "pairs.txt"
+    text.write_text("a\n")
+    with pytest.raises(ValueError, match="translation files are .json/.jsonl"):
+        rt.check_arguments(rt.ModelArguments(), rt.DataTrainingArguments(train_file=str(text)), training)
+
+    ric = _script("run_image_classification")
+    training = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=0)
+    with pytest.raises(ValueError, match="--max_steps must be a positive integer"):
+        ric.check_arguments(ric.ModelArguments(), ric.DataArguments(), training)
+    training.max_steps = 5
+    with pytest.raises(ValueError, match="--image_size must be an integer >= 1"):
+        ric.check_arguments(ric.ModelArguments(image_size=0), ric.DataArguments(), training)
+    with pytest.raises(ValueError, match="--train_val_split"):
+        ric.check_arguments(ric.ModelArguments(), ric.DataArguments(train_val_split=1.0), training)
+    with pytest.raises(ValueError, match="--train_dir .*nowhere: no such folder"):
+        ric.check_arguments(ric.ModelArguments(), ric.DataArguments(train_dir=str(tmp_path / "nowhere")), training)

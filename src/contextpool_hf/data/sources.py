@@ -9,9 +9,6 @@ from dataclasses import dataclass
 
 from .common import package_file
 
-# BIBLE_BOOKS, BIBLE_HELD_OUT, SHAKESPEARE_GENRES, SHAKESPEARE_HELD_OUT, SHAKESPEARE_POEMS, Verse, _GUTENBERG_END, _GUTENBERG_START, _SCENE_HEADING, _bible_group, _bible_split, _shakespeare_split, read_kjv, read_shakespeare, strip_gutenberg_boilerplate
-
-
 # --------------------------------------------------------------------------------------------------
 # The Bible: book names, groups and held-out books
 
