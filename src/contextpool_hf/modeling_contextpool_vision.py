@@ -62,6 +62,11 @@ def _make_pool(config, channels: int, stride: int) -> ContextPool:
     return _pool_from_config(config, channels, causal=False, spatial_dims=2, stride=stride)
 
 
+def _mix(original: torch.Tensor, pooled: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """original + gate * (pooled - original), as one op (exactly `original` at gate 0)."""
+    return torch.lerp(original, pooled, gate.to(original.dtype))
+
+
 def _image_classifier_output(head, outputs, labels, return_dict):
     """The ViT/ResNet heads' common end: classifier on `pooler_output`, loss, output (tuple unless return_dict)."""
     logits = head.classifier(outputs.pooler_output)
@@ -159,11 +164,12 @@ class ContextPoolViTEmbeddings(nn.Module):
 class ContextPoolViTAttention(nn.Module):
     """Self-attention whose queries/keys/values come from ContextPool-pooled patch tokens.
 
-    Pooling is linear in the features for fixed weights and sizes, so the projections
-    (without bias) are computed first and pooled per group (group g pools the channels of
-    its heads); this is pool-then-project for G = 1 up to the normalisation's eps, and it
-    gives per-head pooling (G = num_heads) at the same cost. The CLS token is not on the
-    grid and is never pooled.
+    With one pooling group the d-wide patch tokens are pooled and mixed, then projected (bias
+    included). With G > 1 groups, group g pools the channels of its own heads: pooling is
+    linear in the features for fixed weights and sizes, so the projections (without bias) are
+    computed first and each group pools its heads' channels, then the bias is added; for G = 1
+    both orders give the same linear map, and pooling the d inputs costs a third of pooling
+    the 3d projections. The CLS token is not on the grid and is never pooled.
     """
 
     def __init__(self, config: ContextPoolViTConfig, pooled: bool):
@@ -180,39 +186,67 @@ class ContextPoolViTAttention(nn.Module):
         self.pool = _make_pool(config, d, stride=1) if pooled else None
         self.pool_mix = nn.Parameter(torch.full((), float(config.pool_mix_init))) if pooled else None
 
-    def _pool_projections(self, hidden, projections, grid):
-        """hidden (B, N, d) normalised input; projections: list of (B, N, d) without bias."""
+    @staticmethod
+    def _fused_projection(hidden, projections):
+        """The projections of `hidden` side by side, (B, N, F*d), as one matmul."""
+        weight = torch.cat([p.weight for p in projections])
+        bias = torch.cat([p.bias for p in projections]) if projections[0].bias is not None else None
+        return F.linear(hidden, weight, bias)
+
+    def _pool_hidden(self, hidden, grid):
+        """hidden (B, N, d) -> the same with its patch tokens mixed with their pooled context, and sigma."""
         batch, n, d = hidden.shape
         rows, cols = grid
-        groups = self.config.pool_groups
-        patches = hidden[:, 1:].reshape(batch, rows, cols, d)
-        weights, sigma, _ = self.pool.predict(patches)  # (B, G, rows, cols) each
-        feats = torch.stack([p[:, 1:] for p in projections], dim=2)  # (B, rows*cols, F, d)
-        nf = feats.shape[2]
-        feats = feats.reshape(batch, rows * cols, nf, groups, d // groups).permute(0, 3, 1, 2, 4)
-        feats = feats.reshape(batch, groups, rows, cols, nf * (d // groups))  # (B, G, r, c, F*d/G)
-        pooled = self.pool.pool(feats, weights, sigma)
-        mixed = feats + self.pool_mix.to(feats.dtype) * (pooled - feats)
-        mixed = mixed.reshape(batch, groups, rows * cols, nf, d // groups).permute(0, 2, 3, 1, 4)
-        mixed = mixed.reshape(batch, rows * cols, nf, d)  # (B, rows*cols, F, d)
-        out = [torch.cat([p[:, :1], mixed[:, :, i]], dim=1) for i, p in enumerate(projections)]
-        return out, sigma
+        # A contiguous copy of the patches: its (B, d, rows, cols) view is then channels-last in
+        # memory, where the predictor's depthwise conv is fast (the strided view that skips the
+        # CLS token is not: it costs about as much again as the whole predictor).
+        patches = hidden[:, 1:].contiguous().view(batch, rows, cols, d)
+        weights, sigma, _ = self.pool.predict(patches)  # (B, 1, rows, cols) each
+        pooled = self.pool.pool(patches.unsqueeze(1), weights, sigma).view(batch, n - 1, d)
+        mixed = _mix(patches.view(batch, n - 1, d), pooled, self.pool_mix)
+        return torch.cat([hidden[:, :1], mixed], dim=1), sigma  # the CLS token is not pooled
+
+    def _pool_projections(self, hidden, projected, grid):
+        """hidden (B, N, d) normalised input; projected (B, N, F*d): F projections without bias,
+        side by side. Returns the same layout with the patch tokens pooled, and sigma."""
+        batch, n, width = projected.shape
+        rows, cols = grid
+        groups, d = self.config.pool_groups, hidden.shape[-1]
+        weights, sigma, _ = self.pool.predict(hidden[:, 1:].contiguous().view(batch, rows, cols, d))  # (B, G, r, c)
+        # group g pools the channels of its heads in each projection
+        nf, c = width // d, d // groups
+        feats = projected[:, 1:].reshape(batch, rows * cols, nf, groups, c).permute(0, 3, 1, 2, 4)
+        feats = feats.reshape(batch, groups, rows, cols, nf * c)  # (B, G, r, c, F*d/G)
+        mixed = _mix(feats, self.pool.pool(feats, weights, sigma), self.pool_mix)
+        mixed = mixed.view(batch, groups, rows * cols, nf, c).permute(0, 2, 3, 1, 4)
+        mixed = mixed.reshape(batch, rows * cols, width)  # (B, rows*cols, F*d)
+        return torch.cat([projected[:, :1], mixed], dim=1), sigma  # the CLS token is not pooled
 
     def forward(self, hidden: torch.Tensor, grid: tuple[int, int], output_attentions: bool = False):
         batch, n, d = hidden.shape
         sigma = None
         if self.pool is None:
             q, k, v = self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden)
-        else:
-            q = F.linear(hidden, self.q_proj.weight)
-            k = F.linear(hidden, self.k_proj.weight)
-            v = F.linear(hidden, self.v_proj.weight)
+        elif self.config.pool_groups == 1:
+            # One pooling for every channel: pool the d-wide input and project it (the same linear
+            # map as projecting first, at a third of the pooling work for q, k and v).
+            mixed, sigma = self._pool_hidden(hidden, grid)
             if self.config.pool_feeds == "qkv":
-                (q, k, v), sigma = self._pool_projections(hidden, [q, k, v], grid)
+                q, k, v = self._fused_projection(mixed, (self.q_proj, self.k_proj, self.v_proj)).split(d, dim=-1)
             else:
-                (k, v), sigma = self._pool_projections(hidden, [k, v], grid)
+                q = self.q_proj(hidden)
+                k, v = self._fused_projection(mixed, (self.k_proj, self.v_proj)).split(d, dim=-1)
+        else:
+            # The pooled projections in one matmul (bias after pooling, see the class docstring).
+            pooled = (self.q_proj, self.k_proj, self.v_proj) if self.config.pool_feeds == "qkv" else (self.k_proj, self.v_proj)
+            projected = F.linear(hidden, torch.cat([p.weight for p in pooled]))  # (B, N, F*d)
+            projected, sigma = self._pool_projections(hidden, projected, grid)
             if self.q_proj.bias is not None:
-                q, k, v = q + self.q_proj.bias, k + self.k_proj.bias, v + self.v_proj.bias
+                projected = projected + torch.cat([p.bias for p in pooled])
+            if self.config.pool_feeds == "qkv":
+                q, k, v = projected.split(d, dim=-1)
+            else:
+                q, (k, v) = self.q_proj(hidden), projected.split(d, dim=-1)
         shape = (batch, n, self.num_heads, self.head_dim)
         q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))  # (B, heads, N, hd)
         dropout = self.dropout if self.training else 0.0
@@ -401,13 +435,14 @@ class ContextPoolDownsample(nn.Module):
             orig = x[:, :, ::s, ::s]
         batch, channels, height, width = x.shape
         groups = self.pool.groups
-        hidden = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        hidden = x.permute(0, 2, 3, 1)  # (B, H, W, C), a view of the channels-first x
         weights, sigma, _ = self.pool.predict(hidden)  # (B, G, H, W), (B, G, H', W')
-        feats = hidden.reshape(batch, height, width, groups, channels // groups).permute(0, 3, 1, 2, 4)
+        feats = hidden.unflatten(-1, (groups, channels // groups)).permute(0, 3, 1, 2, 4)  # (B, G, H, W, C/G), a view
+        # The op keeps x's channels-first memory in its output, so this permute back is a view.
         pooled = self.pool.pool(feats, weights, sigma)  # (B, G, H', W', C/G)
         pooled = pooled.permute(0, 1, 4, 2, 3).reshape(batch, channels, *pooled.shape[2:4])
         self.last_sigma = sigma.detach()
-        return orig + self.pool_mix.to(x.dtype) * (pooled - orig)
+        return _mix(orig, pooled, self.pool_mix)
 
 
 class ContextPoolResNetConvLayer(nn.Module):

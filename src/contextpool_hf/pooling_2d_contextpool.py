@@ -23,9 +23,8 @@ is used only while one image's n_out x n_in coefficients are at most _DENSE_MAX_
 (and at most a few times the image's own n_in x d features), so it never costs more memory
 than a small multiple of x.
 
-The Gaussian is separable, exp(-(dr^2 + dc^2) / 2s^2) = exp(-dr^2 / 2s^2) exp(-dc^2 / 2s^2),
-and so is the square window, so only To (Lh + Lw) exponentials are taken per tile, and
-the sigma gradient is two small contractions instead of one over To x Lh x Lw distances.
+The coefficients are recomputed in the backward (one multiply and one exp per entry, from a
+(To, Li) distance table shared by all tiles) rather than saved.
 """
 
 from __future__ import annotations
@@ -68,17 +67,12 @@ def plan_tiles(in_sizes, out_sizes, radius: int, stride: int, dense_max: int | N
 
 
 def _distance_table(tile, halo, left, stride, radius, device, dtype):
-    """(tile, halo) tables of -dist^2 / 2 between output o and halo input j along one dim.
-
-    `for_exp` is -inf outside the window (exp gives an exact 0); `for_grad` is 0 there so that
-    the sigma gradient, which multiplies by it, never sees 0 * inf.
-    """
+    """(tile, halo) table of -dist^2 / 2 between output o and halo input j along one dim,
+    -inf outside the window |dist| <= R."""
     out_pos = torch.arange(tile, device=device).view(tile, 1) * stride + left
     dist = (torch.arange(halo, device=device).view(1, halo) - out_pos).to(dtype)  # (tile, halo)
-    inside = dist.abs() <= radius
-    for_grad = torch.where(inside, dist * dist * -0.5, torch.zeros((), dtype=dtype, device=device))
-    for_exp = torch.where(inside, for_grad, torch.full((), float("-inf"), dtype=dtype, device=device))
-    return for_exp, for_grad
+    minus_inf = torch.full((), float("-inf"), dtype=dtype, device=device)
+    return torch.where(dist.abs() <= radius, dist * dist * -0.5, minus_inf)
 
 
 class _Layout:
@@ -167,18 +161,34 @@ class _Layout:
                 region[:, a : a + k, :rows, b : b + self.ntw, :cols] += part
 
 
-def _coefficients(w_halo, inv_var, table_h, table_w):
-    """gauss_oj and c_oj = w_j gauss_oj, both (B, k, ntw, Th*Tw, Lh*Lw).
+# exp() of -inf or of arguments whose result is subnormal takes a slow path on CPUs (10-200x
+# per element, measured), so the exponent is clamped here and the window applied as a 0/1 mask.
+# exp(-80) = 1.8e-35 is still a normal float32; a term that small is below the rounding of any
+# sum it enters (the output's own term has exp(0) = 1), so the clamp changes no result.
+_MIN_EXPONENT = -80.0
 
-    w_halo (B, k, ntw, Lh*Lw); inv_var (B, k, ntw, Th, Tw) = 1 / sigma^2; tables (T, L) for_exp.
+
+def _tile_tables(lay, device, dtype):
+    """(To, Li) tables between a tile's outputs and its halo inputs: q = -|p_j - p_o|^2 / 2 inside
+    the window (0 outside), and the window itself as a 0/1 mask.
+
+    The square window and the squared distance are separable, so both are built from the
+    two 1-D tables (broadcast sum and product).
     """
-    th, lh = table_h.shape
-    tw, lw = table_w.shape
-    iv = inv_var.unsqueeze(-1)  # (B, k, ntw, Th, Tw, 1)
-    g_rows = torch.mul(iv, table_h.view(th, 1, lh)).exp_()  # (B, k, ntw, Th, Tw, Lh)
-    g_cols = torch.mul(iv, table_w.view(1, tw, lw)).exp_()  # (B, k, ntw, Th, Tw, Lw)
-    gauss = torch.mul(g_rows.unsqueeze(-1), g_cols.unsqueeze(-2))  # (B, k, ntw, Th, Tw, Lh, Lw)
-    gauss = gauss.flatten(-2).flatten(3, 4)  # (B, k, ntw, To, Li)
+    q_h = _distance_table(lay.th, lay.lh, lay.left_h, lay.stride, lay.radius, device, dtype)
+    q_w = _distance_table(lay.tw, lay.lw, lay.left_w, lay.stride, lay.radius, device, dtype)
+    q = q_h.view(lay.th, 1, lay.lh, 1) + q_w.view(1, lay.tw, 1, lay.lw)  # (Th, Tw, Lh, Lw), -inf outside
+    q = q.reshape(lay.th * lay.tw, lay.lh * lay.lw)
+    inside = torch.isfinite(q)
+    return torch.where(inside, q, torch.zeros((), dtype=dtype, device=device)), inside.to(dtype)
+
+
+def _coefficients(w_halo, inv_var, q, inside):
+    """gauss_oj = exp(-dist^2 / (2 s_o^2)) and c_oj = w_j gauss_oj, both (B, k, ntw, To, Li).
+
+    w_halo (B, k, ntw, Li); inv_var (B, k, ntw, To) = 1 / sigma^2; q, inside (To, Li).
+    """
+    gauss = torch.mul(inv_var.unsqueeze(-1), q).clamp_min_(_MIN_EXPONENT).exp_().mul_(inside)  # exact 0 outside
     return gauss, gauss * w_halo.unsqueeze(-2)
 
 
@@ -192,16 +202,15 @@ class _TiledPool2d(torch.autograd.Function):
         lay = _Layout(tuple(weights.shape[1:]), tuple(sigma.shape[1:]), radius, stride, plan)
         x_pad, w_pad = lay.pad_input(x), lay.pad_input(weights)
         s_t = lay.to_tiles(sigma, value=1.0)  # (B, nth, ntw, To); padded outputs get a harmless 1
-        table_h, grad_h = _distance_table(lay.th, lay.lh, lay.left_h, stride, radius, x.device, x.dtype)
-        table_w, grad_w = _distance_table(lay.tw, lay.lw, lay.left_w, stride, radius, x.device, x.dtype)
-        inv_var = (s_t * s_t).reciprocal_().view(batch, lay.nth, lay.ntw, lay.th, lay.tw)
+        q, inside = _tile_tables(lay, x.device, x.dtype)
+        inv_var = (s_t * s_t).reciprocal_()  # (B, nth, ntw, To)
         w_halo = lay.halos(w_pad)  # (B, nth, ntw, Li): no feature dim, so one copy for all chunks
         step = _rows_per_chunk(x, lay)
         y_t = denom = None
         for k0 in range(0, lay.nth, step):
             k, kc = slice(k0, k0 + step), min(step, lay.nth - k0)
-            _, coef = _coefficients(w_halo[:, k], inv_var[:, k], table_h, table_w)
-            y_k = torch.matmul(coef, lay.halos(x_pad, k0, kc))  # (B, kc, ntw, To, d)
+            _, coef = _coefficients(w_halo[:, k], inv_var[:, k], q, inside)
+            y_k = _matmul_like_x(coef, lay.halos(x_pad, k0, kc), lay)  # (B, kc, ntw, To, d)
             total = coef.sum(-1, keepdim=True).add_(eps) if normalize else None  # (B, kc, ntw, To, 1)
             if normalize:
                 y_k.div_(total)
@@ -214,14 +223,14 @@ class _TiledPool2d(torch.autograd.Function):
             y_t[:, k] = y_k
             if normalize:
                 denom[:, k] = total
-        ctx.save_for_backward(x_pad, w_halo, inv_var, y_t, denom, table_h, table_w, grad_h, grad_w, sigma)
+        ctx.save_for_backward(x_pad, w_halo, inv_var, y_t, denom, q, inside, sigma)
         ctx.layout, ctx.step = lay, step
         return lay.from_tiles(y_t)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        x_pad, w_halo, inv_var, y_t, denom, table_h, table_w, grad_h, grad_w, sigma = ctx.saved_tensors
+        x_pad, w_halo, inv_var, y_t, denom, q, inside, sigma = ctx.saved_tensors
         lay, step = ctx.layout, ctx.step
         need_x, need_w, need_sigma = ctx.needs_input_grad[:3]
         g_t = lay.to_tiles(grad_y)  # (B, nth, ntw, To, d)
@@ -231,17 +240,17 @@ class _TiledPool2d(torch.autograd.Function):
         if need_w and not lay.dense:
             grad_w_pad = x_pad.new_zeros(x_pad.shape[:3])
         if need_sigma:
-            grad_inv_var = torch.empty_like(inv_var)  # (B, nth, ntw, Th, Tw)
+            grad_inv_var = torch.empty_like(inv_var)  # (B, nth, ntw, To)
         for k0 in range(0, lay.nth, step):
             k, kc = slice(k0, k0 + step), min(step, lay.nth - k0)
-            gauss, coef = _coefficients(w_halo[:, k], inv_var[:, k], table_h, table_w)
+            gauss, coef = _coefficients(w_halo[:, k], inv_var[:, k], q, inside)
             grad_num = g_t[:, k]  # dL/d(sum_j c_oj x_j)
             grad_total = None
             if denom is not None:
                 grad_num = grad_num / denom[:, k]
                 grad_total = torch.linalg.vecdot(grad_num, y_t[:, k]).neg_().unsqueeze(-1)  # dL/d(sum_j c_oj)
             if need_x:
-                grad_halo = torch.matmul(coef.transpose(-1, -2), grad_num)  # (B, kc, ntw, Li, d)
+                grad_halo = _matmul_like_x(coef.transpose(-1, -2), grad_num, lay)  # (B, kc, ntw, Li, d)
                 if lay.dense:
                     grad_x_pad = grad_halo.view(x_pad.shape)
                 else:
@@ -258,22 +267,30 @@ class _TiledPool2d(torch.autograd.Function):
                     grad_w_pad = grad_w_halo.view(x_pad.shape[:3])
                 else:
                     lay.fold_add_(grad_w_pad, grad_w_halo, k0)
-            if need_sigma:  # c_oj = w_j exp((qh + qw) / s_o^2), q = -dist^2 / 2 per dim
-                prod = grad_coef.mul_(coef).unflatten(-1, (lay.lh, lay.lw))  # (B, kc, ntw, To, Lh, Lw)
-                prod = prod.unflatten(3, (lay.th, lay.tw))  # (B, kc, ntw, Th, Tw, Lh, Lw)
-                along_h = torch.linalg.vecdot(prod.sum(-1), grad_h.view(lay.th, 1, lay.lh))
-                along_w = torch.linalg.vecdot(prod.sum(-2), grad_w.view(1, lay.tw, lay.lw))
-                grad_inv_var[:, k] = along_h + along_w
+            if need_sigma:  # c_oj = w_j exp(q_oj / s_o^2), q = -dist^2 / 2
+                grad_inv_var[:, k] = torch.linalg.vecdot(grad_coef.mul_(coef), q)
         h, w = lay.in_sizes
         rows_in, cols_in = slice(lay.left_h, lay.left_h + h), slice(lay.left_w, lay.left_w + w)
         grad_x = grad_x_pad[:, rows_in, cols_in] if need_x else None
         grad_wts = grad_w_pad[:, rows_in, cols_in] if need_w else None
         grad_sigma = None
         if need_sigma:  # d(1/s^2)/ds = -2/s^3
-            grad_iv = grad_inv_var.flatten(3).unsqueeze(-1)  # (B, nth, ntw, To, 1)
+            grad_iv = grad_inv_var.unsqueeze(-1)  # (B, nth, ntw, To, 1)
             grad_iv = lay.from_tiles(grad_iv).squeeze(-1)  # (B, Ho, Wo)
             grad_sigma = grad_iv * -2.0 / (sigma * sigma * sigma)
         return grad_x, grad_wts, grad_sigma, None, None, None, None, None
+
+
+def _matmul_like_x(coef, features, lay):
+    """coef @ features, (..., P, Q) @ (..., Q, d) -> (..., P, d).
+
+    A dense map whose features are channels-first in memory ((B, H, W, d) as a permuted view of
+    (B, d, H, W), as in a ConvNet) is computed as (features^T @ coef^T)^T, which gives a result
+    with the same channels-first memory: the caller's permute back to (B, d, H', W') is then free.
+    """
+    if lay.dense and features.stride(-1) != 1 and features.stride(-2) == 1:
+        return torch.matmul(features.transpose(-1, -2), coef.transpose(-1, -2)).transpose(-1, -2)
+    return torch.matmul(coef, features)
 
 
 def _rows_per_chunk(x, lay) -> int:

@@ -1,0 +1,319 @@
+#!/usr/bin/env python
+"""Cost of the ContextPool vision models next to transformers' ViT and ResNet of the same size.
+
+Measured in one run, on the same machine and thread count:
+
+- training step (forward + backward + AdamW step, labels given), batch 32, 32x32 RGB input:
+  ContextPoolViTForImageClassification vs `ViTForImageClassification(attn_implementation="sdpa")`
+  (patch 4 -> an 8x8 grid, hidden 128, 4 layers, 4 heads, MLP 512, pooling in every layer with
+  the vision defaults: sigma_max 2, truncation 2 -> R = 4), and
+  ContextPoolResNetForImageClassification vs `ResNetForImageClassification` (basic blocks, one
+  per stage, embedding 32, hidden sizes 32/64/128; ContextPool replaces the stem max pooling and
+  the stride-2 convolutions opening stages 2 and 3, the default `pool_downsampling`).
+- `--compile`: the same steps with both models wrapped in `torch.compile` (inductor, CPU).
+- `--profile`: where the ContextPool step's time goes (torch.profiler): predictor (forward and
+  its backward nodes), pooling forward, pooling backward, the mix, everything else.
+- `--crossover`: the 2-D operator alone (forward + backward) on growing maps: the offset loop
+  (the former 2-D path), the dense form and the tiled form; the fastest picks the thresholds
+  in `pooling_2d_contextpool.py`.
+
+Timing: after warm-up steps the two models of a pair are timed alternately (A, B, A, B, ...) so
+that load from other processes falls on both; each ratio is the median over the repeats of the
+per-repeat ratios, with its spread (min-max). Targets (issue 15): ViT <= 1.2x, ResNet <= 1.5x;
+PASS/FAIL is printed, the exit status stays 0.
+
+    python scripts/bench_vision.py                     # eager steps, 15 repeats
+    python scripts/bench_vision.py --compile --profile --crossover
+    python scripts/bench_vision.py --quick             # smoke run, well under a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification
+
+import contextpool_hf.modeling_contextpool_vision as vision
+import contextpool_hf.pooling_2d_contextpool as pooling_2d
+from contextpool_hf import (
+    ContextPoolResNetConfig,
+    ContextPoolResNetForImageClassification,
+    ContextPoolViTConfig,
+    ContextPoolViTForImageClassification,
+)
+from contextpool_hf.pooling_contextpool import ContextPool, _FastContextPool, strided_size
+
+TARGETS = {"vit": 1.2, "resnet": 1.5}
+VIT = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, image_size=32,
+           patch_size=4, num_labels=10)  # fmt: skip
+RESNET = dict(embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 1, 1], layer_type="basic", num_labels=10)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few repeats, batch 8 (smoke test)")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: least disturbed by other load)")
+    parser.add_argument("--models", nargs="+", default=["vit", "resnet"], choices=["vit", "resnet"])
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (inductor) steps")
+    parser.add_argument("--profile", action="store_true", help="profiler breakdown of the ContextPool steps")
+    parser.add_argument("--crossover", action="store_true", help="time the 2-D operator's paths on growing maps")
+    parser.add_argument("--output-dir", default="benchmarks")
+    parser.add_argument("--name", default="bench_vision", help="result file stem")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.warmup, args.batch = 3, 1, 8
+        if args.name == "bench_vision":
+            args.name = "bench_vision_quick"
+    return args
+
+
+def make_pair(kind):
+    torch.manual_seed(0)
+    if kind == "vit":
+        return (ContextPoolViTForImageClassification(ContextPoolViTConfig(**VIT)),
+                ViTForImageClassification(ViTConfig(**VIT, attn_implementation="sdpa")))  # fmt: skip
+    return (ContextPoolResNetForImageClassification(ContextPoolResNetConfig(**RESNET)),
+            ResNetForImageClassification(ResNetConfig(**RESNET)))  # fmt: skip
+
+
+def train_step_fn(model, batch, compiled=False):
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(batch, 3, 32, 32, generator=generator)
+    labels = torch.randint(0, 10, (batch,), generator=generator)
+    forward = torch.compile(model) if compiled else model
+
+    def step():
+        loss = forward(pixel_values=pixels, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def timed_pair(fn_a, fn_b, repeats, warmup):
+    """Per-repeat seconds of fn_a and fn_b, run alternately after warm-up."""
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return times_a, times_b
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def ratio_row(kind, mode, cp, vanilla, times_cp, times_v, batch):
+    ratios = [a / b for a, b in zip(times_cp, times_v, strict=True)]
+    ratio = statistics.median(ratios)
+    target = TARGETS[kind]
+    return dict(
+        model=kind, mode=mode, contextpool=type(cp).__name__, vanilla=type(vanilla).__name__, batch=batch,
+        contextpool_ms=round(statistics.median(times_cp) * 1000, 2), vanilla_ms=round(statistics.median(times_v) * 1000, 2),
+        ratio=round(ratio, 3), ratio_min=round(min(ratios), 3), ratio_max=round(max(ratios), 3),
+        target=f"<= {target}", status="PASS" if ratio <= target else "FAIL",
+        contextpool_params=n_params(cp), vanilla_params=n_params(vanilla),
+        contextpool_times_ms=[round(t * 1000, 1) for t in times_cp], vanilla_times_ms=[round(t * 1000, 1) for t in times_v],
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# Profiler breakdown
+# --------------------------------------------------------------------------------------
+
+_REGIONS = ("predictor", "pool", "mix")
+
+
+def _instrument():
+    """Wrap the predictor, the pooling call and the mix in record_function regions (undo: call the result)."""
+    originals = (ContextPool.predict, ContextPool.pool, vision._mix)
+
+    def wrap(fn, region):
+        def wrapped(*args, **kwargs):
+            with torch.profiler.record_function(f"cp::{region}"):
+                return fn(*args, **kwargs)
+
+        return wrapped
+
+    ContextPool.predict = wrap(originals[0], "predictor")
+    ContextPool.pool = wrap(originals[1], "pool")
+    vision._mix = wrap(originals[2], "mix")
+
+    def undo():
+        ContextPool.predict, ContextPool.pool, vision._mix = originals
+
+    return undo
+
+
+def profile_breakdown(step) -> dict:
+    """ms per part of one step: the forward regions and the backward nodes their ops created
+    (matched by autograd sequence number); pooling backward is the operator's own node."""
+    undo = _instrument()
+    try:
+        step()  # warm the wrapped code
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            step()
+            wall = time.perf_counter() - start
+    finally:
+        undo()
+    events = prof.events()
+    regions = [(e.name[4:], e.time_range) for e in events if e.name.startswith("cp::")]
+    seq_region = {}
+    for e in events:
+        if e.sequence_nr >= 0 and not e.name.startswith("autograd::"):
+            for region, span in regions:
+                if span.start <= e.time_range.start and e.time_range.end <= span.end:
+                    seq_region.setdefault(e.sequence_nr, region)
+    parts = defaultdict(float)
+    for region, span in regions:
+        parts[f"{region} forward"] += span.elapsed_us() / 1000
+    for e in events:
+        if not e.name.startswith("autograd::engine::evaluate_function: "):
+            continue
+        node = e.name.split(": ", 1)[1]
+        if node.startswith(("_TiledPool2d", "_FastContextPool")):
+            parts["pooling backward"] += e.cpu_time_total / 1000
+        elif e.sequence_nr in seq_region:
+            parts[f"{seq_region[e.sequence_nr]} backward"] += e.cpu_time_total / 1000
+    total = wall * 1000
+    out = {
+        "predictor (forward + backward)": parts["predictor forward"] + parts["predictor backward"],
+        "pooling forward (incl. layout)": parts["pool forward"],
+        "pooling backward": parts["pooling backward"] + parts["pool backward"],
+        "mix (forward + backward)": parts["mix forward"] + parts["mix backward"],
+    }
+    out["everything else"] = total - sum(out.values())
+    out["step (profiled)"] = total
+    return {k: round(v, 2) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------------------
+# Operator crossover
+# --------------------------------------------------------------------------------------
+
+CROSSOVER_SHAPES = [  # (batch, side, channels, stride): ViT grids, ResNet sites, larger maps
+    (32, 8, 384, 1), (32, 16, 32, 2), (32, 8, 64, 2), (32, 4, 128, 2),
+    (8, 16, 64, 1), (8, 24, 64, 1), (8, 32, 64, 1), (8, 64, 64, 1),
+    (8, 24, 64, 2), (8, 32, 64, 2), (8, 64, 64, 2),
+]  # fmt: skip
+
+
+def _operator_paths(x, w, s, radius, stride, dense):
+    """name -> call of each 2-D path (the dense form only where its n_out x n_in fits)."""
+    paths = {
+        "offset loop": lambda: _FastContextPool.apply(x, w, s, radius, stride, False, True, 1e-6),
+        "tiled": lambda: pooling_2d.tiled_pool_2d(x, w, s, radius, stride, True, 1e-6, dense_max=0),
+    }
+    if dense:
+        paths["dense"] = lambda: pooling_2d.tiled_pool_2d(x, w, s, radius, stride, True, 1e-6, dense_max=1 << 40)
+    return paths
+
+
+def crossover(repeats, shapes=CROSSOVER_SHAPES, radius=4):
+    """Fastest of 2-D operator paths (forward + backward, float32), minimum over repeats
+    (the least disturbed run: these are short calls)."""
+    rows = []
+    for batch, side, d, stride in shapes:
+        out = strided_size(side, stride)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, side, side, d, generator=gen).requires_grad_()
+        w = torch.rand(batch, side, side, generator=gen).requires_grad_()
+        s = (torch.rand(batch, out, out, generator=gen) * 1.5 + 0.5).requires_grad_()
+        coefs = out * out * side * side
+        paths = _operator_paths(x, w, s, radius, stride, dense=coefs <= 1 << 22)
+        times = {name: [] for name in paths}
+        for _ in range(repeats + 1):
+            for name, fn in paths.items():
+                start = time.perf_counter()
+                fn().sum().backward()
+                times[name].append(time.perf_counter() - start)
+        best = {name: min(t[1:]) * 1000 for name, t in times.items()}
+        chosen = "dense" if pooling_2d.plan_tiles((side, side), (out, out), radius, stride)[0][2] == 0 else "tiled"
+        rows.append(dict(batch=batch, side=side, channels=d, stride=stride, coefficients_per_image=coefs,
+                         **{f"{k}_ms": round(v, 2) for k, v in best.items()}, fastest=min(best, key=best.get),
+                         chosen=chosen))  # fmt: skip
+        print(f"crossover B={batch} {side}x{side} d={d} stride {stride} ({coefs} coefs/image): "
+              + ", ".join(f"{k} {v:.2f} ms" for k, v in best.items()) + f" -> chosen {chosen}", flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------
+
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    rows, breakdowns, cross = [], {}, []
+    modes = ["eager"] + (["compiled"] if args.compile else [])
+    for kind in args.models:
+        for mode in modes:
+            cp, vanilla = make_pair(kind)
+            step_cp = train_step_fn(cp, args.batch, compiled=mode == "compiled")
+            step_v = train_step_fn(vanilla, args.batch, compiled=mode == "compiled")
+            start = time.perf_counter()
+            times_cp, times_v = timed_pair(step_cp, step_v, args.repeats, args.warmup)
+            rows.append(ratio_row(kind, mode, cp, vanilla, times_cp, times_v, args.batch))
+            r = rows[-1]
+            print(f"{kind:<6} {mode:<8} train step B={args.batch}: {r['contextpool_ms']} vs {r['vanilla_ms']} ms  "
+                  f"ratio {r['ratio']} (min {r['ratio_min']}, max {r['ratio_max']}; {r['target']}: {r['status']})"
+                  f"  [{time.perf_counter() - start:.0f} s]", flush=True)  # fmt: skip
+            if args.profile and mode == "eager":
+                breakdowns[kind] = profile_breakdown(step_cp)
+                print(f"{kind} profile (ms): {breakdowns[kind]}", flush=True)
+            del cp, vanilla, step_cp, step_v
+    if args.crossover:
+        cross = crossover(max(3, args.repeats // 2) if not args.quick else 2,
+                          CROSSOVER_SHAPES if not args.quick else CROSSOVER_SHAPES[:3])
+
+    command = "python scripts/bench_vision.py " + " ".join(
+        f for f, on in (("--quick", args.quick), ("--compile", args.compile), ("--profile", args.profile),
+                        ("--crossover", args.crossover)) if on)  # fmt: skip
+    meta = dict(
+        command=command.strip(), torch=torch.__version__, transformers=transformers.__version__,
+        python=platform.python_version(), machine=platform.machine(), threads=torch.get_num_threads(),
+        device="cpu", repeats=args.repeats, warmup=args.warmup, batch=args.batch, vit=VIT, resnet=RESNET,
+        dense_max_coefs=pooling_2d._DENSE_MAX_COEFS,
+        timing_method="alternating repeats after warm-up (time.perf_counter); ratio = median of per-repeat ratios",
+    )  # fmt: skip
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "results": rows, "profile_ms": breakdowns, "crossover": cross}
+    (out_dir / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    fields = [k for k in rows[0] if not k.endswith("_times_ms")]
+    with open(out_dir / f"{args.name}.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    print()
+    print("| model | step | ContextPool | transformers | ratio (median, min-max) | target |")
+    print("|---|---|---:|---:|---:|---|")
+    for r in rows:
+        print(f"| {r['contextpool']} vs {r['vanilla']} | {r['mode']} | {r['contextpool_ms']} ms | {r['vanilla_ms']} ms | "
+              f"{r['ratio']}x ({r['ratio_min']}-{r['ratio_max']}) | {r['target']} {r['status']} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
