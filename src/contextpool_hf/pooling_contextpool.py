@@ -54,6 +54,17 @@ def clamped_radius(radius: int, in_sizes: Sequence[int]) -> int:
     return max(0, min(int(radius), largest - 1))
 
 
+def clamped_radius(radius: int, in_sizes: Sequence[int]) -> int:
+    """The radius that pooling an input of `in_sizes` actually needs: min(R, largest size - 1).
+
+    Exact, not an approximation: no two positions of the input lie further apart than that,
+    so a larger R selects the same (j, i) pairs. It keeps every path's cost bounded by the
+    input (a window of R = 9000 on 8 tokens would otherwise cost 9000 tokens' work).
+    """
+    largest = max(in_sizes, default=0)
+    return max(0, min(int(radius), largest - 1))
+
+
 # --------------------------------------------------------------------------------------
 # Input checking
 # --------------------------------------------------------------------------------------
@@ -362,16 +373,18 @@ class _BlockedPool1d(torch.autograd.Function):
                 y_k.div_(total)
                 denom[:, k] = total
             y[:, k] = y_k
-        ctx.save_for_backward(x_pad, w_pad, s_pad, y, denom, for_exp, for_grad)
-        ctx.layout = (n, block, window, left, step)
+        # x, not x_pad: x is usually alive anyway (the layer's input), the padded copy is not
+        ctx.save_for_backward(x, w_pad, s_pad, y, denom, for_exp, for_grad)
+        ctx.layout = (n, block, window, left, step, rows)
         y = y.view(batch, n_blocks * block, d)
         return y if n == n_blocks * block else y[:, :n]  # a slice would copy its gradient back
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x_pad, w_pad, s_pad, y, denom, for_exp, for_grad = ctx.saved_tensors
-        n, block, window, left, step = ctx.layout
+        x, w_pad, s_pad, y, denom, for_exp, for_grad = ctx.saved_tensors
+        n, block, window, left, step, rows = ctx.layout
+        x_pad = F.pad(x, (0, 0, left, rows - n - left))  # (B, rows, d), as in the forward
         batch, n_blocks, _, d = y.shape
         need_x, need_w, need_sigma = ctx.needs_input_grad[:3]
         if n == n_blocks * block:
@@ -578,6 +591,69 @@ def context_pool_2d(
 
 
 # --------------------------------------------------------------------------------------
+# Fused 1-D predictor: depthwise conv -> GELU -> projection -> sigmoid
+# --------------------------------------------------------------------------------------
+
+
+def _depthwise_conv_1d(h_pad: torch.Tensor, weight: torch.Tensor, bias, n: int) -> torch.Tensor:
+    """out[:, t] = bias + sum_j weight[:, j] * h_pad[:, t + j]: nn.Conv1d's cross-correlation,
+    computed in the (B, n, C) layout as kernel_size multiply-adds. h_pad (B, n + k - 1, C)."""
+    out = h_pad[:, :n] * weight[:, 0]
+    for j in range(1, weight.shape[1]):
+        out.addcmul_(h_pad[:, j : j + n], weight[:, j])
+    if bias is not None:
+        out += bias
+    return out
+
+
+class _FusedPredictor1d(torch.autograd.Function):
+    """sigmoid(proj(gelu(depthwise_conv(h)))) for 1-D sequences, with a hand-written backward.
+
+    One function instead of four autograd nodes: on a CPU the depthwise conv's backward alone
+    cost more than the pooling, and the layout changes around nn.Conv1d ((B, n, C) <-> (B, C, n))
+    copied the input twice. Only the input and the (B, 2G, n) gates are saved; the conv output
+    and its GELU are recomputed in the backward (O(n C) extra memory, none kept between passes).
+    """
+
+    @staticmethod
+    def forward(ctx, h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left):
+        # h (B, n, C); conv_weight (C, k); proj_weight (2G, C) -> gates (B, 2G, n)
+        n, kernel = h.shape[1], conv_weight.shape[1]
+        h_pad = F.pad(h, (0, 0, pad_left, kernel - 1 - pad_left))  # (B, n + k - 1, C)
+        act = F.gelu(_depthwise_conv_1d(h_pad, conv_weight, conv_bias, n))
+        gates = torch.sigmoid(F.linear(act, proj_weight, proj_bias)).transpose(1, 2)  # (B, 2G, n)
+        ctx.save_for_backward(h, conv_weight, conv_bias, proj_weight, gates)
+        ctx.pad_left = pad_left
+        ctx.has_proj_bias = proj_bias is not None
+        return gates
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_gates):
+        h, conv_weight, conv_bias, proj_weight, gates = ctx.saved_tensors
+        n, kernel = h.shape[1], conv_weight.shape[1]
+        grad_logits = torch.ops.aten.sigmoid_backward(grad_gates, gates).transpose(1, 2)  # (B, n, 2G)
+        h_pad = F.pad(h, (0, 0, ctx.pad_left, kernel - 1 - ctx.pad_left))
+        conv = _depthwise_conv_1d(h_pad, conv_weight, conv_bias, n)  # recomputed: (B, n, C)
+        act = F.gelu(conv)
+        flat_grad = grad_logits.reshape(-1, grad_logits.shape[-1])  # (B*n, 2G)
+        grad_proj_weight = flat_grad.t() @ act.reshape(-1, act.shape[-1])  # (2G, C)
+        grad_proj_bias = flat_grad.sum(0) if ctx.has_proj_bias else None
+        grad_conv = torch.ops.aten.gelu_backward(grad_logits @ proj_weight, conv)  # (B, n, C)
+        grad_conv_bias = grad_conv.sum((0, 1)) if conv_bias is not None else None
+        grad_conv_weight = torch.stack(
+            [torch.linalg.vecdot(grad_conv, h_pad[:, j : j + n], dim=1).sum(0) for j in range(kernel)], dim=1
+        )  # (C, k)
+        # the adjoint of the cross-correlation: grad_h[t] = sum_j weight[:, j] * grad_conv[t + pad_left - j]
+        right = ctx.pad_left
+        grad_pad = F.pad(grad_conv, (0, 0, kernel - 1 - right, right))  # (B, n + k - 1, C)
+        grad_h = grad_pad[:, kernel - 1 : kernel - 1 + n] * conv_weight[:, 0]
+        for j in range(1, kernel):
+            grad_h.addcmul_(grad_pad[:, kernel - 1 - j : kernel - 1 - j + n], conv_weight[:, j])
+        return grad_h, grad_conv_weight, grad_conv_bias, grad_proj_weight, grad_proj_bias, None
+
+
+# --------------------------------------------------------------------------------------
 # Modules: predictor and ContextPool
 # --------------------------------------------------------------------------------------
 
@@ -639,6 +715,39 @@ class ContextPoolPredictor(nn.Module):
         logits = self.proj(h).movedim(-1, 1)  # (B, 2G, n) or (B, 2G, H, W)
         a, b = logits.chunk(2, dim=1)
         return a, b, new_state
+
+    def _fusable(self, h: torch.Tensor, conv_state) -> bool:
+        """The fused 1-D function covers a sequence without carried conv state, in the weights' dtype."""
+        conv = self.conv
+        return (
+            self.spatial_dims == 1
+            and conv_state is None
+            and (self.causal or self.kernel_size % 2 == 1)
+            and h.dtype == conv.weight.dtype == self.proj.weight.dtype
+            and not torch.is_autocast_enabled(h.device.type)
+        )
+
+    def gates(self, hidden: torch.Tensor, keep: torch.Tensor | None = None, conv_state=None):
+        """(sigmoid(a), sigmoid(b)) stacked as (B, 2 * groups, n) / (B, 2 * groups, H, W), and the conv state.
+
+        Equal to `forward` followed by a sigmoid; 1-D sequences without carried state take the
+        fused function (`_FusedPredictor1d`).
+        """
+        if not self._fusable(hidden, conv_state):
+            a, b, new_state = self.forward(hidden, keep, conv_state)
+            return torch.sigmoid(torch.cat([a, b], dim=1)), new_state
+        h = self.in_proj(hidden) if self.in_proj is not None else hidden
+        if keep is not None:  # padding must not leak into real tokens' logits
+            h = h * keep.unsqueeze(-1).to(h.dtype)
+        new_state = None
+        if self.causal:  # the last k - 1 inputs, zeros before the sequence: (B, width, k - 1)
+            tail = h[:, max(0, h.shape[1] - self.state_size) :].transpose(1, 2)
+            new_state = F.pad(tail, (self.state_size - tail.shape[-1], 0))
+        pad_left = self.kernel_size - 1 if self.causal else self.kernel_size // 2
+        gates = _FusedPredictor1d.apply(
+            h, self.conv.weight.squeeze(1), self.conv.bias, self.proj.weight, self.proj.bias, pad_left
+        )
+        return gates, new_state
 
 
 POOL_MODES = ("adaptive", "fixed", "fixed_learned")
@@ -744,6 +853,12 @@ class ContextPool(nn.Module):
             if self.stride > 1:
                 sigma = sigma[..., :: self.stride, :: self.stride]
             return weights, sigma, None
+        if self.spatial_dims == 1:  # the fused predictor (sigmoids included) where it applies
+            gates, conv_state = self.predictor.gates(hidden, keep, conv_state)  # (B, 2G, n)
+            weights, sigma = gates[:, : self.groups], gates[:, self.groups :]
+            if keep is not None:
+                weights = weights * keep.unsqueeze(1).to(weights.dtype)
+            return weights, self.sigma_min + (self.sigma_max - self.sigma_min) * sigma, conv_state  # spec item 3
         a, b, conv_state = self.predictor(hidden, keep, conv_state)
         weights = torch.sigmoid(a)
         if keep is not None:
