@@ -1,7 +1,7 @@
 """Deliberate-bug check: break one behaviour at a time in a copy of the repo and run the tests that guard it.
 
 Each mutation is a textual patch (old text -> new text) on the package (or a script). The old text
-must occur exactly once among the files the mutation searches, so a mutation whose anchor has gone
+must occur exactly `count` times (default once, all in one file) among the files it searches, so a mutation whose anchor has gone
 (someone rewrote that code) is reported as STALE instead of being skipped silently; update its
 anchor then. For every mutation the script copies nothing again: one temporary copy of the working
 tree is made, the patch is applied, the mutation's tests run with that copy's `src/` first on the
@@ -50,6 +50,7 @@ class Mutation:
     tests: tuple[str, ...]  # pytest arguments selecting the guarding tests
     where: str = PACKAGE  # a file or a folder (searched recursively, *.py) relative to the repo
     issue_table: bool = False  # one of issue 14's "every test still passed" bugs
+    count: int = 1  # how often the anchor must occur (all in one file); every occurrence is replaced
 
 
 def _k(path: str, expr: str) -> tuple[str, ...]:
@@ -82,7 +83,7 @@ MUTATIONS: list[Mutation] = [
         "causal-predictor-ignores-padding", "causal predictors ignore the padding mask (left padding leaks)",
         "        if keep is not None:  # padding must not leak into real tokens' logits\n",
         "        if keep is not None and not self.causal:  # padding must not leak into real tokens' logits\n",
-        _k(LOGITS, "module or text_padded"), issue_table=True,
+        _k(LOGITS, "module or text_padded"), issue_table=True, count=2,  # the plain and the fused predictor
     ),
     # --- the issue's other weak spots and the kinds it names ------------------------------------
     Mutation(
@@ -200,9 +201,9 @@ def _find_anchor(copy: Path, mutation: Mutation) -> tuple[Path | None, str]:
     hits = [(f, f.read_text(encoding="utf-8").count(mutation.old)) for f in files]
     hits = [(f, n) for f, n in hits if n]
     total = sum(n for _, n in hits)
-    if total != 1:
+    if total != mutation.count or len(hits) != 1:
         where = ", ".join(f"{f.relative_to(copy)} x{n}" for f, n in hits) or "nowhere"
-        return None, f"anchor found {total} times ({where}); expected exactly once in {mutation.where}"
+        return None, f"anchor found {total} times ({where}); expected {mutation.count} in one file under {mutation.where}"
     return hits[0][0], ""
 
 
