@@ -15,6 +15,7 @@ fails unmutated makes its mutations "invalid" (the suite is red, so a kill prove
     .venv/bin/python scripts/mutation_check.py                 # all mutations
     .venv/bin/python scripts/mutation_check.py --only gpt2-ln-swap,eps-10x
     .venv/bin/python scripts/mutation_check.py --list
+    .venv/bin/python scripts/mutation_check.py --anchors      # is every anchor still there? (no tests)
     make mutation
 
 Writes a table to stdout and JSON (with the command, commit and per-mutation results) to
@@ -132,7 +133,7 @@ MUTATIONS: list[Mutation] = [
         "decode-ignores-padding", "a decode step gives padded positions pooling weight",
         "        if keep is not None:\n            weights = weights * keep.unsqueeze(1).to(weights.dtype)\n",
         "        if False:\n            weights = weights * keep.unsqueeze(1).to(weights.dtype)\n",
-        _k(LOGITS, "left_padded_generation"),
+        _k(LOGITS, "left_padded_generation"), where=f"{PACKAGE}/modeling_contextpool.py",
     ),
     Mutation(
         "loss-no-shift", "the causal-LM loss predicts the current token instead of the next",
@@ -148,7 +149,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "seq2seq-mask-ignored", "the seq2seq model treats every source/target token as real (padding leaks)",
-        "    keep = mask.bool()\n    if not _is_compiling() and bool(keep.all()):\n        return None\n    return keep\n",
+        "    if not _is_compiling() and bool(keep.all()):\n        return None\n    return keep\n",
         "    return None\n",
         _k(LOGITS, "seq2seq_padded"),
     ),
@@ -165,7 +166,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "resume-picks-oldest", "--resume_from_checkpoint latest picks the oldest complete checkpoint",
-        "        key=_checkpoint_step,\n        reverse=True,\n", "        key=_checkpoint_step,\n        reverse=False,\n",
+        "        folders = _checkpoint_folders(output_dir)\n", "        folders = _checkpoint_folders(output_dir)[::-1]\n",
         _k("tests/test_training.py", "resolve_latest"),
     ),
 ]
@@ -284,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="", help="comma-separated mutation names (default: all)")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--anchors", action="store_true", help="only check that every anchor is found, run nothing")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per pytest run")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="skip the unmutated run of each test selection")
@@ -301,6 +303,13 @@ def main(argv: list[str] | None = None) -> int:
         for m in chosen:
             print(f"{m.name:34} {'[issue 14] ' if m.issue_table else ''}{m.what}")
         return 0
+    if args.anchors:
+        stale = 0
+        for m in chosen:
+            file, problem = _find_anchor(ROOT, m)
+            stale += file is None
+            print(f"{m.name:34} {file.relative_to(ROOT) if file else 'STALE: ' + problem}")
+        return 1 if stale else 0
     start = time.perf_counter()
     results = run(chosen, args.timeout, args.baseline)
     print("\n" + table(results))
