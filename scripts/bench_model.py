@@ -1,20 +1,23 @@
 #!/usr/bin/env python
 """Cost of ContextPool text models next to the vanilla transformers models of the same size.
 
-Measured in one run, on the same machine and thread count:
+Measured in one run, on the same machine and thread count (rows and targets: issue 15):
 
-- training step (forward + backward + AdamW step, labels given) time and peak memory:
+- training step (forward + backward + AdamW step, labels given) time:
   ContextPoolForCausalLM (Llama shape: causal, rotary, RMSNorm, gated SiLU MLP, no biases) vs
-  `LlamaForCausalLM(attn_implementation="sdpa")`, and ContextPoolForMaskedLM (BERT shape:
-  post-norm, absolute + token-type positions, embedding LayerNorm, GELU MLP, MLM transform head)
-  vs `BertForMaskedLM(attn_implementation="sdpa")`. Both ContextPool models use SDPA for the
-  attention product and pool in every layer with the spec defaults (sigma_max 8, truncation 3:
-  R = 24; one pooling group; pool_target "qkv").
+  `LlamaForCausalLM(attn_implementation="sdpa")` at n = 1024 (batch 4) and n = 4096 (batch 1);
+  ContextPoolForMaskedLM (BERT shape) vs `BertForMaskedLM(attn_implementation="sdpa")`;
+  ContextPoolForConditionalGeneration (Marian shape: post-norm, sinusoidal positions, scaled
+  embeddings, 3 + 3 layers) vs `MarianMTModel`. Every ContextPool model uses SDPA for the attention
+  product and pools in every layer with the spec defaults (sigma_max 8, truncation 3: R = 24; one
+  pooling group; pool_target "qkv"; the seq2seq model also pools the cross-attention memory).
+- peak training memory of the causal LM step vs Llama's.
 - generation tokens/s with the cache (greedy, fixed number of new tokens, no EOS) of
-  ContextPoolForCausalLM vs LlamaForCausalLM.
+  ContextPoolForCausalLM vs LlamaForCausalLM, batch 1 and 8.
 
 Timing: after warm-up steps, the two models of a pair are timed alternately (A, B, A, B, ...) so
-that load from other processes falls on both; the median of the repeats is reported.
+that load from other processes falls on both. The ratio of each adjacent (A, B) pair is one
+sample; the reported ratio is the median of the samples and the spread their min-max.
 
 Peak memory: one extra training step per model runs under `torch.profiler` with
 `profile_memory=True`; the allocator events ([memory] records: +bytes on allocation, -bytes on
@@ -23,11 +26,12 @@ of tensor memory allocated *during* the step, on top of what already lived befor
 gradients and AdamW state exist from the warm-up). Process RSS and tracemalloc would not isolate
 torch tensor allocations of one step.
 
-Targets (PASS/FAIL is printed, the exit status stays 0): training step time <= 1.3x vanilla,
-generation tokens/s >= 0.8x vanilla.
+Every ratio is printed with its target and PASS/FAIL (the exit status stays 0); results go to
+benchmarks/<name>.{csv,json}.
 
-    python scripts/bench_model.py            # full run (hidden 256, 4 layers, 4 heads, n = 512, 1024)
-    python scripts/bench_model.py --quick    # smoke run in well under a minute
+    python scripts/bench_model.py            # full run (hidden 256, 4 layers, 4 heads)
+    python scripts/bench_model.py --quick    # smoke run in about a minute
+    python scripts/bench_model.py --only causal-lm --repeats 7   # one family
 """
 
 import argparse
@@ -41,39 +45,85 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MarianConfig,
+    MarianMTModel,
+)
 
-from contextpool_hf import ContextPoolConfig, ContextPoolForCausalLM, ContextPoolForMaskedLM
+from contextpool_hf import (
+    ContextPoolConfig,
+    ContextPoolForCausalLM,
+    ContextPoolForConditionalGeneration,
+    ContextPoolForMaskedLM,
+    ContextPoolSeq2SeqConfig,
+)
 
-TRAIN_TARGET = 1.3  # ContextPool step time / vanilla step time must be <= this
-GENERATION_TARGET = 0.8  # ContextPool tokens/s / vanilla tokens/s must be >= this
+# issue 15's targets: (comparison, bound); time ratios are ContextPool / vanilla, generation
+# ratios ContextPool tokens/s / vanilla tokens/s, memory ratios ContextPool peak / vanilla peak
+TARGETS = {
+    ("train_step", "causal-lm", 1024): ("<=", 1.08),
+    ("train_step", "causal-lm", 4096): ("<=", 1.05),
+    ("train_step", "masked-lm", None): ("<=", 1.0),
+    ("train_step", "seq2seq", None): ("<=", 1.1),
+    ("peak_memory", "causal-lm", None): ("<=", 1.10),
+    ("generate", 1, None): (">=", 0.92),
+    ("generate", 8, None): (">=", 0.95),
+}
+FAMILIES = ("causal-lm", "masked-lm", "seq2seq", "generate")
 
 
-def parse_args():
+def target_for(measure, key, seq_len):
+    """(op, bound) for a row, or a generic default for sizes issue 15 names no target for."""
+    found = TARGETS.get((measure, key, seq_len)) or TARGETS.get((measure, key, None))
+    if found:
+        return found
+    return (">=", 0.8) if measure == "generate" else ("<=", 1.3)
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (smoke test)")
+    parser.add_argument("--only", nargs="+", choices=FAMILIES, default=list(FAMILIES))
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--seq-lens", type=int, nargs="+", default=[512, 1024])
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--causal-sizes", default="1024x4,4096x1",
+                        help="causal LM train rows as n x batch, comma separated")
+    parser.add_argument("--mlm-sizes", default="1024x4")
+    parser.add_argument("--seq2seq-len", type=int, default=128, help="source and target length")
+    parser.add_argument("--seq2seq-batch", type=int, default=16)
+    parser.add_argument("--seq2seq-layers", type=int, default=3, help="encoder and decoder layers each")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--gen-batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--gen-batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--output-dir", default="benchmarks")
     parser.add_argument("--name", default="bench_model", help="result file stem")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.hidden, args.layers, args.heads, args.vocab = 64, 2, 4, 512
-        args.seq_lens, args.batch, args.repeats, args.warmup = [128], 2, 3, 1
-        args.prompt_len, args.new_tokens, args.gen_batches = 32, 16, [1]
+        args.causal_sizes, args.mlm_sizes, args.repeats, args.warmup = "128x2,256x1", "128x2", 3, 1
+        args.seq2seq_len, args.seq2seq_batch, args.seq2seq_layers = 32, 4, 2
+        args.prompt_len, args.new_tokens, args.gen_batches = 32, 16, [1, 8]
         if args.name == "bench_model":
             args.name = "bench_model_quick"
     return args
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    """"1024x4,4096x1" -> [(1024, 4), (4096, 1)]."""
+    pairs = []
+    for part in text.split(","):
+        n, _, batch = part.strip().partition("x")
+        pairs.append((int(n), int(batch or 1)))
+    return pairs
 
 
 # --------------------------------------------------------------------------------------
@@ -111,6 +161,23 @@ def masked_pair(args, max_len):
     return contextpool, bert
 
 
+def seq2seq_pair(args, max_len):
+    """Marian's shape on both sides (as scripts/run_translation.py builds them); dropout 0.1 in both."""
+    layers = args.seq2seq_layers
+    common = dict(vocab_size=args.vocab, d_model=args.hidden, encoder_layers=layers, decoder_layers=layers,
+                  encoder_attention_heads=args.heads, decoder_attention_heads=args.heads,
+                  encoder_ffn_dim=4 * args.hidden, decoder_ffn_dim=4 * args.hidden, max_position_embeddings=max_len,
+                  dropout=0.1, activation_function="gelu", scale_embedding=True, pad_token_id=0, eos_token_id=2,
+                  bos_token_id=1, decoder_start_token_id=1, forced_eos_token_id=None)
+    contextpool = ContextPoolForConditionalGeneration(ContextPoolSeq2SeqConfig(
+        **common, position_embedding_type="sinusoidal", norm_position="post", layernorm_embedding=False,
+        attn_implementation="sdpa",
+    ))
+    marian = MarianMTModel(MarianConfig(**common, decoder_vocab_size=args.vocab,
+                                        share_encoder_decoder_embeddings=True, attn_implementation="sdpa"))
+    return contextpool, marian
+
+
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -124,7 +191,7 @@ def train_step_fn(model, batch, seq_len, vocab) -> Callable[[], None]:
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(0, vocab, (batch, seq_len), generator=generator)
+    input_ids = torch.randint(3, vocab, (batch, seq_len), generator=generator)  # no pad/bos/eos ids
     attention_mask = torch.ones_like(input_ids)
 
     def step():
@@ -138,7 +205,7 @@ def train_step_fn(model, batch, seq_len, vocab) -> Callable[[], None]:
 
 def generate_fn(model, batch, prompt_len, new_tokens, vocab) -> Callable[[], None]:
     model.eval()
-    input_ids = torch.randint(0, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
+    input_ids = torch.randint(3, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
     attention_mask = torch.ones_like(input_ids)
 
     def run():
@@ -152,7 +219,7 @@ def generate_fn(model, batch, prompt_len, new_tokens, vocab) -> Callable[[], Non
 
 
 def timed_pair(fn_a, fn_b, repeats, warmup):
-    """Median seconds of fn_a and fn_b, run alternately after warm-up."""
+    """Seconds of fn_a and fn_b, run alternately after warm-up: (times_a, times_b)."""
     for _ in range(warmup):
         fn_a()
         fn_b()
@@ -162,7 +229,7 @@ def timed_pair(fn_a, fn_b, repeats, warmup):
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
-    return statistics.median(times_a), statistics.median(times_b), times_a, times_b
+    return times_a, times_b
 
 
 def peak_step_memory(fn) -> int:
@@ -180,6 +247,72 @@ def peak_step_memory(fn) -> int:
 
 
 # --------------------------------------------------------------------------------------
+# Rows
+# --------------------------------------------------------------------------------------
+
+
+def make_row(measure, task, key, pair_names, seq_len, batch, samples_cp, samples_v, unit, ratios, **extra):
+    """One result row: medians, the per-pair ratio samples' median and min-max, the target and PASS/FAIL."""
+    op, bound = target_for(measure, key, seq_len if isinstance(seq_len, int) else None)
+    ratio = statistics.median(ratios)
+    passed = ratio <= bound if op == "<=" else ratio >= bound
+    return dict(
+        measure=measure, task=task, contextpool=pair_names[0], vanilla=pair_names[1], seq_len=seq_len, batch=batch,
+        contextpool_value=round(statistics.median(samples_cp), 2), vanilla_value=round(statistics.median(samples_v), 2),
+        unit=unit, ratio=round(ratio, 3), ratio_min=round(min(ratios), 3), ratio_max=round(max(ratios), 3),
+        target=f"{op} {bound}", status="PASS" if passed else "FAIL", **extra,
+    )
+
+
+def train_rows(args, task, make_pair, sizes, max_len):
+    rows = []
+    for seq_len, batch in sizes:
+        contextpool, vanilla = make_pair(args, max(max_len, seq_len))
+        names = (type(contextpool).__name__, type(vanilla).__name__)
+        step_cp = train_step_fn(contextpool, batch, seq_len, args.vocab)
+        step_v = train_step_fn(vanilla, batch, seq_len, args.vocab)
+        times_cp, times_v = timed_pair(step_cp, step_v, args.repeats, args.warmup)
+        ms_cp, ms_v = [t * 1000 for t in times_cp], [t * 1000 for t in times_v]
+        common = dict(contextpool_params=n_params(contextpool), vanilla_params=n_params(vanilla),
+                      contextpool_times_ms=[round(t, 1) for t in ms_cp], vanilla_times_ms=[round(t, 1) for t in ms_v])
+        rows.append(make_row("train_step", task, task, names, seq_len, batch, ms_cp, ms_v, "ms/step",
+                             [a / b for a, b in zip(ms_cp, ms_v, strict=True)], **common))
+        print(_row_text(rows[-1]), flush=True)
+        if task == "causal-lm":
+            # twice each, alternated: the allocator's state after the other model's step must not decide
+            mem_cp, mem_v = [], []
+            for _ in range(2):
+                mem_cp.append(peak_step_memory(step_cp) / 2**20)
+                mem_v.append(peak_step_memory(step_v) / 2**20)
+            rows.append(make_row("peak_memory", task, task, names, seq_len, batch, mem_cp, mem_v, "MiB",
+                                 [a / b for a, b in zip(mem_cp, mem_v, strict=True)], **common))
+            print(_row_text(rows[-1]), flush=True)
+        del contextpool, vanilla, step_cp, step_v
+    return rows
+
+
+def generate_rows(args, max_len):
+    rows = []
+    for batch in args.gen_batches:
+        contextpool, llama = causal_pair(args, max_len)
+        gen_cp = generate_fn(contextpool, batch, args.prompt_len, args.new_tokens, args.vocab)
+        gen_v = generate_fn(llama, batch, args.prompt_len, args.new_tokens, args.vocab)
+        times_cp, times_v = timed_pair(gen_cp, gen_v, args.repeats, args.warmup)
+        tokens = batch * args.new_tokens
+        tps_cp, tps_v = [tokens / t for t in times_cp], [tokens / t for t in times_v]
+        rows.append(make_row(
+            "generate", "causal-lm", batch, ("ContextPoolForCausalLM", "LlamaForCausalLM"),
+            f"{args.prompt_len}+{args.new_tokens}", batch, tps_cp, tps_v, "tokens/s",
+            [a / b for a, b in zip(tps_cp, tps_v, strict=True)],
+            contextpool_params=n_params(contextpool), vanilla_params=n_params(llama),
+            contextpool_times_ms=[round(t * 1000, 1) for t in times_cp],
+            vanilla_times_ms=[round(t * 1000, 1) for t in times_v],
+        ))
+        print(_row_text(rows[-1]), flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------
 
@@ -190,56 +323,26 @@ def main():
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = []
-    max_len = max(args.seq_lens + [args.prompt_len + args.new_tokens])
-
-    for task, make_pair, vanilla_name in (("causal-lm", causal_pair, "LlamaForCausalLM"),
-                                          ("masked-lm", masked_pair, "BertForMaskedLM")):
-        for seq_len in args.seq_lens:
-            contextpool, vanilla = make_pair(args, max_len)
-            step_cp = train_step_fn(contextpool, args.batch, seq_len, args.vocab)
-            step_v = train_step_fn(vanilla, args.batch, seq_len, args.vocab)
-            t_cp, t_v, all_cp, all_v = timed_pair(step_cp, step_v, args.repeats, args.warmup)
-            mem_cp, mem_v = peak_step_memory(step_cp), peak_step_memory(step_v)
-            ratio = t_cp / t_v
-            rows.append(dict(
-                measure="train_step", task=task, contextpool=type(contextpool).__name__, vanilla=vanilla_name,
-                seq_len=seq_len, batch=args.batch, contextpool_value=round(t_cp * 1000, 2),
-                vanilla_value=round(t_v * 1000, 2), unit="ms/step", ratio=round(ratio, 3),
-                target=f"<= {TRAIN_TARGET}", status="PASS" if ratio <= TRAIN_TARGET else "FAIL",
-                contextpool_peak_mib=round(mem_cp / 2**20, 1), vanilla_peak_mib=round(mem_v / 2**20, 1),
-                memory_ratio=round(mem_cp / mem_v, 3) if mem_v else None,
-                contextpool_params=n_params(contextpool), vanilla_params=n_params(vanilla),
-                contextpool_times_ms=[round(t * 1000, 1) for t in all_cp],
-                vanilla_times_ms=[round(t * 1000, 1) for t in all_v],
-            ))
-            print(_row_text(rows[-1]), flush=True)
-            del contextpool, vanilla, step_cp, step_v
-
-    for batch in args.gen_batches:
-        contextpool, llama = causal_pair(args, max_len)
-        gen_cp = generate_fn(contextpool, batch, args.prompt_len, args.new_tokens, args.vocab)
-        gen_v = generate_fn(llama, batch, args.prompt_len, args.new_tokens, args.vocab)
-        t_cp, t_v, all_cp, all_v = timed_pair(gen_cp, gen_v, args.repeats, args.warmup)
-        tps_cp, tps_v = batch * args.new_tokens / t_cp, batch * args.new_tokens / t_v
-        ratio = tps_cp / tps_v
-        rows.append(dict(
-            measure="generate", task="causal-lm", contextpool="ContextPoolForCausalLM", vanilla="LlamaForCausalLM",
-            seq_len=f"{args.prompt_len}+{args.new_tokens}", batch=batch, contextpool_value=round(tps_cp, 1),
-            vanilla_value=round(tps_v, 1), unit="tokens/s", ratio=round(ratio, 3), target=f">= {GENERATION_TARGET}",
-            status="PASS" if ratio >= GENERATION_TARGET else "FAIL", contextpool_peak_mib=None,
-            vanilla_peak_mib=None, memory_ratio=None, contextpool_params=n_params(contextpool),
-            vanilla_params=n_params(llama), contextpool_times_ms=[round(t * 1000, 1) for t in all_cp],
-            vanilla_times_ms=[round(t * 1000, 1) for t in all_v],
-        ))
-        print(_row_text(rows[-1]), flush=True)
+    max_len = args.prompt_len + args.new_tokens
+    if "causal-lm" in args.only:
+        rows += train_rows(args, "causal-lm", causal_pair, _sizes(args.causal_sizes), max_len)
+    if "masked-lm" in args.only:
+        rows += train_rows(args, "masked-lm", masked_pair, _sizes(args.mlm_sizes), max_len)
+    if "seq2seq" in args.only:
+        rows += train_rows(args, "seq2seq", seq2seq_pair, [(args.seq2seq_len, args.seq2seq_batch)], max_len)
+    if "generate" in args.only:
+        rows += generate_rows(args, max_len)
 
     meta = dict(
+        command="python scripts/bench_model.py " + " ".join(__import__("sys").argv[1:]),
         torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
         machine=platform.machine(), processor=platform.processor() or None, threads=torch.get_num_threads(),
         device="cpu", hidden=args.hidden, layers=args.layers, heads=args.heads, vocab=args.vocab,
-        repeats=args.repeats, warmup=args.warmup, quick=args.quick,
-        memory_method="torch.profiler profile_memory: peak of the running sum of [memory] events during one step",
-        timing_method="median of alternating repeats after warm-up (time.perf_counter)",
+        seq2seq_layers=args.seq2seq_layers, repeats=args.repeats, warmup=args.warmup, quick=args.quick,
+        memory_method="torch.profiler profile_memory: peak of the running sum of [memory] events during one step "
+                      "(2 alternated samples per model)",
+        timing_method="alternating repeats after warm-up (time.perf_counter); ratio = median of the per-pair ratios, "
+                      "spread = their min-max",
     )
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -254,29 +357,25 @@ def main():
 
 
 def _row_text(row) -> str:
-    memory = ""
-    if row["contextpool_peak_mib"] is not None:
-        memory = f"  peak {row['contextpool_peak_mib']} vs {row['vanilla_peak_mib']} MiB"
-    return (f"{row['measure']:<10} {row['task']:<9} n={row['seq_len']:<6} B={row['batch']}: "
+    return (f"{row['measure']:<11} {row['task']:<9} n={row['seq_len']:<6} B={row['batch']}: "
             f"{row['contextpool_value']} vs {row['vanilla_value']} {row['unit']}  ratio {row['ratio']} "
-            f"({row['target']}: {row['status']}){memory}")
+            f"[{row['ratio_min']}-{row['ratio_max']}] ({row['target']}: {row['status']})")
 
 
 def markdown_table(rows, meta) -> str:
     lines = [
-        f"torch {meta['torch']}, transformers {meta['transformers']}, {meta['threads']} CPU thread(s); "
-        f"hidden {meta['hidden']}, {meta['layers']} layers, {meta['heads']} heads, vocab {meta['vocab']}",
+        f"`{meta['command'].strip()}`: torch {meta['torch']}, transformers {meta['transformers']}, "
+        f"{meta['threads']} CPU thread(s); hidden {meta['hidden']}, {meta['layers']} layers "
+        f"(seq2seq {meta['seq2seq_layers']} + {meta['seq2seq_layers']}), {meta['heads']} heads, vocab {meta['vocab']}",
         "",
-        "| measure | ContextPool vs vanilla | n | batch | ContextPool | vanilla | ratio | target | "
-        "peak MiB (CP / vanilla) |",
+        "| measure | ContextPool vs vanilla | n | batch | ContextPool | vanilla | ratio (median) | spread | target |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        memory = "" if r["contextpool_peak_mib"] is None else f"{r['contextpool_peak_mib']} / {r['vanilla_peak_mib']}"
         lines.append(
             f"| {r['measure']} | {r['contextpool']} vs {r['vanilla']} | {r['seq_len']} | {r['batch']} | "
             f"{r['contextpool_value']} {r['unit']} | {r['vanilla_value']} {r['unit']} | {r['ratio']} | "
-            f"{r['target']} {r['status']} | {memory} |"
+            f"{r['ratio_min']}-{r['ratio_max']} | {r['target']} {r['status']} |"
         )
     return "\n".join(lines)
 

@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""Where a ContextPool training step (and a decoding step) spends its time, next to the vanilla model.
+
+One training step (forward + backward + AdamW) of each text family is run under `torch.profiler`
+after a warm-up step, and its CPU time is split into:
+
+- predictor: `ContextPool.predict` (conv, GELU, projection, sigmoids) forward, and the backward
+  nodes its forward ops created;
+- pooling forward / pooling backward: `ContextPool.pool` (the blocked operator and its reshapes);
+- mix: `torch.lerp` (token vs pooled context) forward and backward;
+- everything else: the step's wall time minus the above (attention, MLP, embeddings, loss, AdamW).
+
+Backward time is attributed through the autograd sequence number the profiler records on every
+forward op and on the backward node it created (`autograd::engine::evaluate_function: ...`), so
+no code in the model is instrumented. The decoding row profiles one cached single-token forward
+(batch 1) and splits it into the pooling decode step (`_decode_step`, predictor included) and the
+rest, with the number of tensor operations per layer.
+
+    python scripts/profile_model.py            # sizes of scripts/bench_model.py (hidden 256, 4 layers)
+    python scripts/profile_model.py --quick    # tiny sizes, a few seconds
+"""
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from pathlib import Path
+
+import bench_model  # scripts/bench_model.py: the same models and sizes
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from contextpool_hf import pooling_contextpool
+from contextpool_hf.modeling_contextpool import ContextPoolSelfAttention
+
+REGIONS = ("predictor", "pooling")
+
+
+@contextlib.contextmanager
+def labelled_regions():
+    """Wrap ContextPool.predict / .pool / the decode step in record_function ranges (undone on exit)."""
+    originals = {}
+    targets = {"predictor": (pooling_contextpool.ContextPool, "predict"),
+               "pooling": (pooling_contextpool.ContextPool, "pool"),
+               "decode_step": (ContextPoolSelfAttention, "_decode_step")}
+    for label, (owner, name) in targets.items():
+        original = getattr(owner, name)
+        originals[(owner, name)] = original
+
+        def wrapped(*args, __original=original, __label=label, **kwargs):
+            with record_function(f"cp::{__label}"):
+                return __original(*args, **kwargs)
+
+        setattr(owner, name, wrapped)
+    try:
+        yield
+    finally:
+        for (owner, name), original in originals.items():
+            setattr(owner, name, original)
+
+
+def _top_level(events):
+    return [e for e in events if e.cpu_parent is None]
+
+
+def breakdown(prof, wall_ms: float) -> dict:
+    """ms per category from one profiled step (see the module docstring)."""
+    events = list(prof.events())
+    regions = [e for e in events if e.name.startswith("cp::")]
+    seq_label = {}
+    forward_ms = {label: 0.0 for label in REGIONS + ("decode_step",)}
+    for region in regions:
+        label = region.name[4:]
+        forward_ms[label] += region.cpu_time_total / 1000
+        start, end = region.time_range.start, region.time_range.end
+        for e in events:
+            if e.sequence_nr >= 0 and e.thread == region.thread and start <= e.time_range.start <= end:
+                seq_label.setdefault(e.sequence_nr, label)
+    backward_ms = {label: 0.0 for label in REGIONS}
+    mix_ms = 0.0
+    for e in _top_level(events):
+        if e.name == "aten::lerp":
+            mix_ms += e.cpu_time_total / 1000
+        elif e.name.startswith("autograd::engine::evaluate_function: "):
+            node = e.name.split(": ", 1)[1]
+            if node.startswith("LerpBackward"):
+                mix_ms += e.cpu_time_total / 1000
+            elif e.sequence_nr in seq_label and seq_label[e.sequence_nr] in backward_ms:
+                backward_ms[seq_label[e.sequence_nr]] += e.cpu_time_total / 1000
+    result = dict(
+        wall_ms=wall_ms,
+        predictor_ms=forward_ms["predictor"] + backward_ms["predictor"],
+        predictor_forward_ms=forward_ms["predictor"],
+        predictor_backward_ms=backward_ms["predictor"],
+        pooling_forward_ms=forward_ms["pooling"],
+        pooling_backward_ms=backward_ms["pooling"],
+        mix_ms=mix_ms,
+    )
+    if forward_ms["decode_step"]:
+        result["decode_step_ms"] = forward_ms["decode_step"]
+    accounted = sum(v for k, v in result.items() if k.endswith("_ms") and k not in
+                    ("wall_ms", "predictor_forward_ms", "predictor_backward_ms"))
+    result["everything_else_ms"] = wall_ms - accounted
+    return {k: round(v, 2) for k, v in result.items()}
+
+
+def profile_call(fn) -> tuple:
+    with labelled_regions(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        fn()
+        wall = (time.perf_counter() - start) * 1000
+    return prof, wall
+
+
+def median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def decode_fns(model, batch, prompt_len, vocab):
+    """(prefill() -> cache, step(cache)): a cached single-token forward after a prompt."""
+    model.eval()
+    ids = torch.randint(3, vocab, (batch, prompt_len + 1), generator=torch.Generator().manual_seed(2))
+    ours = isinstance(model, bench_model.ContextPoolForCausalLM)
+
+    @torch.no_grad()
+    def prefill():
+        out = model(ids[:, :-1], use_cache=True)
+        return out.cache if ours else out.past_key_values  # transformers' output keeps the old name
+
+    @torch.no_grad()
+    def step(cache):
+        return model(ids[:, -1:], cache=cache, use_cache=True)
+
+    return prefill, step
+
+
+def decode_row(args, repeats):
+    """Profile one cached decoding forward of ContextPoolForCausalLM (batch 1); Llama's step time beside it."""
+    contextpool, llama = bench_model.causal_pair(args, args.prompt_len + args.new_tokens)
+    step_ms = {}
+    for model, name in ((contextpool, "contextpool"), (llama, "llama")):
+        prefill, step = decode_fns(model, 1, args.prompt_len, args.vocab)
+        step(prefill())  # warm-up
+        times = []
+        for cache in [prefill() for _ in range(repeats * 5)]:
+            start = time.perf_counter()
+            step(cache)
+            times.append((time.perf_counter() - start) * 1000)
+        step_ms[name] = round(statistics.median(times), 3)
+    prefill, step = decode_fns(contextpool, 1, args.prompt_len, args.vocab)
+    cache = prefill()
+    prof, wall = profile_call(lambda: step(cache))
+    return dict(task="decode-step", batch=1, prompt=args.prompt_len, **breakdown(prof, wall),
+                contextpool_step_ms=step_ms["contextpool"], llama_step_ms=step_ms["llama"],
+                decode_ops_per_layer=count_decode_ops(prof) / args.layers)
+
+
+def count_decode_ops(prof) -> int:
+    """Tensor ops issued directly inside the pooling decode steps (all layers)."""
+    events = list(prof.events())
+    count = 0
+    for region in (e for e in events if e.name == "cp::decode_step"):
+        count += sum(1 for e in region.cpu_children if e.name.startswith("aten::"))
+    return count
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", default="benchmarks/profile_model.json")
+    cli = parser.parse_args()
+    args = bench_model.parse_args([] if not cli.quick else ["--quick"])
+    torch.manual_seed(0)
+    n, batch = bench_model._sizes(args.causal_sizes)[0]
+    results = []
+    cases = [("causal-lm", bench_model.causal_pair, n, batch),
+             ("masked-lm", bench_model.masked_pair, n, batch),
+             ("seq2seq", bench_model.seq2seq_pair, args.seq2seq_len, args.seq2seq_batch)]
+    for task, make_pair, seq_len, batch in cases:
+        max_len = max(seq_len, args.prompt_len + args.new_tokens)
+        contextpool, vanilla = make_pair(args, max_len)
+        step_cp = bench_model.train_step_fn(contextpool, batch, seq_len, args.vocab)
+        step_v = bench_model.train_step_fn(vanilla, batch, seq_len, args.vocab)
+        step_cp(), step_v()  # warm-up
+        vanilla_ms = median_ms(step_v, cli.repeats)
+        prof, wall = profile_call(step_cp)
+        row = dict(task=task, seq_len=seq_len, batch=batch, vanilla_step_ms=round(vanilla_ms, 2),
+                   **breakdown(prof, wall))
+        results.append(row)
+        print(json.dumps(row), flush=True)
+
+    row = decode_row(args, cli.repeats)
+    results.append(row)
+    print(json.dumps(row), flush=True)
+    out = Path(cli.output if not cli.quick else cli.output.replace(".json", "_quick.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = "python scripts/profile_model.py" + (" --quick" if cli.quick else "")
+    out.write_text(json.dumps({"command": command, "threads": torch.get_num_threads(), "results": results},
+                              indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
