@@ -478,3 +478,17 @@ def test_translation_and_image_script_arguments_are_checked(tmp_path):
         ric.check_arguments(ric.ModelArguments(), ric.DataArguments(train_val_split=1.0), training)
     with pytest.raises(ValueError, match="--train_dir .*nowhere: no such folder"):
         ric.check_arguments(ric.ModelArguments(), ric.DataArguments(train_dir=str(tmp_path / "nowhere")), training)
+
+
+def test_bin_weights_are_loaded_to_check_them(tmp_path):
+    folder = _saved_model(tmp_path / "model")
+    state = {k: v.clone() for k, v in ContextPoolForCausalLM.from_pretrained(folder).state_dict().items()}
+    (folder / "model.safetensors").unlink()
+    weights = folder / "pytorch_model.bin"
+    torch.save(state, weights, _use_new_zipfile_serialization=False)  # the legacy format loads too
+    assert validate_checkpoint(folder) == folder
+    torch.save(state, weights)
+    assert validate_checkpoint(folder) == folder
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="pytorch_model.bin cannot be loaded"):
+        validate_checkpoint(folder)

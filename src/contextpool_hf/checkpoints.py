@@ -55,8 +55,13 @@ def _torch_load_problem(file: Path, *, numpy_states: bool = False) -> str | None
             with safe_globals():  # numpy's RNG state, allow-listed exactly as Trainer does
                 torch.load(file, map_location="cpu", weights_only=True)
         else:
-            # mmap: the tensors are not read into memory; the archive and its pickle are still checked
-            torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                # mmap: the tensors are not read into memory; the archive and its pickle are still checked
+                torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as error:
+                if "mmap" not in str(error):
+                    raise
+                torch.load(file, map_location="cpu", weights_only=True)  # legacy (pre-zip) format: no mmap
     except Exception as error:  # EOFError, RuntimeError (bad zip), UnpicklingError, ...: all mean "damaged"
         return f"{file.name} cannot be loaded ({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else 'no detail'})"
     return None
