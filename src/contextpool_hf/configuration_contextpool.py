@@ -5,6 +5,7 @@ transformers). One config hosts BERT-, GPT-2- and Llama-shaped Transformers so t
 checkpoints convert by a key map; the `pool_*` fields are the ContextPool knobs of the spec.
 """
 
+import math
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
@@ -39,8 +40,35 @@ def rope_stand_in(config) -> PreTrainedConfig:
     return stand_in
 
 
+def _check_finite(config, name: str, low: float, low_open: bool = False) -> None:
+    """A finite number >= low (> low when low_open): NaN passes every `<` test, so test it explicitly."""
+    value = getattr(config, name)
+    if not math.isfinite(value) or value < low or (low_open and value <= low):
+        raise ValueError(f"{name} must be a finite number {'>' if low_open else '>='} {low}, got {value!r}")
+
+
+def _check_token_id_fields(config, names) -> None:
+    """Token ids (or lists of them, eos) must be None or inside the vocabulary: nn.Embedding reads a
+    negative padding_idx from the end (pad_token_id=-5 silently makes token vocab_size - 5 the padding row)."""
+    for name in names:
+        value = getattr(config, name, None)
+        for token in value if isinstance(value, list) else [value]:
+            if token is not None and not 0 <= token < config.vocab_size:
+                raise ValueError(
+                    f"{name} must be None or a token id in [0, vocab_size={config.vocab_size}), got {value!r}"
+                )
+
+
 def _validate_pool_fields(config) -> None:
     """The checks of the `pool_*` fields shared by the text and seq2seq configs (ValueError naming the field)."""
+    # finite: an infinite width or truncation makes the window radius R = ceil(truncation * sigma_max) infinite
+    for name in ("pool_sigma_min", "pool_sigma_max", "pool_truncation"):
+        _check_finite(config, name, 0.0, low_open=True)
+    if not math.isfinite(config.pool_truncation * config.pool_sigma_max):
+        raise ValueError(
+            f"pool_truncation * pool_sigma_max (the window radius) must be finite, got "
+            f"{config.pool_truncation} * {config.pool_sigma_max}"
+        )
     if not 0 < config.pool_sigma_min < config.pool_sigma_max:
         raise ValueError(
             f"need 0 < pool_sigma_min < pool_sigma_max, got pool_sigma_min={config.pool_sigma_min}, "
@@ -226,10 +254,10 @@ class ContextPoolConfig(PreTrainedConfig):
                     f"pool_layers has indices outside [0, {self.num_hidden_layers}): {bad}"
                 )
         self._validate_text_options()
-        if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
-        if self.initializer_range < 0:
-            raise ValueError(f"initializer_range must be >= 0, got {self.initializer_range}")
+        _check_finite(self, "norm_eps", 0.0, low_open=True)
+        _check_finite(self, "initializer_range", 0.0)
+        _check_finite(self, "rope_theta", 0.0, low_open=True)  # the rotary base: 0, < 0 or NaN gives NaN angles
+        _check_token_id_fields(self, ("pad_token_id", "bos_token_id", "eos_token_id"))
 
     def _validate_text_options(self) -> None:
         """attention_window and rope_scaling_params (the Mistral / Llama 3 options), naming the field."""

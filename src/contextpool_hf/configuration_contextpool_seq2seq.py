@@ -11,8 +11,9 @@ from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
 
-from .configuration_contextpool import _validate_pool_fields
+from .configuration_contextpool import _check_finite, _check_token_id_fields, _validate_pool_fields
 
 CONTEXTPOOL_SEQ2SEQ_AUTO_MAP = {
     "AutoConfig": "configuration_contextpool_seq2seq.ContextPoolSeq2SeqConfig",
@@ -137,15 +138,15 @@ class ContextPoolSeq2SeqConfig(PreTrainedConfig):
             layers = getattr(self, name)
             if layers is not None and any(not 0 <= i < count for i in layers):
                 raise ValueError(f"{name} has indices outside [0, {count}): {layers}")
-        if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
-        if self.init_std < 0:
-            raise ValueError(f"init_std must be >= 0, got {self.init_std}")
-        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"pad_token_id {self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
-        if self.decoder_start_token_id is not None and not 0 <= self.decoder_start_token_id < self.vocab_size:
+        _check_finite(self, "norm_eps", 0.0, low_open=True)
+        _check_finite(self, "init_std", 0.0)
+        _check_token_id_fields(
+            self, ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "forced_eos_token_id")
+        )
+        if self.activation_function not in ACT2FN:
             raise ValueError(
-                f"decoder_start_token_id {self.decoder_start_token_id} is outside the vocabulary [0, {self.vocab_size})"
+                f"activation_function must be one of transformers' activations {sorted(ACT2FN)}, "
+                f"got {self.activation_function!r}"
             )
 
     def pool_layers_of(self, stack: str) -> list[int] | None:

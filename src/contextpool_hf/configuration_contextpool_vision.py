@@ -15,6 +15,7 @@ neighbourhood several times larger than a 2x2 pooling cell at 81 offsets per lay
 import math
 
 from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
 
 POOL_FEEDS = ("qkv", "kv")
 HEAD_POOLINGS = ("cls", "mean")
@@ -28,13 +29,18 @@ def _check_int(name, value, low=1):
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
-def _check_number(name, value, low=None, high=None, low_open=False):
+def _check_number(name, value, low=None, high=None, low_open=False, high_open=False):
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if low is not None and (value < low or (low_open and value <= low)):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be <= {high}, got {value!r}")
+    if high is not None and (value > high or (high_open and value >= high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value!r}")
+
+
+def _check_activation(name, value):
+    if not isinstance(value, str) or value not in ACT2FN:
+        raise ValueError(f"{name} must be one of transformers' activations {sorted(ACT2FN)}, got {value!r}")
 
 
 def _check_choice(name, value, choices):
@@ -52,6 +58,11 @@ def _check_pool_fields(cfg) -> None:
             f"pool_sigma_min must be < pool_sigma_max, got {cfg.pool_sigma_min} and {cfg.pool_sigma_max}"
         )
     _check_number("pool_truncation", cfg.pool_truncation, low=0, low_open=True)
+    if not math.isfinite(cfg.pool_truncation * cfg.pool_sigma_max):
+        raise ValueError(
+            f"pool_truncation * pool_sigma_max (the window radius) must be finite, got "
+            f"{cfg.pool_truncation} * {cfg.pool_sigma_max}"
+        )
     if not isinstance(cfg.pool_normalize, bool):
         raise ValueError(f"pool_normalize must be a bool, got {cfg.pool_normalize!r}")
     _check_int("pool_kernel_size", cfg.pool_kernel_size)
@@ -178,11 +189,11 @@ class ContextPoolViTConfig(PretrainedConfig):
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})"
             )
-        _check_number("hidden_dropout_prob", self.hidden_dropout_prob, low=0.0, high=1.0)
-        _check_number("attention_probs_dropout_prob", self.attention_probs_dropout_prob, low=0.0, high=1.0)
+        # dropout 1 zeroes every activation: [0, 1) as in the text configs
+        _check_number("hidden_dropout_prob", self.hidden_dropout_prob, low=0.0, high=1.0, high_open=True)
+        _check_number("attention_probs_dropout_prob", self.attention_probs_dropout_prob, low=0.0, high=1.0, high_open=True)
         _check_number("layer_norm_eps", self.layer_norm_eps, low=0, low_open=True)
-        if not isinstance(self.hidden_act, str):
-            raise ValueError(f"hidden_act must be a string, got {self.hidden_act!r}")
+        _check_activation("hidden_act", self.hidden_act)
         if isinstance(self.image_size, list):
             if len(self.image_size) != 2:
                 raise ValueError(f"image_size must be an int or [height, width], got {self.image_size!r}")
@@ -303,8 +314,7 @@ class ContextPoolResNetConfig(PretrainedConfig):
         for value in self.depths:
             _check_int("depths", value)
         _check_choice("layer_type", self.layer_type, LAYER_TYPES)
-        if not isinstance(self.hidden_act, str):
-            raise ValueError(f"hidden_act must be a string, got {self.hidden_act!r}")
+        _check_activation("hidden_act", self.hidden_act)
         for name in ("downsample_in_first_stage", "downsample_in_bottleneck"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -24,6 +24,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ModelOutput
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import logging
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_contextpool import ContextPoolConfig, rope_stand_in
 from .modeling_utils_contextpool import (
@@ -32,7 +33,7 @@ from .modeling_utils_contextpool import (
     _is_compiling,
     _pool_from_config,
 )
-from .pooling_contextpool import DEFAULT_EPS, ContextPool
+from .pooling_contextpool import DEFAULT_EPS, ContextPool, _mask_as_weights
 
 logger = logging.get_logger(__name__)
 
@@ -678,11 +679,42 @@ class ContextPoolPreTrainedModel(ContextPoolHubMixin, PreTrainedModel):
 
 
 def _check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.is_complex():
+        got = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"{name} must be an integer tensor of token ids in [0, {vocab_size}), got {got}")
     if _is_compiling() or input_ids.numel() == 0:
         return
     low, high = int(input_ids.min()), int(input_ids.max())
     if low < 0 or high >= vocab_size:
         raise ValueError(f"{name} contains ids outside [0, {vocab_size}): min {low}, max {high}")
+
+
+def _check_inputs_embeds(inputs_embeds, weight: torch.Tensor, name: str = "inputs_embeds") -> None:
+    """A floating tensor in the model's dtype. transformers' Llama does not cast either: a float64
+    embedding into a float32 model fails inside the first matmul, so say so here, at the entry."""
+    if not isinstance(inputs_embeds, torch.Tensor) or not inputs_embeds.is_floating_point():
+        got = inputs_embeds.dtype if isinstance(inputs_embeds, torch.Tensor) else type(inputs_embeds).__name__
+        raise ValueError(f"{name} must be a floating-point tensor, got {got}")
+    # also under autocast: the norms are not autocast and fail on float64 next to float32 weights
+    if inputs_embeds.dtype != weight.dtype:
+        raise ValueError(
+            f"{name} has dtype {inputs_embeds.dtype} but the model's weights are {weight.dtype}: pass "
+            f"{name}.to({weight.dtype}) (or convert the model with model.to({inputs_embeds.dtype}))"
+        )
+
+
+def _check_labels(name: str, labels, shape: tuple[int, ...], vocab_size: int) -> None:
+    """(B, n) target ids in [0, vocab_size) or -100 (ignored); else a ValueError naming `name`."""
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex():
+        got = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"{name} must be an integer tensor of token ids (-100 = ignore), got {got}")
+    if tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(labels.shape)}")
+    if _is_compiling() or labels.numel() == 0:
+        return
+    bad = (labels != -100) & ((labels < 0) | (labels >= vocab_size))
+    if bool(bad.any()):
+        raise ValueError(f"{name} must be token ids in [0, {vocab_size}) or -100 (ignore), got {int(labels[bad][0])}")
 
 
 def _attention_bias(keep, q_len, kv_len, causal, dtype, device, window=None):
@@ -758,6 +790,7 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
             )
         return position_ids.expand(batch, n) if position_ids.shape[0] == 1 else position_ids
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -781,17 +814,21 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         if input_ids is not None:
+            _check_token_ids(input_ids, config.vocab_size)
             if input_ids.dim() != 2:
                 raise ValueError(f"input_ids must be (batch, sequence_length), got shape {tuple(input_ids.shape)}")
-            _check_token_ids(input_ids, config.vocab_size)
             batch, n = input_ids.shape
             inputs_embeds = self.embed_tokens(input_ids)
         else:
+            _check_inputs_embeds(inputs_embeds, self.embed_tokens.weight)
             if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
                 raise ValueError(
                     f"inputs_embeds must be (batch, sequence_length, {config.hidden_size}), got {tuple(inputs_embeds.shape)}"
                 )
             batch, n = inputs_embeds.shape[:2]
+        if batch == 0 or n == 0:  # the attention reshapes (B, n, -1), undefined on 0 elements, as in Llama
+            name = "input_ids" if input_ids is not None else "inputs_embeds"
+            raise ValueError(f"{name} must hold at least one sequence of at least one token, got batch {batch}, length {n}")
         device = inputs_embeds.device
 
         cache = cache if cache is not None else past_key_values
@@ -813,12 +850,13 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
 
         keep_all = None
         if attention_mask is not None:
+            # 0/1 only: .bool() would read an additive (0 / -inf) mask inverted and 0.5 or -1 as "keep"
+            keep_all = _mask_as_weights(attention_mask, "attention_mask")
             if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, past + n):
                 raise ValueError(
                     f"attention_mask must be (batch, past + sequence_length) = {(batch, past + n)}, "
                     f"got {tuple(attention_mask.shape)}"
                 )
-            keep_all = attention_mask.bool()
         keep_new = keep_all[:, past:] if keep_all is not None else None
         # Nothing to mask: let SDPA use its causal kernel and the pooling skip the mask.
         if keep_all is not None and not _is_compiling() and bool(keep_all.all()):
@@ -913,6 +951,7 @@ class ContextPoolForCausalLM(ContextPoolPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids=None,
@@ -930,9 +969,17 @@ class ContextPoolForCausalLM(ContextPoolPreTrainedModel, GenerationMixin):
         token_type_ids=None,
         past_key_values=None,
         num_items_in_batch=None,
+        shift_labels=None,
         **kwargs,
     ) -> ContextPoolCausalLMOutput | tuple:
-        """labels (B, n): next-token targets aligned with input_ids (shifted inside), -100 = ignore."""
+        """labels (B, n): next-token targets aligned with input_ids (shifted inside), -100 = ignore.
+
+        shift_labels (B, n): targets already shifted (position t predicts shift_labels[:, t]), as
+        transformers' ForCausalLMLoss takes them (context-parallel training shards the sequence, so
+        the shift must happen before the split). When given, they are the targets and `labels` is
+        not used; unlike transformers (which then needs `labels` too, or returns no loss) they alone
+        give the loss.
+        """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.model(
             input_ids=input_ids,
@@ -951,8 +998,13 @@ class ContextPoolForCausalLM(ContextPoolPreTrainedModel, GenerationMixin):
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
         loss = None
-        if labels is not None:
-            loss = _lm_loss(logits, labels, self.config.vocab_size, num_items_in_batch, shift=True)
+        vocab_size = self.config.vocab_size
+        if shift_labels is not None:
+            _check_labels("shift_labels", shift_labels, tuple(logits.shape[:2]), vocab_size)
+            loss = _lm_loss(logits, shift_labels, vocab_size, num_items_in_batch)
+        elif labels is not None:
+            _check_labels("labels", labels, tuple(logits.shape[:2]), vocab_size)
+            loss = _lm_loss(logits, labels, vocab_size, num_items_in_batch, shift=True)
         output = ContextPoolCausalLMOutput(
             loss=loss,
             logits=logits,

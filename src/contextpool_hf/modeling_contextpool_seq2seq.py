@@ -28,6 +28,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ModelOutput
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import logging
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_contextpool_seq2seq import ContextPoolSeq2SeqConfig
 from .modeling_contextpool import (
@@ -35,11 +36,14 @@ from .modeling_contextpool import (
     ContextPoolCache,
     ContextPoolSelfAttention,
     _attention_bias,
+    _check_inputs_embeds,
+    _check_labels,
     _check_token_ids,
     _lm_loss,
     sdpa_attention_forward,
 )
 from .modeling_utils_contextpool import ContextPoolHubMixin, _is_compiling, _pool_from_config
+from .pooling_contextpool import _mask_as_weights
 
 logger = logging.get_logger(__name__)
 
@@ -371,13 +375,18 @@ class _Embeddings(nn.Module):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError(f"Pass exactly one of {what}input_ids or {what}inputs_embeds")
         if input_ids is not None:
+            _check_token_ids(input_ids, config.vocab_size, f"{what}input_ids")
             if input_ids.dim() != 2:
                 raise ValueError(f"{what}input_ids must be (batch, sequence_length), got shape {tuple(input_ids.shape)}")
-            _check_token_ids(input_ids, config.vocab_size, f"{what}input_ids")
             inputs_embeds = self._shared(input_ids) * self.scale
-        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.d_model:
-            raise ValueError(f"{what}inputs_embeds must be (batch, n, {config.d_model}), got {tuple(inputs_embeds.shape)}")
+        else:
+            _check_inputs_embeds(inputs_embeds, self._shared.weight, f"{what}inputs_embeds")
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.d_model:
+                raise ValueError(f"{what}inputs_embeds must be (batch, n, {config.d_model}), got {tuple(inputs_embeds.shape)}")
         batch, n = inputs_embeds.shape[:2]
+        if batch == 0 or n == 0:  # the attention reshapes (B, n, -1), undefined on 0 elements, as in BART
+            name = f"{what}input_ids" if input_ids is not None else f"{what}inputs_embeds"
+            raise ValueError(f"{name} must hold at least one sequence of at least one token, got batch {batch}, length {n}")
         if past + n > config.max_position_embeddings:
             raise ValueError(
                 f"{what or 'source '}sequence length {past + n} is longer than max_position_embeddings "
@@ -399,9 +408,10 @@ def _keep_mask(mask, batch, length, name):
     """(B, length) 0/1 mask -> bool, or None when nothing is masked; anything else is a ValueError."""
     if mask is None:
         return None
+    # 0/1 only: .bool() would read an additive (0 / -inf) mask inverted and 0.5 or -1 as "keep"
+    keep = _mask_as_weights(mask, name)
     if mask.dim() != 2 or tuple(mask.shape) != (batch, length):
         raise ValueError(f"{name} must be (batch, length) = {(batch, length)}, got {tuple(mask.shape)}")
-    keep = mask.bool()
     if not _is_compiling() and bool(keep.all()):
         return None
     return keep
@@ -544,6 +554,7 @@ class ContextPoolSeq2SeqModel(ContextPoolSeq2SeqPreTrainedModel):
     def get_encoder(self, modality: str | None = None):
         return self.encoder
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids=None,
@@ -643,9 +654,23 @@ class ContextPoolForConditionalGeneration(ContextPoolSeq2SeqPreTrainedModel, Gen
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """Also resize `final_logits_bias` (a buffer the base method does not know), as BART does:
+        kept rows keep their values, new rows start at 0."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if self.final_logits_bias is not None:
+            old, new_size = self.final_logits_bias, embeddings.weight.shape[0]
+            if old.shape[-1] != new_size:
+                bias = old.new_zeros(1, new_size)
+                keep = min(new_size, old.shape[-1])
+                bias[:, :keep] = old[:, :keep]
+                self.register_buffer("final_logits_bias", bias)
+        return embeddings
+
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids=None,
@@ -673,6 +698,8 @@ class ContextPoolForConditionalGeneration(ContextPoolSeq2SeqPreTrainedModel, Gen
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if labels is not None:
+            # ids and dtype first: shifted into decoder_input_ids, bad labels would be blamed on those
+            _check_labels("labels", labels, tuple(labels.shape), self.config.vocab_size)
             use_cache = False  # training: nothing to continue
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
@@ -696,8 +723,7 @@ class ContextPoolForConditionalGeneration(ContextPoolSeq2SeqPreTrainedModel, Gen
             logits = logits + self.final_logits_bias.to(logits.dtype)
         loss = None
         if labels is not None:
-            if labels.shape != logits.shape[:2]:
-                raise ValueError(f"labels must be (batch, target_length) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+            _check_labels("labels", labels, tuple(logits.shape[:2]), self.config.vocab_size)
             loss = _lm_loss(logits, labels, self.config.vocab_size, num_items_in_batch)
         output = ContextPoolSeq2SeqLMOutput(
             loss=loss,

@@ -74,15 +74,93 @@ def _is_compiling() -> bool:
     return hasattr(torch, "compiler") and torch.compiler.is_compiling()
 
 
-def _check_options(sigma_max: float, truncation: float, implementation: str, eps: float) -> None:
-    if implementation not in IMPLEMENTATIONS:
+# Every rejected option raises a ValueError whose message starts with the argument's name and
+# says what is allowed. bool is an int subclass in Python: `sigma_max=True` or `stride=True` is a
+# mistake, never a number, so the number checks exclude it.
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_real(name: str, value, low=None, low_open: bool = False) -> None:
+    """A finite Python int/float (not bool), >= low (> low when low_open)."""
+    relation = ">" if low_open else ">="
+    allowed = "a finite number" + (f" {relation} {low}" if low is not None else "")
+    if not (_is_real(value) and math.isfinite(value)):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    if low is not None and (value < low or (low_open and value <= low)):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _check_int(name: str, value, low: int = 1, odd: bool = False) -> None:
+    """A Python int (not bool) >= low, odd when asked."""
+    allowed = f"an {'odd ' if odd else ''}int >= {low}"
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (odd and value % 2 == 0):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _check_bool(name: str, value) -> None:
+    # "no", 0 or None would be truthy/falsy by accident: only True or False say what they mean
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_options(sigma_max: float, truncation: float, implementation: str, eps: float,
+                   causal: bool = False, normalize: bool = True) -> None:  # fmt: skip
+    if not isinstance(implementation, str) or implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-    if not (isinstance(sigma_max, (int, float)) and math.isfinite(sigma_max) and sigma_max > 0):
-        raise ValueError(f"sigma_max must be a positive finite number, got {sigma_max!r}")
-    if not (isinstance(truncation, (int, float)) and math.isfinite(truncation) and truncation > 0):
-        raise ValueError(f"truncation must be a positive finite number, got {truncation!r}")
-    if not (isinstance(eps, (int, float)) and eps >= 0):
-        raise ValueError(f"eps must be a non-negative number, got {eps!r}")
+    _check_real("sigma_max", sigma_max, 0, low_open=True)
+    _check_real("truncation", truncation, 0, low_open=True)
+    if not math.isfinite(truncation * sigma_max):
+        raise ValueError(
+            f"truncation * sigma_max (the window radius) must be finite, got {truncation!r} * {sigma_max!r}"
+        )
+    _check_real("eps", eps, 0)
+    _check_bool("causal", causal)
+    _check_bool("normalize", normalize)
+
+
+def _check_module_options(hidden_size, groups, kernel_size, causal, width, spatial_dims) -> None:
+    """The predictor's sizes (ContextPoolPredictor and ContextPool), each named with its allowed values."""
+    _check_int("hidden_size", hidden_size)
+    _check_int("groups", groups)
+    # odd: a centred depthwise conv keeps the length only with an odd kernel (an even one adds a token)
+    _check_int("kernel_size", kernel_size, odd=True)
+    _check_bool("causal", causal)
+    if width is not None:
+        _check_int("predictor_width", width)
+    if spatial_dims not in (1, 2) or isinstance(spatial_dims, bool):
+        raise ValueError(f"spatial_dims must be 1 (sequences) or 2 (grids), got {spatial_dims!r}")
+
+
+def _check_not_transformed(*tensors: torch.Tensor) -> None:
+    """torch.func transforms (vmap, grad, jacrev) cannot run the fast path's autograd Functions nor
+    the value checks (they read the data): say so instead of failing deep inside torch."""
+    functorch = getattr(torch._C, "_functorch", None)
+    if functorch is None or not hasattr(functorch, "is_functorch_wrapped_tensor"):
+        return
+    if any(isinstance(t, torch.Tensor) and functorch.is_functorch_wrapped_tensor(t) for t in tensors):
+        raise ValueError(
+            "x, weights and sigma are torch.func-transformed tensors (torch.vmap / torch.func.grad): "
+            "ContextPool does not support function transforms; its inputs are already batched along "
+            "dim 0, so stack the examples instead of vmapping, and use torch.autograd.grad for gradients"
+        )
+
+
+# The smallest width the arithmetic sees. A smaller sigma (down to 1e-45, where sigma^2 underflows
+# to 0 and 0 * inf would give NaN) means the identity: every neighbour's weight
+# exp(-dist^2 / (2 sigma^2)) with dist >= 1 is below exp(-800), which is exactly 0 in float32 and
+# float64, and so it already is at this floor. Flooring is therefore exact (outputs and gradients:
+# the true d/dsigma is 0 there too), not an approximation.
+_SIGMA_FLOOR = 0.025
+
+
+def _empty_result(x: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor, shape) -> torch.Tensor:
+    """The result when some size is 0 (batch, positions or features): zeros of the output shape,
+    still attached to the inputs so that autograd gives them (empty or zero) gradients."""
+    attached = (x.sum() + weights.sum() + sigma.sum()) * 0
+    return x.new_zeros(shape) + attached.to(x.dtype)
 
 
 def _check_values(name: str, tensor: torch.Tensor, low=None, high=None, low_open: bool = False) -> None:
@@ -115,12 +193,29 @@ def _check_shape(name: str, tensor, expected: tuple[int, ...], what: str) -> Non
 
 
 def _mask_as_weights(attention_mask: torch.Tensor, name: str) -> torch.Tensor:
-    """A 0/1 (or bool) mask -> a float multiplier; anything else is an error."""
+    """A 0/1 mask (bool, int, or float exactly 0/1) -> a bool keep mask; anything else is an error.
+
+    An additive mask (0 = keep, large negative = drop) would read inverted and 0.5, 2 or -1 as
+    "keep" if cast with .bool(), so those are rejected rather than guessed at. The value check
+    reads the data (one pass, one host sync), so it is skipped under torch.compile / export.
+    """
+    if not isinstance(attention_mask, torch.Tensor):
+        raise ValueError(
+            f"{name} must be a torch.Tensor of 0 (padding) and 1 (real token), got {type(attention_mask).__name__}"
+        )
     if attention_mask.dtype == torch.bool:
         return attention_mask
-    if not _is_compiling():
-        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            raise ValueError(f"{name} must contain only 0 (padding) and 1 (real token)")
+    if attention_mask.is_complex():
+        raise ValueError(f"{name} must be a bool, integer or float tensor of 0 and 1, got dtype {attention_mask.dtype}")
+    if not _is_compiling() and attention_mask.numel():
+        bad = (attention_mask != 0) & (attention_mask != 1)
+        if bool(bad.any()):
+            value = attention_mask[bad][0].item()
+            raise ValueError(
+                f"{name} must contain only 0 (padding) and 1 (real token) (bool, int, or float exactly 0/1), "
+                f"got {value!r}. An additive mask (0 = keep, large negative = drop) is not accepted: "
+                "pass (additive_mask == 0) instead"
+            )
     return attention_mask != 0
 
 
@@ -469,8 +564,11 @@ _IMPLEMENTATION_FUNCTIONS = {"fast": _pool_fast, "reference": _pool_reference}
 def _run(x, weights, sigma, radius, stride, causal, normalize, eps, implementation):
     """Compute in float32 at least: a 49-term sum in bf16/fp16 loses too much."""
     out_dtype = x.dtype
+    if x.numel() == 0 or sigma.numel() == 0:  # batch, positions or features are 0 (the paths divide by them)
+        return _empty_result(x, weights, sigma, tuple(sigma.shape) + tuple(x.shape[-1:]))
     compute_dtype = torch.promote_types(x.dtype, torch.float32)
     x, weights, sigma = (t.to(compute_dtype) for t in (x, weights, sigma))
+    sigma = sigma.clamp_min(_SIGMA_FLOOR)  # exact: see _SIGMA_FLOOR (a tiny sigma is the identity, not NaN)
     radius = clamped_radius(radius, weights.shape[1:])
     fn = _IMPLEMENTATION_FUNCTIONS[implementation]
     return fn(x, weights, sigma, radius, stride, causal, normalize, eps).to(out_dtype)
@@ -510,7 +608,7 @@ def context_pool(
     Returns:
         y with the shape of x.
     """
-    _check_options(sigma_max, truncation, implementation, eps)
+    _check_options(sigma_max, truncation, implementation, eps, causal, normalize)
     if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4):
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be (batch, n, d) or (batch, groups, n, d), got {got}")
@@ -518,6 +616,7 @@ def context_pool(
     what = "x's shape without the feature dim"
     _check_shape("weights", weights, lead, what)
     _check_shape("sigma", sigma, lead, what)
+    _check_not_transformed(x, weights, sigma)
     _check_values("x", x)
     _check_values("weights", weights, 0.0, 1.0)
     _check_values("sigma", sigma, 0.0, sigma_max * (1 + _SIGMA_MAX_SLACK), low_open=True)
@@ -527,6 +626,8 @@ def context_pool(
         if x.dim() == 4:
             keep = keep.unsqueeze(1)  # (B, 1, n): the same mask for every group
         weights = weights * keep.to(weights.dtype)
+    if x.numel() == 0 or weights.numel() == 0:  # batch, n or d is 0: the empty result, no pooling
+        return _empty_result(x, weights, sigma, x.shape)
     d = x.shape[-1]
     if x.dim() == 4:  # (B, G, n, d) -> (B*G, n, d)
         x, weights, sigma = (
@@ -570,7 +671,7 @@ def context_pool_2d(
     Returns:
         (batch, H_out, W_out, d).
     """
-    _check_options(sigma_max, truncation, implementation, eps)
+    _check_options(sigma_max, truncation, implementation, eps, normalize=normalize)
     if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
         raise ValueError(f"stride must be a positive int, got {stride!r}")
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
@@ -580,12 +681,15 @@ def context_pool_2d(
     _check_shape("weights", weights, (batch, height, width), "(batch, H, W)")
     out_shape = (batch, strided_size(height, stride), strided_size(width, stride))
     _check_shape("sigma", sigma, out_shape, f"(batch, H_out, W_out) for stride {stride}")
+    _check_not_transformed(x, weights, sigma)
     _check_values("x", x)
     _check_values("weights", weights, 0.0, 1.0)
     _check_values("sigma", sigma, 0.0, sigma_max * (1 + _SIGMA_MAX_SLACK), low_open=True)
     if attention_mask is not None:
         _check_shape("attention_mask", attention_mask, (batch, height, width), "(batch, H, W)")
         weights = weights * _mask_as_weights(attention_mask, "attention_mask").to(weights.dtype)
+    if x.numel() == 0 or sigma.numel() == 0:  # batch, H, W or d is 0: the empty result, no pooling
+        return _empty_result(x, weights, sigma, out_shape + (x.shape[-1],))
     radius = window_radius(sigma_max, truncation)
     return _run(x, weights, sigma, radius, stride, False, normalize, eps, implementation)
 
@@ -676,6 +780,7 @@ class ContextPoolPredictor(nn.Module):
         spatial_dims: int = 1,
     ):
         super().__init__()
+        _check_module_options(hidden_size, groups, kernel_size, causal, width, spatial_dims)
         width = width or hidden_size
         self.groups, self.kernel_size, self.causal, self.spatial_dims = (
             groups,
@@ -793,6 +898,9 @@ class ContextPool(nn.Module):
         fixed_sigma: float | None = None,
     ):
         super().__init__()
+        _check_module_options(hidden_size, groups, kernel_size, causal, predictor_width, spatial_dims)
+        _check_real("sigma_min", sigma_min, 0, low_open=True)
+        _check_int("stride", stride)
         if not 0 < sigma_min < sigma_max:
             raise ValueError(
                 f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
@@ -803,7 +911,8 @@ class ContextPool(nn.Module):
             raise ValueError("causal pooling is only defined for 1-D sequences")
         if stride != 1 and spatial_dims != 2:
             raise ValueError("stride is only supported for 2-D pooling")
-        _check_options(sigma_max, truncation, implementation, DEFAULT_EPS)
+        _check_options(sigma_max, truncation, implementation, DEFAULT_EPS, causal, normalize)
+        self.hidden_size = hidden_size
         self.groups, self.sigma_min, self.sigma_max = groups, sigma_min, sigma_max
         self.truncation, self.normalize, self.causal = truncation, normalize, causal
         self.spatial_dims, self.stride, self.implementation = spatial_dims, stride, implementation
@@ -821,6 +930,19 @@ class ContextPool(nn.Module):
             if mode == "fixed_learned":
                 self.sigma_logit = nn.Parameter(torch.full((groups,), self.initial_sigma_logit))
         self.last_sigma: torch.Tensor | None = None
+
+    def _check_hidden(self, hidden: torch.Tensor) -> None:
+        """hidden's feature size and dtype against the module's (else a shape/dtype error deep in a conv)."""
+        if hidden.shape[-1] != self.hidden_size:
+            raise ValueError(f"hidden must have {self.hidden_size} features (hidden_size), got shape {tuple(hidden.shape)}")
+        if not hidden.is_floating_point():
+            raise ValueError(f"hidden must be a floating-point tensor, got dtype {hidden.dtype}")
+        param = next(self.parameters(), None)
+        if param is not None and hidden.dtype != param.dtype and not torch.is_autocast_enabled(hidden.device.type):
+            raise ValueError(
+                f"hidden has dtype {hidden.dtype} but the ContextPool parameters are {param.dtype}: "
+                f"cast one to the other (hidden.to({param.dtype}) or module.to({hidden.dtype}))"
+            )
 
     @property
     def initial_sigma_logit(self) -> float:
@@ -887,10 +1009,10 @@ class ContextPool(nn.Module):
         and sizes: the output gets a group axis, (B, G, n, d) / (B, G, H_out, W_out, d).
         """
         expected_dims = self.spatial_dims + 2
-        if hidden.dim() != expected_dims:
-            raise ValueError(
-                f"ContextPool expects a {expected_dims}-D input, got shape {tuple(hidden.shape)}"
-            )
+        if not isinstance(hidden, torch.Tensor) or hidden.dim() != expected_dims:
+            got = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
+            raise ValueError(f"ContextPool expects a {expected_dims}-D input, got shape {got}")
+        self._check_hidden(hidden)
         keep = None
         if attention_mask is not None:
             _check_shape(
@@ -900,6 +1022,11 @@ class ContextPool(nn.Module):
                 "the input without its feature dim",
             )
             keep = _mask_as_weights(attention_mask, "attention_mask")
+        if hidden.numel() == 0:  # batch or positions are 0: the empty result (the conv cannot run on it)
+            spatial = tuple(strided_size(size, self.stride) for size in hidden.shape[1:-1])
+            self.last_sigma = hidden.new_zeros((hidden.shape[0], self.groups) + spatial)
+            groups = (self.groups,) if self.groups > 1 else ()
+            return hidden.new_zeros(hidden.shape[:1] + groups + spatial + hidden.shape[-1:]) + hidden.sum() * 0
         weights, sigma, _ = self.predict(hidden, keep)
         self.last_sigma = sigma.detach()
         features = hidden.unsqueeze(1).expand((-1, self.groups) + hidden.shape[1:])
