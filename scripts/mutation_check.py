@@ -99,6 +99,12 @@ MUTATIONS: list[Mutation] = [
         _k(ORACLE, "GPT2"),
     ),
     Mutation(
+        "qwen3-qk-norm-swap", "Qwen3 conversion maps q_norm to k_norm and k_norm to q_norm",
+        '[("attention.q_norm", "self_attn.q_norm", False), ("attention.k_norm", "self_attn.k_norm", False)]',
+        '[("attention.q_norm", "self_attn.k_norm", False), ("attention.k_norm", "self_attn.q_norm", False)]',
+        _k(ORACLE, "Qwen3"),
+    ),
+    Mutation(
         "seq2seq-norm-swap", "Marian/BART conversion swaps self_attn_layer_norm and final_layer_norm",
         "_KEY_MAP = [\n",
         '_KEY_MAP = [\n    (r"^(.*)\\.self_attn_layer_norm\\.(weight|bias)$", r"\\1.final_layer_norm.\\2"),\n'
