@@ -91,8 +91,7 @@ def parse(argv):
     parser.add_argument("--lr_grid", type=float, nargs="+", default=None)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--step_seconds", type=float, default=None,
-                        help="--plan: seconds per step of `off` at depth 1 unit (default: measure 3 steps)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/, quick: out/char_lm_quick)")
     args = parser.parse_args(argv)
     args.mode = "quick" if args.quick else "full" if args.full else "default"
@@ -153,11 +152,12 @@ def characters(targets: torch.Tensor) -> int:
 def bpc(model, windows: dict[str, torch.Tensor], batch: int = 8) -> dict[str, float]:
     """Bits per character per corpus and over both (nats summed over every predicted byte)."""
     model.eval()
+    device = next(model.parameters()).device
     result, total_nats, total_chars = {}, 0.0, 0
     for corpus, data in windows.items():
         nats, chars = 0.0, 0
         for i in range(0, len(data), batch):
-            x = data[i : i + batch]
+            x = data[i : i + batch].to(device)
             logits = model(input_ids=x[:, :-1], use_cache=False).logits
             nats += float(F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum"))
             chars += characters(x[:, 1:])
@@ -216,7 +216,7 @@ def train_one(variant, depth, lr, seed, steps, args, data, *, keep_model=False):
     from contextpool_hf.training import count_parameters, estimate_training_flops
 
     torch.manual_seed(seed)
-    model = build_model(variant, depth, args)
+    model = build_model(variant, depth, args).to(args.device)
     model.train()
     optimizer, schedule = make_optimizer(model, lr, steps)
     train, block = data["train"], args.block
@@ -227,10 +227,10 @@ def train_one(variant, depth, lr, seed, steps, args, data, *, keep_model=False):
     # formula reads a config without `position_embedding_type` (LlamaConfig) as absolute positions.
     twin = build_model("off", depth, args) if VARIANTS[variant][0] == "llama" else model
     flops = estimate_training_flops(twin, tokens, block)
-    curve, seconds, losses, step_times = [], 0.0, [], []
+    curve, seconds, losses, step_times, cpu_times = [], 0.0, [], [], []
     for step in range(steps):
-        x = train[starts[step].unsqueeze(1) + offsets].long()  # (batch, block + 1)
-        began = time.perf_counter()
+        x = train[starts[step].unsqueeze(1) + offsets].long().to(args.device)  # (batch, block + 1)
+        began, cpu_began = time.perf_counter(), time.process_time()
         logits = model(input_ids=x[:, :-1], use_cache=False).logits
         loss = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
         loss.backward()
@@ -239,6 +239,7 @@ def train_one(variant, depth, lr, seed, steps, args, data, *, keep_model=False):
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         step_times.append(time.perf_counter() - began)
+        cpu_times.append(time.process_time() - cpu_began)
         seconds += step_times[-1]
         losses.append(loss.item())
         if not math.isfinite(losses[-1]):
@@ -253,7 +254,8 @@ def train_one(variant, depth, lr, seed, steps, args, data, *, keep_model=False):
         "variant": variant, "layers": depth, "placement": placement, "pooling": pooling, "implementation": implementation,
         "seed": seed, "learning_rate": lr, "steps": steps, "train_tokens": tokens, "n_parameters": count_parameters(model),
         "flops_total": flops["flops_total"], "flops_pooling": flops["flops_pooling"], "train_seconds": seconds,
-        "seconds_per_step": statistics.median(step_times), "train_loss_last": statistics.mean(losses[-max(1, steps // 10):]),
+        "seconds_per_step": statistics.median(step_times),
+        "cpu_seconds_per_step": statistics.median(cpu_times), "train_loss_last": statistics.mean(losses[-max(1, steps // 10):]),
         "val_bpc": curve[-1]["val_bpc"], "curve": curve,
     }  # fmt: skip
     return row, (model if keep_model else None)
@@ -289,8 +291,8 @@ def sigma_by_position(model, windows: dict[str, torch.Tensor], blocks: int) -> d
     for data in windows.values():
         for i in range(0, min(blocks, len(data)), 4):
             x = data[i : min(i + 4, blocks)][:, :-1]
-            out = model(input_ids=x, use_cache=False, output_pooling_sizes=True)
-            layers = [s.mean(1) for s in out.pooling_sizes]  # each (B, n): sigma of the token at i
+            out = model(input_ids=x.to(next(model.parameters()).device), use_cache=False, output_pooling_sizes=True)
+            layers = [s.mean(1).cpu() for s in out.pooling_sizes]  # each (B, n): sigma of the token at i
             if sums is None:
                 sums = torch.zeros(len(layers), len(POSITION_CLASSES))
             classes = position_classes(x)
@@ -320,6 +322,7 @@ def plan(args) -> list[tuple]:
 
 
 def estimate(args, runs, step_seconds_by_cell: dict) -> float:
+    """Seconds of training steps of `runs`, given seconds per step of every (variant, depth)."""
     return sum(step_seconds_by_cell[(v, d)] * steps for _, v, d, _, _, steps in runs)
 
 
@@ -329,7 +332,8 @@ def measure_step_seconds(args, data, cells, steps=6) -> dict:
     for variant, depth in cells:
         row, _ = train_one(variant, depth, 1e-3, 0, steps, args, {**data, "validation_windows": {
             k: v[:1] for k, v in data["validation_windows"].items()}})  # fmt: skip
-        measured[(variant, depth)] = row["seconds_per_step"]
+        # CPU seconds / threads: what a step would take on an otherwise idle machine (the machine is shared)
+        measured[(variant, depth)] = (row["seconds_per_step"], row["cpu_seconds_per_step"] / args.threads)
     return measured
 
 
@@ -432,11 +436,14 @@ def main(argv=None) -> dict:
     if args.plan:
         cells = list(dict.fromkeys((v, d) for _, v, d, _, _, _ in runs))
         step_seconds = measure_step_seconds(args, data, cells)
-        for cell, secs in step_seconds.items():
-            print(f"[plan] {cell[0]} {cell[1]}L: {secs:.3f} s/step")
-        total = estimate(args, runs, step_seconds)
-        print(f"[plan] {len(runs)} runs, about {total / 60:.0f} min of training steps (+ evaluation)")
-        return {"step_seconds": {f"{v}-{d}L": s for (v, d), s in step_seconds.items()}, "estimate_seconds": total}
+        for cell, (secs, idle) in step_seconds.items():
+            print(f"[plan] {cell[0]} {cell[1]}L: {secs:.3f} s/step measured, {idle:.3f} idle estimate")
+        total = estimate(args, runs, {cell: secs for cell, (secs, _) in step_seconds.items()})
+        idle_total = estimate(args, runs, {cell: idle for cell, (_, idle) in step_seconds.items()})
+        print(f"[plan] {len(runs)} runs: {total / 60:.0f} min of training steps at the measured load, "
+              f"{idle_total / 60:.0f} min on an idle machine (+ evaluation)")
+        return {"step_seconds": {f"{v}-{d}L": s for (v, d), s in step_seconds.items()}, "estimate_seconds": total,
+                "idle_estimate_seconds": idle_total}
     path = args.out / "char_lm_study.json"
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "plan")}
     state = {"runs": [], "lr_search": []}
