@@ -177,13 +177,71 @@ def test_every_parameter_gets_a_finite_gradient(which):
         assert p.grad.abs().sum() > 0, name
 
 
-def test_fast_matches_reference_implementation():
+def _logits_and_grads(model, x, labels):
+    model.zero_grad(set_to_none=True)
+    out = model(pixel_values=x, labels=labels)
+    out.loss.backward()
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same_logits_and_grads(a, b, tol):
+    torch.testing.assert_close(a[0], b[0], atol=tol, rtol=0)
+    assert a[1].keys() == b[1].keys()
+    for name in a[1]:
+        torch.testing.assert_close(a[1][name], b[1][name], atol=tol, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("which,kw", [("vit", {}), ("vit", {"pool_groups": 2}), ("vit", {"pool_feeds": "kv"}),
+                                      ("resnet", {"pool_downsampling": ["stem_conv", "stem_pool", "stages"]})])
+def test_fast_matches_reference_implementation(which, kw):
+    """The whole model, logits and every parameter's gradient, fast vs the dense float64 reference."""
     torch.manual_seed(0)
-    fast = ContextPoolViTForImageClassification(tiny_vit_config(pool_groups=2)).eval()
-    ref = ContextPoolViTForImageClassification(tiny_vit_config(pool_groups=2, pool_implementation="reference")).eval()
+    make, cfg, size = ((ContextPoolViTForImageClassification, tiny_vit_config, 16) if which == "vit"
+                       else (ContextPoolResNetForImageClassification, tiny_resnet_config, 24))
+    fast = make(cfg(pool_mix_init=0.7, **kw)).double().train()
+    ref = make(cfg(pool_mix_init=0.7, pool_implementation="reference", **kw)).double().train()
     ref.load_state_dict(fast.state_dict())
-    x = torch.randn(2, 3, 16, 16)
-    torch.testing.assert_close(fast(pixel_values=x).logits, ref(pixel_values=x).logits, atol=1e-5, rtol=1e-5)
+    x, labels = torch.randn(2, 3, size, size, dtype=torch.float64), torch.tensor([0, 2])
+    _assert_same_logits_and_grads(_logits_and_grads(fast, x, labels), _logits_and_grads(ref, x, labels), 1e-10)
+
+
+@pytest.mark.parametrize("feeds", ["qkv", "kv"])
+def test_vit_pool_before_projection_equals_projecting_first(feeds):
+    """One group pools the d-wide input and then projects; that is the same linear map as
+    projecting first and pooling the projections (the G > 1 route), gradients included."""
+    torch.manual_seed(0)
+    model = ContextPoolViTForImageClassification(tiny_vit_config(pool_mix_init=0.7, pool_feeds=feeds)).double()
+    x, labels = torch.randn(2, 3, 16, 16, dtype=torch.float64), torch.tensor([1, 2])
+    layers = [layer.attention for layer in model.vit.layers]
+    assert all(a.pool_before_projection for a in layers)
+    pooled_first = _logits_and_grads(model, x, labels)
+    for attention in layers:
+        attention.pool_before_projection = False
+    _assert_same_logits_and_grads(pooled_first, _logits_and_grads(model, x, labels), 1e-10)
+
+
+def test_vit_input_embeddings_and_gradient_checkpointing():
+    """get_input_embeddings is the patch embedding (as transformers' ViT); with it frozen,
+    enable_input_require_grads lets reentrant checkpointing reach the layers (the PEFT setup);
+    checkpointed gradients equal the plain ones."""
+    torch.manual_seed(0)
+    model = ContextPoolViTForImageClassification(tiny_vit_config(pool_mix_init=0.7)).double().train()
+    assert model.get_input_embeddings() is model.vit.embeddings.patch_embeddings
+    assert model.supports_gradient_checkpointing
+    x, labels = torch.randn(2, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 1])
+    plain = _logits_and_grads(model, x, labels)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    assert all(layer.gradient_checkpointing for layer in model.vit.layers)
+    _assert_same_logits_and_grads(plain, _logits_and_grads(model, x, labels), 1e-12)
+
+    for p in model.vit.embeddings.parameters():
+        p.requires_grad_(False)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    model.enable_input_require_grads()
+    _, grads = _logits_and_grads(model, x, labels)
+    for name, _ in model.vit.layers.named_parameters():
+        assert name in {n.removeprefix("vit.layers.") for n in grads}, name
+        torch.testing.assert_close(grads["vit.layers." + name], plain[1]["vit.layers." + name], atol=1e-12, rtol=0)
 
 
 def test_auto_classes_in_process(tmp_path):

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .configuration_contextpool_vision import ContextPoolResNetConfig, ContextPoolViTConfig
@@ -185,6 +186,8 @@ class ContextPoolViTAttention(nn.Module):
         self.o_proj = nn.Linear(d, d)
         self.pool = _make_pool(config, d, stride=1) if pooled else None
         self.pool_mix = nn.Parameter(torch.full((), float(config.pool_mix_init))) if pooled else None
+        # One group: pool the d inputs, then project (the same linear map as pooling the 3d projections).
+        self.pool_before_projection = config.pool_groups == 1
 
     @staticmethod
     def _fused_projection(hidden, projections):
@@ -227,7 +230,7 @@ class ContextPoolViTAttention(nn.Module):
         sigma = None
         if self.pool is None:
             q, k, v = self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden)
-        elif self.config.pool_groups == 1:
+        elif self.pool_before_projection:
             # One pooling for every channel: pool the d-wide input and project it (the same linear
             # map as projecting first, at a third of the pooling work for q, k and v).
             mixed, sigma = self._pool_hidden(hidden, grid)
@@ -272,8 +275,11 @@ class ContextPoolViTMLP(nn.Module):
         return self.fc2(self.activation_fn(self.fc1(hidden)))
 
 
-class ContextPoolViTLayer(nn.Module):
-    """Pre-norm ViT block; the residual stream is never pooled (spec item 6)."""
+class ContextPoolViTLayer(GradientCheckpointingLayer):
+    """Pre-norm ViT block; the residual stream is never pooled (spec item 6).
+
+    Gradient checkpointing (`model.gradient_checkpointing_enable()`) recomputes the whole block,
+    pooling included, in the backward, as transformers' ViTLayer does."""
 
     def __init__(self, config: ContextPoolViTConfig, pooled: bool):
         super().__init__()
@@ -296,6 +302,7 @@ class ContextPoolViTPreTrainedModel(ContextPoolHubMixin, PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     _no_split_modules = ["ContextPoolViTEmbeddings", "ContextPoolViTLayer"]
+    supports_gradient_checkpointing = True
     _supports_sdpa = False
     _supports_flash_attn = False
     _supports_flex_attn = False
@@ -328,7 +335,12 @@ class ContextPoolViTModel(ContextPoolViTPreTrainedModel):
         self.embeddings = ContextPoolViTEmbeddings(config)
         self.layers = nn.ModuleList([ContextPoolViTLayer(config, i in pooled) for i in range(config.num_hidden_layers)])
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
         self.post_init()
+
+    def get_input_embeddings(self) -> ContextPoolViTPatchEmbeddings:
+        """The patch embedding (as transformers' ViT), so `enable_input_require_grads()` hooks it."""
+        return self.embeddings.patch_embeddings
 
     def forward(
         self,
