@@ -36,6 +36,9 @@ SCRIPT_TRAINING_DEFAULTS: dict[str, Any] = {
     "logging_steps": 10,
     "save_strategy": "no",
     "report_to": "none",
+    # Trainer guesses label_names from forward()'s signature and computes an eval loss only when every
+    # guessed name is in the batch: a forward that also takes `shift_labels` would silently lose eval_loss.
+    "label_names": ["labels"],
 }
 
 
