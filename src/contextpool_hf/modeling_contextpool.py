@@ -999,11 +999,12 @@ class ContextPoolForCausalLM(ContextPoolPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden[:, keep, :])
         loss = None
         vocab_size = self.config.vocab_size
+        if labels is not None:  # checked even when shift_labels replace them: a bad one is a bug upstream
+            _check_labels("labels", labels, tuple(logits.shape[:2]), vocab_size)
         if shift_labels is not None:
             _check_labels("shift_labels", shift_labels, tuple(logits.shape[:2]), vocab_size)
             loss = _lm_loss(logits, shift_labels, vocab_size, num_items_in_batch)
         elif labels is not None:
-            _check_labels("labels", labels, tuple(logits.shape[:2]), vocab_size)
             loss = _lm_loss(logits, labels, vocab_size, num_items_in_batch, shift=True)
         output = ContextPoolCausalLMOutput(
             loss=loss,

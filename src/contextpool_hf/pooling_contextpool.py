@@ -138,8 +138,8 @@ def _check_not_transformed(*tensors: torch.Tensor) -> None:
     """torch.func transforms (vmap, grad, jacrev) cannot run the fast path's autograd Functions nor
     the value checks (they read the data): say so instead of failing deep inside torch."""
     functorch = getattr(torch._C, "_functorch", None)
-    if functorch is None or not hasattr(functorch, "is_functorch_wrapped_tensor"):
-        return
+    if _is_compiling() or functorch is None or not hasattr(functorch, "is_functorch_wrapped_tensor"):
+        return  # dynamo cannot trace the query (and compiled code runs no transforms through here)
     if any(isinstance(t, torch.Tensor) and functorch.is_functorch_wrapped_tensor(t) for t in tensors):
         raise ValueError(
             "x, weights and sigma are torch.func-transformed tensors (torch.vmap / torch.func.grad): "
