@@ -223,10 +223,7 @@ def train_one(variant, depth, lr, seed, steps, args, data, *, keep_model=False):
     starts = train_starts(train, steps, args.batch, block, seed)
     offsets = torch.arange(block + 1)
     tokens = steps * args.batch * block
-    # Llama's FLOPs are those of its same-shaped twin `off` (same parameter count): the package
-    # formula reads a config without `position_embedding_type` (LlamaConfig) as absolute positions.
-    twin = build_model("off", depth, args) if VARIANTS[variant][0] == "llama" else model
-    flops = estimate_training_flops(twin, tokens, block)
+    flops = estimate_training_flops(model, tokens, block)
     curve, seconds, losses, step_times, cpu_times = [], 0.0, [], [], []
     for step in range(steps):
         x = train[starts[step].unsqueeze(1) + offsets].long().to(args.device)  # (batch, block + 1)
