@@ -25,6 +25,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_op.py
+	$(BIN)/python scripts/bench_vision.py --profile --crossover
 
 lint: $(STAMP)
 	$(BIN)/ruff check src scripts tests
