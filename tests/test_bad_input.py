@@ -430,3 +430,17 @@ def test_generate_does_not_warn():
         warnings.simplefilter("error", FutureWarning)
         causal_lm().generate(token_ids(), max_new_tokens=2, do_sample=False)
         seq2seq().generate(token_ids(2, 5, 40), max_new_tokens=2, do_sample=False)
+
+
+def test_tiny_pool_sigma_min_decodes_without_nan():
+    """The decode step floors sigma like the operator: cached steps equal the full forward, no NaN."""
+    model = causal_lm(pool_sigma_min=1e-30, pool_sigma_max=2.0)
+    for module in model.modules():
+        if isinstance(module, ContextPool) and module.predictor is not None:
+            torch.nn.init.constant_(module.predictor.proj.bias, -200.0)  # sigmoid(b) = 0: sigma = sigma_min
+    ids = token_ids()
+    full = model(ids).logits
+    prefix = model(ids[:, :4], use_cache=True)
+    step = model(ids[:, 4:5], cache=prefix.cache).logits
+    assert torch.isfinite(full).all() and torch.isfinite(step).all()
+    torch.testing.assert_close(step[:, -1], full[:, 4], rtol=1e-4, atol=1e-5)

@@ -33,7 +33,7 @@ from .modeling_utils_contextpool import (
     _is_compiling,
     _pool_from_config,
 )
-from .pooling_contextpool import DEFAULT_EPS, ContextPool, _mask_as_weights
+from .pooling_contextpool import _SIGMA_FLOOR, DEFAULT_EPS, ContextPool, _mask_as_weights
 
 logger = logging.get_logger(__name__)
 
@@ -438,7 +438,9 @@ class ContextPoolSelfAttention(nn.Module):
             ring_features, ring_weights, sigma_c = ring_features.float(), ring_weights.float(), sigma.float()
         else:
             sigma_c = sigma
-        coef = ring_weights * torch.exp(tables["neg_half_distance_sq_rows"][slot] * sigma_c.pow(-2))  # (B, G, R + 1)
+        # floored as in the operator: a width whose square underflows would give 0 * inf = NaN at distance 0
+        inv_var = sigma_c.clamp_min(_SIGMA_FLOOR).pow(-2)
+        coef = ring_weights * torch.exp(tables["neg_half_distance_sq_rows"][slot] * inv_var)  # (B, G, R + 1)
         if pool.normalize:  # normalise the R + 1 coefficients rather than the C outputs: fewer calls
             coef = coef / (coef.sum(-1, keepdim=True) + tables["eps"])
         pooled = torch.matmul(coef.unsqueeze(-2), ring_features)  # (B, G, 1, R + 1) @ (B, G, R + 1, C)
