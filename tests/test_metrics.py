@@ -140,7 +140,7 @@ def test_wheel_contains_the_metric_modules(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
-    for name in ("src", "model_cards"):
+    for name in ("src", "model_cards", "scripts"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                              "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True,
@@ -151,3 +151,6 @@ def test_wheel_contains_the_metric_modules(tmp_path):
     for name in SHIPPED_METRICS:
         assert f"contextpool_hf/metrics/{name}/{name}.py" in names
     assert "contextpool_hf/lm_eval_tasks/kjv_verses.yaml" in names
+    # `contextpool-hf train` runs the scripts installed as data files
+    for script in ("run_clm", "run_mlm", "run_classification", "run_translation", "run_image_classification"):
+        assert any(n.endswith(f".data/data/share/contextpool-hf/scripts/{script}.py") for n in names), script

@@ -449,9 +449,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, kind, help_text in _POOL_OPTIONS:
         parser.add_argument(f"--{name}", type=kind, default=None, help=help_text)
     parser.add_argument("--pool_layers", type=_int_list, default=None, help="layers that pool, e.g. 0,2 (default all)")
-    parser.add_argument(
-        "--pool_normalize", default=None, action=argparse.BooleanOptionalAction, help="normalise by pooled weight mass"
-    )
+    # Two flags instead of BooleanOptionalAction, whose negative form would be spelled --no-pool_normalize.
+    parser.add_argument("--pool_normalize", dest="pool_normalize", default=None, action="store_true",
+                        help="normalise by pooled weight mass")
+    parser.add_argument("--no_pool_normalize", dest="pool_normalize", default=None, action="store_false",
+                        help="do not normalise by pooled weight mass")
 
 
 def run(args: argparse.Namespace) -> int:
