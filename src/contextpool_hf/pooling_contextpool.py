@@ -13,10 +13,11 @@ with R = ceil(truncation * sigma_max); causal 1-D pooling also drops j > i.
 Two implementations:
 - "reference": dense (batch, n_out, n_in) coefficient matrix. Obviously correct, any
   dtype (float64 for the oracle), O(n^2) memory. Used by tests only.
-- "fast": a loop over the (2R+1) (or (2R+1)^2) window offsets. Each step touches
-  one shifted view of x, so time is O(n R d) and extra memory O(n d): no n x n and
-  no n x (2R+1) x d tensor exists, in forward or backward. A hand-written backward
-  recomputes the Gaussian coefficients instead of storing them.
+- "fast": in 1-D, blocked banded matmuls (`_BlockedPool1d`); in 2-D, dense or tiled
+  coefficient matmuls (`pooling_2d_contextpool.py`). Extra memory O(n d) (2-D: plus a
+  dense n_out x n_in only on small maps); hand-written backwards recompute the Gaussian
+  coefficients instead of storing them. The offset loop (`_FastContextPool`, one shifted
+  view of x per window offset) is the earlier 2-D path, kept as the measured baseline.
 """
 
 from __future__ import annotations
