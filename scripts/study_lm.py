@@ -74,6 +74,8 @@ def parse(argv):
     parser.add_argument("--finetune_mix", type=float, nargs="+", default=[0.0],
                         help="pool_mix_init values for the converted MiniLM (0 = exactly the original at the start)")
     parser.add_argument("--out", default=str(HERE.parent / "benchmarks"))
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw the plots in --out from its lm_study.json (no training)")
     args = parser.parse_args(argv)
     args.steps = args.steps or (1200 if args.full else 300)
     args.hidden = args.hidden or (256 if args.full else 128)
@@ -226,10 +228,32 @@ def write_outputs(args, rows, table, notes, out: Path, meta: dict) -> None:
 
 
 def plot(table, rows, out: Path) -> None:
+    """Draw the plots from the results alone: the LM plots when LM variants ran (--only may select
+    none), and `lm_study_finetune.png` when the MiniLM/MLM section ran."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    other = [r for r in rows if r["section"] != "lm"]
+    if other:
+        fig, ax = plt.subplots(figsize=(6.5, 0.6 + 0.45 * len(other)))
+        labels = [f"{r['section']}: {r['variant']}" for r in other]
+        accuracies = [r["eval_accuracy"] for r in other]
+        ax.barh(range(len(other)), accuracies, color="tab:blue")
+        for i, value in enumerate(accuracies):
+            ax.text(value, i, f" {value:.4f}", va="center", fontsize=8)
+        ax.set_yticks(range(len(other)))
+        ax.set_yticklabels(labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(1.0, max(accuracies) * 1.15))
+        ax.set_xlabel("validation accuracy")
+        ax.set_title("Fine-tuning / MLM section (seed 0)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / "lm_study_finetune.png", dpi=130)
+        plt.close(fig)
+    if not table:  # no LM variant ran: nothing to put on the LM plots
+        return
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for t in table:
@@ -262,6 +286,10 @@ def plot(table, rows, out: Path) -> None:
 
 def main(argv=None) -> dict:
     args = parse(argv)
+    if args.replot:
+        saved = json.loads((Path(args.out) / "lm_study.json").read_text())
+        plot(saved["summary"], saved["runs"], Path(args.out))
+        return saved
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from contextpool_hf.data import default_data_dir, prepare_classification, prepare_lm
     from contextpool_hf.tokenization import train_bpe_tokenizer
