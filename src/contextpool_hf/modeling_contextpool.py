@@ -775,9 +775,12 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
         self.embed_tokens = value
 
     def _position_ids(self, position_ids, batch, n, past, device):
+        # Only learned absolute positions have a table to index; rotary positions are computed for any
+        # index, and (as in transformers' rotary models) max_position_embeddings is advisory there.
         max_len = self.config.max_position_embeddings
+        limited = self.config.position_embedding_type == "absolute"
         if position_ids is None:
-            if past + n > max_len:
+            if limited and past + n > max_len:
                 raise ValueError(
                     f"Sequence length {past + n} (input {n} + cached {past}) is longer than this model's "
                     f"max_position_embeddings ({max_len}); truncate the input (e.g. tokenizer(..., truncation=True, "
@@ -786,7 +789,7 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
             return torch.arange(past, past + n, device=device).unsqueeze(0).expand(batch, n)
         if position_ids.shape[-1] != n:
             raise ValueError(f"position_ids must have length {n} (the input length), got shape {tuple(position_ids.shape)}")
-        if not _is_compiling() and position_ids.numel() and int(position_ids.max()) >= max_len:
+        if limited and not _is_compiling() and position_ids.numel() and int(position_ids.max()) >= max_len:
             raise ValueError(
                 f"position_ids reach {int(position_ids.max())}, beyond max_position_embeddings ({max_len})"
             )
