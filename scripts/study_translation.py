@@ -209,29 +209,38 @@ def write_outputs(rows, meta, out_dir: Path):
             "Mean ± sample std over seeds; BLEU/chrF by sacrebleu on the held-out test books "
             f"({meta['test_pairs']} pairs, {'beam ' + str(meta['num_beams']) if meta['num_beams'] > 1 else 'greedy'}).", ""]
     (out_dir / "translation_study.md").write_text("\n".join(body))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        colors = dict(zip(MODELS, ("tab:gray", "tab:blue", "tab:orange"), strict=True))
-        for r in rows:
-            xs = [c["train_seconds"] for c in r["curve"]]
-            ys = [c["val_bleu"] for c in r["curve"]]
-            label = r["model"] if r["seed"] == meta["seeds"][0] else None
-            ax.plot(xs, ys, marker="o", color=colors[r["model"]], label=label, alpha=0.8)
-        ax.set_xlabel("training time (s, 2-core CPU, excluding evaluation)")
-        ax.set_ylabel(f"validation BLEU ({meta['val_pairs']} pairs, greedy)")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out_dir / "translation_bleu_vs_time.png", dpi=120)
-    except ImportError:
-        pass
+    plot_curves(rows, meta, out_dir)
     return md
 
+
+
+def plot_curves(rows, meta, out_dir: Path) -> None:
+    """`translation_bleu_vs_time.png` from the results alone: one line per run, points in time order,
+    one colour per model and one line style per seed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colors = dict(zip(MODELS, ("tab:gray", "tab:blue", "tab:orange"), strict=True))
+    styles = ("-", "--", ":", "-.")
+    seeds = list(meta["seeds"])
+    for r in rows:
+        curve = sorted(r["curve"], key=lambda c: c["train_seconds"])  # evaluations in the order they happened
+        style = styles[seeds.index(r["seed"]) % len(styles)] if r["seed"] in seeds else "-"
+        label = r["model"] + (f" (seed {r['seed']})" if len(seeds) > 1 else "")
+        ax.plot([c["train_seconds"] for c in curve], [c["val_bleu"] for c in curve], marker="o", markersize=4,
+                linestyle=style, color=colors.get(r["model"], "black"), label=label, alpha=0.85)  # fmt: skip
+    ax.set_xlabel("training time (s, 2-core CPU, excluding evaluation)")
+    ax.set_ylabel(f"validation BLEU ({meta['val_pairs']} pairs, greedy)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "translation_bleu_vs_time.png", dpi=120)
+    plt.close(fig)
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -246,7 +255,13 @@ def main(argv=None):
     parser.add_argument("--evals", type=int, default=3, help="validation BLEU points per run (for the plot)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out_dir", type=Path, default=ROOT / "benchmarks")
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw the plot in --out_dir from its translation_study.json (no training)")
     args = parser.parse_args(argv)
+    if args.replot:
+        saved = json.loads((args.out_dir / "translation_study.json").read_text())
+        plot_curves(saved["runs"], saved["meta"], args.out_dir)
+        return saved
     if args.steps is None:
         args.steps = 3000 if args.full else 150
     val_limit, test_limit = (None, None) if args.full else (60, 200)
