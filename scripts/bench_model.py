@@ -103,6 +103,8 @@ def parse_args(argv=None):
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--gen-batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--compile", action="store_true",
+                        help="train rows with both models under torch.compile (inductor); the warm-up compiles")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--output-dir", default="benchmarks")
     parser.add_argument("--name", default="bench_model", help="result file stem")
@@ -114,6 +116,8 @@ def parse_args(argv=None):
         args.prompt_len, args.new_tokens, args.gen_batches = 32, 16, [1, 8]
         if args.name == "bench_model":
             args.name = "bench_model_quick"
+    if args.compile and args.name.startswith("bench_model"):
+        args.name += "_compiled"
     return args
 
 
@@ -187,15 +191,17 @@ def n_params(model) -> int:
 # --------------------------------------------------------------------------------------
 
 
-def train_step_fn(model, batch, seq_len, vocab) -> Callable[[], None]:
+def train_step_fn(model, batch, seq_len, vocab, compile_model=False) -> Callable[[], None]:
+    """One AdamW training step; compile_model: the forward (and so the backward) through inductor."""
     model.train()
+    forward = torch.compile(model, backend="inductor") if compile_model else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(3, vocab, (batch, seq_len), generator=generator)  # no pad/bos/eos ids
     attention_mask = torch.ones_like(input_ids)
 
     def step():
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids).loss
+        loss = forward(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -269,8 +275,8 @@ def train_rows(args, task, make_pair, sizes, max_len):
     for seq_len, batch in sizes:
         contextpool, vanilla = make_pair(args, max(max_len, seq_len))
         names = (type(contextpool).__name__, type(vanilla).__name__)
-        step_cp = train_step_fn(contextpool, batch, seq_len, args.vocab)
-        step_v = train_step_fn(vanilla, batch, seq_len, args.vocab)
+        step_cp = train_step_fn(contextpool, batch, seq_len, args.vocab, args.compile)
+        step_v = train_step_fn(vanilla, batch, seq_len, args.vocab, args.compile)
         times_cp, times_v = timed_pair(step_cp, step_v, args.repeats, args.warmup)
         ms_cp, ms_v = [t * 1000 for t in times_cp], [t * 1000 for t in times_v]
         common = dict(contextpool_params=n_params(contextpool), vanilla_params=n_params(vanilla),
@@ -338,7 +344,7 @@ def main():
         torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
         machine=platform.machine(), processor=platform.processor() or None, threads=torch.get_num_threads(),
         device="cpu", hidden=args.hidden, layers=args.layers, heads=args.heads, vocab=args.vocab,
-        seq2seq_layers=args.seq2seq_layers, repeats=args.repeats, warmup=args.warmup, quick=args.quick,
+        seq2seq_layers=args.seq2seq_layers, compiled=args.compile, repeats=args.repeats, warmup=args.warmup, quick=args.quick,
         memory_method="torch.profiler profile_memory: peak of the running sum of [memory] events during one step "
                       "(2 alternated samples per model)",
         timing_method="alternating repeats after warm-up (time.perf_counter); ratio = median of the per-pair ratios, "

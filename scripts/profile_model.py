@@ -174,9 +174,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--output", default="benchmarks/profile_model.json")
     cli = parser.parse_args()
     args = bench_model.parse_args([] if not cli.quick else ["--quick"])
+    if cli.threads:
+        torch.set_num_threads(cli.threads)
     torch.manual_seed(0)
     n, batch = bench_model._sizes(args.causal_sizes)[0]
     results = []
@@ -201,7 +204,7 @@ def main():
     print(json.dumps(row), flush=True)
     out = Path(cli.output if not cli.quick else cli.output.replace(".json", "_quick.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python scripts/profile_model.py" + (" --quick" if cli.quick else "")
+    command = "python scripts/profile_model.py " + " ".join(__import__("sys").argv[1:])
     out.write_text(json.dumps({"command": command, "threads": torch.get_num_threads(), "results": results},
                               indent=2) + "\n")
 

@@ -209,7 +209,7 @@ class ContextPoolCrossAttention(nn.Module):
             weights, sigma, _ = self.pool.predict(memory, keep)
             if self.groups == 1:
                 pooled = self.pool.pool(memory.unsqueeze(1), weights, sigma).squeeze(1)
-                mixed = memory + self.pool_mix * (pooled - memory)
+                mixed = torch.lerp(memory, pooled, self.pool_mix)  # memory + mix * (pooled - memory), one op
                 k, v = self.k_proj(mixed), self.v_proj(mixed)
             else:
                 groups = self.groups
