@@ -72,11 +72,20 @@ def plot_pooling_sizes(sigma: np.ndarray, labels: list[str], path: str | os.Path
 
 def save_pooling_heatmap(model: Any, tokenizer: Any, text: str, path: str | os.PathLike[str],
                          max_tokens: int = 64) -> str:  # fmt: skip
-    """`pooling_sizes` + `plot_pooling_sizes` with the config's sigma range as the colour scale."""
+    """`pooling_sizes` + `plot_pooling_sizes`, the colour scale spanning the sizes the model used.
+
+    Learned sizes usually fill a small part of [pool_sigma_min, pool_sigma_max] (e.g. 0.5-1.9 of
+    0.5-8), so the config's range would paint the picture one colour. The range used and the
+    config's bounds are printed and put in the title.
+    """
     sigma, labels = pooling_sizes(model, tokenizer, text, max_tokens)
+    low, high = float(np.nanmin(sigma)), float(np.nanmax(sigma))
     config = model.config
-    sigma_range = (float(config.pool_sigma_min), float(config.pool_sigma_max)) if hasattr(config, "pool_sigma_max") else None
-    return plot_pooling_sizes(sigma, labels, path, sigma_range=sigma_range)
+    bounds = f" of [{config.pool_sigma_min:g}, {config.pool_sigma_max:g}]" if hasattr(config, "pool_sigma_max") else ""
+    message = f"pooling sizes span sigma {low:.2f}-{high:.2f}{bounds}"
+    print(f"[visualize] {message}; colour scale {low:.2f}-{high:.2f}")
+    title = f"Learned pooling size sigma (tokens) per layer and token; {message}"
+    return plot_pooling_sizes(sigma, labels, path, title=title, sigma_range=(low, high) if high > low else None)
 
 
 __all__ = ["pooling_sizes", "plot_pooling_sizes", "save_pooling_heatmap", "token_label"]

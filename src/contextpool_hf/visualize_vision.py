@@ -38,10 +38,12 @@ def render_pooling_heatmap(
     output_path: str | os.PathLike,
     titles: Sequence[str] | None = None,
     suptitle: str | None = None,
-    alpha: float = 0.55,
+    outline_level: float = 0.5,
 ) -> str:
-    """Overlay each (h, w) pooling-size map, upsampled to the image, on `image` (PIL image or
-    (H, W[, C]) array) and write one PNG with a panel per map. Returns the path."""
+    """Draw `image` (PIL image or (H, W[, C]) array), then each (h, w) pooling-size map, upsampled to
+    the image, in its own panel with the image's outline (the `outline_level` contour of its
+    brightness, 0-1) drawn on top. The map is not blended with the image, so every colour is one the
+    colour bar shows. Writes one PNG and returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,20 +53,23 @@ def render_pooling_heatmap(
     if array.max() > 1.0:
         array = array / 255.0
     height, width = array.shape[:2]
+    brightness = array if array.ndim == 2 else array[..., :3].mean(-1)  # (H, W) in [0, 1], for the outline
     panels = len(maps) + 1
     fig, axes = plt.subplots(1, panels, figsize=(2.4 * panels, 2.6), squeeze=False)
     axes = axes[0]
     axes[0].imshow(array, cmap="gray" if array.ndim == 2 else None)
-    axes[0].set_title("input", fontsize=8)
+    axes[0].set_title("input (cyan outline on the maps)", fontsize=7)
     vmin = min(float(m.min()) for m in maps) if maps else 0.0
     vmax = max(float(m.max()) for m in maps) if maps else 1.0
+    print(f"[visualize] pooling sizes span sigma {vmin:.2f}-{vmax:.2f} (colour scale)")
     image_artist = None
     for i, sigma in enumerate(maps):
         grid = torch.as_tensor(np.asarray(sigma, dtype=np.float32))[None, None]
         up = F.interpolate(grid, size=(height, width), mode="nearest")[0, 0].numpy()
         ax = axes[i + 1]
-        ax.imshow(array, cmap="gray" if array.ndim == 2 else None)
-        image_artist = ax.imshow(up, cmap="magma", alpha=alpha, vmin=vmin, vmax=vmax)
+        image_artist = ax.imshow(up, cmap="magma", vmin=vmin, vmax=vmax, interpolation="nearest")
+        if brightness.max() > outline_level > brightness.min():
+            ax.contour(brightness, levels=[outline_level], colors="cyan", linewidths=0.8)
         ax.set_title(titles[i] if titles else f"site {i}", fontsize=7)
     for ax in axes:
         ax.axis("off")
