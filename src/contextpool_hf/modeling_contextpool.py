@@ -339,10 +339,6 @@ class ContextPoolSelfAttention(nn.Module):
             # inputs are rejected), so a larger radius is the same pooling: capping it bounds the
             # decoding ring (R + 1 slots) and every chunk's work by what positions can reach.
             self.pool.radius = min(self.pool.radius, max(0, config.max_position_embeddings - 1))
-            # No two positions of a sequence lie more than max_position_embeddings - 1 apart (longer
-            # inputs are rejected), so a larger radius is the same pooling: capping it bounds the
-            # decoding ring (R + 1 slots) and every chunk's work by what positions can reach.
-            self.pool.radius = min(self.pool.radius, max(0, config.max_position_embeddings - 1))
             self.pool_mix = nn.Parameter(torch.full((config.pool_groups,), float(config.pool_mix_init)))
         else:
             self.pool = None

@@ -55,17 +55,6 @@ def clamped_radius(radius: int, in_sizes: Sequence[int]) -> int:
     return max(0, min(int(radius), largest - 1))
 
 
-def clamped_radius(radius: int, in_sizes: Sequence[int]) -> int:
-    """The radius that pooling an input of `in_sizes` actually needs: min(R, largest size - 1).
-
-    Exact, not an approximation: no two positions of the input lie further apart than that,
-    so a larger R selects the same (j, i) pairs. It keeps every path's cost bounded by the
-    input (a window of R = 9000 on 8 tokens would otherwise cost 9000 tokens' work).
-    """
-    largest = max(in_sizes, default=0)
-    return max(0, min(int(radius), largest - 1))
-
-
 # --------------------------------------------------------------------------------------
 # Input checking
 # --------------------------------------------------------------------------------------
