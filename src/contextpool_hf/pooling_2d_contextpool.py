@@ -7,8 +7,8 @@ The outputs (at input positions (r * stride, c * stride)) are cut into tiles of 
 A tile only reads the inputs within R of its outputs, its halo of
 Lh x Lw = ((Th - 1) * stride + 2R + 1) x ((Tw - 1) * stride + 2R + 1) positions, so each
 tile is one (Th Tw) x (Lh Lw) coefficient matrix times its (Lh Lw) x d inputs. Outside the
-window the coefficient is an exact 0 (exp(-inf)), and zero-weight padding adds nothing, so
-the result equals the dense definition term for term.
+window the coefficient is an exact 0 (a 0/1 window mask), and zero-weight padding adds
+nothing, so the result equals the dense definition term for term.
 
 One tile covering the whole map (Lh x Lw = H x W, no halo padding) is the dense form:
 one (n_out x n_in) coefficient matmul per image. On small maps (ViT patch grids, the late
@@ -18,10 +18,10 @@ of elementwise ops. On large maps the dense matrix would be O(n^2), so the map i
 are processed in cache-sized chunks.
 
 Memory: the saved tensors are x, weights, sigma, y and the denominator (O(n d)); the
-coefficient temporaries of one chunk hold about _CHUNK_ELEMENTS elements. The dense form
-is used only while one image's n_out x n_in coefficients are at most _DENSE_MAX_COEFS
-(and at most a few times the image's own n_in x d features), so it never costs more memory
-than a small multiple of x.
+coefficient temporaries of one chunk hold about _CHUNK_ELEMENTS elements (at least one row
+of tiles of the whole batch). The dense form is used only while one image's n_out x n_in
+coefficients are at most _DENSE_MAX_COEFS, so its temporaries are at most
+batch x _DENSE_MAX_COEFS elements each (256 KiB per float32 image).
 
 The coefficients are recomputed in the backward (one multiply and one exp per entry, from a
 (To, Li) distance table shared by all tiles) rather than saved.
@@ -49,7 +49,8 @@ def plan_tiles(in_sizes, out_sizes, radius: int, stride: int, dense_max: int | N
     """Per spatial dim (tile, halo, left): outputs per tile, inputs per halo, halo padding before.
 
     Dense (one tile, the halo is the whole map, no padding) while n_out * n_in <= dense_max;
-    else tiles of _TILE_SIDE outputs per dim with a halo of R on each side.
+    else tiles of _TILE_SIDE (stride 1) or _TILE_SIDE_STRIDED outputs per dim with a halo of R
+    on each side (a dim that one tile covers keeps the whole input as its halo).
     """
     dense_max = _DENSE_MAX_COEFS if dense_max is None else dense_max
     (h, w), (ho, wo) = in_sizes, out_sizes
