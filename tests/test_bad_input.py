@@ -374,6 +374,14 @@ def test_bad_labels_name_the_argument():
     raises_naming("shift_labels", lambda: model(token_ids(), shift_labels=token_ids().float()))
     raises_naming("labels", lambda: model(token_ids(), labels=token_ids() + VOCAB))
     raises_naming("labels", lambda: seq2seq()(token_ids(2, 5, 40), labels=torch.full((2, 3), 40)))
+    # the other per-token heads: before, an id out of range was an IndexError deep inside cross_entropy
+    mlm = ContextPoolForMaskedLM(ContextPoolConfig(**TEXT)).eval()
+    raises_naming("labels", lambda: mlm(token_ids(), labels=token_ids() + VOCAB))
+    assert torch.isfinite(mlm(token_ids(), labels=token_ids().masked_fill(token_ids() > 20, -100)).loss)
+    tagger = ContextPoolForTokenClassification(ContextPoolConfig(**TEXT)).eval()
+    raises_naming("labels", lambda: tagger(token_ids(), labels=torch.full((2, 6), 3)))
+    raises_naming("labels", lambda: tagger(token_ids(), labels=torch.zeros(2, 5, dtype=torch.long)))
+    assert torch.isfinite(tagger(token_ids(), labels=torch.full((2, 6), 2)).loss)
 
 
 # --------------------------------------------------------------------------------------

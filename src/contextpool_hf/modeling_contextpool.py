@@ -22,7 +22,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ModelOutput
-from transformers.modeling_utils import PreTrainedModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 
@@ -292,7 +292,16 @@ def sdpa_attention_forward(module, query, key, value, attention_bias, scaling, d
 
 
 # The attention product is swappable; the pooling is not (it runs before, in every backend).
+# "eager" and "sdpa" are ours (they take the additive bias of `_attention_bias`, or None for plain
+# causal); every other name (flex_attention, flash_attention_*, hub kernels) is looked up in
+# transformers' ALL_ATTENTION_FUNCTIONS, with the mask in the format that backend takes
+# (`_backend_mask`).
 ATTENTION_FUNCTIONS = {"eager": eager_attention_forward, "sdpa": sdpa_attention_forward}
+
+
+def _is_flash_like(implementation: str) -> bool:
+    """Backends that take a 2-D (B, kv) padding mask and apply causality and the window themselves."""
+    return "flash" in implementation
 
 
 class ContextPoolSelfAttention(nn.Module):
@@ -533,20 +542,19 @@ class ContextPoolSelfAttention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        implementation = self.config._attn_implementation or "eager"
-        if output_attentions:
-            implementation = "eager"  # only the eager path materialises the weights
-        attention = ATTENTION_FUNCTIONS.get(implementation, sdpa_attention_forward)
-        output, weights = attention(
-            self,
-            q,
-            k,
-            v,
-            attention_bias,
-            self.scaling,
-            dropout=self.attention_dropout if self.training else 0.0,
-            is_causal=self.is_causal,
-        )
+        implementation = _attention_implementation(self.config, output_attentions)
+        dropout = self.attention_dropout if self.training else 0.0
+        if implementation in ATTENTION_FUNCTIONS:
+            attention = ATTENTION_FUNCTIONS[implementation]
+            output, weights = attention(
+                self, q, k, v, attention_bias, self.scaling, dropout=dropout, is_causal=self.is_causal
+            )
+        else:  # transformers' interface: (module, q, k, v, mask, scaling=, dropout=, **kwargs)
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+            extra = {"sliding_window": self.config.attention_window} if _is_flash_like(implementation) else {}
+            output, weights = attention(
+                self, q, k, v, attention_bias, scaling=self.scaling, dropout=dropout, is_causal=self.is_causal, **extra
+            )
         output = self.o_proj(output.reshape(batch, n, -1))
         return output, weights, sigma
 
@@ -625,12 +633,13 @@ class ContextPoolPreTrainedModel(ContextPoolHubMixin, PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["ContextPoolLayer"]
-    # The pooling runs in our own attention module before the product; "sdpa" here only
-    # selects torch's fused product for that module (see ATTENTION_FUNCTIONS).
+    # The pooling runs in our own attention module before the product; the implementation name
+    # only selects the product (ATTENTION_FUNCTIONS, else transformers' ALL_ATTENTION_FUNCTIONS),
+    # so every backend keeps the pooling.
     _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    _supports_attention_backend = False
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -738,6 +747,37 @@ def _attention_bias(keep, q_len, kv_len, causal, dtype, device, window=None):
         return None
     bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
     return bias.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def _attention_implementation(config, output_attentions: bool = False) -> str:
+    """The product's backend name; only the eager product materialises the weights."""
+    return "eager" if output_attentions else (config._attn_implementation or "eager")
+
+
+def _backend_mask(implementation, keep, q_len, kv_len, causal, dtype, device, window=None, batch=1):
+    """The attention mask in the format `implementation` takes (one exact mask, three layouts).
+
+    eager/sdpa: `_attention_bias` (additive (B|1, 1, q, kv) or None for plain causal);
+    flash-like: the 2-D (B, kv) padding mask or None (the kernel applies causality and the
+    window from `module.is_causal` and `sliding_window`); any other backend (flex attention,
+    hub kernels): the full additive (B, 1, q, kv) mask with causality and window included, since
+    those take no `is_causal` of their own (flex adds it to the scores).
+    """
+    if implementation in ATTENTION_FUNCTIONS:
+        return _attention_bias(keep, q_len, kv_len, causal, dtype, device, window=window)
+    if _is_flash_like(implementation):
+        return keep.to(torch.int32) if keep is not None else None
+    allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=device)
+    if causal:
+        allowed = allowed.tril(kv_len - q_len)
+        if window is not None and window < kv_len:  # query i sits at position kv_len - q_len + i
+            allowed = allowed & ~allowed.tril(kv_len - q_len - window)
+    allowed = allowed[None, None]
+    if keep is not None:
+        allowed = allowed & keep[:, None, None, :]
+    # flex attention reads mask[batch_idx]: one row per sequence, not a broadcast one
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return bias.expand(batch, 1, q_len, kv_len)
 
 
 class ContextPoolModel(ContextPoolPreTrainedModel):
@@ -881,9 +921,10 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
             position_embeddings = rotary_cos_sin(
                 position_ids, config.head_dim, config.rope_theta, hidden.dtype, config=config
             )
-        attention_bias = _attention_bias(
-            keep_all, n, past + n, config.is_causal, hidden.dtype, device, window=config.attention_window
-        )
+        attention_bias = _backend_mask(
+            _attention_implementation(config, output_attentions), keep_all, n, past + n, config.is_causal,
+            hidden.dtype, device, window=config.attention_window, batch=batch,
+        )  # fmt: skip
 
         all_hidden = (hidden,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
@@ -1091,6 +1132,7 @@ class ContextPoolForMaskedLM(ContextPoolPreTrainedModel):
         logits = self.cls(outputs.last_hidden_state)
         loss = None
         if labels is not None:
+            _check_labels("labels", labels, tuple(logits.shape[:2]), self.config.vocab_size)
             loss = _lm_loss(logits, labels, self.config.vocab_size, num_items_in_batch)
         output = ContextPoolMaskedLMOutput(
             loss=loss,
@@ -1208,6 +1250,7 @@ class ContextPoolForTokenClassification(ContextPoolPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
+            _check_labels("labels", labels, tuple(logits.shape[:2]), self.num_labels)  # class ids per token
             loss = F.cross_entropy(logits.reshape(-1, self.num_labels).float(), labels.reshape(-1), ignore_index=-100)
         output = ContextPoolTokenClassifierOutput(
             loss=loss,
