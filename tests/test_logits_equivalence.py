@@ -185,6 +185,27 @@ def test_left_padded_generation_scores_equal_alone(mode):
             assert max_diff(batched.sequences_scores[got], alone.sequences_scores) <= TOL
 
 
+@pytest.mark.parametrize("overrides", [dict(), dict(pool_groups=2, pool_target="kv")], ids=["default", "groups2-kv"])
+def test_left_padded_prompt_fed_token_by_token_equals_the_full_forward(overrides):
+    """Decode steps over padding (a streamed, left-padded prompt): the step path must mask it too.
+
+    generate() sends the whole prompt as one chunk, so only this catches a decode step that gives a
+    padded token pooling weight or lets it into the predictor's conv state.
+    """
+    model = text_model(ContextPoolForCausalLM, **overrides)
+    ids, mask = pad_batch(sequences((9, 5)), "left")
+    positions = positions_from_mask(mask)
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+        cache, steps = None, []
+        for t in range(ids.shape[1]):
+            out = model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], position_ids=positions[:, t : t + 1],
+                        cache=cache, use_cache=True)
+            cache = out.cache
+            steps.append(out.logits)
+    assert max_diff(torch.cat(steps, 1), full, mask) <= TOL
+
+
 # ----------------------------------------------------------------------------------------
 # Seq2seq: encoder padding, decoder padding, cached == uncached scores
 # ----------------------------------------------------------------------------------------
