@@ -54,3 +54,99 @@ def test_absolute_positions_still_refuse_past_the_table():
         model(ids(n=25))
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model(ids(n=3), position_ids=torch.tensor([[22, 23, 24]]))
+
+
+# -- item 1: attention backends through transformers' ALL_ATTENTION_FUNCTIONS ------------------
+
+
+@pytest.fixture
+def uncompiled_flex(monkeypatch):
+    """transformers compiles flex attention on first use; torch's CPU inductor build crashes on this
+    machine, and compiling is beside the point here (the dispatch and the mask format are): run
+    torch's flex_attention uncompiled, through transformers' own flex_attention_forward."""
+    from torch.nn.attention.flex_attention import flex_attention
+    from transformers.integrations import flex_attention as hf_flex
+
+    monkeypatch.setattr(hf_flex, "compile_friendly_flex_attention", lambda q, k, v, training=False, **kw: flex_attention(q, k, v, **kw))
+    with torch.no_grad():  # flex attention has no CPU backward
+        yield
+
+
+def _switched(model, implementation):
+    model.set_attn_implementation(implementation)
+    assert model.config._attn_implementation == implementation
+    return model
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(num_key_value_heads=2, pool_groups=2), dict(attention_window=4)],
+                         ids=["mha", "gqa-groups2", "sliding4"])
+def test_flex_attention_equals_eager_causal_lm(uncompiled_flex, overrides):
+    model = tiny_lm(**overrides)
+    input_ids = ids(n=12)
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, :4] = 0  # left padding
+    eager = _switched(model, "eager")(input_ids, attention_mask=mask).logits
+    sdpa = _switched(model, "sdpa")(input_ids, attention_mask=mask).logits
+    flex = _switched(model, "flex_attention")(input_ids, attention_mask=mask).logits
+    keep = mask.bool()
+    torch.testing.assert_close(flex[keep], eager[keep], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sdpa[keep], eager[keep], atol=1e-5, rtol=1e-5)
+    # no padding: flex gets no is_causal of its own, so the mask must carry causality
+    plain_flex = model(input_ids).logits
+    torch.testing.assert_close(plain_flex, _switched(model, "eager")(input_ids).logits, atol=1e-5, rtol=1e-5)
+    _switched(model, "flex_attention")
+    # with the cache: a prompt, then chunks and single steps, under flex == the eager forward
+    out = model(input_ids[:, :6], attention_mask=mask[:, :6], use_cache=True)
+    steps, cache = [out.logits], out.cache
+    for start, stop in [(6, 7), (7, 10), (10, 11), (11, 12)]:
+        out = model(input_ids[:, start:stop], attention_mask=mask[:, :stop], cache=cache, use_cache=True)
+        steps.append(out.logits)
+        cache = out.cache
+    torch.testing.assert_close(torch.cat(steps, 1)[keep], eager[keep], atol=1e-5, rtol=1e-5)
+    # and greedy generation under flex gives eager's tokens
+    flex_tokens = model.generate(input_ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    eager_tokens = _switched(model, "eager").generate(input_ids, attention_mask=mask, max_new_tokens=5,
+                                                      do_sample=False, pad_token_id=0)
+    assert torch.equal(flex_tokens, eager_tokens)
+
+
+def test_flex_attention_equals_eager_bidirectional(uncompiled_flex):
+    from contextpool_hf import ContextPoolForMaskedLM
+
+    torch.manual_seed(0)
+    config = ContextPoolConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=64, max_position_embeddings=24, is_causal=False, pad_token_id=0,
+                               pool_sigma_max=2.0, attn_implementation="flex_attention")
+    model = ContextPoolForMaskedLM(config).eval()
+    assert model.config._attn_implementation == "flex_attention"
+    input_ids = ids(n=10)
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[0, 7:] = 0  # right padding
+    flex = model(input_ids, attention_mask=mask).logits
+    eager = _switched(model, "eager")(input_ids, attention_mask=mask).logits
+    keep = mask.bool()
+    torch.testing.assert_close(flex[keep], eager[keep], atol=1e-5, rtol=1e-5)
+
+
+def test_run_time_switch_changes_the_backend(monkeypatch):
+    """set_attn_implementation takes effect on the next forward (the layers read the config live)."""
+    from contextpool_hf import modeling_contextpool as mc
+
+    model = tiny_lm(attn_implementation="sdpa")
+    calls = []
+    for name in ("eager", "sdpa"):
+        original = mc.ATTENTION_FUNCTIONS[name]
+        monkeypatch.setitem(mc.ATTENTION_FUNCTIONS, name,
+                            lambda *a, _n=name, _f=original, **k: calls.append(_n) or _f(*a, **k))
+    input_ids = ids(n=5)
+    model(input_ids)
+    assert set(calls) == {"sdpa"}
+    calls.clear()
+    model.set_attn_implementation("eager")
+    model(input_ids)
+    assert set(calls) == {"eager"}
+
+
+def test_unavailable_backend_is_refused_clearly():
+    with pytest.raises((ValueError, ImportError)):
+        tiny_lm().set_attn_implementation("not_a_backend")

@@ -344,9 +344,11 @@ class ContextPoolSelfAttention(nn.Module):
                 config, config.hidden_size, causal=config.is_causal,
                 mode=config.pool_mode, fixed_sigma=config.pool_fixed_sigma,
             )  # fmt: skip
-            # No two positions of a sequence lie more than max_position_embeddings - 1 apart (longer
-            # inputs are rejected), so a larger radius is the same pooling: capping it bounds the
-            # decoding ring (R + 1 slots) and every chunk's work by what positions can reach.
+            # Within max_position_embeddings no two positions lie more than max_position_embeddings - 1
+            # apart, so a larger radius is the same pooling: capping it bounds the decoding ring (R + 1
+            # slots) and every chunk's work. Rotary models may run past the limit (it is advisory
+            # there); the window then stays capped, in the cached and the uncached paths alike, so
+            # decoding remains exact (a no-op unless truncation * sigma_max >= max_position_embeddings).
             self.pool.radius = min(self.pool.radius, max(0, config.max_position_embeddings - 1))
             self.pool_mix = nn.Parameter(torch.full((config.pool_groups,), float(config.pool_mix_init)))
         else:
