@@ -125,6 +125,21 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     for step in (4, 5, 6):
         assert resumed[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-6), (step, resumed, reference)
 
+    # ...and the checkpoint was really loaded: a run that ignored it would train from scratch with the
+    # same seed and reproduce `reference` too. Resuming from the same checkpoint with nudged weights
+    # must change the next loss.
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    nudged = tmp_path / "nudged" / "checkpoint-3"
+    shutil.copytree(tmp_path / "full" / "checkpoint-3", nudged)
+    weights = load_file(nudged / "model.safetensors")
+    g = torch.Generator().manual_seed(0)
+    save_file({k: v + 0.05 * torch.randn(v.shape, generator=g).to(v.dtype) if v.is_floating_point() else v
+               for k, v in weights.items()}, nudged / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
+    run_clm.main(clm_args(tmp_path, "nudged", *common, "--resume_from_checkpoint", "latest"))
+    assert abs(_losses(tmp_path / "nudged")[4] - reference[4]) > 1e-3
+
 
 def test_resume_from_corrupt_checkpoint_is_a_clear_error(tmp_path):
     import run_clm

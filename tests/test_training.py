@@ -198,6 +198,7 @@ def _trainer_files(folder: Path) -> Path:
 
 
 def test_resolve_latest_skips_partial_checkpoint(tmp_path):
+    _trainer_files(_saved_tiny(tmp_path / "checkpoint-1"))  # complete but older: never the one picked
     good = _trainer_files(_saved_tiny(tmp_path / "checkpoint-2"))
     _saved_tiny(tmp_path / "checkpoint-4")  # interrupted: no trainer_state.json
     assert resolve_resume_checkpoint(True, str(tmp_path)) == str(good)
