@@ -150,3 +150,62 @@ def test_run_time_switch_changes_the_backend(monkeypatch):
 def test_unavailable_backend_is_refused_clearly():
     with pytest.raises((ValueError, ImportError)):
         tiny_lm().set_attn_implementation("not_a_backend")
+
+
+# -- item 5: PEFT prefix tuning (a filled DynamicCache of virtual tokens) ---------------------
+
+
+def test_prefix_tuning_trains_generates_and_reloads(tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import DynamicCache
+
+    base = tiny_lm(max_position_embeddings=64)
+    model = peft.get_peft_model(base, peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    input_ids = ids(n=10)
+    # a filled plain DynamicCache of keys/values is accepted: the prefix changes the logits
+    with torch.no_grad():
+        plain = base(input_ids).logits
+        prefixed = model(input_ids=input_ids).logits
+    assert not torch.allclose(plain, prefixed, atol=1e-3)
+    # the prefix is attended, not pooled: the same keys/values in a DynamicCache by hand, chunk by chunk
+    # (the first chunk pooling alone), give the PEFT logits
+    with torch.no_grad():
+        prefix = model.get_prompt(batch_size=2)  # a DynamicCache of 4 virtual tokens per layer
+        assert isinstance(prefix, DynamicCache) and prefix.get_seq_length() == 4
+        mask = torch.ones(2, 14, dtype=torch.long)
+        first = base(input_ids[:, :6], attention_mask=mask[:, :10], cache=prefix, use_cache=True)
+        second = base(input_ids[:, 6:], attention_mask=mask, cache=first.cache, use_cache=True)
+    torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), prefixed, atol=1e-5, rtol=1e-5)
+
+    # training: only the prefix moves, and the loss goes down
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    frozen = {n: p.detach().clone() for n, p in base.named_parameters()}
+    optimizer = torch.optim.Adam(trainable, lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = model(input_ids=input_ids, labels=input_ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] - 0.1, losses
+    assert all(torch.equal(p, frozen[n]) for n, p in base.named_parameters())
+    model.eval()
+
+    # generation with the prefix: cached == uncached tokens
+    with torch.no_grad():
+        tokens = model.generate(input_ids=input_ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        expected = model(input_ids=input_ids).logits
+        rescored = model(input_ids=tokens[:, :15]).logits  # one uncached forward over the generated text
+    assert tokens.shape == (2, 16)
+    assert torch.equal(tokens[:, 10], expected[:, -1].argmax(-1))
+    assert torch.equal(tokens[:, 10:], rescored[:, 9:].argmax(-1))
+
+    # save + reload the adapter: identical logits
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded = peft.PeftModel.from_pretrained(tiny_lm(max_position_embeddings=64), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=input_ids).logits, expected, atol=1e-6, rtol=1e-6)
+        assert torch.equal(reloaded.generate(input_ids=input_ids, max_new_tokens=6, do_sample=False, pad_token_id=0),
+                           tokens)

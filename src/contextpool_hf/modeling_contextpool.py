@@ -166,6 +166,25 @@ class ContextPoolCache(DynamicCache):
     def __init__(self, *args, **kwargs):
         Cache.__init__(self, layer_class_to_replicate=ContextPoolCacheLayer)
 
+    @classmethod
+    def from_prefix(cls, prefix: Cache) -> ContextPoolCache:
+        """A filled cache of keys/values only (PEFT prefix tuning's virtual tokens) as a ContextPoolCache.
+
+        The prefix is attended to but has no pooling history: the first real chunk pools alone, as
+        after an empty cache (virtual tokens are keys/values, not inputs a token could pool). The
+        tensors are shared, not copied or detached, so gradients reach the prefix parameters.
+        """
+        if not isinstance(prefix, Cache) or len(getattr(prefix, "layers", ())) == 0:
+            raise ValueError(f"cache must be a ContextPoolCache or a filled transformers Cache, got {type(prefix).__name__}")
+        cache = cls()
+        for idx, source in enumerate(prefix.layers):
+            if source.keys is None or source.keys.numel() == 0:
+                continue
+            layer = cache.layer(idx)
+            layer.lazy_initialization(source.keys, source.values)
+            layer.keys, layer.values = source.keys, source.values  # (B, Hkv, prefix, dh)
+        return cache
+
     def layer(self, layer_idx: int) -> ContextPoolCacheLayer:
         while len(self.layers) <= layer_idx:
             self.layers.append(ContextPoolCacheLayer())
@@ -881,12 +900,7 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
         if self.gradient_checkpointing and self.training and use_cache:
             use_cache = False
         if cache is not None and not isinstance(cache, ContextPoolCache):
-            if cache.get_seq_length() > 0:
-                raise ValueError(
-                    "ContextPool models need a ContextPoolCache (it also holds the pooling state); "
-                    f"got a filled {type(cache).__name__}. Pass cache=None and reuse outputs.cache."
-                )
-            cache = None
+            cache = ContextPoolCache.from_prefix(cache) if cache.get_seq_length() > 0 else None
         if use_cache and cache is None:
             cache = ContextPoolCache()
         past = cache.get_seq_length() if cache is not None else 0
