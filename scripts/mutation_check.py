@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         record = {
-            "command": "python scripts/mutation_check.py" + (f" --only {args.only}" if args.only else ""),
+            "command": shlex.join(["python", "scripts/mutation_check.py", *(sys.argv[1:] if argv is None else argv)]),
+            "baseline": args.baseline,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "commit": commit,
             "wall_seconds": round(time.perf_counter() - start, 1),
