@@ -209,3 +209,67 @@ def test_prefix_tuning_trains_generates_and_reloads(tmp_path):
         torch.testing.assert_close(reloaded(input_ids=input_ids).logits, expected, atol=1e-6, rtol=1e-6)
         assert torch.equal(reloaded.generate(input_ids=input_ids, max_new_tokens=6, do_sample=False, pad_token_id=0),
                            tokens)
+
+
+# -- item 3: assisted and prompt-lookup decoding (a croppable ContextPoolCache) -------------------
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(pool_groups=2, pool_kernel_size=5), dict(pool_placement="block_output")],
+                         ids=["default", "groups2-kernel5", "block-output"])
+def test_crop_rolls_the_pooling_state_back_exactly(overrides):
+    """Chunks and single steps, crops inside a chunk, at its start and across several steps; each
+    continuation equals one uncached forward over the kept tokens."""
+    from contextpool_hf import ContextPoolCache
+
+    model = tiny_lm(max_position_embeddings=96, **overrides)
+    input_ids = ids(n=40, seed=5)
+    with torch.no_grad():
+        full = model(input_ids).logits
+        cache = ContextPoolCache()
+        cache.activate_past_recording()
+        junk = ids(n=40, seed=9)  # tokens that get rejected
+        length = 0
+
+        def feed(start, stop, tokens=input_ids):
+            return model(tokens[:, start:stop], cache=cache, use_cache=True).logits
+
+        feed(0, 12)
+        length = 12
+        for keep, junk_len in [(3, 5), (1, 1), (0, 4), (2, 2), (4, 6)]:
+            feed(length, length + junk_len, junk)  # a draft chunk that is rejected
+            cache.crop(-junk_len)
+            assert cache.get_seq_length() == length
+            got = feed(length, length + keep) if keep else None  # the accepted tokens
+            if keep:
+                torch.testing.assert_close(got, full[:, length : length + keep], atol=1e-5, rtol=1e-5)
+            length += keep
+        for t in range(length, length + 4):  # single steps, then a crop across three of them
+            feed(t, t + 1, junk)
+        cache.crop(-3)
+        got = feed(length + 1, length + 6)  # the kept junk token was junk[length]: compare with that sequence
+        mixed = torch.cat([input_ids[:, : length], junk[:, length : length + 1], input_ids[:, length + 1 : length + 6]], 1)
+        torch.testing.assert_close(got, model(mixed).logits[:, length + 1 :], atol=1e-5, rtol=1e-5)
+
+
+def test_crop_without_recording_is_refused():
+    model = tiny_lm()
+    out = model(ids(n=6), use_cache=True)
+    with pytest.raises(NotImplementedError, match="activate_past_recording"):
+        out.cache.crop(-2)
+
+
+def test_assisted_and_prompt_lookup_decoding_equal_greedy(monkeypatch):
+    from contextpool_hf.modeling_contextpool import ContextPoolCacheLayer
+
+    crops = []
+    original = ContextPoolCacheLayer.crop
+    monkeypatch.setattr(ContextPoolCacheLayer, "crop", lambda self, n: crops.append(n) or original(self, n))
+    model = tiny_lm(max_position_embeddings=96)
+    assistant = tiny_lm(seed=3, max_position_embeddings=96, num_hidden_layers=1)
+    for seed in (1, 2):
+        prompt = ids(batch=1, n=9, seed=seed)
+        kwargs = dict(max_new_tokens=24, do_sample=False, pad_token_id=0)
+        greedy = model.generate(prompt, **kwargs)
+        assert torch.equal(model.generate(prompt, assistant_model=assistant, **kwargs), greedy)
+        assert torch.equal(model.generate(prompt, prompt_lookup_num_tokens=3, **kwargs), greedy)
+    assert any(n < 0 for n in crops)  # drafts were rejected and rolled back

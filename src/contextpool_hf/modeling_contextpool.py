@@ -117,11 +117,29 @@ class ContextPoolCacheLayer(DynamicLayer):
     """
 
     _POOL_STATE = ("pool_features", "pool_weights", "conv_state")
+    # Rollback (assisted decoding): how many forwards back `crop` can reach once recording is on.
+    _MAX_RECORDED = 64
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.pool_features = self.pool_weights = self.conv_state = None
         self.pool_next = 0
+        self.record_past = False
+        self.past_log = []  # per forward: (length before, ring, ring weights, ring slot, conv state, inputs)
+        self.pending_replay = None  # (log entry, m): replay its first m tokens on the next forward
+
+    def activate_past_recording(self) -> None:
+        """Keep, per forward, the pooling state it started from and its inputs (references: a step
+        writes its ring out of place, so nothing is copied), so that `crop` can roll back exactly."""
+        self.record_past = True
+
+    def record(self, hidden, features, keep) -> None:
+        """Called by the attention module before it pools n new tokens (hidden (B, n, d), features (B, G, n, C))."""
+        entry = (self.get_seq_length(), self.pool_features, self.pool_weights, self.pool_next, self.conv_state,
+                 hidden, features, keep)  # fmt: skip
+        self.past_log.append(entry)
+        if len(self.past_log) > self._MAX_RECORDED:
+            self.past_log.pop(0)
 
     def _map_pool_state(self, fn) -> None:
         for name in self._POOL_STATE:
@@ -136,28 +154,55 @@ class ContextPoolCacheLayer(DynamicLayer):
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
+        self.past_log, self.pending_replay = [], None  # recorded states are of the old batch order
         self._map_pool_state(lambda t: t.index_select(0, beam_idx.to(t.device)))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)
         self._map_pool_state(lambda t: t.repeat_interleave(repeats, dim=0))
+        self.past_log, self.pending_replay = [], None
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         super().batch_select_indices(indices)
         self._map_pool_state(lambda t: t[indices, ...])
+        self.past_log, self.pending_replay = [], None
 
     def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove != 0 and self.pool_weights is not None:
+        """Remove the last -tokens_to_remove tokens (transformers' convention: a negative count).
+
+        The ring of the last R + 1 pooling inputs cannot be rewound by itself (a step overwrote the
+        oldest slot), so it comes from the recorded state at the start of the forward that produced
+        the new length, plus a replay of that forward's first tokens on the next forward (the
+        pooling module does it: `ContextPoolSelfAttention._pool`).
+        """
+        if tokens_to_remove == 0 or self.pool_weights is None:
+            super().crop(tokens_to_remove)
+            return
+        if tokens_to_remove > 0:
+            super().crop(tokens_to_remove)  # transformers' own error for the legacy positive form
+        if not self.record_past:
             raise NotImplementedError(
-                "ContextPoolCache cannot be cropped: the pooling state of removed tokens is not kept "
-                "(assisted/speculative decoding is not supported by ContextPool models)"
+                "ContextPoolCache can only be cropped after cache.activate_past_recording() (assisted and "
+                "speculative decoding call it): the pooling state of removed tokens is otherwise not kept"
             )
+        target = self.get_seq_length() - abs(tokens_to_remove)
+        while self.past_log and self.past_log[-1][0] > target:
+            self.past_log.pop()
+        if not self.past_log or target < 0:
+            raise ValueError(f"cannot crop {abs(tokens_to_remove)} tokens: the recorded pooling history is shorter")
+        entry = self.past_log[-1]
+        _, self.pool_features, self.pool_weights, self.pool_next, self.conv_state = entry[:5]
+        replay = target - entry[0]
+        if replay == 0:
+            self.past_log.pop()  # the next forward records this same state again
+        self.pending_replay = (entry, replay) if replay else None
         super().crop(tokens_to_remove)
 
     def reset(self) -> None:
         super().reset()
         self.pool_features = self.pool_weights = self.conv_state = None
         self.pool_next = 0
+        self.past_log, self.pending_replay = [], None
 
 
 class ContextPoolCache(DynamicCache):
@@ -165,6 +210,11 @@ class ContextPoolCache(DynamicCache):
 
     def __init__(self, *args, **kwargs):
         Cache.__init__(self, layer_class_to_replicate=ContextPoolCacheLayer)
+        self.record_past = False
+
+    def activate_past_recording(self) -> None:
+        self.record_past = True  # also for the layers created later, in `layer`
+        super().activate_past_recording()
 
     @classmethod
     def from_prefix(cls, prefix: Cache) -> ContextPoolCache:
@@ -188,6 +238,8 @@ class ContextPoolCache(DynamicCache):
     def layer(self, layer_idx: int) -> ContextPoolCacheLayer:
         while len(self.layers) <= layer_idx:
             self.layers.append(ContextPoolCacheLayer())
+            if self.record_past:
+                self.layers[-1].activate_past_recording()
         return self.layers[layer_idx]
 
 
@@ -380,6 +432,15 @@ class ContextPoolSelfAttention(nn.Module):
         if layer_cache is None:
             weights, sigma, _ = self.pool.predict(hidden, keep)
             return self.pool.pool(features, weights, sigma), sigma
+        if layer_cache.pending_replay is not None:  # after a crop: bring the pooling state to the new length
+            (_, _, _, _, _, old_hidden, old_features, old_keep), replay = layer_cache.pending_replay
+            layer_cache.pending_replay, recording = None, layer_cache.record_past
+            layer_cache.record_past = False
+            self._pool(old_hidden[:, :replay], old_features[:, :, :replay],
+                       old_keep[:, :replay] if old_keep is not None else None, layer_cache)  # fmt: skip
+            layer_cache.record_past = recording
+        if layer_cache.record_past:
+            layer_cache.record(hidden, features, keep)
         if self.pool.predictor is not None and layer_cache.conv_state is not None and hidden.shape[1] == 1:
             return self._decode_step(hidden, features, keep, layer_cache)
         weights, sigma, conv_state = self.pool.predict(hidden, keep, layer_cache.conv_state)
@@ -903,6 +964,8 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
             cache = ContextPoolCache.from_prefix(cache) if cache.get_seq_length() > 0 else None
         if use_cache and cache is None:
             cache = ContextPoolCache()
+            if getattr(self, "_record_cache_past", False):  # an assistant model: its cache gets cropped
+                cache.activate_past_recording()
         past = cache.get_seq_length() if cache is not None else 0
 
         keep_all = None
@@ -1008,6 +1071,22 @@ class ContextPoolForCausalLM(ContextPoolPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
+
+    def _assisted_decoding(self, *args, **kwargs):
+        """Assisted / prompt-lookup decoding: transformers needs a cache before the first forward
+        (the model otherwise creates its own) and crops it after each verification; an assistant that
+        is a ContextPool model records its pooling states too, since its cache is cropped as well."""
+        if kwargs.get("cache") is None:
+            kwargs["cache"] = ContextPoolCache()
+        assistant = kwargs.get("assistant_model")
+        inner = getattr(assistant, "model", None)
+        if isinstance(inner, ContextPoolModel):
+            inner._record_cache_past = True
+        try:
+            return super()._assisted_decoding(*args, **kwargs)
+        finally:
+            if isinstance(inner, ContextPoolModel):
+                inner._record_cache_past = False
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
