@@ -273,3 +273,52 @@ def test_assisted_and_prompt_lookup_decoding_equal_greedy(monkeypatch):
         assert torch.equal(model.generate(prompt, assistant_model=assistant, **kwargs), greedy)
         assert torch.equal(model.generate(prompt, prompt_lookup_num_tokens=3, **kwargs), greedy)
     assert any(n < 0 for n in crops)  # drafts were rejected and rolled back
+
+
+# -- item 4: packed (padding-free) training with DataCollatorWithFlattening ---------------------
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(pool_groups=2, pool_kernel_size=5), dict(attention_window=3),
+                                       dict(position_embedding_type="absolute")],
+                         ids=["default", "groups2-kernel5", "sliding3", "absolute"])
+def test_packed_batch_equals_documents_one_by_one(overrides):
+    from transformers import DataCollatorWithFlattening
+
+    model = tiny_lm(max_position_embeddings=64, **overrides)
+    docs = [ids(batch=1, n=n, seed=s)[0].tolist() for n, s in [(7, 1), (12, 2), (3, 3), (9, 4)]]
+    batch = DataCollatorWithFlattening()([{"input_ids": d} for d in docs])
+    assert batch["input_ids"].shape == (1, 31) and "attention_mask" not in batch
+    packed = model(**batch)
+    per_token = torch.nn.functional.cross_entropy(packed.logits[0, :-1], batch["labels"][0, 1:], ignore_index=-100,
+                                                  reduction="none")  # fmt: skip
+    alone_logits, alone_losses = [], []
+    for d in docs:
+        out = model(torch.tensor([d]), labels=torch.tensor([d]))
+        alone_logits.append(out.logits[0])
+        alone_losses.append(torch.nn.functional.cross_entropy(out.logits[0, :-1], torch.tensor(d[1:]), reduction="none"))
+    torch.testing.assert_close(packed.logits[0], torch.cat(alone_logits), atol=1e-5, rtol=1e-5)
+    # per token: the packed loss at each document's tokens equals that document's own loss
+    expected = torch.cat([torch.cat([loss, torch.zeros(1)]) for loss in alone_losses])[:-1]
+    torch.testing.assert_close(per_token, expected, atol=1e-5, rtol=1e-5)
+    n_targets = sum(len(d) - 1 for d in docs)
+    torch.testing.assert_close(packed.loss, torch.cat(alone_losses).sum() / n_targets, atol=1e-5, rtol=1e-5)
+    # gradients flow through the spread-out pooling
+    packed.loss.backward()
+    for layer in model.model.layers:
+        grads = (layer.attention.pool_mix.grad, layer.attention.pool.predictor.proj.weight.grad)
+        assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def test_packed_bidirectional_model_does_not_mix_documents():
+    from contextpool_hf import ContextPoolModel
+
+    torch.manual_seed(0)
+    config = ContextPoolConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=64, max_position_embeddings=24, is_causal=False, pad_token_id=0,
+                               pool_sigma_max=2.0)
+    model = ContextPoolModel(config).eval()
+    a, b = ids(batch=1, n=6, seed=1), ids(batch=1, n=8, seed=2)
+    positions = torch.cat([torch.arange(6), torch.arange(8)]).unsqueeze(0)
+    packed = model(torch.cat([a, b], 1), position_ids=positions).last_hidden_state
+    alone = torch.cat([model(a).last_hidden_state, model(b).last_hidden_state], 1)
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)

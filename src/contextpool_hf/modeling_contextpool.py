@@ -429,6 +429,8 @@ class ContextPoolSelfAttention(nn.Module):
 
     def _pool(self, hidden, features, keep, layer_cache):
         """hidden (B, n, d) feeds the predictor; features (B, G, n, C) are pooled. -> pooled, sigma (B, G, n)."""
+        if isinstance(keep, _PackedLayout):
+            return self._pool_packed(hidden, features, keep)
         if layer_cache is None:
             weights, sigma, _ = self.pool.predict(hidden, keep)
             return self.pool.pool(features, weights, sigma), sigma
@@ -470,6 +472,30 @@ class ContextPoolSelfAttention(nn.Module):
         layer_cache.pool_next = 0
         layer_cache.conv_state = conv_state
         return pooled, sigma
+
+    def packing_gap(self) -> int:
+        """Zero-weight tokens needed between packed documents: the pooling radius and the conv reach."""
+        if self.pool is None:
+            return 0
+        predictor = self.pool.predictor
+        return max(self.pool.radius, predictor.kernel_size - 1 if predictor is not None else 0)
+
+    def _pool_packed(self, hidden, features, packed):
+        """Pool packed documents separately: spread them `gap` tokens apart (weight 0 in between), pool
+        the spread row, read the tokens back. hidden (B, n, d), features (B, G, n, C)."""
+        batch, n, d = hidden.shape
+        groups, channels = features.shape[1], features.shape[-1]
+        dest = packed.dest
+        spread_hidden = hidden.new_zeros(batch, packed.length, d).scatter(1, dest[..., None].expand(-1, -1, d), hidden)
+        index = dest[:, None, :, None].expand(-1, groups, -1, channels)  # (B, G, n, C)
+        spread_features = features.new_zeros(batch, groups, packed.length, channels).scatter(2, index, features)
+        keep = torch.zeros(batch, packed.length, dtype=torch.bool, device=hidden.device)
+        real = packed.keep if packed.keep is not None else torch.ones_like(dest, dtype=torch.bool)
+        keep = keep.scatter(1, dest, real)  # (B, spread)
+        weights, sigma, _ = self.pool.predict(spread_hidden, keep)
+        pooled = self.pool.pool(spread_features, weights, sigma)  # (B, G, spread, C)
+        sigma = sigma.gather(2, dest[:, None, :].expand(-1, sigma.shape[1], -1))  # (B, G, n)
+        return pooled.gather(2, index), sigma
 
     def _decode_step(self, hidden, features, keep, layer_cache):
         """One decoding step: the causal predictor on a conv state, then the newest token's pooling.
@@ -862,6 +888,54 @@ def _backend_mask(implementation, keep, q_len, kv_len, causal, dtype, device, wi
     return bias.expand(batch, 1, q_len, kv_len)
 
 
+@dataclass
+class _PackedLayout:
+    """Documents packed in one row (position_ids restart): where each token goes in a spread-out copy
+    of the row in which consecutive documents lie `gap` zero-weight tokens apart, farther than the
+    pooling window and the predictor's conv reach, so pooling one row equals pooling each document
+    alone. Passed to the pooling in place of `keep`.
+
+    segment (B, n): document index of each token; dest (B, n): its position in the spread copy;
+    keep (B, n) or None: real tokens; length: the spread length.
+    """
+
+    segment: torch.Tensor
+    dest: torch.Tensor
+    keep: torch.Tensor | None
+    length: int
+
+
+def _packed_layout(position_ids, keep, past, model) -> _PackedLayout | None:
+    """The layout when some row restarts its positions (a position not one past the previous), else None."""
+    if past > 0 or _is_compiling() or position_ids.shape[1] < 2:
+        return None
+    restart = position_ids[:, 1:] != position_ids[:, :-1] + 1  # (B, n - 1)
+    if keep is not None:  # padding's positions (generate gives left padding 1, 1, ..., then 0, 1, ...) are no restart
+        restart = restart & keep[:, 1:] & keep[:, :-1]
+    if not bool(restart.any()):
+        return None
+    segment = F.pad(restart.long().cumsum(1), (1, 0))  # (B, n)
+    gap = max([1] + [layer.attention.packing_gap() for layer in model.layers])
+    dest = torch.arange(position_ids.shape[1], device=position_ids.device) + gap * segment
+    return _PackedLayout(segment, dest, keep, int(dest.max()) + 1)
+
+
+def _packed_attention_bias(bias, packed, causal, dtype, implementation):
+    """Add "same document only" to the mask (eager/sdpa/flex layouts; flash kernels need cu_seqlens)."""
+    if _is_flash_like(implementation):
+        raise ValueError(
+            f"packed sequences (position_ids that restart) are not supported with attn_implementation="
+            f"{implementation!r}; use 'sdpa', 'eager' or 'flex_attention'"
+        )
+    n = packed.segment.shape[1]
+    same = packed.segment[:, None, :, None] == packed.segment[:, None, None, :]  # (B, 1, n, n)
+    allowed = same & torch.ones(n, n, dtype=torch.bool, device=same.device).tril() if causal else same
+    extra = torch.zeros(allowed.shape, dtype=dtype, device=same.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    if bias is None:
+        return extra
+    return torch.maximum(bias + extra, torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=same.device))
+
+
 class ContextPoolModel(ContextPoolPreTrainedModel):
     """The bare ContextPool Transformer: embeddings, layers, optional final norm (and BERT pooler)."""
 
@@ -982,6 +1056,7 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
         if keep_all is not None and not _is_compiling() and bool(keep_all.all()):
             keep_all = keep_new = None
 
+        position_ids_given = position_ids is not None
         position_ids = self._position_ids(position_ids, batch, n, past, device)
         hidden = inputs_embeds
         if self.embed_positions is not None:
@@ -1004,6 +1079,11 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
             _attention_implementation(config, output_attentions), keep_all, n, past + n, config.is_causal,
             hidden.dtype, device, window=config.attention_window, batch=batch,
         )  # fmt: skip
+        packed = _packed_layout(position_ids, keep_new, past, self) if position_ids_given else None
+        if packed is not None:  # several documents per row (DataCollatorWithFlattening)
+            attention_bias = _packed_attention_bias(attention_bias, packed, config.is_causal, hidden.dtype,
+                                                    _attention_implementation(config, output_attentions))  # fmt: skip
+            keep_new = packed
 
         all_hidden = (hidden,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
