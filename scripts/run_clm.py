@@ -22,7 +22,7 @@ import logging
 import math
 
 import torch
-from transformers import Trainer
+from transformers import DataCollatorWithFlattening, Trainer
 
 from contextpool_hf.training import (
     SCRIPT_TRAINING_DEFAULTS,
@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_dataset=lm_data["train"] if training_args.do_train else None,
         eval_dataset=lm_data["validation"] if training_args.do_eval else None,
         processing_class=tokenizer,
-        # Blocks have no padding: labels are input_ids (the model shifts them).
-        data_collator=block_collator,
+        # Blocks have no padding: labels are input_ids (the model shifts them). --packing: one row of
+        # whole documents per batch, position_ids restarting at 0 for each (no padding either).
+        data_collator=DataCollatorWithFlattening() if data_args.packing else block_collator,
         callbacks=callbacks,
     )
 

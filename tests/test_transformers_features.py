@@ -322,3 +322,22 @@ def test_packed_bidirectional_model_does_not_mix_documents():
     packed = model(torch.cat([a, b], 1), position_ids=positions).last_hidden_state
     alone = torch.cat([model(a).last_hidden_state, model(b).last_hidden_state], 1)
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_run_clm_packing_trains_on_flattened_documents(tmp_path, monkeypatch):
+    import math
+
+    from test_training import clm_args  # also puts scripts/ on sys.path
+
+    import run_clm
+    from transformers import DataCollatorWithFlattening
+
+    seen = []
+    original = DataCollatorWithFlattening.__call__
+    monkeypatch.setattr(DataCollatorWithFlattening, "__call__", lambda self, f, *a, **k: seen.append(
+        original(self, f, *a, **k)) or seen[-1])  # fmt: skip
+    results = run_clm.main(clm_args(tmp_path, "out", "--packing", "true", "--max_steps", "3", "--do_eval", "false"))
+    assert seen and all(batch["input_ids"].shape[0] == 1 for batch in seen)
+    restarts = [(batch["position_ids"][0] == 0).sum().item() for batch in seen]
+    assert all(r == 4 for r in restarts), restarts  # 4 documents (per_device_train_batch_size) per packed row
+    assert math.isfinite(results["train_loss"])

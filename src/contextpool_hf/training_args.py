@@ -104,6 +104,12 @@ class DataTrainingArguments:
     block_size: int | None = field(
         default=None, metadata={"help": "tokens per training block, >= 1 (default: min(256, model max length))"}
     )
+    packing: bool = field(
+        default=False,
+        metadata={"help": "clm: padding-free packing: documents (cut to block_size) are not concatenated across their "
+                          "boundaries; DataCollatorWithFlattening packs each batch into one row with position_ids "
+                          "restarting per document, and the model neither attends nor pools across them"},
+    )
     max_seq_length: int = field(default=128, metadata={"help": "classification: truncate inputs to this length (>= 1)"})
     max_train_samples: int | None = field(default=None, metadata={"help": "keep the first N (>= 1) training examples/blocks"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "keep the first N (>= 1) evaluation examples/blocks"})

@@ -219,6 +219,10 @@ def tokenize_and_group(raw: Any, tokenizer: Any, block_size: int, column: str, d
         return {"input_ids": ids, "n_chars": [len(t) + 1 for t in texts]}
 
     def group(batch):
+        if getattr(data_args, "packing", False):  # documents stay apart, cut to block_size (issue 12 item 4)
+            pieces = [seq[i : i + block_size] for seq in batch["input_ids"] for i in range(0, len(seq), block_size)]
+            pieces = [p for p in pieces if len(p) > 1]  # a 1-token piece has no next-token target
+            return {"input_ids": pieces, "labels": [list(p) for p in pieces]}
         stream = [token for seq in batch["input_ids"] for token in seq]
         total = (len(stream) // block_size) * block_size
         blocks = [stream[i : i + block_size] for i in range(0, total, block_size)]
