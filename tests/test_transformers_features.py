@@ -325,12 +325,17 @@ def test_packed_bidirectional_model_does_not_mix_documents():
 
 
 def test_run_clm_packing_trains_on_flattened_documents(tmp_path, monkeypatch):
+    import importlib
     import math
+    import sys
+    from pathlib import Path
 
-    from test_training import clm_args  # also puts scripts/ on sys.path
-
-    import run_clm
+    from test_training import clm_args
     from transformers import DataCollatorWithFlattening
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    run_clm = importlib.import_module("run_clm")
+    assert "run_clm" in sys.modules
 
     seen = []
     original = DataCollatorWithFlattening.__call__
