@@ -368,6 +368,15 @@ def test_shift_labels_are_the_targets_as_in_transformers():
     torch.testing.assert_close(total, ForCausalLMLoss(logits, None, VOCAB, num_items_in_batch=torch.tensor(7), shift_labels=other))
 
 
+def test_trainer_guesses_only_labels_as_label_names():
+    # Trainer computes eval_loss only when every guessed label name is in the batch: a named
+    # `shift_labels` argument made it guess ["labels", "shift_labels"] and drop eval_loss.
+    from transformers.utils import find_labels
+
+    for head in (ContextPoolForCausalLM, ContextPoolForMaskedLM):
+        assert find_labels(head) == ["labels"], head.__name__
+
+
 def test_bad_labels_name_the_argument():
     model = causal_lm()
     raises_naming("shift_labels", lambda: model(token_ids(), shift_labels=token_ids()[:, :4]))

@@ -1186,7 +1186,6 @@ class ContextPoolForCausalLM(ContextPoolPreTrainedModel, GenerationMixin):
         token_type_ids=None,
         past_key_values=None,
         num_items_in_batch=None,
-        shift_labels=None,
         **kwargs,
     ) -> ContextPoolCausalLMOutput | tuple:
         """labels (B, n): next-token targets aligned with input_ids (shifted inside), -100 = ignore.
@@ -1197,6 +1196,9 @@ class ContextPoolForCausalLM(ContextPoolPreTrainedModel, GenerationMixin):
         not used; unlike transformers (which then needs `labels` too, or returns no loss) they alone
         give the loss.
         """
+        # shift_labels travels in **kwargs, as in transformers' Llama: a named `*label*` argument
+        # would make Trainer guess label_names=["labels", "shift_labels"] and report no eval_loss.
+        shift_labels = kwargs.pop("shift_labels", None)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.model(
             input_ids=input_ids,
