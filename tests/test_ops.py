@@ -716,7 +716,7 @@ def test_causal_predictor_incremental_equals_full():
     # a single first token (shorter than the conv state) works too
     w1, _, state1 = pool.predict(hidden[:, :1])
     torch.testing.assert_close(w1, w_full[..., :1], rtol=1e-6, atol=1e-6)
-    assert state1.shape == (2, 8, 3)
+    assert state1.shape == (2, 8, 4)
 
 
 @pytest.mark.parametrize(
