@@ -237,6 +237,18 @@ def test_gpt2_logits_and_generation():
     assert_same_generation(source, converted, pad_token_id=2)
 
 
+def test_special_token_ids_outside_the_vocabulary_are_dropped_with_a_warning():
+    # GPT2Config's default bos/eos (50256) on a small vocabulary, and pad -1: ids the source can
+    # never embed; ContextPoolConfig rejects them, so conversion drops them and says so.
+    source = tiny_gpt2(pad_token_id=-1)
+    source.config.bos_token_id = 50256
+    with pytest.warns(UserWarning, match="bos_token_id=50256"):
+        converted = convert_model(source)
+    assert converted.config.bos_token_id is None and converted.config.pad_token_id is None
+    assert converted.config.eos_token_id == 2  # an id inside the vocabulary is kept
+    assert right_padded_logit_diff(source, converted) <= TOL
+
+
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
 def test_llama_gqa_logits_and_generation(tie):
     source = tiny_llama(tie)
