@@ -41,6 +41,9 @@ from pathlib import Path
 
 import torch
 import transformers
+
+# the same alternated timing as the text benchmark (scripts/ is on sys.path when run as a script)
+from bench_model import timed_pair  # noqa: E402
 from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification
 
 import contextpool_hf.modeling_contextpool_vision as vision
@@ -104,20 +107,6 @@ def train_step_fn(model, batch, compiled=False):
         optimizer.zero_grad(set_to_none=True)
 
     return step
-
-
-def timed_pair(fn_a, fn_b, repeats, warmup):
-    """Per-repeat seconds of fn_a and fn_b, run alternately after warm-up."""
-    for _ in range(warmup):
-        fn_a()
-        fn_b()
-    times_a, times_b = [], []
-    for _ in range(repeats):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return times_a, times_b
 
 
 def n_params(model) -> int:
