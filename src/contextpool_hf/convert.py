@@ -235,9 +235,13 @@ def convert_model(
 
 
 def _source_name(src) -> str:
+    """The source as conversion.json records it: a Hub id as given, a local folder by its name only.
+    conversion.json is uploaded with the checkpoint, and a machine path must not be published."""
     if _is_path(src):
-        return str(src)
-    return getattr(src, "name_or_path", None) or getattr(src.config, "_name_or_path", "") or type(src).__name__
+        name = str(src)
+    else:
+        name = getattr(src, "name_or_path", None) or getattr(src.config, "_name_or_path", "") or type(src).__name__
+    return os.path.basename(os.path.normpath(name)) if os.path.exists(name) else name
 
 
 def _ensure_auto_map(out: Path) -> None:

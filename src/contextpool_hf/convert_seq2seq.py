@@ -21,6 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel
 
 from .configuration_contextpool_seq2seq import ContextPoolSeq2SeqConfig
+from .convert import _source_name
 from .modeling_contextpool_seq2seq import ContextPoolForConditionalGeneration
 
 SUPPORTED_SEQ2SEQ = ("marian", "bart")
@@ -169,7 +170,7 @@ def convert_seq2seq_checkpoint(
     check_output_folder(src, out, overwrite)  # never into the source folder; non-empty OUT needs overwrite
     source = src if isinstance(src, PreTrainedModel) else AutoModelForSeq2SeqLM.from_pretrained(src)
     model = convert_seq2seq_model(source, **overrides)
-    report = {"source": str(src) if not isinstance(src, PreTrainedModel) else type(src).__name__,
+    report = {"source": _source_name(src) if not isinstance(src, PreTrainedModel) else type(src).__name__,
               "source_model_type": source.config.model_type,
               "pool_overrides": {"pool_mix_init": 0.0, **overrides}}
     if check:
