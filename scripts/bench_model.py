@@ -238,6 +238,18 @@ def timed_pair(fn_a, fn_b, repeats, warmup):
     return times_a, times_b
 
 
+def write_results(output_dir, name: str, payload: dict, rows: list[dict]) -> None:
+    """NAME.json holds the whole payload; NAME.csv the rows without their per-repeat time lists."""
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    fields = [k for k in rows[0] if not k.endswith("_times_ms")]
+    with open(out_dir / f"{name}.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def peak_step_memory(fn) -> int:
     """Peak bytes of CPU tensor memory allocated during one call, above the level before it."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -350,14 +362,7 @@ def main():
         timing_method="alternating repeats after warm-up (time.perf_counter); ratio = median of the per-pair ratios, "
                       "spread = their min-max",
     )
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{args.name}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    fields = [k for k in rows[0] if not k.endswith("_times_ms")]
-    with open(out_dir / f"{args.name}.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_results(args.output_dir, args.name, {"meta": meta, "results": rows}, rows)
     print()
     print(markdown_table(rows, meta))
 

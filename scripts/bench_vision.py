@@ -31,19 +31,16 @@ PASS/FAIL is printed, the exit status stays 0.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import platform
 import statistics
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 import transformers
 
 # the same alternated timing as the text benchmark (scripts/ is on sys.path when run as a script)
-from bench_model import timed_pair  # noqa: E402
+from bench_model import timed_pair, write_results  # noqa: E402
 from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification
 
 import contextpool_hf.modeling_contextpool_vision as vision
@@ -290,15 +287,8 @@ def main():
         dense_max_coefs=pooling_2d._DENSE_MAX_COEFS,
         timing_method="alternating repeats after warm-up (time.perf_counter); ratio = median of per-repeat ratios",
     )  # fmt: skip
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "results": rows, "profile_ms": breakdowns, "crossover": cross}
-    (out_dir / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    fields = [k for k in rows[0] if not k.endswith("_times_ms")]
-    with open(out_dir / f"{args.name}.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_results(args.output_dir, args.name, payload, rows)
     print()
     print("| model | step | ContextPool | transformers | ratio (median, min-max) | target |")
     print("|---|---|---:|---:|---:|---|")
