@@ -43,6 +43,7 @@ import transformers
 from bench_model import timed_pair, write_results  # noqa: E402
 from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification
 
+import contextpool_hf.layers_contextpool_vision as vision_layers
 import contextpool_hf.modeling_contextpool_vision as vision
 import contextpool_hf.pooling_2d_contextpool as pooling_2d
 from contextpool_hf import (
@@ -134,7 +135,7 @@ _REGIONS = ("predictor", "pool", "mix")
 
 def _instrument():
     """Wrap the predictor, the pooling call and the mix in record_function regions (undo: call the result)."""
-    originals = (ContextPool.predict, ContextPool.pool, vision._mix)
+    originals = (ContextPool.predict, ContextPool.pool, vision._mix, vision_layers._mix)
 
     def wrap(fn, region):
         def wrapped(*args, **kwargs):
@@ -145,10 +146,11 @@ def _instrument():
 
     ContextPool.predict = wrap(originals[0], "predictor")
     ContextPool.pool = wrap(originals[1], "pool")
-    vision._mix = wrap(originals[2], "mix")
+    vision._mix = wrap(originals[2], "mix")  # the ViT's
+    vision_layers._mix = wrap(originals[3], "mix")  # the ResNet's
 
     def undo():
-        ContextPool.predict, ContextPool.pool, vision._mix = originals
+        ContextPool.predict, ContextPool.pool, vision._mix, vision_layers._mix = originals
 
     return undo
 

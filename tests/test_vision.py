@@ -82,10 +82,11 @@ def test_vit_config_rejects_bad_fields(field, value):
 
 @pytest.mark.parametrize(
     "field,value",
-    [("pool_downsampling", ["stem"]), ("layer_type", "wide"), ("depths", [1]), ("pool_sigma_max", -1.0)],
+    [("pool_downsampling", ["stem"]), ("layer_type", "wide"), ("depths", [1]), ("pool_sigma_max", -1.0),
+     ("pool_placement", "inside")],
 )
 def test_resnet_config_rejects_bad_fields(field, value):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=field.split("_")[0]):
         tiny_resnet_config(**{field: value})
 
 
@@ -192,7 +193,10 @@ def _assert_same_logits_and_grads(a, b, tol):
 
 
 @pytest.mark.parametrize("which,kw", [("vit", {}), ("vit", {"pool_groups": 2}), ("vit", {"pool_feeds": "kv"}),
-                                      ("resnet", {"pool_downsampling": ["stem_conv", "stem_pool", "stages"]})])
+                                      ("resnet", {"pool_downsampling": ["stem_conv", "stem_pool", "stages"]}),
+                                      ("resnet", {"pool_downsampling": ["stem_conv", "stem_pool", "stages"],
+                                                  "pool_placement": "after_conv"}),
+                                      ("resnet", {"layer_type": "bottleneck", "downsample_in_bottleneck": True})])
 def test_fast_matches_reference_implementation(which, kw):
     """The whole model, logits and every parameter's gradient, fast vs the dense float64 reference."""
     torch.manual_seed(0)
@@ -294,7 +298,7 @@ def test_convert_resnet_reproduces_source(layer_type, extra):
     src = randomize(ResNetForImageClassification(ResNetConfig(
         embedding_size=8, hidden_sizes=[8, 16], depths=[2, 1], layer_type=layer_type, num_labels=4, **extra)))
     converted = convert_resnet(src, pool_downsampling=["stem_conv", "stem_pool", "stages"])
-    assert len(converted.pooling_sites()) >= 4
+    assert len(converted.pooling_sites()) >= 4 and converted.config.pool_placement == "after_conv"
     x = torch.randn(2, 3, 33, 33)
     with torch.no_grad():
         diff = (src(pixel_values=x).logits - converted(pixel_values=x).logits).abs().max()
@@ -419,3 +423,63 @@ def test_downsample_gate_zero_is_the_original_operator():
     sub, mx = ContextPoolDownsample(cfg, 8, 2), ContextPoolDownsample(cfg, 8, 2, original="max")
     torch.testing.assert_close(sub(x), x[:, :, ::2, ::2], rtol=0, atol=0)
     torch.testing.assert_close(mx(x), torch.nn.functional.max_pool2d(x, 3, 2, 1), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------
+# ResNet pool_placement: before_conv (default) and after_conv (saved configs before the field)
+# --------------------------------------------------------------------------------------
+
+
+def test_before_conv_block_pools_its_input_once_and_convs_keep_the_grid():
+    """before_conv: one site per down-sampling block, on the block input (in_channels), shared by
+    the main path and the shortcut; every conv of the block runs at stride 1, on the pooled grid."""
+    torch.manual_seed(0)
+    model = ContextPoolResNetForImageClassification(tiny_resnet_config(hidden_sizes=[8, 16, 32], depths=[1, 1, 1]))
+    names = [name for name, _ in model.pooling_sites()]
+    assert names == ["resnet.embedder.pooler", "resnet.encoder.stages.1.layers.0.downsample",
+                     "resnet.encoder.stages.2.layers.0.downsample"], names
+    block = model.resnet.encoder.stages[2].layers[0]
+    assert block.downsample.pool.hidden_size == 16
+    assert all(m.stride == (1, 1) for m in block.modules() if isinstance(m, torch.nn.Conv2d))
+    x = torch.randn(2, 16, 7, 7)
+    pooled = block.downsample(x)
+    assert pooled.shape == (2, 16, 4, 4)
+    with torch.no_grad():
+        expected = block.activation(block.layer(pooled) + block.shortcut(pooled))
+        torch.testing.assert_close(block(x), expected, rtol=0, atol=0)
+    legacy = ContextPoolResNetForImageClassification(tiny_resnet_config(hidden_sizes=[8, 16, 32], depths=[1, 1, 1],
+                                                                        pool_placement="after_conv"))
+    assert len(legacy.pooling_sites()) == 5  # stem + (main path, shortcut) per down-sampling block
+    # the same weights by name: only the ContextPool tensors move between the layouts
+    plain = lambda m: {k for k in m.state_dict() if ".pool." not in k and not k.endswith("pool_mix")}  # noqa: E731
+    assert plain(model) == plain(legacy)
+
+
+@pytest.mark.parametrize("placement", ["after_conv", "before_conv"])
+def test_saved_resnet_keeps_its_placement_and_outputs(tmp_path, placement):
+    """A config saved before `pool_placement` existed has no such key: it loads as after_conv
+    (the layout its weights belong to), by the config class and by the Auto classes, with the same
+    logits. A config saved now records the field, so before_conv stays before_conv."""
+    import json
+
+    torch.manual_seed(0)
+    model = ContextPoolResNetForImageClassification(tiny_resnet_config(pool_mix_init=0.6, pool_placement=placement))
+    model.eval()
+    model.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    saved = json.loads(config_file.read_text())
+    assert saved["pool_placement"] == placement
+    if placement == "after_conv":  # as written before the field existed
+        del saved["pool_placement"]
+        config_file.write_text(json.dumps(saved))
+    x = torch.randn(2, 3, 24, 24)
+    for loader in (ContextPoolResNetForImageClassification, AutoModelForImageClassification):
+        again = loader.from_pretrained(tmp_path).eval()
+        assert again.config.pool_placement == placement
+        with torch.no_grad():
+            torch.testing.assert_close(again(pixel_values=x).logits, model(pixel_values=x).logits, rtol=0, atol=0)
+    assert ContextPoolResNetConfig.from_pretrained(tmp_path).pool_placement == placement
+    # an explicit keyword wins over the legacy default
+    assert ContextPoolResNetConfig.from_dict({"pool_placement": "before_conv"}).pool_placement == "before_conv"
+    assert ContextPoolResNetConfig.from_dict({}, pool_placement="before_conv").pool_placement == "before_conv"
+    assert ContextPoolResNetConfig().pool_placement == "before_conv"

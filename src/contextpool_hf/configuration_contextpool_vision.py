@@ -22,6 +22,7 @@ HEAD_POOLINGS = ("cls", "mean")
 IMPLEMENTATIONS = ("fast", "reference")
 LAYER_TYPES = ("basic", "bottleneck")
 DOWNSAMPLING_SITES = ("stem_conv", "stem_pool", "stages")
+POOL_PLACEMENTS = ("before_conv", "after_conv")
 
 
 def _check_int(name, value, low=1):
@@ -229,10 +230,11 @@ class ContextPoolResNetConfig(PretrainedConfig):
     The ResNet fields mirror `transformers.ResNetConfig`. The down-sampling sites are:
     "stem_conv" (the 7x7 stride-2 stem convolution), "stem_pool" (the stem's 3x3 stride-2
     max pooling) and "stages" (the stride-2 convolutions opening each later stage, main
-    path and shortcut). At a replaced site the convolution runs at stride 1 and a
-    ContextPool with stride 2 picks the outputs; a learnable gate mixes it with the
-    original operator's output (the strided sample, or the max pooling):
-    out = (1 - g) * original + g * contextpool, g initialised to `pool_mix_init`.
+    path and shortcut). A ContextPool with stride 2 does the down-sampling of a replaced site;
+    a learnable gate mixes it with the original operator's output (the strided sample, or the
+    max pooling): out = (1 - g) * original + g * contextpool, g initialised to `pool_mix_init`.
+    Where a strided convolution's down-sampling is replaced, `pool_placement` says where the
+    ContextPool sits.
 
     Args:
         pool_downsampling (`list[str]`, defaults to ["stem_pool", "stages"]): which sites use ContextPool.
@@ -242,6 +244,15 @@ class ContextPoolResNetConfig(PretrainedConfig):
             input pixels of the feature map being down-sampled.
         pool_truncation (`float`, defaults to 2.0): window radius R = ceil(truncation * sigma_max).
         pool_mix_init (`float`, defaults to 1.0): initial mix gate (0.0 after conversion).
+        pool_placement (`str`, defaults to "before_conv"): "before_conv": one ContextPool
+            down-samples a block's input, shared by its main path and its shortcut, and the
+            convolutions run at stride 1 on the down-sampled grid (the stem conv likewise
+            reads pooled pixels); the convolutions cost what transformers' strided ones do.
+            "after_conv": every strided convolution runs at stride 1 at full resolution and
+            its own ContextPool picks the outputs (two sites per block, about 4x the conv
+            cost); at gate 0 it is exactly the strided convolution, so conversion uses it,
+            and a saved config without this field (saved before it existed) loads as
+            "after_conv", with the same outputs as before.
         (other `pool_*` fields as in `ContextPoolViTConfig`)
     """
 
@@ -268,6 +279,7 @@ class ContextPoolResNetConfig(PretrainedConfig):
         pool_predictor_width: int | None = None,
         pool_mix_init: float = 1.0,
         pool_implementation: str = "fast",
+        pool_placement: str = "before_conv",
         **kwargs,
     ):
         self.num_channels = num_channels
@@ -289,6 +301,7 @@ class ContextPoolResNetConfig(PretrainedConfig):
         self.pool_predictor_width = pool_predictor_width
         self.pool_mix_init = pool_mix_init
         self.pool_implementation = pool_implementation
+        self.pool_placement = pool_placement
         kwargs.setdefault(
             "auto_map",
             {
@@ -299,6 +312,14 @@ class ContextPoolResNetConfig(PretrainedConfig):
         )
         super().__init__(**kwargs)
         self._validate()
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """A saved config without `pool_placement` predates the field: it loads as "after_conv",
+        the layout its weights were trained (or converted) with, so it keeps its outputs."""
+        if "pool_placement" not in config_dict and "pool_placement" not in kwargs:
+            config_dict = {**config_dict, "pool_placement": "after_conv"}
+        return super().from_dict(config_dict, **kwargs)
 
     def _validate(self) -> None:
         for name in ("num_channels", "embedding_size"):
@@ -322,6 +343,7 @@ class ContextPoolResNetConfig(PretrainedConfig):
             _check_choice("pool_downsampling", site, DOWNSAMPLING_SITES)
         if len(set(self.pool_downsampling)) != len(self.pool_downsampling):
             raise ValueError(f"pool_downsampling has duplicates: {self.pool_downsampling}")
+        _check_choice("pool_placement", self.pool_placement, POOL_PLACEMENTS)
         _check_pool_fields(self)
         if self.layer_type == "bottleneck":
             for size in self.hidden_sizes:

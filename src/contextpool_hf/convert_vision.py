@@ -95,7 +95,9 @@ def convert_resnet(source, **pooling_overrides) -> ContextPoolResNetForImageClas
     """A `ResNetForImageClassification` (or its path) -> `ContextPoolResNetForImageClassification`."""
     source = _load(source, ResNetForImageClassification)
     cfg = source.config
-    overrides = {"pool_mix_init": 0.0, **pooling_overrides}
+    # after_conv: at gate 0 every replaced site is exactly the source's strided conv (before_conv
+    # would feed the 3x3 convs a subsampled map, which is not what a strided conv computes)
+    overrides = {"pool_mix_init": 0.0, "pool_placement": "after_conv", **pooling_overrides}
     config = ContextPoolResNetConfig(
         num_channels=cfg.num_channels,
         embedding_size=cfg.embedding_size,
@@ -108,6 +110,11 @@ def convert_resnet(source, **pooling_overrides) -> ContextPoolResNetForImageClas
         **_label_kwargs(cfg),
         **overrides,
     )
+    if config.pool_placement == "before_conv" and {"stem_conv", "stages"} & set(config.pool_downsampling):
+        logger.warning(
+            "pool_placement='before_conv' feeds the replaced convolutions a down-sampled map: the converted"
+            " model does not reproduce the source even at pool_mix_init=0 (use 'after_conv' for that)"
+        )
     target = ContextPoolResNetForImageClassification(config).to(source.dtype)
     _carry_weights(source, target)
     return target.eval()

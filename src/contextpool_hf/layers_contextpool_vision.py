@@ -1,0 +1,245 @@
+"""Building blocks of the ContextPool vision models: the helpers both families share and the
+ResNet layers (down-sampling site, conv layers, blocks, stages, encoder).
+
+Flat, Hub-shipped file: imports only torch, transformers and its sibling flat files
+(`modeling_contextpool_vision` imports it, so `save_pretrained` copies it too). Weight names
+follow transformers' ResNet (5.x); ContextPool adds `downsample.pool.*` and `downsample.pool_mix`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+
+from .configuration_contextpool_vision import ContextPoolResNetConfig
+from .modeling_utils_contextpool import _pool_from_config
+from .pooling_contextpool import ContextPool
+
+
+def _make_pool(config, channels: int, stride: int) -> ContextPool:
+    return _pool_from_config(config, channels, causal=False, spatial_dims=2, stride=stride)
+
+
+def _mix(original: torch.Tensor, pooled: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """original + gate * (pooled - original), as one op (exactly `original` at gate 0)."""
+    return torch.lerp(original, pooled, gate.to(original.dtype))
+
+
+def _check_channels(pixel_values: torch.Tensor, expected: int) -> None:
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+        got = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+        raise ValueError(f"pixel_values must be (batch, channels, height, width), got {got}")
+    if pixel_values.shape[1] != expected:
+        raise ValueError(
+            "Make sure that the channel dimension of the pixel values match with the one set in the configuration."
+            f" Expected {expected} but got {pixel_values.shape[1]}. (A grayscale image for an RGB model: pass it"
+            " through the image processor with do_convert_rgb=True.)"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# ResNet layers
+# --------------------------------------------------------------------------------------
+
+
+class ContextPoolDownsample(nn.Module):
+    """Down-sampling by ContextPool with stride, mixed with the operator it replaces.
+
+    x (B, C, H, W) -> (B, C, ceil(H/s), ceil(W/s)): out = orig + g * (contextpool(x) - orig),
+    where orig is x sampled at the strided positions ("subsample": the down-sampling inside a
+    strided convolution) or the 3x3 max pooling ("max", the ResNet stem). The predictor reads x; channel group k of x is
+    pooled with group k's weights and sizes. `last_sigma` keeps the last (B, G, H', W') sizes.
+    """
+
+    def __init__(self, config, channels: int, stride: int = 2, original: str = "subsample"):
+        super().__init__()
+        if channels % config.pool_groups:
+            raise ValueError(f"pool_groups ({config.pool_groups}) must divide the {channels} channels of every pooling site")
+        self.stride, self.original = stride, original
+        self.pool = _make_pool(config, channels, stride)
+        self.pool_mix = nn.Parameter(torch.full((), float(config.pool_mix_init)))
+        self.last_sigma: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride
+        if self.original == "max":
+            orig = F.max_pool2d(x, kernel_size=3, stride=s, padding=1)
+        else:
+            orig = x[:, :, ::s, ::s]
+        batch, channels, height, width = x.shape
+        groups = self.pool.groups
+        hidden = x.permute(0, 2, 3, 1)  # (B, H, W, C), a view of the channels-first x
+        # The predictor reads a channels-last copy: its depthwise conv and projection are 1.5-2x
+        # faster there (measured) than on channels-first memory, copy included.
+        weights, sigma, _ = self.pool.predict(hidden.contiguous())  # (B, G, H, W), (B, G, H', W')
+        feats = hidden.unflatten(-1, (groups, channels // groups)).permute(0, 3, 1, 2, 4)  # (B, G, H, W, C/G), a view
+        # The op keeps x's channels-first memory in its output, so this permute back is a view.
+        pooled = self.pool.pool(feats, weights, sigma)  # (B, G, H', W', C/G)
+        pooled = pooled.permute(0, 1, 4, 2, 3).reshape(batch, channels, *pooled.shape[2:4])
+        self.last_sigma = sigma.detach()
+        return _mix(orig, pooled, self.pool_mix)
+
+
+def _shared_downsample(config, in_channels: int, stride: int, replace: bool):
+    """A block's one down-sampling site on its input (`pool_placement="before_conv"`), else None.
+
+    before_conv: ContextPool down-samples the block input once; the main path and the shortcut
+    both read it and every convolution runs at stride 1 on the down-sampled grid (the cost of
+    transformers' strided convolutions). after_conv (checkpoints saved before the field
+    existed, and conversion, which it reproduces exactly at gate 0): each strided conv runs at
+    stride 1 and its own ContextPool picks the outputs (`ContextPoolResNetConvLayer`).
+    """
+    if replace and stride > 1 and config.pool_placement == "before_conv":
+        return ContextPoolDownsample(config, in_channels, stride)
+    return None
+
+
+class ContextPoolResNetConvLayer(nn.Module):
+    """Conv -> BatchNorm -> activation; a replaced stride moves into a ContextPoolDownsample:
+    before the conv (a 1x1 conv, where sampling commutes, or `pool_placement="before_conv"`, the
+    stem conv) or after the k x k conv run at stride 1 ("after_conv")."""
+
+    def __init__(self, config, in_channels, out_channels, kernel_size=3, stride=1, activation="relu", replace=False):
+        super().__init__()
+        self.downsample = None
+        self.downsample_first = False
+        conv_stride = stride
+        if replace and stride > 1:
+            conv_stride = 1
+            self.downsample_first = kernel_size == 1 or config.pool_placement == "before_conv"
+            self.downsample = ContextPoolDownsample(config, in_channels if self.downsample_first else out_channels, stride)
+        self.convolution = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=conv_stride, padding=kernel_size // 2, bias=False
+        )
+        self.normalization = nn.BatchNorm2d(out_channels)
+        self.activation = ACT2FN[activation] if activation is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample is not None and self.downsample_first:
+            x = self.downsample(x)
+        x = self.convolution(x)
+        if self.downsample is not None and not self.downsample_first:
+            x = self.downsample(x)
+        return self.activation(self.normalization(x))
+
+
+class ContextPoolResNetEmbeddings(nn.Module):
+    def __init__(self, config: ContextPoolResNetConfig):
+        super().__init__()
+        sites = config.pool_downsampling
+        self.embedder = ContextPoolResNetConvLayer(
+            config, config.num_channels, config.embedding_size, kernel_size=7, stride=2,
+            activation=config.hidden_act, replace="stem_conv" in sites,
+        )
+        if "stem_pool" in sites:
+            self.pooler = ContextPoolDownsample(config, config.embedding_size, 2, original="max")
+        else:
+            self.pooler = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.num_channels = config.num_channels
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        _check_channels(pixel_values, self.num_channels)
+        return self.pooler(self.embedder(pixel_values))
+
+
+class ContextPoolResNetShortCut(nn.Module):
+    def __init__(self, config, in_channels, out_channels, stride=2, replace=False):
+        super().__init__()
+        self.downsample = ContextPoolDownsample(config, in_channels, stride) if replace and stride > 1 else None
+        conv_stride = 1 if self.downsample is not None else stride
+        self.convolution = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=conv_stride, bias=False)
+        self.normalization = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return self.normalization(self.convolution(x))
+
+
+class ContextPoolResNetBasicLayer(nn.Module):
+    def __init__(self, config, in_channels, out_channels, stride=1, replace=False):
+        super().__init__()
+        act = config.hidden_act
+        # the shortcut exists where transformers' has one (its weights convert by name)
+        needs_shortcut = in_channels != out_channels or stride != 1
+        self.downsample = _shared_downsample(config, in_channels, stride, replace)
+        if self.downsample is not None:  # the convs run at stride 1 on the down-sampled input
+            stride, replace = 1, False
+        self.shortcut = (
+            ContextPoolResNetShortCut(config, in_channels, out_channels, stride, replace) if needs_shortcut else nn.Identity()
+        )
+        self.layer = nn.Sequential(
+            ContextPoolResNetConvLayer(config, in_channels, out_channels, stride=stride, activation=act, replace=replace),
+            ContextPoolResNetConvLayer(config, out_channels, out_channels, activation=None),
+        )
+        self.activation = ACT2FN[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return self.activation(self.layer(x) + self.shortcut(x))
+
+
+class ContextPoolResNetBottleNeckLayer(nn.Module):
+    def __init__(self, config, in_channels, out_channels, stride=1, replace=False, reduction=4):
+        super().__init__()
+        act, reduced = config.hidden_act, out_channels // reduction
+        in_first = config.downsample_in_bottleneck
+        needs_shortcut = in_channels != out_channels or stride != 1
+        self.downsample = _shared_downsample(config, in_channels, stride, replace)
+        if self.downsample is not None:  # the convs run at stride 1 on the down-sampled input
+            stride, replace = 1, False
+        self.shortcut = (
+            ContextPoolResNetShortCut(config, in_channels, out_channels, stride, replace) if needs_shortcut else nn.Identity()
+        )
+        self.layer = nn.Sequential(
+            ContextPoolResNetConvLayer(
+                config, in_channels, reduced, kernel_size=1, stride=stride if in_first else 1, activation=act, replace=replace
+            ),
+            ContextPoolResNetConvLayer(
+                config, reduced, reduced, stride=1 if in_first else stride, activation=act, replace=replace
+            ),
+            ContextPoolResNetConvLayer(config, reduced, out_channels, kernel_size=1, activation=None),
+        )
+        self.activation = ACT2FN[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return self.activation(self.layer(x) + self.shortcut(x))
+
+
+class ContextPoolResNetStage(nn.Module):
+    def __init__(self, config, in_channels, out_channels, stride=2, depth=2):
+        super().__init__()
+        layer = ContextPoolResNetBottleNeckLayer if config.layer_type == "bottleneck" else ContextPoolResNetBasicLayer
+        replace = "stages" in config.pool_downsampling
+        self.layers = nn.Sequential(
+            layer(config, in_channels, out_channels, stride=stride, replace=replace),
+            *[layer(config, out_channels, out_channels) for _ in range(depth - 1)],
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class ContextPoolResNetEncoder(nn.Module):
+    def __init__(self, config: ContextPoolResNetConfig):
+        super().__init__()
+        first_stride = 2 if config.downsample_in_first_stage else 1
+        self.stages = nn.ModuleList(
+            [ContextPoolResNetStage(config, config.embedding_size, config.hidden_sizes[0], first_stride, config.depths[0])]
+        )
+        pairs = zip(config.hidden_sizes[:-1], config.hidden_sizes[1:], strict=True)
+        for (c_in, c_out), depth in zip(pairs, config.depths[1:], strict=True):
+            self.stages.append(ContextPoolResNetStage(config, c_in, c_out, 2, depth))
+
+    def forward(self, x: torch.Tensor, output_hidden_states: bool = False):
+        hidden_states = (x,) if output_hidden_states else None
+        for stage in self.stages:
+            x = stage(x)
+            if output_hidden_states:
+                hidden_states += (x,)
+        return x, hidden_states
