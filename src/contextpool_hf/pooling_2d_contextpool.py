@@ -23,8 +23,14 @@ of tiles of the whole batch). The dense form is used only while one image's n_ou
 coefficients are at most _DENSE_MAX_COEFS, so its temporaries are at most
 batch x _DENSE_MAX_COEFS elements each (256 KiB per float32 image).
 
-The coefficients are recomputed in the backward (one multiply and one exp per entry, from a
-(To, Li) distance table shared by all tiles) rather than saved.
+The coefficients are recomputed in the backward rather than saved. Per shape (measured,
+`bench_vision.py --crossover` and the op timings in the README):
+- the Gaussian is built from a row and a column factor (the window and the squared distance
+  are separable: 2 (Lh + Lw) exps per output, one multiply per coefficient) on halos of at
+  least _SEPARABLE_MIN_HALO inputs, else with one exp per coefficient;
+- the backward goes through dL/dc (a To x Li matmul output) while a tile has at most as many
+  outputs as features (ViT grids), else through matmuls whose outputs have the size of x and y
+  (ResNet maps: few channels against large halos; see `_TiledPool2d`).
 """
 
 from __future__ import annotations
@@ -163,10 +169,15 @@ class _Layout:
 
 
 # exp() of -inf or of arguments whose result is subnormal takes a slow path on CPUs (10-200x
-# per element, measured), so the exponent is clamped here and the window applied as a 0/1 mask.
-# exp(-80) = 1.8e-35 is still a normal float32; a term that small is below the rounding of any
-# sum it enters (the output's own term has exp(0) = 1), so the clamp changes no result.
-_MIN_EXPONENT = -80.0
+# per element, measured), so each per-dim exponent (row, column) is clamped here and the window
+# applied as a 0/1 mask. In float32 a coefficient's factors are then at least exp(-40) each, their
+# product at least exp(-80) = 1.8e-35, still a normal float32; a clamped term is at most
+# exp(-40) = 4e-18 of the output's own term (gauss exp(0) = 1), below the rounding of any sum it
+# enters, so the clamp changes no result. float64 keeps the exact terms down to exp(-600).
+_MIN_EXPONENT = -40.0
+_MIN_EXPONENT_FLOAT64 = -300.0
+# Halo size (Lh * Lw) from which the Gaussian is built from row and column factors.
+_SEPARABLE_MIN_HALO = 128
 
 
 _TABLE_CACHE: dict = {}
@@ -191,31 +202,58 @@ def _cached_tile_tables(lay, device, dtype):
 
 
 def _tile_tables(lay, device, dtype):
-    """(To, Li) tables between a tile's outputs and its halo inputs: q = -|p_j - p_o|^2 / 2 inside
-    the window (0 outside), and the window itself as a 0/1 mask.
+    """Tables between a tile's To = Th*Tw outputs and its halo inputs.
 
-    The square window and the squared distance are separable, so both are built from the
-    two 1-D tables (broadcast sum and product).
+    The square window and the squared distance are separable, so the Gaussian is a product of
+    a row factor and a column factor: per output, -dist_row^2 / 2 against the Lh halo rows,
+    (To, Lh), and -dist_col^2 / 2 against the Lw halo columns, (To, Lw), each 0 outside the
+    window, with its 0/1 window mask; and the full q = -|p_j - p_o|^2 / 2, (To, Lh*Lw), 0
+    outside the window (what the sigma gradient weighs the coefficients with).
     """
-    q_h = _distance_table(lay.th, lay.lh, lay.left_h, lay.stride, lay.radius, device, dtype)
-    q_w = _distance_table(lay.tw, lay.lw, lay.left_w, lay.stride, lay.radius, device, dtype)
-    q = q_h.view(lay.th, 1, lay.lh, 1) + q_w.view(1, lay.tw, 1, lay.lw)  # (Th, Tw, Lh, Lw), -inf outside
-    q = q.reshape(lay.th * lay.tw, lay.lh * lay.lw)
+    zero = torch.zeros((), dtype=dtype, device=device)
+    q_h = _distance_table(lay.th, lay.lh, lay.left_h, lay.stride, lay.radius, device, dtype)  # (Th, Lh)
+    q_w = _distance_table(lay.tw, lay.lw, lay.left_w, lay.stride, lay.radius, device, dtype)  # (Tw, Lw)
+    row = q_h.view(lay.th, 1, lay.lh).expand(lay.th, lay.tw, lay.lh).reshape(lay.th * lay.tw, lay.lh)  # (To, Lh)
+    col = q_w.view(1, lay.tw, lay.lw).expand(lay.th, lay.tw, lay.lw).reshape(lay.th * lay.tw, lay.lw)  # (To, Lw)
+    q = row.view(-1, lay.lh, 1) + col.view(-1, 1, lay.lw)  # (To, Lh, Lw), -inf outside
     inside = torch.isfinite(q)
-    return torch.where(inside, q, torch.zeros((), dtype=dtype, device=device)), inside.to(dtype)
+    q = torch.where(inside, q, zero).view(-1, lay.lh * lay.lw)
+    factors = tuple((torch.where(torch.isfinite(t), t, zero), torch.isfinite(t).to(dtype)) for t in (row, col))
+    return factors, q, inside.view(-1, lay.lh * lay.lw).to(dtype)
 
 
-def _coefficients(w_halo, inv_var, q, inside):
-    """gauss_oj = exp(-dist^2 / (2 s_o^2)) and c_oj = w_j gauss_oj, both (B, k, ntw, To, Li).
+def _separable(lay) -> bool:
+    """Build the Gaussian from row and column factors where a halo is large (measured: a 16x16
+    halo gains, an 8x8 one loses to the extra small ops)."""
+    return lay.lh * lay.lw >= _SEPARABLE_MIN_HALO
 
-    w_halo (B, k, ntw, Li); inv_var (B, k, ntw, To) = 1 / sigma^2; q, inside (To, Li).
-    """
-    gauss = torch.mul(inv_var.unsqueeze(-1), q).clamp_min_(_MIN_EXPONENT).exp_().mul_(inside)  # exact 0 outside
-    return gauss, gauss * w_halo.unsqueeze(-2)
+
+def _gauss(inv_var, tables, lay):
+    """gauss_oj = exp(-dist_oj^2 / (2 s_o^2)) as (B, k, ntw, To, Li): inv_var (B, k, ntw, To) =
+    1 / sigma^2. On large halos built from the (To, Lh) row and (To, Lw) column factors: 2 (Lh + Lw)
+    exps per output and one multiply per coefficient, instead of an exp per coefficient."""
+    iv = inv_var.unsqueeze(-1)
+    factors, q, inside = tables
+    low = _MIN_EXPONENT_FLOAT64 if iv.dtype == torch.float64 else _MIN_EXPONENT
+    if not _separable(lay):  # the same clamp as the product of the two clamped factors' floor
+        return torch.mul(iv, q).clamp_min_(2 * low).exp_().mul_(inside)
+    (q_row, in_row), (q_col, in_col) = factors
+    row = torch.mul(iv, q_row).clamp_min_(low).exp_().mul_(in_row)  # (B, k, ntw, To, Lh), 0 outside
+    col = torch.mul(iv, q_col).clamp_min_(low).exp_().mul_(in_col)  # (B, k, ntw, To, Lw)
+    return torch.mul(row.unsqueeze(-1), col.unsqueeze(-2)).flatten(-2)  # (B, k, ntw, To, Lh*Lw)
 
 
 class _TiledPool2d(torch.autograd.Function):
-    """2-D pooling as per-tile coefficient matmuls (dense when one tile), hand-written backward."""
+    """2-D pooling as per-tile coefficient matmuls (dense when one tile), hand-written backward.
+
+    With c_oj = w_j gauss_oj, N_o = sum_j c_oj x_j, S_o = sum_j c_oj and y_o = N_o / (eps + S_o),
+    every gradient is a matmul with an output of the size of x or y, never of the coefficients:
+    with G_o = dL/dN_o = g_o / (eps + S_o) and t_o = dL/dS_o = -G_o . y_o,
+        dL/dx_j = w_j M_j,            M = gauss^T [G, t]  (Li x (d + 1), one matmul)
+        dL/dw_j = x_j . M_j[:d] + M_j[d]
+        dL/d(1/s_o^2) = G_o . Z_o + t_o sum_j c_oj q_oj,   Z = (c * q) @ x
+    (q = -dist^2 / 2). The coefficients are recomputed in the backward, not saved.
+    """
 
     @staticmethod
     def forward(ctx, x, weights, sigma, radius, stride, normalize, eps, plan):
@@ -224,14 +262,14 @@ class _TiledPool2d(torch.autograd.Function):
         lay = _Layout(tuple(weights.shape[1:]), tuple(sigma.shape[1:]), radius, stride, plan)
         x_pad, w_pad = lay.pad_input(x), lay.pad_input(weights)
         s_t = lay.to_tiles(sigma, value=1.0)  # (B, nth, ntw, To); padded outputs get a harmless 1
-        q, inside = _cached_tile_tables(lay, x.device, x.dtype)
+        tables = _cached_tile_tables(lay, x.device, x.dtype)
         inv_var = (s_t * s_t).reciprocal_()  # (B, nth, ntw, To)
         w_halo = lay.halos(w_pad)  # (B, nth, ntw, Li): no feature dim, so one copy for all chunks
         step = _rows_per_chunk(x, lay)
         y_t = denom = None
         for k0 in range(0, lay.nth, step):
             k, kc = slice(k0, k0 + step), min(step, lay.nth - k0)
-            _, coef = _coefficients(w_halo[:, k], inv_var[:, k], q, inside)
+            coef = _gauss(inv_var[:, k], tables, lay).mul_(w_halo[:, k].unsqueeze(-2))  # (B, kc, ntw, To, Li)
             y_k = _matmul_like_x(coef, lay.halos(x_pad, k0, kc), lay)  # (B, kc, ntw, To, d)
             total = coef.sum(-1, keepdim=True).add_(eps) if normalize else None  # (B, kc, ntw, To, 1)
             if normalize:
@@ -245,16 +283,22 @@ class _TiledPool2d(torch.autograd.Function):
             y_t[:, k] = y_k
             if normalize:
                 denom[:, k] = total
-        ctx.save_for_backward(x_pad, w_halo, inv_var, y_t, denom, q, inside, sigma)
-        ctx.layout, ctx.step = lay, step
+        ctx.save_for_backward(x_pad, w_halo, inv_var, y_t, denom, sigma)
+        ctx.layout, ctx.step, ctx.tables = lay, step, tables
         return lay.from_tiles(y_t)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        x_pad, w_halo, inv_var, y_t, denom, q, inside, sigma = ctx.saved_tensors
-        lay, step = ctx.layout, ctx.step
+        x_pad, w_halo, inv_var, y_t, denom, sigma = ctx.saved_tensors
+        lay, step, tables = ctx.layout, ctx.step, ctx.tables
+        q = tables[1]
+        # Which gradient form (measured): through dL/dc (a To x Li matmul output, two passes over it)
+        # while a tile has at most as many outputs as features (ViT grids), else the form whose
+        # matmul outputs are of the size of x and y (ResNet maps: few channels, large halos).
+        via_coef_grad = lay.th * lay.tw <= x_pad.shape[-1]
         need_x, need_w, need_sigma = ctx.needs_input_grad[:3]
+        d = x_pad.shape[-1]
         g_t = lay.to_tiles(grad_y)  # (B, nth, ntw, To, d)
         grad_x_pad = grad_w_pad = grad_inv_var = None
         if need_x and not lay.dense:
@@ -265,42 +309,96 @@ class _TiledPool2d(torch.autograd.Function):
             grad_inv_var = torch.empty_like(inv_var)  # (B, nth, ntw, To)
         for k0 in range(0, lay.nth, step):
             k, kc = slice(k0, k0 + step), min(step, lay.nth - k0)
-            gauss, coef = _coefficients(w_halo[:, k], inv_var[:, k], q, inside)
-            grad_num = g_t[:, k]  # dL/d(sum_j c_oj x_j)
+            gauss = _gauss(inv_var[:, k], tables, lay)  # (B, kc, ntw, To, Li)
+            w_k = w_halo[:, k].unsqueeze(-1)  # (B, kc, ntw, Li, 1)
+            grad_num = g_t[:, k]  # G = dL/dN, (B, kc, ntw, To, d)
             grad_total = None
             if denom is not None:
                 grad_num = grad_num / denom[:, k]
-                grad_total = torch.linalg.vecdot(grad_num, y_t[:, k]).neg_().unsqueeze(-1)  # dL/d(sum_j c_oj)
-            if need_x:
-                grad_halo = _matmul_like_x(coef.transpose(-1, -2), grad_num, lay)  # (B, kc, ntw, Li, d)
+                grad_total = torch.linalg.vecdot(grad_num, y_t[:, k]).neg_().unsqueeze(-1)  # t = dL/dS, (.., To, 1)
+            x_halo = lay.halos(x_pad, k0, kc) if (need_w or need_sigma) else None  # (B, kc, ntw, Li, d)
+            if via_coef_grad:
+                dense = _backward_via_coef_grad(lay, k, k0, gauss, w_k, grad_num, grad_total, x_halo, q,
+                                                grad_x_pad, grad_w_pad, grad_inv_var, need_x, need_w, need_sigma)
                 if lay.dense:
-                    grad_x_pad = grad_halo.view(x_pad.shape)
-                else:
-                    lay.fold_add_(grad_x_pad, grad_halo, k0)
-            if not (need_w or need_sigma):
+                    grad_x_pad, grad_w_pad = dense
                 continue
-            x_halo = lay.halos(x_pad, k0, kc)  # (B, kc, ntw, Li, d)
-            grad_coef = torch.matmul(grad_num, x_halo.transpose(-1, -2))  # (B, kc, ntw, To, Li): dL/dc_oj
-            if grad_total is not None:
-                grad_coef.add_(grad_total)
-            if need_w:
-                grad_w_halo = torch.linalg.vecdot(grad_coef, gauss, dim=-2)  # (B, kc, ntw, Li)
-                if lay.dense:
-                    grad_w_pad = grad_w_halo.view(x_pad.shape[:3])
-                else:
-                    lay.fold_add_(grad_w_pad, grad_w_halo, k0)
-            if need_sigma:  # c_oj = w_j exp(q_oj / s_o^2), q = -dist^2 / 2
-                grad_inv_var[:, k] = torch.linalg.vecdot(grad_coef.mul_(coef), q)
+            if need_x or need_w:
+                # M = gauss^T [G, t]: t rides along as one more column of the same matmul
+                cols = (grad_num,) if grad_total is None or not need_w else (grad_num, grad_total)
+                m = _gauss_t_times(gauss, cols, x_pad.stride(-1) != 1)  # (B, kc, ntw, Li, d or d + 1)
+                if need_x:
+                    grad_halo = m[..., :d] * w_k  # (B, kc, ntw, Li, d)
+                    if lay.dense:
+                        grad_x_pad = grad_halo
+                    else:
+                        lay.fold_add_(grad_x_pad, grad_halo, k0)
+                if need_w:
+                    grad_w_halo = torch.linalg.vecdot(m[..., :d], x_halo)  # (B, kc, ntw, Li)
+                    if m.shape[-1] > d:
+                        grad_w_halo = grad_w_halo + m[..., d]
+                    if lay.dense:
+                        grad_w_pad = grad_w_halo.view(x_pad.shape[:3])
+                    else:
+                        lay.fold_add_(grad_w_pad, grad_w_halo, k0)
+            if need_sigma:  # c_oj = w_j exp(q_oj / s_o^2): dc_oj / d(1/s_o^2) = c_oj q_oj
+                cq = gauss.mul_(w_k.transpose(-1, -2)).mul_(q)  # (B, kc, ntw, To, Li), gauss is not used after
+                grad_iv = torch.linalg.vecdot(grad_num, _matmul_like_x(cq, x_halo, lay))  # (B, kc, ntw, To)
+                if grad_total is not None:
+                    grad_iv = grad_iv + grad_total.squeeze(-1) * cq.sum(-1)
+                grad_inv_var[:, k] = grad_iv
         h, w = lay.in_sizes
         rows_in, cols_in = slice(lay.left_h, lay.left_h + h), slice(lay.left_w, lay.left_w + w)
-        grad_x = grad_x_pad[:, rows_in, cols_in] if need_x else None
-        grad_wts = grad_w_pad[:, rows_in, cols_in] if need_w else None
-        grad_sigma = None
+        grad_x = grad_wts = grad_sigma = None
+        if need_x:  # dense: (B, 1, 1, H*W, d) -> (B, H, W, d), a view keeping the matmul's memory layout
+            grad_x = grad_x_pad.squeeze(2).squeeze(1).unflatten(1, (h, w)) if lay.dense else grad_x_pad[:, rows_in, cols_in]
+        if need_w:
+            grad_wts = grad_w_pad[:, rows_in, cols_in]
         if need_sigma:  # d(1/s^2)/ds = -2/s^3
             grad_iv = grad_inv_var.unsqueeze(-1)  # (B, nth, ntw, To, 1)
             grad_iv = lay.from_tiles(grad_iv).squeeze(-1)  # (B, Ho, Wo)
             grad_sigma = grad_iv * -2.0 / (sigma * sigma * sigma)
         return grad_x, grad_wts, grad_sigma, None, None, None, None, None
+
+
+def _backward_via_coef_grad(lay, k, k0, gauss, w_k, grad_num, grad_total, x_halo, q,
+                            grad_x_pad, grad_w_pad, grad_inv_var, need_x, need_w, need_sigma):
+    """One chunk of the backward through dL/dc_oj = G_o . x_j + t_o, (B, kc, ntw, To, Li).
+    Tiled maps add into grad_x_pad / grad_w_pad; dense maps return (grad_x halos, grad_w) instead."""
+    coef = gauss * w_k.transpose(-1, -2)  # (B, kc, ntw, To, Li)
+    dense_x = dense_w = None
+    if need_x:
+        grad_halo = _matmul_like_x(coef.transpose(-1, -2), grad_num, lay)  # (B, kc, ntw, Li, d)
+        if lay.dense:
+            dense_x = grad_halo
+        else:
+            lay.fold_add_(grad_x_pad, grad_halo, k0)
+    if need_w or need_sigma:
+        grad_coef = torch.matmul(grad_num, x_halo.transpose(-1, -2))  # (B, kc, ntw, To, Li): dL/dc_oj
+        if grad_total is not None:
+            grad_coef.add_(grad_total)
+        if need_w:
+            grad_w_halo = torch.linalg.vecdot(grad_coef, gauss, dim=-2)  # (B, kc, ntw, Li)
+            if lay.dense:
+                dense_w = grad_w_halo.view(grad_w_halo.shape[0], *lay.in_sizes)
+            else:
+                lay.fold_add_(grad_w_pad, grad_w_halo, k0)
+        if need_sigma:  # c_oj = w_j exp(q_oj / s_o^2), q = -dist^2 / 2
+            grad_inv_var[:, k] = torch.linalg.vecdot(grad_coef.mul_(coef), q)
+    return dense_x, dense_w
+
+
+def _gauss_t_times(gauss, cols, channels_first):
+    """gauss^T @ [cols side by side], (..., Li, sum of widths), in x's memory layout.
+
+    Channels-first x (a ConvNet's (B, d, H, W) seen as (B, H, W, d)) gets a result whose
+    feature columns are contiguous ((cols^T @ gauss)^T), so its gradient keeps that layout too.
+    """
+    if channels_first:
+        rhs_t = torch.cat([c.transpose(-1, -2) for c in cols], -2) if len(cols) > 1 else cols[0].transpose(-1, -2)
+        return torch.matmul(rhs_t, gauss).transpose(-1, -2)
+    rhs = torch.cat(cols, -1) if len(cols) > 1 else cols[0]
+    return torch.matmul(gauss.transpose(-1, -2), rhs)
 
 
 def _matmul_like_x(coef, features, lay):
