@@ -5,29 +5,19 @@ remote-code save/load without the package, and mean what its docstring says: blo
 residual stream entering the layer; the fixed modes give every token w = 1 and one sigma.
 """
 
+import functools
+
 import pytest
 import torch
+from helpers import TINY_VOCAB, random_ids, tiny_causal_lm
 from remote_utils import run_without_package
 
-from contextpool_hf import ContextPoolConfig, ContextPoolForCausalLM
+from contextpool_hf import ContextPoolConfig
 from contextpool_hf.pooling_contextpool import ContextPool, context_pool
 
-VOCAB = 61
-
-
-def tiny_lm(seed=0, **overrides) -> ContextPoolForCausalLM:
-    base = dict(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=96, pad_token_id=0, eos_token_id=None, bos_token_id=None, is_causal=True,
-        pool_sigma_max=2.0, pool_truncation=2.0, initializer_range=0.2,
-    )
-    base.update(overrides)
-    torch.manual_seed(seed)
-    return ContextPoolForCausalLM(ContextPoolConfig(**base)).eval()
-
-
-def ids(batch=2, n=20, seed=1):
-    return torch.randint(1, VOCAB, (batch, n), generator=torch.Generator().manual_seed(seed))
+VOCAB = TINY_VOCAB
+tiny_lm = tiny_causal_lm
+ids = functools.partial(random_ids, n=20)
 
 
 VARIANTS = [

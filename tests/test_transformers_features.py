@@ -1,27 +1,18 @@
 """transformers-native features (issue 12): positions past the limit in rotary models, attention
 backends through ALL_ATTENTION_FUNCTIONS, PEFT prefix tuning, assisted decoding, packed training."""
 
+import functools
+
 import pytest
 import torch
+from helpers import TINY_VOCAB, random_ids, tiny_causal_lm
 
-from contextpool_hf import ContextPoolConfig, ContextPoolForCausalLM
+from contextpool_hf import ContextPoolConfig
 
-VOCAB = 61
-
-
-def tiny_lm(seed=0, **overrides) -> ContextPoolForCausalLM:
-    base = dict(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=24, pad_token_id=0, eos_token_id=None, bos_token_id=None, is_causal=True,
-        pool_sigma_max=2.0, pool_truncation=2.0, initializer_range=0.2,
-    )
-    base.update(overrides)
-    torch.manual_seed(seed)
-    return ContextPoolForCausalLM(ContextPoolConfig(**base)).eval()
-
-
-def ids(batch=2, n=7, seed=1):
-    return torch.randint(1, VOCAB, (batch, n), generator=torch.Generator().manual_seed(seed))
+VOCAB = TINY_VOCAB
+# A 24-position table: the rotary and absolute-position tests run past it.
+tiny_lm = functools.partial(tiny_causal_lm, max_position_embeddings=24)
+ids = random_ids
 
 
 # -- item 6: max_position_embeddings is advisory for rotary positions ---------------------------

@@ -1,0 +1,29 @@
+"""Shared test builders: a tiny ContextPool causal LM and random token ids for it.
+
+Small enough to run many variants on CPU; a narrow pooling window (sigma <= 2, truncation 2) so
+that short sequences and generation run well past it, and a wide initialisation so that greedy
+decoding does not collapse to one repeated token (tests compare token sequences).
+"""
+
+import torch
+
+from contextpool_hf import ContextPoolConfig, ContextPoolForCausalLM
+
+TINY_VOCAB = 61
+
+
+def tiny_causal_lm(seed: int = 0, **overrides) -> ContextPoolForCausalLM:
+    """A 2-layer, hidden-32 causal LM in eval mode, its weights drawn from `seed`; `overrides` are config fields."""
+    base = dict(
+        vocab_size=TINY_VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=96, pad_token_id=0, eos_token_id=None, bos_token_id=None, is_causal=True,
+        pool_sigma_max=2.0, pool_truncation=2.0, initializer_range=0.2,
+    )  # fmt: skip
+    base.update(overrides)
+    torch.manual_seed(seed)
+    return ContextPoolForCausalLM(ContextPoolConfig(**base)).eval()
+
+
+def random_ids(batch: int = 2, n: int = 7, seed: int = 1, vocab_size: int = TINY_VOCAB) -> torch.Tensor:
+    """(batch, n) token ids in [1, vocab_size): never 0, the pad id."""
+    return torch.randint(1, vocab_size, (batch, n), generator=torch.Generator().manual_seed(seed))
