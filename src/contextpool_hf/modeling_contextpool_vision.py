@@ -189,11 +189,13 @@ class ContextPoolViTAttention(nn.Module):
         # A contiguous copy of the patches: its (B, d, rows, cols) view is then channels-last in
         # memory, where the predictor's depthwise conv is fast (the strided view that skips the
         # CLS token is not: it costs about as much again as the whole predictor).
-        patches = hidden[:, 1:].contiguous().view(batch, rows, cols, d)
+        # split, not two slices: its backward is one cat where two slices each zero-fill a full-size grad
+        cls, patches = hidden.split([1, n - 1], dim=1)
+        patches = patches.contiguous().view(batch, rows, cols, d)
         weights, sigma, _ = self.pool.predict(patches)  # (B, 1, rows, cols) each
         pooled = self.pool.pool(patches.unsqueeze(1), weights, sigma).view(batch, n - 1, d)
         mixed = _mix(patches.view(batch, n - 1, d), pooled, self.pool_mix)
-        return torch.cat([hidden[:, :1], mixed], dim=1), sigma  # the CLS token is not pooled
+        return torch.cat([cls, mixed], dim=1), sigma  # the CLS token is not pooled
 
     def _pool_projections(self, hidden, projected, grid):
         """hidden (B, N, d) normalised input; projected (B, N, F*d): F projections without bias,
