@@ -519,7 +519,39 @@ class _BlockedPool1d(torch.autograd.Function):
         return grad_x, grad_w, grad_sigma, None, None, None, None
 
 
+def _is_exporting() -> bool:
+    return hasattr(torch.compiler, "is_exporting") and torch.compiler.is_exporting()
+
+
+def _pool_1d_export(x, weights, sigma, radius, causal, normalize, eps):
+    """1-D pooling as plain tensor ops for `torch.export` / ONNX with a dynamic length.
+
+    The blocked path decides block counts with `//` on the length, and export cannot carry such
+    shapes without guards that fix n. Here every shape is linear in n: the (B, n, K) band of
+    coefficients for the K = 2R + 1 (causal: R + 1) offsets, computed as in `_chunk_coefficients`
+    (same clamp, same exact zeros), and the output as K shifted multiply-adds of x (O(n d) memory,
+    no (n, K, d) tensor). The radius is not clamped to n - 1: a radius past the input selects
+    the same pairs. Autograd runs through the ops (export is for inference anyway).
+    """
+    n = x.shape[1]
+    right = 0 if causal else radius
+    offsets = torch.arange(-radius, right + 1, device=x.device, dtype=x.dtype)  # (K,)
+    x_pad = F.pad(x, (0, 0, radius, right))  # (B, R + n + right, d): zero weight outside
+    w_band = F.pad(weights, (radius, right)).unfold(1, offsets.numel(), 1)  # (B, n, K), a view
+    exponent = (sigma * sigma).reciprocal().unsqueeze(-1) * (offsets * offsets * -0.5)  # (B, n, K)
+    gauss = exponent.clamp_min(_MIN_EXPONENT).exp() * (exponent >= _MIN_EXPONENT)
+    coef = gauss * w_band  # (B, n, K)
+    y = coef[..., 0:1] * x_pad[:, 0:n]
+    for c in range(1, offsets.numel()):
+        y = y + coef[..., c : c + 1] * x_pad[:, c : c + n]  # (B, n, d)
+    if normalize:
+        y = y / (coef.sum(-1, keepdim=True) + eps)
+    return y
+
+
 def _pool_fast(x, weights, sigma, radius, stride, causal, normalize, eps):
+    if x.dim() == 3 and stride == 1 and _is_exporting():
+        return _pool_1d_export(x, weights, sigma, radius, causal, normalize, eps)
     if x.dim() == 3 and stride == 1:
         return _BlockedPool1d.apply(x, weights, sigma, radius, causal, normalize, eps)
     if x.dim() == 4 and not causal:  # 2-D: dense or tiled coefficient matmuls (pooling_2d_contextpool)
@@ -568,7 +600,8 @@ def _run(x, weights, sigma, radius, stride, causal, normalize, eps, implementati
     compute_dtype = torch.promote_types(x.dtype, torch.float32)
     x, weights, sigma = (t.to(compute_dtype) for t in (x, weights, sigma))
     sigma = sigma.clamp_min(_SIGMA_FLOOR)  # exact: see _SIGMA_FLOOR (a tiny sigma is the identity, not NaN)
-    radius = clamped_radius(radius, weights.shape[1:])
+    if not _is_exporting():  # exported graphs keep R: min(R, n - 1) would fix the length
+        radius = clamped_radius(radius, weights.shape[1:])
     fn = _IMPLEMENTATION_FUNCTIONS[implementation]
     return fn(x, weights, sigma, radius, stride, causal, normalize, eps).to(out_dtype)
 
@@ -808,15 +841,19 @@ class ContextPoolPredictor(nn.Module):
         h = self.in_proj(hidden) if self.in_proj is not None else hidden
         if keep is not None:  # padding must not leak into real tokens' logits
             h = h * keep.unsqueeze(-1).to(h.dtype)
-        h = h.movedim(-1, 1)  # (B, width, n) or (B, width, H, W)
+        # explicit non-negative permutations: movedim(-1, 1) exports to ONNX as a negative one,
+        # which onnxruntime rejects
+        to_channels = (0, 2, 1) if self.spatial_dims == 1 else (0, 3, 1, 2)
+        to_last = (0, 2, 1) if self.spatial_dims == 1 else (0, 2, 3, 1)
+        h = h.permute(to_channels)  # (B, width, n) or (B, width, H, W)
         new_state = None
         if self.causal:
             if conv_state is None:
                 conv_state = h.new_zeros(h.shape[:2] + (self.state_size,))
             h = torch.cat([conv_state.to(h.dtype), h], dim=-1)  # (B, width, k - 1 + n)
             new_state = h[..., h.shape[-1] - self.state_size :]
-        h = F.gelu(self.conv(h)).movedim(1, -1)  # (B, n, width) or (B, H, W, width)
-        logits = self.proj(h).movedim(-1, 1)  # (B, 2G, n) or (B, 2G, H, W)
+        h = F.gelu(self.conv(h)).permute(to_last)  # (B, n, width) or (B, H, W, width)
+        logits = self.proj(h).permute(to_channels)  # (B, 2G, n) or (B, 2G, H, W)
         a, b = logits.chunk(2, dim=1)
         return a, b, new_state
 
@@ -845,8 +882,12 @@ class ContextPoolPredictor(nn.Module):
             h = h * keep.unsqueeze(-1).to(h.dtype)
         new_state = None
         if self.causal:  # the last k - 1 inputs, zeros before the sequence: (B, width, k - 1)
-            tail = h[:, max(0, h.shape[1] - self.state_size) :].transpose(1, 2)
-            new_state = F.pad(tail, (self.state_size - tail.shape[-1], 0))
+            if _is_exporting():  # no Python max on the symbolic length: pad first, then take the tail
+                padded = F.pad(h, (0, 0, self.state_size, 0))  # (B, k - 1 + n, width)
+                new_state = padded[:, padded.shape[1] - self.state_size :].transpose(1, 2)
+            else:
+                tail = h[:, max(0, h.shape[1] - self.state_size) :].transpose(1, 2)
+                new_state = F.pad(tail, (self.state_size - tail.shape[-1], 0))
         pad_left = self.kernel_size - 1 if self.causal else self.kernel_size // 2
         gates = _FusedPredictor1d.apply(
             h, self.conv.weight.squeeze(1), self.conv.bias, self.proj.weight, self.proj.bias, pad_left
