@@ -742,50 +742,77 @@ def _depthwise_conv_1d(h_pad: torch.Tensor, weight: torch.Tensor, bias, n: int) 
     return out
 
 
+def _tap_shifts(kernel: int, pad_left: int, n: int):
+    """(tap j, shift s = j - pad_left) for the taps that reach the sequence (|s| < n): tap j reads
+    h[t + s] for output t, zero outside (the padding)."""
+    return [(j, j - pad_left) for j in range(kernel) if abs(j - pad_left) < n]
+
+
+def _depthwise_conv_1d_unpadded(h, weight, bias, pad_left):
+    """`_depthwise_conv_1d` of the zero-padded h without building the padded copy: the centre
+    tap writes every output (bias included), the others add into the outputs they reach."""
+    n = h.shape[1]
+    centre = weight[:, pad_left]
+    out = torch.addcmul(bias, h, centre) if bias is not None else h * centre  # (B, n, C)
+    for j, shift in _tap_shifts(weight.shape[1], pad_left, n):
+        if shift < 0:
+            out[:, -shift:].addcmul_(h[:, : n + shift], weight[:, j])
+        elif shift > 0:
+            out[:, : n - shift].addcmul_(h[:, shift:], weight[:, j])
+    return out
+
+
 class _FusedPredictor1d(torch.autograd.Function):
     """sigmoid(proj(gelu(depthwise_conv(h)))) for 1-D sequences, with a hand-written backward.
 
     One function instead of four autograd nodes: on a CPU the depthwise conv's backward alone
     cost more than the pooling, and the layout changes around nn.Conv1d ((B, n, C) <-> (B, C, n))
-    copied the input twice. Only the input and the (B, 2G, n) gates are saved; the conv output
-    and its GELU are recomputed in the backward (O(n C) extra memory, none kept between passes).
+    copied the input twice. The conv runs on shifted slices of h (no padded copy). Saved: the
+    input, the conv output (B, n, C) and the (B, 2G, n) gates, O(n C); the GELU is recomputed.
     """
 
     @staticmethod
     def forward(ctx, h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left):
         # h (B, n, C); conv_weight (C, k); proj_weight (2G, C) -> gates (B, 2G, n)
-        n, kernel = h.shape[1], conv_weight.shape[1]
-        h_pad = F.pad(h, (0, 0, pad_left, kernel - 1 - pad_left))  # (B, n + k - 1, C)
-        act = F.gelu(_depthwise_conv_1d(h_pad, conv_weight, conv_bias, n))
-        gates = torch.sigmoid(F.linear(act, proj_weight, proj_bias)).transpose(1, 2)  # (B, 2G, n)
-        ctx.save_for_backward(h, conv_weight, conv_bias, proj_weight, gates)
+        if _is_exporting():  # shifted slices would decide on n (|shift| < n): pad instead
+            n, kernel = h.shape[1], conv_weight.shape[1]
+            h_pad = F.pad(h, (0, 0, pad_left, kernel - 1 - pad_left))  # (B, n + k - 1, C)
+            conv = _depthwise_conv_1d(h_pad, conv_weight, conv_bias, n)
+        else:
+            conv = _depthwise_conv_1d_unpadded(h, conv_weight, conv_bias, pad_left)
+        gates = torch.sigmoid(F.linear(F.gelu(conv), proj_weight, proj_bias)).transpose(1, 2)  # (B, 2G, n)
+        ctx.save_for_backward(h, conv_weight, conv, proj_weight, gates)
         ctx.pad_left = pad_left
-        ctx.has_proj_bias = proj_bias is not None
+        ctx.has_proj_bias, ctx.has_conv_bias = proj_bias is not None, conv_bias is not None
         return gates
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_gates):
-        h, conv_weight, conv_bias, proj_weight, gates = ctx.saved_tensors
+        h, conv_weight, conv, proj_weight, gates = ctx.saved_tensors
         n, kernel = h.shape[1], conv_weight.shape[1]
         grad_logits = torch.ops.aten.sigmoid_backward(grad_gates, gates).transpose(1, 2)  # (B, n, 2G)
-        h_pad = F.pad(h, (0, 0, ctx.pad_left, kernel - 1 - ctx.pad_left))
-        conv = _depthwise_conv_1d(h_pad, conv_weight, conv_bias, n)  # recomputed: (B, n, C)
-        act = F.gelu(conv)
+        act = F.gelu(conv)  # recomputed: (B, n, C)
         flat_grad = grad_logits.reshape(-1, grad_logits.shape[-1])  # (B*n, 2G)
         grad_proj_weight = flat_grad.t() @ act.reshape(-1, act.shape[-1])  # (2G, C)
         grad_proj_bias = flat_grad.sum(0) if ctx.has_proj_bias else None
         grad_conv = torch.ops.aten.gelu_backward(grad_logits @ proj_weight, conv)  # (B, n, C)
-        grad_conv_bias = grad_conv.sum((0, 1)) if conv_bias is not None else None
-        grad_conv_weight = torch.stack(
-            [torch.linalg.vecdot(grad_conv, h_pad[:, j : j + n], dim=1).sum(0) for j in range(kernel)], dim=1
-        )  # (C, k)
-        # the adjoint of the cross-correlation: grad_h[t] = sum_j weight[:, j] * grad_conv[t + pad_left - j]
-        right = ctx.pad_left
-        grad_pad = F.pad(grad_conv, (0, 0, kernel - 1 - right, right))  # (B, n + k - 1, C)
-        grad_h = grad_pad[:, kernel - 1 : kernel - 1 + n] * conv_weight[:, 0]
-        for j in range(1, kernel):
-            grad_h.addcmul_(grad_pad[:, kernel - 1 - j : kernel - 1 - j + n], conv_weight[:, j])
+        grad_conv_bias = grad_conv.sum((0, 1)) if ctx.has_conv_bias else None
+        # the adjoint of the shifted multiply-adds: out[t] += w_j h[t + s]  =>  grad_h[t + s] += w_j grad_conv[t]
+        pad_left = ctx.pad_left
+        grad_h = grad_conv * conv_weight[:, pad_left]
+        grad_conv_weight = torch.zeros_like(conv_weight)  # (C, k); taps that reach nothing stay 0
+        grad_conv_weight[:, pad_left] = torch.linalg.vecdot(grad_conv, h, dim=1).sum(0)
+        for j, shift in _tap_shifts(kernel, pad_left, n):
+            if shift < 0:
+                g, x = grad_conv[:, -shift:], h[:, : n + shift]
+                grad_h[:, : n + shift].addcmul_(g, conv_weight[:, j])
+            elif shift > 0:
+                g, x = grad_conv[:, : n - shift], h[:, shift:]
+                grad_h[:, shift:].addcmul_(g, conv_weight[:, j])
+            else:
+                continue
+            grad_conv_weight[:, j] = torch.linalg.vecdot(g, x, dim=1).sum(0)
         return grad_h, grad_conv_weight, grad_conv_bias, grad_proj_weight, grad_proj_bias, None
 
 
