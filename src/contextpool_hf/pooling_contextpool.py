@@ -1,7 +1,11 @@
 """The ContextPool operator and its modules.
 
-Flat, Hub-shipped file: it imports only torch, so a checkpoint saved with
-`save_pretrained` carries it next to the modeling files.
+Flat, Hub-shipped file: it imports only torch (and its flat siblings, relatively), so a
+checkpoint saved with `save_pretrained` carries it next to the modeling files. Split by job:
+checks_contextpool.py (input checks), predictor_contextpool.py (the predictor and its fused
+1-D function), pooling_offsets_contextpool.py (the offset loop), pooling_2d_contextpool.py
+(the 2-D matmul paths); this file keeps the 1-D blocked op, the reference, the public
+functions and the ContextPool module, and re-exports the others' names.
 
 For output position i with width sigma_i and input weights w_j (spec items 2-5):
 
@@ -22,7 +26,6 @@ Two implementations:
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -30,13 +33,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks_contextpool import (  # noqa: F401  (re-exported: the public and test-facing names)
+    _SIGMA_FLOOR,
+    _SIGMA_MAX_SLACK,
+    DEFAULT_EPS,
+    IMPLEMENTATIONS,
+    _check_bool,
+    _check_int,
+    _check_module_options,
+    _check_not_transformed,
+    _check_options,
+    _check_real,
+    _check_shape,
+    _check_values,
+    _empty_result,
+    _is_compiling,
+    _is_exporting,
+    _is_real,
+    _mask_as_weights,
+)
 from .pooling_2d_contextpool import tiled_pool_2d
-
-IMPLEMENTATIONS = ("fast", "reference")
-DEFAULT_EPS = 1e-6
-# sigma is produced as sigma_min + (sigma_max - sigma_min) * sigmoid(b); allow float rounding
-# at the top of that range without letting real out-of-range widths through.
-_SIGMA_MAX_SLACK = 1e-4
+from .pooling_offsets_contextpool import (  # noqa: F401
+    _FastContextPool,
+    _GaussianCache,
+    _offset_plan,
+    _offset_slices,
+    _tiled_plans,
+    _window_offsets,
+)
+from .predictor_contextpool import (  # noqa: F401
+    ContextPoolPredictor,
+    _depthwise_conv_1d,
+    _depthwise_conv_1d_unpadded,
+    _FusedPredictor1d,
+    _tap_shifts,
+)
 
 
 def window_radius(sigma_max: float, truncation: float) -> int:
@@ -53,320 +84,6 @@ def clamped_radius(radius: int, in_sizes: Sequence[int]) -> int:
     """
     largest = max(in_sizes, default=0)
     return max(0, min(int(radius), largest - 1))
-
-
-# --------------------------------------------------------------------------------------
-# Input checking
-# --------------------------------------------------------------------------------------
-
-
-def _is_compiling() -> bool:
-    return hasattr(torch, "compiler") and torch.compiler.is_compiling()
-
-
-# Every rejected option raises a ValueError whose message starts with the argument's name and
-# says what is allowed. bool is an int subclass in Python: `sigma_max=True` or `stride=True` is a
-# mistake, never a number, so the number checks exclude it.
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_real(name: str, value, low=None, low_open: bool = False) -> None:
-    """A finite Python int/float (not bool), >= low (> low when low_open)."""
-    relation = ">" if low_open else ">="
-    allowed = "a finite number" + (f" {relation} {low}" if low is not None else "")
-    if not (_is_real(value) and math.isfinite(value)):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    if low is not None and (value < low or (low_open and value <= low)):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
-def _check_int(name: str, value, low: int = 1, odd: bool = False) -> None:
-    """A Python int (not bool) >= low, odd when asked."""
-    allowed = f"an {'odd ' if odd else ''}int >= {low}"
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (odd and value % 2 == 0):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
-def _check_bool(name: str, value) -> None:
-    # "no", 0 or None would be truthy/falsy by accident: only True or False say what they mean
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-
-
-def _check_options(sigma_max: float, truncation: float, implementation: str, eps: float,
-                   causal: bool = False, normalize: bool = True) -> None:  # fmt: skip
-    if not isinstance(implementation, str) or implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-    _check_real("sigma_max", sigma_max, 0, low_open=True)
-    _check_real("truncation", truncation, 0, low_open=True)
-    if not math.isfinite(truncation * sigma_max):
-        raise ValueError(
-            f"truncation * sigma_max (the window radius) must be finite, got {truncation!r} * {sigma_max!r}"
-        )
-    _check_real("eps", eps, 0)
-    _check_bool("causal", causal)
-    _check_bool("normalize", normalize)
-
-
-def _check_module_options(hidden_size, groups, kernel_size, causal, width, spatial_dims) -> None:
-    """The predictor's sizes (ContextPoolPredictor and ContextPool), each named with its allowed values."""
-    _check_int("hidden_size", hidden_size)
-    _check_int("groups", groups)
-    # odd: a centred depthwise conv keeps the length only with an odd kernel (an even one adds a token)
-    _check_int("kernel_size", kernel_size, odd=True)
-    _check_bool("causal", causal)
-    if width is not None:
-        _check_int("predictor_width", width)
-    if spatial_dims not in (1, 2) or isinstance(spatial_dims, bool):
-        raise ValueError(f"spatial_dims must be 1 (sequences) or 2 (grids), got {spatial_dims!r}")
-
-
-def _check_not_transformed(*tensors: torch.Tensor) -> None:
-    """torch.func transforms (vmap, grad, jacrev) cannot run the fast path's autograd Functions nor
-    the value checks (they read the data): say so instead of failing deep inside torch."""
-    functorch = getattr(torch._C, "_functorch", None)
-    if _is_compiling() or functorch is None or not hasattr(functorch, "is_functorch_wrapped_tensor"):
-        return  # dynamo cannot trace the query (and compiled code runs no transforms through here)
-    if any(isinstance(t, torch.Tensor) and functorch.is_functorch_wrapped_tensor(t) for t in tensors):
-        raise ValueError(
-            "x, weights and sigma are torch.func-transformed tensors (torch.vmap / torch.func.grad): "
-            "ContextPool does not support function transforms; its inputs are already batched along "
-            "dim 0, so stack the examples instead of vmapping, and use torch.autograd.grad for gradients"
-        )
-
-
-# The smallest width the arithmetic sees. A smaller sigma (down to 1e-45, where sigma^2 underflows
-# to 0 and 0 * inf would give NaN) means the identity: every neighbour's weight
-# exp(-dist^2 / (2 sigma^2)) with dist >= 1 is below exp(-800), which is exactly 0 in float32 and
-# float64, and so it already is at this floor. Flooring is therefore exact (outputs and gradients:
-# the true d/dsigma is 0 there too), not an approximation.
-_SIGMA_FLOOR = 0.025
-
-
-def _empty_result(x: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor, shape) -> torch.Tensor:
-    """The result when some size is 0 (batch, positions or features): zeros of the output shape,
-    still attached to the inputs so that autograd gives them (empty or zero) gradients."""
-    attached = (x.sum() + weights.sum() + sigma.sum()) * 0
-    return x.new_zeros(shape) + attached.to(x.dtype)
-
-
-def _check_values(name: str, tensor: torch.Tensor, low=None, high=None, low_open: bool = False) -> None:
-    """Value checks (finite, in range). They read the data, so they are skipped under torch.compile.
-
-    One pass over the data: min and max propagate nan and expose +-inf, so they answer the
-    finiteness and the range questions together.
-    """
-    if _is_compiling():
-        return
-    if not tensor.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
-    if tensor.numel() == 0:
-        return
-    smallest, largest = torch.stack(torch.aminmax(tensor.detach())).tolist()
-    if not (math.isfinite(smallest) and math.isfinite(largest)):
-        raise ValueError(f"{name} contains non-finite values (nan or inf)")
-    if low is not None and (smallest < low or (low_open and smallest <= low)):
-        relation = ">" if low_open else ">="
-        raise ValueError(f"{name} must be {relation} {low}, got a minimum of {smallest}")
-    if high is not None and largest > high:
-        raise ValueError(f"{name} must be <= {high}, got a maximum of {largest}")
-
-
-def _check_shape(name: str, tensor, expected: tuple[int, ...], what: str) -> None:
-    if not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if tuple(tensor.shape) != tuple(expected):
-        raise ValueError(f"{name} must have shape {tuple(expected)} ({what}), got {tuple(tensor.shape)}")
-
-
-def _mask_as_weights(attention_mask: torch.Tensor, name: str) -> torch.Tensor:
-    """A 0/1 mask (bool, int, or float exactly 0/1) -> a bool keep mask; anything else is an error.
-
-    An additive mask (0 = keep, large negative = drop) would read inverted and 0.5, 2 or -1 as
-    "keep" if cast with .bool(), so those are rejected rather than guessed at. The value check
-    reads the data (one pass, one host sync), so it is skipped under torch.compile / export.
-    """
-    if not isinstance(attention_mask, torch.Tensor):
-        raise ValueError(
-            f"{name} must be a torch.Tensor of 0 (padding) and 1 (real token), got {type(attention_mask).__name__}"
-        )
-    if attention_mask.dtype == torch.bool:
-        return attention_mask
-    if attention_mask.is_complex():
-        raise ValueError(f"{name} must be a bool, integer or float tensor of 0 and 1, got dtype {attention_mask.dtype}")
-    if not _is_compiling() and attention_mask.numel():
-        bad = (attention_mask != 0) & (attention_mask != 1)
-        if bool(bad.any()):
-            value = attention_mask[bad][0].item()
-            raise ValueError(
-                f"{name} must contain only 0 (padding) and 1 (real token) (bool, int, or float exactly 0/1), "
-                f"got {value!r}. An additive mask (0 = keep, large negative = drop) is not accepted: "
-                "pass (additive_mask == 0) instead"
-            )
-    return attention_mask != 0
-
-
-# --------------------------------------------------------------------------------------
-# The window: which offsets exist and which slices they touch
-# --------------------------------------------------------------------------------------
-
-
-def _window_offsets(radius: int, in_sizes: Sequence[int], causal: bool) -> list[tuple[int, ...]]:
-    """All offsets (one int per spatial dim) that can reach an input: |offset| <= R and < size."""
-    per_dim = []
-    for size in in_sizes:
-        reach = min(radius, size - 1)
-        upper = 0 if causal else reach
-        per_dim.append(range(-reach, upper + 1))
-    return list(itertools.product(*per_dim))
-
-
-def _offset_slices(offset: int, size_in: int, size_out: int, stride: int, origin: int = 0):
-    """Outputs o whose input position origin + o * stride + offset lies in [0, size_in),
-    as (output slice, input slice), or None when there are none."""
-    first = origin + offset  # input position of output 0 plus the offset
-    lo = max(0, (-first + stride - 1) // stride)
-    hi = min(size_out, (size_in - 1 - first) // stride + 1)
-    if lo >= hi:
-        return None
-    start = first + lo * stride
-    return slice(lo, hi), slice(start, start + (hi - lo - 1) * stride + 1, stride)
-
-
-def _offset_plan(radius, in_sizes, out_sizes, stride, causal, origins=None):
-    """[(squared distance, output index, input index)] for every offset that touches something."""
-    origins = origins or (0,) * len(in_sizes)
-    plan = []
-    for offset in _window_offsets(radius, in_sizes, causal):
-        slices = [
-            _offset_slices(o, si, so, stride, org)
-            for o, si, so, org in zip(offset, in_sizes, out_sizes, origins, strict=True)
-        ]
-        if any(s is None for s in slices):
-            continue
-        out_index = (slice(None),) + tuple(s[0] for s in slices)
-        in_index = (slice(None),) + tuple(s[1] for s in slices)
-        plan.append((float(sum(o * o for o in offset)), out_index, in_index))
-    # Offsets at the same distance (+-k in 1-D; up to 8 in 2-D) share one Gaussian, computed
-    # once on all outputs and sliced: sorting makes them adjacent, so only one is kept alive.
-    plan.sort(key=lambda step: step[0], reverse=True)
-    return plan
-
-
-# Outputs are processed in tiles along the first spatial axis so that the tile's inputs and
-# outputs stay in cache across the 2R+1 offset passes (one pass over a 16 MB tensor per offset
-# is memory-bound). A tile holds about this many (batch * positions * features) elements.
-_TILE_ELEMENTS = 1 << 20
-
-
-def _tiled_plans(radius, in_sizes, out_sizes, stride, causal, row_elements):
-    """[(output rows, input rows, plan)] covering all outputs; plans are relative to the tile views."""
-    rows_out, rows_in = out_sizes[0], in_sizes[0]
-    tile = max(1, min(rows_out, _TILE_ELEMENTS // max(1, row_elements)))
-    tiles = []
-    for t0 in range(0, rows_out, tile):
-        t1 = min(rows_out, t0 + tile)
-        a = max(0, t0 * stride - radius)
-        b = min(rows_in, (t1 - 1) * stride + radius + 1)
-        origins = (t0 * stride - a,) + (0,) * (len(in_sizes) - 1)
-        plan = _offset_plan(radius, (b - a,) + tuple(in_sizes[1:]), (t1 - t0,) + tuple(out_sizes[1:]), stride, causal, origins)
-        tiles.append((slice(t0, t1), slice(a, b), plan))
-    return tiles
-
-
-class _GaussianCache:
-    """exp(-sq / (2 sigma^2)) on every output for the current squared distance (None at 0)."""
-
-    def __init__(self, sigma: torch.Tensor):
-        self.inv_two_var = 0.5 / (sigma * sigma)  # (B, *out_sizes)
-        self.sq, self.gauss = 0.0, None
-
-    def __call__(self, sq: float):
-        if sq != self.sq:
-            self.sq, self.gauss = sq, torch.exp(self.inv_two_var * -sq)
-        return self.gauss
-
-
-# --------------------------------------------------------------------------------------
-# Fast path
-# --------------------------------------------------------------------------------------
-
-
-class _FastContextPool(torch.autograd.Function):
-    """Offset-loop pooling with a hand-written backward (no per-offset tensors are kept)."""
-
-    @staticmethod
-    def forward(ctx, x, weights, sigma, radius, stride, causal, normalize, eps):
-        # x: (B, *in_sizes, d); weights: (B, *in_sizes); sigma: (B, *out_sizes)
-        in_sizes, out_sizes = tuple(weights.shape[1:]), tuple(sigma.shape[1:])
-        row_elements = x[:, :1].numel()  # elements in one input row (all batch, features)
-        tiles = _tiled_plans(radius, in_sizes, out_sizes, stride, causal, row_elements)
-        y = x.new_zeros(sigma.shape + x.shape[-1:])
-        total = torch.zeros_like(sigma) if normalize else None  # sum_j w_j g_ij
-        for rows_out, rows_in, plan in tiles:
-            x_t, w_t, y_t = x[:, rows_in], weights[:, rows_in], y[:, rows_out]
-            total_t = total[:, rows_out] if normalize else None
-            gaussian = _GaussianCache(sigma[:, rows_out])
-            for sq, out_index, in_index in plan:
-                coef = w_t[in_index]
-                if sq:
-                    coef = coef * gaussian(sq)[out_index]
-                y_t[out_index].addcmul_(coef.unsqueeze(-1), x_t[in_index])
-                if normalize:
-                    total_t[out_index] += coef
-        if normalize:
-            denom = total.add_(eps)
-            y.div_(denom.unsqueeze(-1))
-        else:
-            denom = None
-        ctx.save_for_backward(x, weights, sigma, y, denom)
-        ctx.tiles = tiles
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y):
-        x, weights, sigma, y, denom = ctx.saved_tensors
-        need_x = ctx.needs_input_grad[0]
-        need_coef = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        if denom is not None:
-            grad_num = grad_y / denom.unsqueeze(-1)  # dL/d(sum_j c_ij x_j)
-            grad_total = torch.linalg.vecdot(grad_y, y).div_(denom).neg_()  # dL/d(sum_j c_ij)
-        else:
-            grad_num, grad_total = grad_y, None
-        grad_x = torch.zeros_like(x) if need_x else None
-        grad_w = torch.zeros_like(weights)
-        grad_sq = torch.zeros_like(sigma)  # sum_j dL/dc_ij * c_ij * |p_j - p_i|^2
-        for rows_out, rows_in, plan in ctx.tiles:
-            x_t, w_t, g_t = x[:, rows_in], weights[:, rows_in], grad_num[:, rows_out]
-            gx_t = grad_x[:, rows_in] if need_x else None
-            gw_t, gsq_t = grad_w[:, rows_in], grad_sq[:, rows_out]
-            gtot_t = grad_total[:, rows_out] if grad_total is not None else None
-            gaussian = _GaussianCache(sigma[:, rows_out])
-            for sq, out_index, in_index in plan:
-                coef = w_t[in_index]
-                if sq:
-                    gauss = gaussian(sq)[out_index]
-                    coef = coef * gauss
-                g_out = g_t[out_index]
-                if need_x:
-                    gx_t[in_index].addcmul_(g_out, coef.unsqueeze(-1))
-                if not need_coef:
-                    continue
-                grad_coef = torch.linalg.vecdot(g_out, x_t[in_index])  # dL/dc_ij
-                if gtot_t is not None:
-                    grad_coef += gtot_t[out_index]
-                if sq:
-                    gw_t[in_index].addcmul_(grad_coef, gauss)
-                    gsq_t[out_index].addcmul_(grad_coef, coef, value=sq)
-                else:
-                    gw_t[in_index] += grad_coef
-        # d g_ij / d sigma_i = g_ij * |p_j - p_i|^2 / sigma_i^3
-        grad_sigma = grad_sq.div_(sigma * sigma * sigma)
-        return grad_x, grad_w, grad_sigma, None, None, None, None, None
 
 
 # 1-D outputs are processed in blocks of this many tokens (see _BlockedPool1d) ...
@@ -517,10 +234,6 @@ class _BlockedPool1d(torch.autograd.Function):
             s = s_pad.squeeze(-1)
             grad_sigma = (grad_inv_var * -2.0 / (s * s * s)).view(batch, -1)[:, :n]
         return grad_x, grad_w, grad_sigma, None, None, None, None
-
-
-def _is_exporting() -> bool:
-    return hasattr(torch.compiler, "is_exporting") and torch.compiler.is_exporting()
 
 
 def _pool_1d_export(x, weights, sigma, radius, causal, normalize, eps):
@@ -727,199 +440,8 @@ def context_pool_2d(
 
 
 # --------------------------------------------------------------------------------------
-# Fused 1-D predictor: depthwise conv -> GELU -> projection -> sigmoid
-# --------------------------------------------------------------------------------------
-
-
-def _depthwise_conv_1d(h_pad: torch.Tensor, weight: torch.Tensor, bias, n: int) -> torch.Tensor:
-    """out[:, t] = bias + sum_j weight[:, j] * h_pad[:, t + j]: nn.Conv1d's cross-correlation,
-    computed in the (B, n, C) layout as kernel_size multiply-adds. h_pad (B, n + k - 1, C)."""
-    out = h_pad[:, :n] * weight[:, 0]
-    for j in range(1, weight.shape[1]):
-        out.addcmul_(h_pad[:, j : j + n], weight[:, j])
-    if bias is not None:
-        out += bias
-    return out
-
-
-def _tap_shifts(kernel: int, pad_left: int, n: int):
-    """(tap j, shift s = j - pad_left) for the taps that reach the sequence (|s| < n): tap j reads
-    h[t + s] for output t, zero outside (the padding)."""
-    return [(j, j - pad_left) for j in range(kernel) if abs(j - pad_left) < n]
-
-
-def _depthwise_conv_1d_unpadded(h, weight, bias, pad_left):
-    """`_depthwise_conv_1d` of the zero-padded h without building the padded copy: the centre
-    tap writes every output (bias included), the others add into the outputs they reach."""
-    n = h.shape[1]
-    centre = weight[:, pad_left]
-    out = torch.addcmul(bias, h, centre) if bias is not None else h * centre  # (B, n, C)
-    for j, shift in _tap_shifts(weight.shape[1], pad_left, n):
-        if shift < 0:
-            out[:, -shift:].addcmul_(h[:, : n + shift], weight[:, j])
-        elif shift > 0:
-            out[:, : n - shift].addcmul_(h[:, shift:], weight[:, j])
-    return out
-
-
-class _FusedPredictor1d(torch.autograd.Function):
-    """sigmoid(proj(gelu(depthwise_conv(h)))) for 1-D sequences, with a hand-written backward.
-
-    One function instead of four autograd nodes: on a CPU the depthwise conv's backward alone
-    cost more than the pooling, and the layout changes around nn.Conv1d ((B, n, C) <-> (B, C, n))
-    copied the input twice. The conv runs on shifted slices of h (no padded copy). Saved: the
-    input, the conv output (B, n, C) and the (B, 2G, n) gates, O(n C); the GELU is recomputed.
-    """
-
-    @staticmethod
-    def forward(ctx, h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left):
-        # h (B, n, C); conv_weight (C, k); proj_weight (2G, C) -> gates (B, 2G, n)
-        if _is_exporting():  # shifted slices would decide on n (|shift| < n): pad instead
-            n, kernel = h.shape[1], conv_weight.shape[1]
-            h_pad = F.pad(h, (0, 0, pad_left, kernel - 1 - pad_left))  # (B, n + k - 1, C)
-            conv = _depthwise_conv_1d(h_pad, conv_weight, conv_bias, n)
-        else:
-            conv = _depthwise_conv_1d_unpadded(h, conv_weight, conv_bias, pad_left)
-        gates = torch.sigmoid(F.linear(F.gelu(conv), proj_weight, proj_bias)).transpose(1, 2)  # (B, 2G, n)
-        ctx.save_for_backward(h, conv_weight, conv, proj_weight, gates)
-        ctx.pad_left = pad_left
-        ctx.has_proj_bias, ctx.has_conv_bias = proj_bias is not None, conv_bias is not None
-        return gates
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_gates):
-        h, conv_weight, conv, proj_weight, gates = ctx.saved_tensors
-        n, kernel = h.shape[1], conv_weight.shape[1]
-        grad_logits = torch.ops.aten.sigmoid_backward(grad_gates, gates).transpose(1, 2)  # (B, n, 2G)
-        act = F.gelu(conv)  # recomputed: (B, n, C)
-        flat_grad = grad_logits.reshape(-1, grad_logits.shape[-1])  # (B*n, 2G)
-        grad_proj_weight = flat_grad.t() @ act.reshape(-1, act.shape[-1])  # (2G, C)
-        grad_proj_bias = flat_grad.sum(0) if ctx.has_proj_bias else None
-        grad_conv = torch.ops.aten.gelu_backward(grad_logits @ proj_weight, conv)  # (B, n, C)
-        grad_conv_bias = grad_conv.sum((0, 1)) if ctx.has_conv_bias else None
-        # the adjoint of the shifted multiply-adds: out[t] += w_j h[t + s]  =>  grad_h[t + s] += w_j grad_conv[t]
-        pad_left = ctx.pad_left
-        grad_h = grad_conv * conv_weight[:, pad_left]
-        grad_conv_weight = torch.zeros_like(conv_weight)  # (C, k); taps that reach nothing stay 0
-        grad_conv_weight[:, pad_left] = torch.linalg.vecdot(grad_conv, h, dim=1).sum(0)
-        for j, shift in _tap_shifts(kernel, pad_left, n):
-            if shift < 0:
-                g, x = grad_conv[:, -shift:], h[:, : n + shift]
-                grad_h[:, : n + shift].addcmul_(g, conv_weight[:, j])
-            elif shift > 0:
-                g, x = grad_conv[:, : n - shift], h[:, shift:]
-                grad_h[:, shift:].addcmul_(g, conv_weight[:, j])
-            else:
-                continue
-            grad_conv_weight[:, j] = torch.linalg.vecdot(g, x, dim=1).sum(0)
-        return grad_h, grad_conv_weight, grad_conv_bias, grad_proj_weight, grad_proj_bias, None
-
-
-# --------------------------------------------------------------------------------------
 # Modules: predictor and ContextPool
 # --------------------------------------------------------------------------------------
-
-
-class ContextPoolPredictor(nn.Module):
-    """m(X) -> (a, b): depthwise conv -> GELU -> linear to 2 * groups logits (spec item 1).
-
-    `a` gives the token weights (w = sigmoid(a)), `b` the pooling sizes. The causal variant
-    pads on the left only, so a token's logits never see later tokens; its conv state (the
-    last kernel_size - 1 inputs) is what incremental decoding carries between steps.
-    """
-
-    def __init__(
-        self,
-        hidden_size: int,
-        groups: int = 1,
-        kernel_size: int = 3,
-        causal: bool = False,
-        width: int | None = None,
-        spatial_dims: int = 1,
-    ):
-        super().__init__()
-        _check_module_options(hidden_size, groups, kernel_size, causal, width, spatial_dims)
-        width = width or hidden_size
-        self.groups, self.kernel_size, self.causal, self.spatial_dims = (
-            groups,
-            kernel_size,
-            causal,
-            spatial_dims,
-        )
-        # A narrower predictor first projects down; at full width it reads the input directly.
-        self.in_proj = nn.Linear(hidden_size, width, bias=False) if width != hidden_size else None
-        conv = nn.Conv1d if spatial_dims == 1 else nn.Conv2d
-        padding = 0 if causal else kernel_size // 2
-        self.conv = conv(width, width, kernel_size, padding=padding, groups=width)
-        self.proj = nn.Linear(width, 2 * groups)
-
-    @property
-    def state_size(self) -> int:
-        """How many past conv inputs a causal predictor needs to continue a sequence."""
-        return self.kernel_size - 1
-
-    def forward(self, hidden: torch.Tensor, keep: torch.Tensor | None = None, conv_state=None):
-        """hidden: (B, n, d) or (B, H, W, d); keep: (B, n) / (B, H, W) real-token mask.
-
-        Returns a, b of shape (B, groups, n) / (B, groups, H, W), and the new conv state
-        (B, width, kernel_size - 1) for causal 1-D predictors (else None).
-        """
-        h = self.in_proj(hidden) if self.in_proj is not None else hidden
-        if keep is not None:  # padding must not leak into real tokens' logits
-            h = h * keep.unsqueeze(-1).to(h.dtype)
-        # explicit non-negative permutations: movedim(-1, 1) exports to ONNX as a negative one,
-        # which onnxruntime rejects
-        to_channels = (0, 2, 1) if self.spatial_dims == 1 else (0, 3, 1, 2)
-        to_last = (0, 2, 1) if self.spatial_dims == 1 else (0, 2, 3, 1)
-        h = h.permute(to_channels)  # (B, width, n) or (B, width, H, W)
-        new_state = None
-        if self.causal:
-            if conv_state is None:
-                conv_state = h.new_zeros(h.shape[:2] + (self.state_size,))
-            h = torch.cat([conv_state.to(h.dtype), h], dim=-1)  # (B, width, k - 1 + n)
-            new_state = h[..., h.shape[-1] - self.state_size :]
-        h = F.gelu(self.conv(h)).permute(to_last)  # (B, n, width) or (B, H, W, width)
-        logits = self.proj(h).permute(to_channels)  # (B, 2G, n) or (B, 2G, H, W)
-        a, b = logits.chunk(2, dim=1)
-        return a, b, new_state
-
-    def _fusable(self, h: torch.Tensor, conv_state) -> bool:
-        """The fused 1-D function covers a sequence without carried conv state, in the weights' dtype."""
-        conv = self.conv
-        return (
-            self.spatial_dims == 1
-            and conv_state is None
-            and (self.causal or self.kernel_size % 2 == 1)
-            and h.dtype == conv.weight.dtype == self.proj.weight.dtype
-            and not torch.is_autocast_enabled(h.device.type)
-        )
-
-    def gates(self, hidden: torch.Tensor, keep: torch.Tensor | None = None, conv_state=None):
-        """(sigmoid(a), sigmoid(b)) stacked as (B, 2 * groups, n) / (B, 2 * groups, H, W), and the conv state.
-
-        Equal to `forward` followed by a sigmoid; 1-D sequences without carried state take the
-        fused function (`_FusedPredictor1d`).
-        """
-        if not self._fusable(hidden, conv_state):
-            a, b, new_state = self.forward(hidden, keep, conv_state)
-            return torch.sigmoid(torch.cat([a, b], dim=1)), new_state
-        h = self.in_proj(hidden) if self.in_proj is not None else hidden
-        if keep is not None:  # padding must not leak into real tokens' logits
-            h = h * keep.unsqueeze(-1).to(h.dtype)
-        new_state = None
-        if self.causal:  # the last k - 1 inputs, zeros before the sequence: (B, width, k - 1)
-            if _is_exporting():  # no Python max on the symbolic length: pad first, then take the tail
-                padded = F.pad(h, (0, 0, self.state_size, 0))  # (B, k - 1 + n, width)
-                new_state = padded[:, padded.shape[1] - self.state_size :].transpose(1, 2)
-            else:
-                tail = h[:, max(0, h.shape[1] - self.state_size) :].transpose(1, 2)
-                new_state = F.pad(tail, (self.state_size - tail.shape[-1], 0))
-        pad_left = self.kernel_size - 1 if self.causal else self.kernel_size // 2
-        gates = _FusedPredictor1d.apply(
-            h, self.conv.weight.squeeze(1), self.conv.bias, self.proj.weight, self.proj.bias, pad_left
-        )
-        return gates, new_state
 
 
 POOL_MODES = ("adaptive", "fixed", "fixed_learned")

@@ -1,0 +1,176 @@
+"""Input checks of the ContextPool operators and modules.
+
+Flat, Hub-shipped file (imports only torch): every rejected option raises a ValueError whose
+message names the argument and says what is allowed. Split out of pooling_contextpool.py,
+which re-exports these names.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+IMPLEMENTATIONS = ("fast", "reference")
+DEFAULT_EPS = 1e-6
+# sigma is produced as sigma_min + (sigma_max - sigma_min) * sigmoid(b); allow float rounding
+# at the top of that range without letting real out-of-range widths through.
+_SIGMA_MAX_SLACK = 1e-4
+
+
+# --------------------------------------------------------------------------------------
+# Input checking
+# --------------------------------------------------------------------------------------
+
+
+def _is_compiling() -> bool:
+    return hasattr(torch, "compiler") and torch.compiler.is_compiling()
+
+
+# Every rejected option raises a ValueError whose message starts with the argument's name and
+# says what is allowed. bool is an int subclass in Python: `sigma_max=True` or `stride=True` is a
+# mistake, never a number, so the number checks exclude it.
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_real(name: str, value, low=None, low_open: bool = False) -> None:
+    """A finite Python int/float (not bool), >= low (> low when low_open)."""
+    relation = ">" if low_open else ">="
+    allowed = "a finite number" + (f" {relation} {low}" if low is not None else "")
+    if not (_is_real(value) and math.isfinite(value)):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    if low is not None and (value < low or (low_open and value <= low)):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _check_int(name: str, value, low: int = 1, odd: bool = False) -> None:
+    """A Python int (not bool) >= low, odd when asked."""
+    allowed = f"an {'odd ' if odd else ''}int >= {low}"
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (odd and value % 2 == 0):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _check_bool(name: str, value) -> None:
+    # "no", 0 or None would be truthy/falsy by accident: only True or False say what they mean
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_options(sigma_max: float, truncation: float, implementation: str, eps: float,
+                   causal: bool = False, normalize: bool = True) -> None:  # fmt: skip
+    if not isinstance(implementation, str) or implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    _check_real("sigma_max", sigma_max, 0, low_open=True)
+    _check_real("truncation", truncation, 0, low_open=True)
+    if not math.isfinite(truncation * sigma_max):
+        raise ValueError(
+            f"truncation * sigma_max (the window radius) must be finite, got {truncation!r} * {sigma_max!r}"
+        )
+    _check_real("eps", eps, 0)
+    _check_bool("causal", causal)
+    _check_bool("normalize", normalize)
+
+
+def _check_module_options(hidden_size, groups, kernel_size, causal, width, spatial_dims) -> None:
+    """The predictor's sizes (ContextPoolPredictor and ContextPool), each named with its allowed values."""
+    _check_int("hidden_size", hidden_size)
+    _check_int("groups", groups)
+    # odd: a centred depthwise conv keeps the length only with an odd kernel (an even one adds a token)
+    _check_int("kernel_size", kernel_size, odd=True)
+    _check_bool("causal", causal)
+    if width is not None:
+        _check_int("predictor_width", width)
+    if spatial_dims not in (1, 2) or isinstance(spatial_dims, bool):
+        raise ValueError(f"spatial_dims must be 1 (sequences) or 2 (grids), got {spatial_dims!r}")
+
+
+def _check_not_transformed(*tensors: torch.Tensor) -> None:
+    """torch.func transforms (vmap, grad, jacrev) cannot run the fast path's autograd Functions nor
+    the value checks (they read the data): say so instead of failing deep inside torch."""
+    functorch = getattr(torch._C, "_functorch", None)
+    if _is_compiling() or functorch is None or not hasattr(functorch, "is_functorch_wrapped_tensor"):
+        return  # dynamo cannot trace the query (and compiled code runs no transforms through here)
+    if any(isinstance(t, torch.Tensor) and functorch.is_functorch_wrapped_tensor(t) for t in tensors):
+        raise ValueError(
+            "x, weights and sigma are torch.func-transformed tensors (torch.vmap / torch.func.grad): "
+            "ContextPool does not support function transforms; its inputs are already batched along "
+            "dim 0, so stack the examples instead of vmapping, and use torch.autograd.grad for gradients"
+        )
+
+
+# The smallest width the arithmetic sees. A smaller sigma (down to 1e-45, where sigma^2 underflows
+# to 0 and 0 * inf would give NaN) means the identity: every neighbour's weight
+# exp(-dist^2 / (2 sigma^2)) with dist >= 1 is below exp(-800), which is exactly 0 in float32 and
+# float64, and so it already is at this floor. Flooring is therefore exact (outputs and gradients:
+# the true d/dsigma is 0 there too), not an approximation.
+_SIGMA_FLOOR = 0.025
+
+
+def _empty_result(x: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor, shape) -> torch.Tensor:
+    """The result when some size is 0 (batch, positions or features): zeros of the output shape,
+    still attached to the inputs so that autograd gives them (empty or zero) gradients."""
+    attached = (x.sum() + weights.sum() + sigma.sum()) * 0
+    return x.new_zeros(shape) + attached.to(x.dtype)
+
+
+def _check_values(name: str, tensor: torch.Tensor, low=None, high=None, low_open: bool = False) -> None:
+    """Value checks (finite, in range). They read the data, so they are skipped under torch.compile.
+
+    One pass over the data: min and max propagate nan and expose +-inf, so they answer the
+    finiteness and the range questions together.
+    """
+    if _is_compiling():
+        return
+    if not tensor.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+    if tensor.numel() == 0:
+        return
+    smallest, largest = torch.stack(torch.aminmax(tensor.detach())).tolist()
+    if not (math.isfinite(smallest) and math.isfinite(largest)):
+        raise ValueError(f"{name} contains non-finite values (nan or inf)")
+    if low is not None and (smallest < low or (low_open and smallest <= low)):
+        relation = ">" if low_open else ">="
+        raise ValueError(f"{name} must be {relation} {low}, got a minimum of {smallest}")
+    if high is not None and largest > high:
+        raise ValueError(f"{name} must be <= {high}, got a maximum of {largest}")
+
+
+def _check_shape(name: str, tensor, expected: tuple[int, ...], what: str) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tuple(tensor.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)} ({what}), got {tuple(tensor.shape)}")
+
+
+def _mask_as_weights(attention_mask: torch.Tensor, name: str) -> torch.Tensor:
+    """A 0/1 mask (bool, int, or float exactly 0/1) -> a bool keep mask; anything else is an error.
+
+    An additive mask (0 = keep, large negative = drop) would read inverted and 0.5, 2 or -1 as
+    "keep" if cast with .bool(), so those are rejected rather than guessed at. The value check
+    reads the data (one pass, one host sync), so it is skipped under torch.compile / export.
+    """
+    if not isinstance(attention_mask, torch.Tensor):
+        raise ValueError(
+            f"{name} must be a torch.Tensor of 0 (padding) and 1 (real token), got {type(attention_mask).__name__}"
+        )
+    if attention_mask.dtype == torch.bool:
+        return attention_mask
+    if attention_mask.is_complex():
+        raise ValueError(f"{name} must be a bool, integer or float tensor of 0 and 1, got dtype {attention_mask.dtype}")
+    if not _is_compiling() and attention_mask.numel():
+        bad = (attention_mask != 0) & (attention_mask != 1)
+        if bool(bad.any()):
+            value = attention_mask[bad][0].item()
+            raise ValueError(
+                f"{name} must contain only 0 (padding) and 1 (real token) (bool, int, or float exactly 0/1), "
+                f"got {value!r}. An additive mask (0 = keep, large negative = drop) is not accepted: "
+                "pass (additive_mask == 0) instead"
+            )
+    return attention_mask != 0
+
+
+def _is_exporting() -> bool:
+    return hasattr(torch.compiler, "is_exporting") and torch.compiler.is_exporting()

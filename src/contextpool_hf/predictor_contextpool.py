@@ -1,0 +1,208 @@
+"""The ContextPool predictor m(X) -> (a, b) (spec item 1) and its fused 1-D function.
+
+Flat, Hub-shipped file (imports only torch and its sibling checks file). pooling_contextpool.py
+re-exports these names.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checks_contextpool import _check_module_options, _is_exporting
+
+# --------------------------------------------------------------------------------------
+# Fused 1-D predictor: depthwise conv -> GELU -> projection -> sigmoid
+# --------------------------------------------------------------------------------------
+
+
+def _depthwise_conv_1d(h_pad: torch.Tensor, weight: torch.Tensor, bias, n: int) -> torch.Tensor:
+    """out[:, t] = bias + sum_j weight[:, j] * h_pad[:, t + j]: nn.Conv1d's cross-correlation,
+    computed in the (B, n, C) layout as kernel_size multiply-adds. h_pad (B, n + k - 1, C)."""
+    out = h_pad[:, :n] * weight[:, 0]
+    for j in range(1, weight.shape[1]):
+        out.addcmul_(h_pad[:, j : j + n], weight[:, j])
+    if bias is not None:
+        out += bias
+    return out
+
+
+def _tap_shifts(kernel: int, pad_left: int, n: int):
+    """(tap j, shift s = j - pad_left) for the taps that reach the sequence (|s| < n): tap j reads
+    h[t + s] for output t, zero outside (the padding)."""
+    return [(j, j - pad_left) for j in range(kernel) if abs(j - pad_left) < n]
+
+
+def _depthwise_conv_1d_unpadded(h, weight, bias, pad_left):
+    """`_depthwise_conv_1d` of the zero-padded h without building the padded copy: the centre
+    tap writes every output (bias included), the others add into the outputs they reach."""
+    n = h.shape[1]
+    centre = weight[:, pad_left]
+    out = torch.addcmul(bias, h, centre) if bias is not None else h * centre  # (B, n, C)
+    for j, shift in _tap_shifts(weight.shape[1], pad_left, n):
+        if shift < 0:
+            out[:, -shift:].addcmul_(h[:, : n + shift], weight[:, j])
+        elif shift > 0:
+            out[:, : n - shift].addcmul_(h[:, shift:], weight[:, j])
+    return out
+
+
+class _FusedPredictor1d(torch.autograd.Function):
+    """sigmoid(proj(gelu(depthwise_conv(h)))) for 1-D sequences, with a hand-written backward.
+
+    One function instead of four autograd nodes: on a CPU the depthwise conv's backward alone
+    cost more than the pooling, and the layout changes around nn.Conv1d ((B, n, C) <-> (B, C, n))
+    copied the input twice. The conv runs on shifted slices of h (no padded copy). Saved: the
+    input, the conv output (B, n, C) and the (B, 2G, n) gates, O(n C); the GELU is recomputed.
+    """
+
+    @staticmethod
+    def forward(ctx, h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left):
+        # h (B, n, C); conv_weight (C, k); proj_weight (2G, C) -> gates (B, 2G, n)
+        if _is_exporting():  # shifted slices would decide on n (|shift| < n): pad instead
+            n, kernel = h.shape[1], conv_weight.shape[1]
+            h_pad = F.pad(h, (0, 0, pad_left, kernel - 1 - pad_left))  # (B, n + k - 1, C)
+            conv = _depthwise_conv_1d(h_pad, conv_weight, conv_bias, n)
+        else:
+            conv = _depthwise_conv_1d_unpadded(h, conv_weight, conv_bias, pad_left)
+        gates = torch.sigmoid(F.linear(F.gelu(conv), proj_weight, proj_bias)).transpose(1, 2)  # (B, 2G, n)
+        ctx.save_for_backward(h, conv_weight, conv, proj_weight, gates)
+        ctx.pad_left = pad_left
+        ctx.has_proj_bias, ctx.has_conv_bias = proj_bias is not None, conv_bias is not None
+        return gates
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_gates):
+        h, conv_weight, conv, proj_weight, gates = ctx.saved_tensors
+        n, kernel = h.shape[1], conv_weight.shape[1]
+        grad_logits = torch.ops.aten.sigmoid_backward(grad_gates, gates).transpose(1, 2)  # (B, n, 2G)
+        act = F.gelu(conv)  # recomputed: (B, n, C)
+        flat_grad = grad_logits.reshape(-1, grad_logits.shape[-1])  # (B*n, 2G)
+        grad_proj_weight = flat_grad.t() @ act.reshape(-1, act.shape[-1])  # (2G, C)
+        grad_proj_bias = flat_grad.sum(0) if ctx.has_proj_bias else None
+        grad_conv = torch.ops.aten.gelu_backward(grad_logits @ proj_weight, conv)  # (B, n, C)
+        grad_conv_bias = grad_conv.sum((0, 1)) if ctx.has_conv_bias else None
+        # the adjoint of the shifted multiply-adds: out[t] += w_j h[t + s]  =>  grad_h[t + s] += w_j grad_conv[t]
+        pad_left = ctx.pad_left
+        grad_h = grad_conv * conv_weight[:, pad_left]
+        grad_conv_weight = torch.zeros_like(conv_weight)  # (C, k); taps that reach nothing stay 0
+        grad_conv_weight[:, pad_left] = torch.linalg.vecdot(grad_conv, h, dim=1).sum(0)
+        for j, shift in _tap_shifts(kernel, pad_left, n):
+            if shift < 0:
+                g, x = grad_conv[:, -shift:], h[:, : n + shift]
+                grad_h[:, : n + shift].addcmul_(g, conv_weight[:, j])
+            elif shift > 0:
+                g, x = grad_conv[:, : n - shift], h[:, shift:]
+                grad_h[:, shift:].addcmul_(g, conv_weight[:, j])
+            else:
+                continue
+            grad_conv_weight[:, j] = torch.linalg.vecdot(g, x, dim=1).sum(0)
+        return grad_h, grad_conv_weight, grad_conv_bias, grad_proj_weight, grad_proj_bias, None
+
+
+# --------------------------------------------------------------------------------------
+# The predictor module
+# --------------------------------------------------------------------------------------
+
+
+class ContextPoolPredictor(nn.Module):
+    """m(X) -> (a, b): depthwise conv -> GELU -> linear to 2 * groups logits (spec item 1).
+
+    `a` gives the token weights (w = sigmoid(a)), `b` the pooling sizes. The causal variant
+    pads on the left only, so a token's logits never see later tokens; its conv state (the
+    last kernel_size - 1 inputs) is what incremental decoding carries between steps.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        groups: int = 1,
+        kernel_size: int = 3,
+        causal: bool = False,
+        width: int | None = None,
+        spatial_dims: int = 1,
+    ):
+        super().__init__()
+        _check_module_options(hidden_size, groups, kernel_size, causal, width, spatial_dims)
+        width = width or hidden_size
+        self.groups, self.kernel_size, self.causal, self.spatial_dims = (
+            groups,
+            kernel_size,
+            causal,
+            spatial_dims,
+        )
+        # A narrower predictor first projects down; at full width it reads the input directly.
+        self.in_proj = nn.Linear(hidden_size, width, bias=False) if width != hidden_size else None
+        conv = nn.Conv1d if spatial_dims == 1 else nn.Conv2d
+        padding = 0 if causal else kernel_size // 2
+        self.conv = conv(width, width, kernel_size, padding=padding, groups=width)
+        self.proj = nn.Linear(width, 2 * groups)
+
+    @property
+    def state_size(self) -> int:
+        """How many past conv inputs a causal predictor needs to continue a sequence."""
+        return self.kernel_size - 1
+
+    def forward(self, hidden: torch.Tensor, keep: torch.Tensor | None = None, conv_state=None):
+        """hidden: (B, n, d) or (B, H, W, d); keep: (B, n) / (B, H, W) real-token mask.
+
+        Returns a, b of shape (B, groups, n) / (B, groups, H, W), and the new conv state
+        (B, width, kernel_size - 1) for causal 1-D predictors (else None).
+        """
+        h = self.in_proj(hidden) if self.in_proj is not None else hidden
+        if keep is not None:  # padding must not leak into real tokens' logits
+            h = h * keep.unsqueeze(-1).to(h.dtype)
+        # explicit non-negative permutations: movedim(-1, 1) exports to ONNX as a negative one,
+        # which onnxruntime rejects
+        to_channels = (0, 2, 1) if self.spatial_dims == 1 else (0, 3, 1, 2)
+        to_last = (0, 2, 1) if self.spatial_dims == 1 else (0, 2, 3, 1)
+        h = h.permute(to_channels)  # (B, width, n) or (B, width, H, W)
+        new_state = None
+        if self.causal:
+            if conv_state is None:
+                conv_state = h.new_zeros(h.shape[:2] + (self.state_size,))
+            h = torch.cat([conv_state.to(h.dtype), h], dim=-1)  # (B, width, k - 1 + n)
+            new_state = h[..., h.shape[-1] - self.state_size :]
+        h = F.gelu(self.conv(h)).permute(to_last)  # (B, n, width) or (B, H, W, width)
+        logits = self.proj(h).permute(to_channels)  # (B, 2G, n) or (B, 2G, H, W)
+        a, b = logits.chunk(2, dim=1)
+        return a, b, new_state
+
+    def _fusable(self, h: torch.Tensor, conv_state) -> bool:
+        """The fused 1-D function covers a sequence without carried conv state, in the weights' dtype."""
+        conv = self.conv
+        return (
+            self.spatial_dims == 1
+            and conv_state is None
+            and (self.causal or self.kernel_size % 2 == 1)
+            and h.dtype == conv.weight.dtype == self.proj.weight.dtype
+            and not torch.is_autocast_enabled(h.device.type)
+        )
+
+    def gates(self, hidden: torch.Tensor, keep: torch.Tensor | None = None, conv_state=None):
+        """(sigmoid(a), sigmoid(b)) stacked as (B, 2 * groups, n) / (B, 2 * groups, H, W), and the conv state.
+
+        Equal to `forward` followed by a sigmoid; 1-D sequences without carried state take the
+        fused function (`_FusedPredictor1d`).
+        """
+        if not self._fusable(hidden, conv_state):
+            a, b, new_state = self.forward(hidden, keep, conv_state)
+            return torch.sigmoid(torch.cat([a, b], dim=1)), new_state
+        h = self.in_proj(hidden) if self.in_proj is not None else hidden
+        if keep is not None:  # padding must not leak into real tokens' logits
+            h = h * keep.unsqueeze(-1).to(h.dtype)
+        new_state = None
+        if self.causal:  # the last k - 1 inputs, zeros before the sequence: (B, width, k - 1)
+            if _is_exporting():  # no Python max on the symbolic length: pad first, then take the tail
+                padded = F.pad(h, (0, 0, self.state_size, 0))  # (B, k - 1 + n, width)
+                new_state = padded[:, padded.shape[1] - self.state_size :].transpose(1, 2)
+            else:
+                tail = h[:, max(0, h.shape[1] - self.state_size) :].transpose(1, 2)
+                new_state = F.pad(tail, (self.state_size - tail.shape[-1], 0))
+        pad_left = self.kernel_size - 1 if self.causal else self.kernel_size // 2
+        gates = _FusedPredictor1d.apply(
+            h, self.conv.weight.squeeze(1), self.conv.bias, self.proj.weight, self.proj.bias, pad_left
+        )
+        return gates, new_state
