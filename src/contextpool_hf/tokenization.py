@@ -8,6 +8,16 @@
 
 All return `transformers` tokenizers that round-trip through ``save_pretrained`` and
 ``AutoTokenizer.from_pretrained`` offline.
+
+Saved next to a ContextPool model, the tokenizer files need no code: tokenizer_config.json names a
+built-in class (``TokenizersBackend``, transformers 5's fast tokenizer) and has no ``auto_map``, and
+the model's auto_map lists no tokenizer. transformers 5.24's ``AutoTokenizer.from_pretrained(folder)``
+still calls ``AutoConfig.from_pretrained(folder)`` before it reads tokenizer_config.json, so in a process
+that has not imported this package, config.json's remote ``AutoConfig`` makes it ask "run the custom
+code? [y/N]" and then warn about model types; no tokenizer file can change that order. Routes with no
+prompt and no warning: ``import contextpool_hf`` first (it registers the config), or
+``PreTrainedTokenizerFast.from_pretrained(folder)`` (no code at all), or ``trust_remote_code=True``
+(runs the config's code only). tests/test_tokenization.py checks each in a fresh process.
 """
 
 from __future__ import annotations
