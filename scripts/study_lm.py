@@ -222,9 +222,16 @@ def write_outputs(args, rows, table, notes, out: Path, meta: dict) -> None:
                          f"{r['n_parameters']:,} | {r['train_seconds']:.0f} |")  # fmt: skip
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
-    lines += ["", "Plots: `lm_study_loss.png` (validation bpc vs training FLOPs), `lm_study_curves.png` (training loss).", ""]
+    lines += ["", "Plots: " + plot_names(table, other) + ".", ""]
     (out / "lm_study.md").write_text("\n".join(lines))
     plot(table, rows, out)
+
+
+def plot_names(table, other) -> str:
+    """The plots `plot` draws for these results, as lm_study.md lists them."""
+    names = ["`lm_study_loss.png` (validation bpc vs training FLOPs)", "`lm_study_curves.png` (training loss)"]
+    names = (names if table else []) + (["`lm_study_finetune.png` (fine-tuning / MLM accuracy)"] if other else [])
+    return ", ".join(names)
 
 
 def plot(table, rows, out: Path) -> None:

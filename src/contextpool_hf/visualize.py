@@ -84,7 +84,7 @@ def save_pooling_heatmap(model: Any, tokenizer: Any, text: str, path: str | os.P
     bounds = f" of [{config.pool_sigma_min:g}, {config.pool_sigma_max:g}]" if hasattr(config, "pool_sigma_max") else ""
     message = f"pooling sizes span sigma {low:.2f}-{high:.2f}{bounds}"
     print(f"[visualize] {message}; colour scale {low:.2f}-{high:.2f}")
-    title = f"Learned pooling size sigma (tokens) per layer and token; {message}"
+    title = f"Learned pooling size sigma (tokens) per layer and token\n{message}"  # two lines fit a short passage
     return plot_pooling_sizes(sigma, labels, path, title=title, sigma_range=(low, high) if high > low else None)
 
 
