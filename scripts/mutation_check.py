@@ -139,7 +139,7 @@ MUTATIONS: list[Mutation] = [
         "decode-ignores-padding", "a decode step gives padded positions pooling weight",
         "        if keep is not None:\n            weights = weights * keep.unsqueeze(1).to(weights.dtype)\n",
         "        if False:\n            weights = weights * keep.unsqueeze(1).to(weights.dtype)\n",
-        _k(LOGITS, "left_padded"), where=f"{PACKAGE}/modeling_contextpool.py",
+        _k(LOGITS, "left_padded"), where=f"{PACKAGE}/layers_contextpool.py",
     ),
     Mutation(
         "loss-no-shift", "the causal-LM loss predicts the current token instead of the next",

@@ -18,6 +18,19 @@ from pathlib import Path
 
 BLOCKED_PACKAGE = "contextpool_hf"
 
+# The flat files a saved text model must carry: modeling_contextpool.py and every file it imports
+# relatively (save_pretrained follows those imports); a remote load fails without any of them.
+TEXT_MODEL_FILES = frozenset({
+    "configuration_contextpool.py", "modeling_contextpool.py", "outputs_contextpool.py", "cache_contextpool.py",
+    "layers_contextpool.py", "attention_contextpool.py", "inputs_contextpool.py", "heads_contextpool.py",
+    "modeling_utils_contextpool.py", "pooling_contextpool.py", "checks_contextpool.py",
+    "predictor_contextpool.py", "pooling_offsets_contextpool.py", "pooling_2d_contextpool.py",
+})  # fmt: skip
+# The seq2seq model reuses the text model's blocks (and so its configuration file), not its models.
+SEQ2SEQ_MODEL_FILES = TEXT_MODEL_FILES - {"modeling_contextpool.py", "outputs_contextpool.py"} | {
+    "configuration_contextpool_seq2seq.py", "modeling_contextpool_seq2seq.py", "layers_contextpool_seq2seq.py",
+}  # fmt: skip
+
 _PRELUDE = f'''
 import importlib.abc
 import sys

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from remote_utils import TEXT_MODEL_FILES
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
@@ -401,7 +402,7 @@ def test_minilm_checkpoint_loads_with_remote_code(minilm, minilm_dir, tmp_path):
     assert record["tokenizer_saved"]
     config = json.loads((out / "config.json").read_text())
     assert CONTEXTPOOL_AUTO_MAP.items() <= config["auto_map"].items()
-    for name in ("configuration_contextpool.py", "modeling_contextpool.py", "pooling_contextpool.py"):
+    for name in TEXT_MODEL_FILES:
         assert (out / name).exists(), name
 
     loaded = AutoModel.from_pretrained(out, trust_remote_code=True).eval()

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from hub_server import TEST_TOKEN, HubServer
+from remote_utils import TEXT_MODEL_FILES
 
 from contextpool_hf import hub
 
@@ -778,7 +779,7 @@ def test_contextpool_round_trip(session, fake_hub):
         pytest.skip("contextpool_hf.ContextPoolForCausalLM is not importable yet")
     sha = _value(pushed, "contextpool")["sha"]
     files = fake_hub.files("test-user/contextpool-tiny", sha)
-    for name in ("configuration_contextpool.py", "modeling_contextpool.py", "pooling_contextpool.py"):
+    for name in TEXT_MODEL_FILES:
         assert name in files, name
     assert loaded["contextpool"]["ok"], loaded["contextpool"].get("trace")
     assert loaded["contextpool"]["equal"] and loaded["contextpool"]["max_diff"] == 0.0
@@ -796,7 +797,7 @@ def test_contextpool_model_push_to_hub_hook(session, fake_hub):
     if not value["hook_installed"]:
         pytest.skip("ContextPoolPreTrainedModel.push_to_hub does not delegate to contextpool_hf.hub.push_model yet")
     files = fake_hub.files("test-user/contextpool-hook", value["sha"])
-    assert {"configuration_contextpool.py", "modeling_contextpool.py", "pooling_contextpool.py"} <= set(files)
+    assert TEXT_MODEL_FILES <= set(files)
     assert "custom_code" in fake_hub.files("test-user/contextpool-hook", "main")["README.md"].decode()
     assert loaded["contextpool_hook"]["ok"] and loaded["contextpool_hook"]["equal"], loaded["contextpool_hook"]
 

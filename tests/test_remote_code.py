@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from remote_utils import run_without_package
+from remote_utils import TEXT_MODEL_FILES, run_without_package
 
 from contextpool_hf import (
     ContextPoolConfig,
@@ -181,7 +181,7 @@ def test_flat_files_import_only_torch_transformers_and_siblings(remote_run):
 
     folder = Path(remote_run["plan"]["AutoModelForCausalLM"])
     files = {p.stem: p for p in folder.glob("*.py")}
-    assert {"configuration_contextpool", "modeling_contextpool", "pooling_contextpool"} <= set(files)
+    assert {Path(name).stem for name in TEXT_MODEL_FILES} <= set(files)
     for path in files.values():
         absolute, relative = _imports(path)
         third_party = absolute - set(sys.stdlib_module_names) - {"__future__"}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from remote_utils import TEXT_MODEL_FILES
 
 import contextpool_hf  # noqa: F401  (registers the Auto classes)
 from contextpool_hf import ContextPoolConfig, ContextPoolForCausalLM
@@ -234,8 +235,7 @@ def test_run_clm_tiny_end_to_end(tmp_path):
     saved = json.loads((out / "all_results.json").read_text())
     assert {"eval_loss", "eval_perplexity", "eval_bpc", "train_loss", "n_parameters"} <= set(saved)
     assert json.loads((out / "eval_results.json").read_text())["eval_bpc"] == pytest.approx(results["eval_bpc"])
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "modeling_contextpool.py",
-                 "configuration_contextpool.py"):  # fmt: skip
+    for name in ("config.json", "model.safetensors", "tokenizer.json", *sorted(TEXT_MODEL_FILES)):
         assert (out / name).is_file(), name
     assert not (out / ".tokenizer-trained").exists() and not list(out.glob(".saving-*"))
     model = AutoModelForCausalLM.from_pretrained(out)

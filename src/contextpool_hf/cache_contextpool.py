@@ -1,0 +1,152 @@
+"""The ContextPool cache: keys/values plus the pooling state of every causal pooling layer (spec item 10).
+
+Flat, Hub-shipped file: imports only torch and transformers; `save_pretrained` copies it with the
+modeling files that import it (text and seq2seq). Split out of modeling_contextpool.py, which
+re-exports these names. The attention module (layers_contextpool.py) reads and writes this state;
+the cache only stores it and rolls it back (`crop`, beam reordering).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+
+class ContextPoolCacheLayer(DynamicLayer):
+    """A DynamicLayer that also keeps what a causal ContextPool needs to continue a sequence.
+
+    pool_features (B, G, R + 1, C): the last R + 1 pooled-feature inputs, as a ring buffer
+    whose slot `pool_next` holds the oldest one (zero where none yet);
+    pool_weights (B, G, R + 1): their weights w_j, in the same slots (zero where none yet);
+    conv_state (B, width, kernel - 1): the predictor's causal conv inputs.
+
+    A ring rather than a sliding window because a pooled sum does not depend on the order of
+    its terms: a decoding step overwrites one slot instead of copying the whole window, and
+    reads each slot's distance to the newest token from a table.
+    """
+
+    _POOL_STATE = ("pool_features", "pool_weights", "conv_state")
+    # Rollback (assisted decoding): how many forwards back `crop` can reach once recording is on.
+    _MAX_RECORDED = 64
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_features = self.pool_weights = self.conv_state = None
+        self.pool_next = 0
+        self.record_past = False
+        self.past_log = []  # per forward: (length before, ring, ring weights, ring slot, conv state, inputs)
+        self.pending_replay = None  # (log entry, m): replay its first m tokens on the next forward
+
+    def activate_past_recording(self) -> None:
+        """Keep, per forward, the pooling state it started from and its inputs (references: a step
+        writes its ring out of place, so nothing is copied), so that `crop` can roll back exactly."""
+        self.record_past = True
+
+    def record(self, hidden, features, keep) -> None:
+        """Called by the attention module before it pools n new tokens (hidden (B, n, d), features (B, G, n, C))."""
+        entry = (self.get_seq_length(), self.pool_features, self.pool_weights, self.pool_next, self.conv_state,
+                 hidden, features, keep)  # fmt: skip
+        self.past_log.append(entry)
+        if len(self.past_log) > self._MAX_RECORDED:
+            self.past_log.pop(0)
+
+    def _map_pool_state(self, fn) -> None:
+        for name in self._POOL_STATE:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, fn(value))
+
+    def pool_history(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ring in time order, oldest first: features (B, G, R + 1, C), weights (B, G, R + 1)."""
+        shift = -self.pool_next
+        return self.pool_features.roll(shift, dims=2), self.pool_weights.roll(shift, dims=2)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        self.past_log, self.pending_replay = [], None  # recorded states are of the old batch order
+        self._map_pool_state(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self._map_pool_state(lambda t: t.repeat_interleave(repeats, dim=0))
+        self.past_log, self.pending_replay = [], None
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        self._map_pool_state(lambda t: t[indices, ...])
+        self.past_log, self.pending_replay = [], None
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Remove the last -tokens_to_remove tokens (transformers' convention: a negative count).
+
+        The ring of the last R + 1 pooling inputs cannot be rewound by itself (a step overwrote the
+        oldest slot), so it comes from the recorded state at the start of the forward that produced
+        the new length, plus a replay of that forward's first tokens on the next forward (the
+        pooling module does it: `ContextPoolSelfAttention._pool`).
+        """
+        if tokens_to_remove == 0 or self.pool_weights is None:
+            super().crop(tokens_to_remove)
+            return
+        if tokens_to_remove > 0:
+            super().crop(tokens_to_remove)  # transformers' own error for the legacy positive form
+        if not self.record_past:
+            raise NotImplementedError(
+                "ContextPoolCache can only be cropped after cache.activate_past_recording() (assisted and "
+                "speculative decoding call it): the pooling state of removed tokens is otherwise not kept"
+            )
+        target = self.get_seq_length() - abs(tokens_to_remove)
+        while self.past_log and self.past_log[-1][0] > target:
+            self.past_log.pop()
+        if not self.past_log or target < 0:
+            raise ValueError(f"cannot crop {abs(tokens_to_remove)} tokens: the recorded pooling history is shorter")
+        entry = self.past_log[-1]
+        _, self.pool_features, self.pool_weights, self.pool_next, self.conv_state = entry[:5]
+        replay = target - entry[0]
+        if replay == 0:
+            self.past_log.pop()  # the next forward records this same state again
+        self.pending_replay = (entry, replay) if replay else None
+        super().crop(tokens_to_remove)
+
+    def reset(self) -> None:
+        super().reset()
+        self.pool_features = self.pool_weights = self.conv_state = None
+        self.pool_next = 0
+        self.past_log, self.pending_replay = [], None
+
+
+class ContextPoolCache(DynamicCache):
+    """DynamicCache whose layers also carry the ContextPool state; created by the model when needed."""
+
+    def __init__(self, *args, **kwargs):
+        Cache.__init__(self, layer_class_to_replicate=ContextPoolCacheLayer)
+        self.record_past = False
+
+    def activate_past_recording(self) -> None:
+        self.record_past = True  # also for the layers created later, in `layer`
+        super().activate_past_recording()
+
+    @classmethod
+    def from_prefix(cls, prefix: Cache) -> ContextPoolCache:
+        """A filled cache of keys/values only (PEFT prefix tuning's virtual tokens) as a ContextPoolCache.
+
+        The prefix is attended to but has no pooling history: the first real chunk pools alone, as
+        after an empty cache (virtual tokens are keys/values, not inputs a token could pool). The
+        tensors are shared, not copied or detached, so gradients reach the prefix parameters.
+        """
+        if not isinstance(prefix, Cache) or len(getattr(prefix, "layers", ())) == 0:
+            raise ValueError(f"cache must be a ContextPoolCache or a filled transformers Cache, got {type(prefix).__name__}")
+        cache = cls()
+        for idx, source in enumerate(prefix.layers):
+            if source.keys is None or source.keys.numel() == 0:
+                continue
+            layer = cache.layer(idx)
+            layer.lazy_initialization(source.keys, source.values)
+            layer.keys, layer.values = source.keys, source.values  # (B, Hkv, prefix, dh)
+        return cache
+
+    def layer(self, layer_idx: int) -> ContextPoolCacheLayer:
+        while len(self.layers) <= layer_idx:
+            self.layers.append(ContextPoolCacheLayer())
+            if self.record_past:
+                self.layers[-1].activate_past_recording()
+        return self.layers[layer_idx]

@@ -1,0 +1,80 @@
+"""What the ContextPool text heads put on top of the hidden states: the MLM head module, the
+language-model loss (shared with the seq2seq model) and the sequence representation of the
+classifiers.
+
+Flat, Hub-shipped file: imports only torch, transformers and its flat siblings (relatively);
+`save_pretrained` copies it with the modeling files that import it. Split out of
+modeling_contextpool.py, which re-exports these names; the head classes themselves stay there,
+since the config's auto_map names them as `modeling_contextpool.<class>`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+
+from .configuration_contextpool import ContextPoolConfig
+from .layers_contextpool import _make_norm
+
+
+def _lm_loss(logits, labels, vocab_size, num_items_in_batch=None, shift=False):
+    """Cross-entropy over positions with label != -100, optionally predicting the next token."""
+    if shift:
+        # shift the labels, not the logits: slicing (B, n, vocab) logits would copy them, and
+        # copy their gradient back, on every step; the last position gets the ignore index
+        labels = F.pad(labels[:, 1:], (0, 1), value=-100)
+    logits = logits.reshape(-1, vocab_size)
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    labels = labels.reshape(-1).to(logits.device)
+    if num_items_in_batch is None:
+        return F.cross_entropy(logits, labels, ignore_index=-100)
+    loss = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+    if isinstance(num_items_in_batch, torch.Tensor):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    return loss / num_items_in_batch
+
+
+class ContextPoolMaskedLMHead(nn.Module):
+    """BERT-style MLM head: (dense -> act -> norm) -> decoder tied to the input embeddings, + bias."""
+
+    def __init__(self, config: ContextPoolConfig):
+        super().__init__()
+        if config.mlm_head_transform:
+            self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+            self.act = ACT2FN[config.hidden_act]
+            self.norm = _make_norm(config)
+        else:
+            self.dense = None
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.dense is not None:
+            hidden = self.norm(self.act(self.dense(hidden)))
+        return self.decoder(hidden) + self.bias
+
+
+def _sequence_representation(config, hidden, attention_mask, input_ids):
+    """(B, n, d) -> (B, d) by config.classifier_pooling."""
+    if config.classifier_pooling == "cls":
+        return hidden[:, 0]
+    if config.classifier_pooling == "mean":
+        if attention_mask is None:
+            return hidden.mean(1)
+        keep = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+    # "last": the last real token (right padding), as GPT-2/Llama classifiers do
+    if attention_mask is not None:
+        # index of the last 1 in each row, also correct for left padding
+        positions = torch.arange(attention_mask.shape[1], device=hidden.device)
+        last = (attention_mask.to(torch.long) * positions).argmax(-1)
+    elif input_ids is not None and config.pad_token_id is not None:
+        is_real = (input_ids != config.pad_token_id).to(torch.long)
+        positions = torch.arange(input_ids.shape[1], device=hidden.device)
+        last = (is_real * positions).argmax(-1)
+    else:
+        last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, device=hidden.device)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]

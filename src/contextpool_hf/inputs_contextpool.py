@@ -1,0 +1,110 @@
+"""What the ContextPool text models check and derive from their inputs before the layers run.
+
+Flat, Hub-shipped file: imports only torch and its flat siblings (relatively); `save_pretrained`
+copies it with the modeling files that import it. Split out of modeling_contextpool.py, which
+re-exports these names: the token-id, embedding and label checks (shared with the seq2seq model),
+and the layout of documents packed in one row (position_ids that restart).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .modeling_utils_contextpool import _is_compiling
+
+
+def _check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.is_complex():
+        got = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"{name} must be an integer tensor of token ids in [0, {vocab_size}), got {got}")
+    if _is_compiling() or input_ids.numel() == 0:
+        return
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"{name} contains ids outside [0, {vocab_size}): min {low}, max {high}")
+
+
+def _check_inputs_embeds(inputs_embeds, weight: torch.Tensor, name: str = "inputs_embeds") -> None:
+    """A floating tensor in the model's dtype. transformers' Llama does not cast either: a float64
+    embedding into a float32 model fails inside the first matmul, so say so here, at the entry."""
+    if not isinstance(inputs_embeds, torch.Tensor) or not inputs_embeds.is_floating_point():
+        got = inputs_embeds.dtype if isinstance(inputs_embeds, torch.Tensor) else type(inputs_embeds).__name__
+        raise ValueError(f"{name} must be a floating-point tensor, got {got}")
+    # also under autocast: the norms are not autocast and fail on float64 next to float32 weights
+    if inputs_embeds.dtype != weight.dtype:
+        raise ValueError(
+            f"{name} has dtype {inputs_embeds.dtype} but the model's weights are {weight.dtype}: pass "
+            f"{name}.to({weight.dtype}) (or convert the model with model.to({inputs_embeds.dtype}))"
+        )
+
+
+def _check_labels(name: str, labels, shape: tuple[int, ...], vocab_size: int) -> None:
+    """(B, n) target ids in [0, vocab_size) or -100 (ignored); else a ValueError naming `name`."""
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex():
+        got = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"{name} must be an integer tensor of token ids (-100 = ignore), got {got}")
+    if tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(labels.shape)}")
+    if _is_compiling() or labels.numel() == 0:
+        return
+    bad = (labels != -100) & ((labels < 0) | (labels >= vocab_size))
+    if bool(bad.any()):
+        raise ValueError(f"{name} must be token ids in [0, {vocab_size}) or -100 (ignore), got {int(labels[bad][0])}")
+
+
+@dataclass
+class _PackedLayout:
+    """Documents packed in one row (position_ids restart): where each token goes in a spread-out copy
+    of the row in which consecutive documents lie `gap` zero-weight tokens apart, farther than the
+    pooling window and the predictor's conv reach, so pooling one row equals pooling each document
+    alone. Passed to the pooling in place of `keep`.
+
+    segment (B, n): document index of each token; dest (B, n): its position in the spread copy;
+    keep (B, n) or None: real tokens; length: the spread length.
+    """
+
+    segment: torch.Tensor
+    dest: torch.Tensor
+    keep: torch.Tensor | None
+    length: int
+
+
+def _packed_layout(position_ids, keep, past, model) -> _PackedLayout | None:
+    """The layout when some row restarts its positions (a position not one past the previous), else None."""
+    if past > 0 or _is_compiling() or position_ids.shape[1] < 2:
+        return None
+    restart = position_ids[:, 1:] != position_ids[:, :-1] + 1  # (B, n - 1)
+    if keep is not None:  # padding's positions (generate gives left padding 1, 1, ..., then 0, 1, ...) are no restart
+        restart = restart & keep[:, 1:] & keep[:, :-1]
+    if not bool(restart.any()):
+        return None
+    segment = F.pad(restart.long().cumsum(1), (1, 0))  # (B, n)
+    gap = max([1] + [layer.attention.packing_gap() for layer in model.layers])
+    dest = torch.arange(position_ids.shape[1], device=position_ids.device) + gap * segment
+    return _PackedLayout(segment, dest, keep, int(dest.max()) + 1)
+
+
+def _position_ids(config, position_ids, batch, n, past, device):
+    """(B, n) positions of n new tokens after `past` cached ones: counted on when not given, else checked."""
+    # Only learned absolute positions have a table to index; rotary positions are computed for any
+    # index, and (as in transformers' rotary models) max_position_embeddings is advisory there.
+    max_len = config.max_position_embeddings
+    limited = config.position_embedding_type == "absolute"
+    if position_ids is None:
+        if limited and past + n > max_len:
+            raise ValueError(
+                f"Sequence length {past + n} (input {n} + cached {past}) is longer than this model's "
+                f"max_position_embeddings ({max_len}); truncate the input (e.g. tokenizer(..., truncation=True, "
+                f"max_length={max_len}))"
+            )
+        return torch.arange(past, past + n, device=device).unsqueeze(0).expand(batch, n)
+    if position_ids.shape[-1] != n:
+        raise ValueError(f"position_ids must have length {n} (the input length), got shape {tuple(position_ids.shape)}")
+    if limited and not _is_compiling() and position_ids.numel() and int(position_ids.max()) >= max_len:
+        raise ValueError(
+            f"position_ids reach {int(position_ids.max())}, beyond max_position_embeddings ({max_len})"
+        )
+    return position_ids.expand(batch, n) if position_ids.shape[0] == 1 else position_ids
