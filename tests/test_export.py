@@ -43,20 +43,25 @@ def ids(batch, n, seed=1):
 
 
 DYNAMIC = {"input_ids": {0: Dim("batch", min=1, max=64), 1: Dim("seq", min=2, max=256)}}
-# The causal LM is exported with eager attention: its sdpa call passes is_causal as a symbolic
-# bool under export (a modeling fix is requested); the bidirectional model uses sdpa.
 MODELS = [(ContextPoolModel, False, "sdpa"), (ContextPoolForCausalLM, True, "eager")]
+# The causal LM with sdpa: its is_causal must reach torch as a plain bool (under export the length
+# comparison is a SymBool, which scaled_dot_product_attention rejects).
+CAUSAL_SDPA = (ContextPoolForCausalLM, True, "sdpa")
 
 
-@pytest.mark.parametrize("cls, causal, attn", MODELS, ids=["model", "causal-lm"])
+@pytest.mark.parametrize("cls, causal, attn", [*MODELS, CAUSAL_SDPA], ids=["model", "causal-lm", "causal-lm-sdpa"])
 def test_torch_export_dynamic_batch_and_length(cls, causal, attn):
     wrapper = Logits(tiny(cls, causal, attn)).eval()
+    # the same weights (tiny seeds them) with the eager product: the reference of every backend
+    reference = Logits(tiny(cls, causal, "eager")).eval()
     program = torch.export.export(wrapper, (ids(2, EXPORT_LEN),), dynamic_shapes=DYNAMIC)
     exported = program.module()
     with torch.no_grad():
         for batch, n in ((3, OTHER_LENS[0]), (1, OTHER_LENS[1]), (2, EXPORT_LEN)):
             x = ids(batch, n, seed=n)
-            torch.testing.assert_close(exported(x), wrapper(x), rtol=0, atol=1e-5)
+            got = exported(x)
+            torch.testing.assert_close(got, wrapper(x), rtol=0, atol=1e-5)
+            torch.testing.assert_close(got, reference(x), rtol=0, atol=1e-5)
 
 
 def test_export_path_equals_blocked_path_in_float64():

@@ -52,8 +52,9 @@ def sdpa_attention_forward(module, query, key, value, attention_bias, scaling, d
         value,
         attn_mask=attention_bias,
         dropout_p=dropout if module.training else 0.0,
-        # torch aligns is_causal top-left; only valid without a cache offset (q_len == k_len)
-        is_causal=is_causal and attention_bias is None and query.shape[2] == key.shape[2],
+        # torch aligns is_causal top-left; only valid without a cache offset (q_len == k_len). A plain
+        # bool: under torch.export the shape comparison is a symbolic bool, which sdpa cannot take.
+        is_causal=bool(is_causal and attention_bias is None and query.shape[2] == key.shape[2]),
         scale=scaling,
     )
     return output.transpose(1, 2).contiguous(), None
