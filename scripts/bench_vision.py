@@ -12,7 +12,8 @@ Measured in one run, on the same machine and thread count:
   the stride-2 convolutions opening stages 2 and 3, the default `pool_downsampling`).
 - `--compile`: the same steps with both models wrapped in `torch.compile` (inductor, CPU).
 - `--profile`: where the ContextPool step's time goes (torch.profiler): predictor (forward and
-  its backward nodes), pooling forward, pooling backward, the mix, everything else.
+  its backward nodes), pooling forward, pooling backward, the mix, everything else; the
+  transformers step's profiled total beside it, and both steps' minor page faults.
 - `--crossover`: the 2-D operator alone (forward + backward) on growing maps: the offset loop
   (the former 2-D path), the dense form and the tiled form; the fastest picks the thresholds
   in `pooling_2d_contextpool.py`.
@@ -155,6 +156,33 @@ def _instrument():
     return undo
 
 
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (0 where `resource` is missing, e.g. Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def faults_per_step(step, steps=5) -> float:
+    """Minor page faults per step: memory the allocator returned to the system and touches again."""
+    start = _minor_faults()
+    for _ in range(steps):
+        step()
+    return (_minor_faults() - start) / steps
+
+
+def profiled_total(step) -> float:
+    """ms of one profiled step (the same profiler overhead as `profile_breakdown`'s total)."""
+    step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]):
+        start = time.perf_counter()
+        step()
+        wall = time.perf_counter() - start
+    return round(wall * 1000, 2)
+
+
 def profile_breakdown(step) -> dict:
     """ms per part of one step: the forward regions and the backward nodes their ops created
     (matched by autograd sequence number); pooling backward is the operator's own node."""
@@ -273,6 +301,10 @@ def main():
                   f"  [{time.perf_counter() - start:.0f} s]", flush=True)  # fmt: skip
             if args.profile and mode == "eager":
                 breakdowns[kind] = profile_breakdown(step_cp)
+                # the baseline's profiled step and both models' page faults, measured alternately
+                breakdowns[kind]["transformers step (profiled)"] = profiled_total(step_v)
+                breakdowns[kind]["minor page faults per step"] = round(faults_per_step(step_cp), 1)
+                breakdowns[kind]["transformers minor page faults per step"] = round(faults_per_step(step_v), 1)
                 print(f"{kind} profile (ms): {breakdowns[kind]}", flush=True)
             del cp, vanilla, step_cp, step_v
     if args.crossover:
