@@ -87,7 +87,10 @@ def assert_float32_rule(fn, x64, w64, s64, **kwargs):
     fast32 = run_with_grads(fn, x32, w32, s32, grad_out, implementation="fast", **kwargs)
     for name, t, r, f in zip(NAMES, truth, ref32, fast32, strict=True):
         assert f.dtype == torch.float32
-        floor = 1e-6 * max(1.0, t.abs().max().item())
+        # dweights and dsigma are sums over every channel and window offset of a token, summed in another
+        # order by the fast path: their float32 rounding (about sqrt(terms) ulps) can exceed 2x the
+        # reference's error where the reference happens to round well. A wrong formula is off by >= 1e-3.
+        floor = (1e-5 if name in ("dweights", "dsigma") else 1e-6) * max(1.0, t.abs().max().item())
         assert max_err(f, t) <= 2 * max_err(r, t) + floor, (name, max_err(f, t), max_err(r, t))
 
 

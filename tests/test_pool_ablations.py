@@ -6,6 +6,7 @@ residual stream entering the layer; the fixed modes give every token w = 1 and o
 """
 
 import functools
+import os
 
 import pytest
 import torch
@@ -195,9 +196,19 @@ def test_remote_code_round_trip(tmp_path):
         model.save_pretrained(tmp_path / name)
     run_without_package(REMOTE, args=[tmp_path])
     remote = torch.load(tmp_path / "remote.pt")
+    # The child runs on OMP_NUM_THREADS threads (1 unless set; remote_utils); a float32 matmul splits its
+    # reduction differently on another thread count, so the bit-exact comparison uses the child's count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    try:
+        local = {}
+        for name, model in models.items():
+            with torch.no_grad():
+                local[name] = model(inputs, output_pooling_sizes=True, use_cache=False)
+    finally:
+        torch.set_num_threads(threads)
     for name, model in models.items():
-        with torch.no_grad():
-            out = model(inputs, output_pooling_sizes=True, use_cache=False)
+        out = local[name]
         torch.testing.assert_close(remote[name + ".logits"], out.logits, atol=0, rtol=0)
         torch.testing.assert_close(remote[name + ".sigma"], out.pooling_sizes[1], atol=0, rtol=0)
         expected = model.generate(inputs, max_new_tokens=6, do_sample=False, pad_token_id=0)
