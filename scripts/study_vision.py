@@ -233,7 +233,9 @@ def main(argv=None) -> dict:
               f"{total / 60:.0f} min at the measured load, {idle_total / 60:.0f} min on an idle machine (+ evaluation)")
         return {**measured, "estimate_seconds": total, "idle_estimate_seconds": idle_total}
     os.makedirs(args.out, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("plan", "out", "work_dir", "data_dir", "command")}
+    # The variant list is not a setting of a run: a rerun with other --variants adds to the same results.
+    excluded = ("plan", "out", "work_dir", "data_dir", "command", "variants")
+    settings = {k: v for k, v in vars(args).items() if k not in excluded}
     path = os.path.join(args.out, "vision_study.json")
     rows = []
     if os.path.exists(path):
@@ -241,6 +243,11 @@ def main(argv=None) -> dict:
             previous = json.load(handle)
         if previous.get("settings") == settings:  # resume: same settings, keep finished runs
             rows = previous["runs"]
+        else:  # never overwrite results made with other settings by surprise
+            raise SystemExit(
+                f"{path} holds runs made with other settings ({previous.get('command')!r}); "
+                "pass another --out, or move that file away to start over"
+            )
     from transformers import AutoModelForImageClassification
 
     for name in args.variants:
