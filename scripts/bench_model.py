@@ -48,6 +48,7 @@ import transformers
 from transformers import (
     BertConfig,
     BertForMaskedLM,
+    CompileConfig,
     LlamaConfig,
     LlamaForCausalLM,
     MarianConfig,
@@ -72,6 +73,9 @@ TARGETS = {
     ("peak_memory", "causal-lm", None): ("<=", 1.10),
     ("generate", 1, None): (">=", 0.92),
     ("generate", 8, None): (">=", 0.95),
+    # compiled decoding must not be slower than eager decoding (no issue target: reported)
+    ("compile_speedup", 1, None): (">=", 1.0),
+    ("compile_speedup", 8, None): (">=", 1.0),
 }
 FAMILIES = ("causal-lm", "masked-lm", "seq2seq", "generate")
 
@@ -104,7 +108,8 @@ def parse_args(argv=None):
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--gen-batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--compile", action="store_true",
-                        help="train rows with both models under torch.compile (inductor); the warm-up compiles")
+                        help="both models under torch.compile (inductor): the train steps, and generation decoding on a "
+                             "static cache (plus ContextPool's compiled / eager speed-up); the warm-up compiles")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--output-dir", default="benchmarks")
     parser.add_argument("--name", default="bench_model", help="result file stem")
@@ -209,16 +214,23 @@ def train_step_fn(model, batch, seq_len, vocab, compile_model=False) -> Callable
     return step
 
 
-def generate_fn(model, batch, prompt_len, new_tokens, vocab) -> Callable[[], None]:
+def generate_fn(model, batch, prompt_len, new_tokens, vocab, compiled=False) -> Callable[[], None]:
+    """Greedy generation of exactly `new_tokens`; compiled: a static cache and the decoding steps through
+    inductor, as transformers does on a GPU (`cache_implementation="static"` + `compile_config`)."""
     model.eval()
     input_ids = torch.randint(3, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
     attention_mask = torch.ones_like(input_ids)
+    extra = {}
+    if compiled:
+        compile_config = CompileConfig(fullgraph=True, mode="default", dynamic=False)  # no CUDA graphs on a CPU
+        compile_config._compile_all_devices = True  # transformers compiles on CUDA-like devices only unless told
+        extra = dict(cache_implementation="static", compile_config=compile_config)
 
     def run():
         with torch.no_grad():
             out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens,
                                  min_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=0,
-                                 eos_token_id=None)
+                                 eos_token_id=None, **extra)
         assert out.shape[1] == prompt_len + new_tokens
 
     return run
@@ -310,23 +322,31 @@ def train_rows(args, task, make_pair, sizes, max_len):
 
 
 def generate_rows(args, max_len):
+    """ContextPool vs Llama tokens/s; with --compile both decode compiled on a static cache, and a second
+    row per batch gives ContextPool's own compiled / eager speed-up (both alternated in the same run)."""
     rows = []
+    names = ("ContextPoolForCausalLM", "LlamaForCausalLM")
     for batch in args.gen_batches:
         contextpool, llama = causal_pair(args, max_len)
-        gen_cp = generate_fn(contextpool, batch, args.prompt_len, args.new_tokens, args.vocab)
-        gen_v = generate_fn(llama, batch, args.prompt_len, args.new_tokens, args.vocab)
-        times_cp, times_v = timed_pair(gen_cp, gen_v, args.repeats, args.warmup)
-        tokens = batch * args.new_tokens
-        tps_cp, tps_v = [tokens / t for t in times_cp], [tokens / t for t in times_v]
-        rows.append(make_row(
-            "generate", "causal-lm", batch, ("ContextPoolForCausalLM", "LlamaForCausalLM"),
-            f"{args.prompt_len}+{args.new_tokens}", batch, tps_cp, tps_v, "tokens/s",
-            [a / b for a, b in zip(tps_cp, tps_v, strict=True)],
-            contextpool_params=n_params(contextpool), vanilla_params=n_params(llama),
-            contextpool_times_ms=[round(t * 1000, 1) for t in times_cp],
-            vanilla_times_ms=[round(t * 1000, 1) for t in times_v],
-        ))
-        print(_row_text(rows[-1]), flush=True)
+        pairs = [("generate", names, generate_fn(contextpool, batch, args.prompt_len, args.new_tokens, args.vocab,
+                                                 args.compile),
+                  generate_fn(llama, batch, args.prompt_len, args.new_tokens, args.vocab, args.compile))]  # fmt: skip
+        if args.compile:
+            eager = generate_fn(contextpool, batch, args.prompt_len, args.new_tokens, args.vocab)
+            pairs.append(("compile_speedup", ("ContextPoolForCausalLM compiled", "ContextPoolForCausalLM eager"),
+                          pairs[0][2], eager))  # fmt: skip
+        for measure, pair_names, gen_a, gen_b in pairs:
+            times_a, times_b = timed_pair(gen_a, gen_b, args.repeats, args.warmup)
+            tokens = batch * args.new_tokens
+            tps_a, tps_b = [tokens / t for t in times_a], [tokens / t for t in times_b]
+            rows.append(make_row(
+                measure, "causal-lm", batch, pair_names, f"{args.prompt_len}+{args.new_tokens}", batch, tps_a, tps_b,
+                "tokens/s", [a / b for a, b in zip(tps_a, tps_b, strict=True)],
+                contextpool_params=n_params(contextpool), vanilla_params=n_params(llama),
+                contextpool_times_ms=[round(t * 1000, 1) for t in times_a],
+                vanilla_times_ms=[round(t * 1000, 1) for t in times_b],
+            ))
+            print(_row_text(rows[-1]), flush=True)
     return rows
 
 

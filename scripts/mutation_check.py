@@ -142,6 +142,12 @@ MUTATIONS: list[Mutation] = [
         _k(LOGITS, "left_padded"), where=f"{PACKAGE}/layers_contextpool.py",
     ),
     Mutation(
+        "static-window-unshifted", "a static-cache decode step drops the newest pooling input instead of the oldest",
+        "        ring_features = torch.cat([history[:, :, 1:], features.to(history.dtype)], dim=2)",
+        "        ring_features = torch.cat([history[:, :, :-1], features.to(history.dtype)], dim=2)",
+        _k("tests/test_static_cache.py", "float64"),
+    ),
+    Mutation(
         "loss-no-shift", "the causal-LM loss predicts the current token instead of the next",
         "        labels = F.pad(labels[:, 1:], (0, 1), value=-100)\n",
         "        labels = labels\n",

@@ -25,9 +25,10 @@ TEXT_MODEL_FILES = frozenset({
     "layers_contextpool.py", "attention_contextpool.py", "inputs_contextpool.py", "heads_contextpool.py",
     "modeling_utils_contextpool.py", "pooling_contextpool.py", "checks_contextpool.py",
     "predictor_contextpool.py", "pooling_offsets_contextpool.py", "pooling_2d_contextpool.py",
+    "generation_contextpool.py",
 })  # fmt: skip
 # The seq2seq model reuses the text model's blocks (and so its configuration file), not its models.
-SEQ2SEQ_MODEL_FILES = TEXT_MODEL_FILES - {"modeling_contextpool.py", "outputs_contextpool.py"} | {
+SEQ2SEQ_MODEL_FILES = TEXT_MODEL_FILES - {"modeling_contextpool.py", "outputs_contextpool.py", "generation_contextpool.py"} | {
     "configuration_contextpool_seq2seq.py", "modeling_contextpool_seq2seq.py", "layers_contextpool_seq2seq.py",
 }  # fmt: skip
 

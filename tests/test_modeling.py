@@ -485,3 +485,21 @@ def test_save_load_round_trip(tmp_path, cls, tie):
     assert torch.equal(main_output(loaded(input_ids, attention_mask=mask)), main_output(model(input_ids, attention_mask=mask)))
     if head_key is not None and tie:
         assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+
+
+def test_eager_attention_in_float64_with_left_padding_is_finite_and_equals_sdpa():
+    """The eager product's softmax runs in float64 for a float64 model: in float32 the mask's float64 minimum
+    becomes -inf, a fully masked (left-padding) row gave NaN, and the pooling spread it (0 * NaN) to real tokens."""
+    from helpers import random_ids, tiny_causal_lm
+
+    input_ids = random_ids(n=12)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :4] = 0
+    logits = {}
+    for implementation in ("eager", "sdpa"):
+        model = tiny_causal_lm(attn_implementation=implementation).double()
+        with torch.no_grad():
+            logits[implementation] = model(input_ids, attention_mask=attention_mask, use_cache=False).logits
+    assert torch.isfinite(logits["eager"]).all()
+    torch.testing.assert_close(logits["eager"][1, 4:], logits["sdpa"][1, 4:], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(logits["eager"][0], logits["sdpa"][0], atol=1e-10, rtol=1e-10)

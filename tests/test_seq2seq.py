@@ -230,3 +230,19 @@ def test_script_truncation_off_is_a_clear_error(tmp_path):
         rt.encode_pairs(tok, ["a b c d e f g h i j k"], ["a"], 4, 8, truncation=False)
     feats, n = rt.encode_pairs(tok, ["a b c d e f g h i j k"], ["a"], 4, 8, truncation=True)
     assert n == 1 and len(feats["input_ids"][0]) == 4 and feats["input_ids"][0][-1] == tok.eos_token_id
+
+
+def test_a_static_cache_is_refused_with_a_clear_error():
+    """The seq2seq model decodes with its own dynamic cache; transformers would only warn and ignore the setting."""
+    from transformers import EncoderDecoderCache, StaticCache
+
+    model = tiny_model()
+    src, src_mask = batch()
+    with pytest.raises(ValueError, match="cache_implementation='static' is not supported by the ContextPool seq2seq"):
+        model.generate(input_ids=src, attention_mask=src_mask, max_new_tokens=3, cache_implementation="static")
+    static = EncoderDecoderCache(StaticCache(config=model.config, max_cache_len=8),
+                                 StaticCache(config=model.config, max_cache_len=9))  # fmt: skip
+    with pytest.raises(ValueError, match="the ContextPool seq2seq model has no static cache"):
+        model(input_ids=src, attention_mask=src_mask, decoder_input_ids=src[:, :2], cache=static)
+    # "dynamic" names the default and is accepted
+    model.generate(input_ids=src, attention_mask=src_mask, max_new_tokens=3, cache_implementation="dynamic")

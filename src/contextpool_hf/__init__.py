@@ -42,6 +42,7 @@ from .modeling_contextpool import (  # noqa: E402
     ContextPoolForTokenClassification,
     ContextPoolModel,
     ContextPoolPreTrainedModel,
+    ContextPoolStaticCache,
 )
 
 _register(
@@ -58,6 +59,7 @@ _register(
 __all__ += [
     "ContextPoolConfig",
     "ContextPoolCache",
+    "ContextPoolStaticCache",
     "ContextPoolPreTrainedModel",
     "ContextPoolModel",
     "ContextPoolForMaskedLM",

@@ -36,7 +36,10 @@ def eager_attention_forward(module, query, key, value, attention_bias, scaling, 
         q_len, k_len = scores.shape[-2:]
         future = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).triu(k_len - q_len + 1)
         scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
-    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    # float32 at least, never less than the inputs: a float64 mask's minimum is -inf in float32, and a
+    # fully masked row (left padding) would then give NaN, which the pooling spreads (0 * NaN) to real tokens
+    softmax_dtype = torch.promote_types(scores.dtype, torch.float32)
+    weights = F.softmax(scores, dim=-1, dtype=softmax_dtype).to(query.dtype)
     weights = F.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, q, H, dh)
     return output, weights
@@ -143,3 +146,27 @@ def _packed_attention_bias(bias, packed, causal, dtype, implementation):
     if bias is None:
         return extra
     return torch.maximum(bias + extra, torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=same.device))
+
+
+def _static_cache_attention_bias(implementation, keep, positions, kv_len, dtype, window=None, batch=1):
+    """The causal mask over a fixed-size cache of kv_len slots, for n new tokens at slots `positions` (n,).
+
+    Query i sees slot j <= positions[i] (within the window) holding a real token (keep (B, kv) or
+    None); slots not written yet lie in every query's future. Built from tensors only (the
+    positions are one, not a Python offset), so a compiled decoding step reuses one graph.
+    -> additive (B|1, 1, n, kv); expanded to (B, 1, n, kv) outside eager/sdpa (flex reads a row per sequence).
+    """
+    if _is_flash_like(implementation):
+        raise ValueError(
+            f"attn_implementation={implementation!r} is not supported with a static cache here; use 'sdpa', "
+            "'eager' or 'flex_attention', or the default (dynamic) cache"
+        )
+    slots = torch.arange(kv_len, device=positions.device)
+    allowed = slots[None, :] <= positions[:, None]  # (n, kv)
+    if window is not None:  # query i sees keys j with i - window < j <= i
+        allowed = allowed & (slots[None, :] > positions[:, None] - window)
+    allowed = allowed[None, None]
+    if keep is not None:
+        allowed = allowed & keep[:, None, None, :]
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=positions.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return bias if implementation in ATTENTION_FUNCTIONS else bias.expand(batch, 1, positions.shape[0], kv_len)

@@ -4,12 +4,17 @@ Flat, Hub-shipped file: imports only torch and transformers; `save_pretrained` c
 modeling files that import it (text and seq2seq). Split out of modeling_contextpool.py, which
 re-exports these names. The attention module (layers_contextpool.py) reads and writes this state;
 the cache only stores it and rolls it back (`crop`, beam reordering).
+
+Two kinds: `ContextPoolCache` grows (transformers' DynamicCache, the default of `generate`);
+`ContextPoolStaticCache` has fixed-size keys/values and pooling state, updated in place, so that
+a `torch.compile`d decoding step sees the same shapes and addresses on every call
+(`generate(..., cache_implementation="static")`, or transformers' StaticCache passed by hand).
 """
 
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticCache, StaticLayer
 
 
 class ContextPoolCacheLayer(DynamicLayer):
@@ -150,3 +155,122 @@ class ContextPoolCache(DynamicCache):
             if self.record_past:
                 self.layers[-1].activate_past_recording()
         return self.layers[layer_idx]
+
+
+class ContextPoolStaticLayer(StaticLayer):
+    """A StaticLayer (keys/values preallocated to max_cache_len) with the pooling state beside it,
+    also preallocated and updated in place (its buffers keep one address, as compiled code needs).
+
+    pool_features (B, G, R + 1, C) and pool_weights (B, G, R + 1): the last R + 1 pooling inputs and
+    their weights in time order, oldest first (a sliding window: a step shifts it by one, so the
+    newest input always sits in the last slot and no slot index changes from step to step);
+    conv_state (B, width, kernel - 1): the predictor's causal conv inputs. `pool_started` is False
+    until the first chunk has pooled (that chunk pools alone, as after an empty dynamic cache).
+    """
+
+    is_croppable = False  # the pooling state of removed tokens is not kept (see `crop`)
+    _POOL_STATE = ("pool_features", "pool_weights", "conv_state")
+
+    def __init__(self, max_cache_len: int, **kwargs):
+        super().__init__(max_cache_len=max_cache_len, **kwargs)
+        self.pool_features = self.pool_weights = self.conv_state = None
+        self.pool_started = False
+        self.pending_replay = None  # the dynamic layer's rollback hook; never set here
+        self.record_past = False
+
+    def write_pool_state(self, features, weights, conv_state) -> None:
+        """Store the newest window in place (allocated on the first call). features (B, G, R + 1, C),
+        weights (B, G, R + 1), conv_state (B, width, kernel - 1) or None (no predictor)."""
+        new = {"pool_features": features, "pool_weights": weights, "conv_state": conv_state}
+        for name, value in new.items():
+            if value is None:
+                continue
+            buffer = getattr(self, name)
+            if buffer is None or buffer.shape != value.shape:
+                buffer = torch.zeros_like(value, memory_format=torch.contiguous_format)
+                if not torch.compiler.is_compiling():
+                    torch._dynamo.mark_static_address(buffer)
+                setattr(self, name, buffer)
+            with torch.no_grad():  # inference state: a static cache is for decoding, not training
+                buffer.copy_(value)
+        self.pool_started = True
+
+    def pool_history(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window, oldest first: features (B, G, R + 1, C), weights (B, G, R + 1)."""
+        return self.pool_features, self.pool_weights
+
+    def _map_pool_state(self, fn) -> None:
+        for name in self._POOL_STATE:
+            value = getattr(self, name)
+            if value is not None:
+                value.copy_(fn(value))  # in place: the buffers keep their addresses
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        if self.pool_started:
+            self._map_pool_state(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if self.pool_started and tokens_to_remove != 0:
+            raise NotImplementedError(
+                "ContextPoolStaticCache cannot be cropped: the pooling state of the removed tokens is not kept. "
+                "Assisted and speculative decoding use the default (dynamic) cache: leave cache_implementation unset"
+            )
+        super().crop(tokens_to_remove)
+
+    def reset(self) -> None:
+        super().reset()
+        for name in self._POOL_STATE:
+            value = getattr(self, name)
+            if value is not None:
+                value.zero_()
+        self.pool_started = False
+
+
+class ContextPoolStaticCache(StaticCache):
+    """StaticCache whose layers also carry the ContextPool state at a fixed size (`torch.compile`d decoding).
+
+    Same arguments as transformers' StaticCache: ContextPoolStaticCache(config=model.config,
+    max_cache_len=...). `generate(..., cache_implementation="static")` creates one; a plain
+    StaticCache passed to the model before its first use gets these layers in place
+    (`add_pool_state_layers`).
+    """
+
+    def __init__(self, config, max_cache_len: int, offloading: bool = False, **kwargs):
+        if offloading:
+            raise ValueError("ContextPoolStaticCache: offloading=True is not supported (the pooling state is not offloaded)")
+        text_config = config.get_text_config(decoder=True)
+        Cache.__init__(self, layers=[ContextPoolStaticLayer(max_cache_len=max_cache_len)
+                                     for _ in range(text_config.num_hidden_layers)])  # fmt: skip
+
+
+def add_pool_state_layers(cache: StaticCache) -> StaticCache:
+    """Give an unused transformers StaticCache ContextPool layers, in place (the caller keeps its
+    object and sees it filled, as with any model). Raises when it cannot hold the pooling state."""
+    if all(isinstance(layer, ContextPoolStaticLayer) for layer in cache.layers):
+        return cache
+    if any(layer.is_initialized for layer in cache.layers):
+        raise ValueError(
+            "cache: a StaticCache that already holds tokens has no ContextPool pooling state; pass it to the "
+            "ContextPool model from its first token, or use ContextPoolStaticCache(config, max_cache_len)"
+        )
+    sliding = [type(layer).__name__ for layer in cache.layers if getattr(layer, "is_sliding", False)]
+    if sliding or getattr(cache, "offloading", False):
+        raise ValueError(
+            "cache: ContextPool takes a StaticCache of full-attention layers without offloading, got "
+            f"{sliding or 'offloading=True'}"
+        )
+    cache.layers = [ContextPoolStaticLayer(max_cache_len=layer.max_cache_len) for layer in cache.layers]
+    return cache
+
+
+def cache_layer(cache: Cache, layer_idx: int):
+    """The layer of `cache` that holds layer `layer_idx`'s keys/values and pooling state."""
+    if isinstance(cache, ContextPoolCache):
+        return cache.layer(layer_idx)  # created on first use
+    if layer_idx >= len(cache.layers):
+        raise ValueError(
+            f"cache has {len(cache.layers)} layers, the model at least {layer_idx + 1}: build it with the "
+            "model's config (ContextPoolStaticCache(config=model.config, max_cache_len=...))"
+        )
+    return cache.layers[layer_idx]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .checks_contextpool import _mask_as_weights
 from .modeling_utils_contextpool import _is_compiling
 
 
@@ -108,3 +109,47 @@ def _position_ids(config, position_ids, batch, n, past, device):
             f"position_ids reach {int(position_ids.max())}, beyond max_position_embeddings ({max_len})"
         )
     return position_ids.expand(batch, n) if position_ids.shape[0] == 1 else position_ids
+
+
+def _static_cache_positions(config, cache, attention_mask, position_ids, batch, n, device):
+    """Inputs of a forward on a fixed-size cache (a StaticCache with ContextPool layers).
+
+    -> keep_all (B, max_cache_len) bool or None, keep_new (B, n) or None, position_ids (B, n), and
+    positions (n,): the cache slots of the new tokens. All stay tensors of fixed shapes, so that a
+    compiled decoding step has no host sync and no shape that changes from step to step; the
+    checks that read numbers run outside compilation only.
+    """
+    max_len = cache.get_max_length()
+    past = cache.get_seq_length()  # 0 before the first forward, then the layers' 0-dim length tensor
+    positions = torch.arange(n, device=device) + (past.to(device) if isinstance(past, torch.Tensor) else past)  # (n,)
+    compiling = _is_compiling()
+    filled = None if compiling else int(past)
+    if not compiling:
+        first = cache.layers[0]
+        if first.is_initialized and first.batch_size != batch:
+            raise ValueError(f"cache: this StaticCache was filled with batch {first.batch_size}, got batch {batch}; "
+                             "call cache.reset() or build one per batch size")  # fmt: skip
+        if filled + n > max_len:
+            raise ValueError(
+                f"cache: this StaticCache holds max_cache_len={max_len} tokens and {filled} are used, so {n} more do "
+                "not fit; build it with a larger max_cache_len (generate sizes it from max_length / max_new_tokens)"
+            )
+    keep_all = keep_new = None
+    if attention_mask is not None:
+        keep_all = _mask_as_weights(attention_mask, "attention_mask")
+        width = keep_all.shape[-1]
+        if not (keep_all.dim() == 2 and keep_all.shape[0] == batch
+                and (width == max_len or (not compiling and width == filled + n))):  # fmt: skip
+            accepted = f"(batch, max_cache_len) = {(batch, max_len)}"
+            if not compiling:
+                accepted += f" or (batch, past + sequence_length) = {(batch, filled + n)}"
+            raise ValueError(f"attention_mask with a static cache must be {accepted}, got {tuple(keep_all.shape)}")
+        if width != max_len:  # the slots not written yet: no token there (and in every query's future)
+            keep_all = F.pad(keep_all, (0, max_len - width))
+        keep_new = keep_all.gather(1, positions.unsqueeze(0).expand(batch, n))  # (B, n)
+    if compiling:
+        position_ids = positions.unsqueeze(0) if position_ids is None else position_ids
+        position_ids = position_ids.expand(batch, n)
+    else:
+        position_ids = _position_ids(config, position_ids, batch, n, filled, device)
+    return keep_all, keep_new, position_ids, positions

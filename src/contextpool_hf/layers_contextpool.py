@@ -23,7 +23,7 @@ from .attention_contextpool import (
     _is_flash_like,
     eager_attention_forward,
 )
-from .cache_contextpool import ContextPoolCache
+from .cache_contextpool import ContextPoolCache, ContextPoolStaticLayer, cache_layer
 from .configuration_contextpool import ContextPoolConfig, rope_stand_in
 from .inputs_contextpool import _PackedLayout
 from .modeling_utils_contextpool import _pool_from_config
@@ -157,6 +157,8 @@ class ContextPoolSelfAttention(nn.Module):
         if layer_cache is None:
             weights, sigma, _ = self.pool.predict(hidden, keep)
             return self.pool.pool(features, weights, sigma), sigma
+        if isinstance(layer_cache, ContextPoolStaticLayer):
+            return self._pool_static(hidden, features, keep, layer_cache)
         if layer_cache.pending_replay is not None:  # after a crop: bring the pooling state to the new length
             (_, _, _, _, _, old_hidden, old_features, old_keep), replay = layer_cache.pending_replay
             layer_cache.pending_replay, recording = None, layer_cache.record_past
@@ -169,31 +171,51 @@ class ContextPoolSelfAttention(nn.Module):
         if self.pool.predictor is not None and layer_cache.conv_state is not None and hidden.shape[1] == 1:
             return self._decode_step(hidden, features, keep, layer_cache)
         weights, sigma, conv_state = self.pool.predict(hidden, keep, layer_cache.conv_state)
-        # A chunk after (or without) a cache: prepend the last R + 1 inputs and weights; the
-        # pooled output of token i only reads tokens i-R..i, so this equals pooling the whole
-        # sequence. History positions are outputs we throw away; any valid width will do there.
+        history = layer_cache.pool_history() if layer_cache.pool_features is not None else None
+        pooled, last_features, last_weights = self._pool_chunk(features, weights, sigma, history)
+        # Not detached, like the keys and values: decoding with autograd on gets exact gradients.
+        layer_cache.pool_features, layer_cache.pool_weights = last_features, last_weights
+        layer_cache.pool_next = 0
+        layer_cache.conv_state = conv_state
+        return pooled, sigma
+
+    def _pool_chunk(self, features, weights, sigma, history):
+        """Pool n new tokens after the last R + 1 inputs `history` (features (B, G, R + 1, C), weights
+        (B, G, R + 1), oldest first; None before the first chunk). -> pooled (B, G, n, C) and the new
+        last R + 1 inputs and weights (the next chunk's history, zero-weight where none yet)."""
+        # The pooled output of token i only reads tokens i-R..i, so prepending the history equals
+        # pooling the whole sequence. History positions are outputs we throw away; any valid width
+        # will do there.
         window = self.pool.radius + 1
         batch, groups, n, channels = features.shape
-        if layer_cache.pool_features is None:
+        if history is None:
             # The first chunk (a prompt, or a training step with use_cache): nothing precedes it, so
             # it pools alone; a zero-weight history would add nothing to the sums, only R + 1 tokens'
-            # work. The ring still gets R + 1 slots, the missing past with weight 0.
+            # work. The history still gets R + 1 slots, the missing past with weight 0.
             pooled = self.pool.pool(features, weights, sigma)
             all_features, all_weights = features, weights
             if n < window:
                 all_features = F.pad(features, (0, 0, window - n, 0))  # (B, G, R + 1, C)
                 all_weights = F.pad(weights, (window - n, 0))  # (B, G, R + 1)
         else:
-            history, history_weights = layer_cache.pool_history()
-            all_features = torch.cat([history.to(features.dtype), features], dim=2)  # (B, G, R + 1 + n, C)
+            history_features, history_weights = history
+            all_features = torch.cat([history_features.to(features.dtype), features], dim=2)  # (B, G, R + 1 + n, C)
             all_weights = torch.cat([history_weights.to(weights.dtype), weights], dim=2)  # (B, G, R + 1 + n)
             all_sigma = torch.cat([sigma.new_full((batch, groups, window), self.pool.sigma_max), sigma], dim=2)
             pooled = self.pool.pool(all_features, all_weights, all_sigma)[:, :, window:]
-        # Not detached, like the keys and values: decoding with autograd on gets exact gradients.
-        layer_cache.pool_features = all_features[:, :, -window:]
-        layer_cache.pool_weights = all_weights[:, :, -window:]
-        layer_cache.pool_next = 0
-        layer_cache.conv_state = conv_state
+        return pooled, all_features[:, :, -window:], all_weights[:, :, -window:]
+
+    def _pool_static(self, hidden, features, keep, layer_cache):
+        """`_pool` on a fixed-size cache layer (ContextPoolStaticLayer): the same pooling, with the state
+        written in place so that compiled decoding steps see one address and shape throughout."""
+        started = layer_cache.pool_started
+        if started and hidden.shape[1] == 1 and self.pool.predictor is not None:
+            return self._decode_step_static(hidden, features, keep, layer_cache)
+        weights, sigma, conv_state = self.pool.predict(hidden, keep, layer_cache.conv_state if started else None)
+        pooled, last_features, last_weights = self._pool_chunk(
+            features, weights, sigma, layer_cache.pool_history() if started else None
+        )
+        layer_cache.write_pool_state(last_features, last_weights, conv_state)
         return pooled, sigma
 
     def packing_gap(self) -> int:
@@ -230,34 +252,12 @@ class ContextPoolSelfAttention(nn.Module):
         which torch wraps in a new tensor on every call. hidden (B, 1, d), features (B, G, 1, C)
         -> pooled (B, G, 1, C), sigma (B, G, 1).
         """
-        pool, predictor = self.pool, self.pool.predictor
-        groups = pool.groups
         ring_features, ring_weights = layer_cache.pool_features, layer_cache.pool_weights
         window = ring_weights.shape[-1]
         out_dtype = features.dtype
         tables = self._decode_tables(features, window)
-
-        # predictor (spec item 1): the depthwise conv as kernel_size multiply-adds
-        h = predictor.in_proj(hidden) if predictor.in_proj is not None else hidden
-        if keep is not None:
-            h = h * keep.unsqueeze(-1).to(h.dtype)
-        conv_state = layer_cache.conv_state
-        if conv_state.dtype != h.dtype:
-            conv_state = conv_state.to(h.dtype)
-        conv_window = torch.cat([conv_state, h.transpose(1, 2)], dim=-1)  # (B, width, kernel)
-        conv = predictor.conv
-        conv_out = torch.linalg.vecdot(conv_window, conv.weight.squeeze(1))  # (B, width): one call, not mul + sum
-        if conv.bias is not None:
-            conv_out = conv_out + conv.bias
-        # F.gelu, as the full-sequence path: one call (about 50 us on a 256-vector on this CPU, against
-        # about 65 us for x * (1 + erf(x / sqrt 2)) / 2 written out as four calls)
-        activated = F.gelu(conv_out)
-        proj = predictor.proj  # called as F.linear: a module call costs more than this tiny matmul
-        gates = torch.sigmoid(F.linear(activated, proj.weight, proj.bias)).unsqueeze(-1)  # (B, 2G, 1): sigmoid(a), sigmoid(b)
-        weights = gates[:, :groups]  # spec item 2
-        if keep is not None:
-            weights = weights * keep.unsqueeze(1).to(weights.dtype)
-        sigma = torch.addcmul(tables["sigma_min"], gates[:, groups:], tables["sigma_span"])  # spec item 3
+        weights, sigma_gate, conv_window = self._decode_gates(hidden, keep, layer_cache.conv_state)
+        sigma = torch.addcmul(tables["sigma_min"], sigma_gate, tables["sigma_span"])  # spec item 3
         layer_cache.conv_state = conv_window[..., 1:]
 
         # pooling (spec items 4-5, causal): write the newest input over the oldest ring slot.
@@ -270,17 +270,71 @@ class ContextPoolSelfAttention(nn.Module):
         ring_weights = ring_weights.index_copy(2, index, weights)
         layer_cache.pool_next = (slot + 1) % window
         layer_cache.pool_features, layer_cache.pool_weights = ring_features, ring_weights
+        pooled = self._decode_pool(ring_features, ring_weights, sigma, tables["neg_half_distance_sq_rows"][slot],
+                                   tables["eps"], out_dtype)  # fmt: skip
+        return pooled, sigma
+
+    def _decode_step_static(self, hidden, features, keep, layer_cache):
+        """`_decode_step` on a fixed-size cache layer: the window shifts by one instead of a ring slot
+        being overwritten, so the newest input is always last and every step runs the same graph
+        (no Python-int slot to guard on under torch.compile). Same shapes and result."""
+        pool = self.pool
+        weights, sigma_gate, conv_window = self._decode_gates(hidden, keep, layer_cache.conv_state)
+        sigma = pool.sigma_min + (pool.sigma_max - pool.sigma_min) * sigma_gate  # spec item 3
+        history, history_weights = layer_cache.pool_history()
+        ring_features = torch.cat([history[:, :, 1:], features.to(history.dtype)], dim=2)  # (B, G, R + 1, C)
+        ring_weights = torch.cat([history_weights[:, :, 1:], weights.to(history_weights.dtype)], dim=2)
+        layer_cache.write_pool_state(ring_features, ring_weights, conv_window[..., 1:])
+        window = ring_weights.shape[-1]
+        compute = ring_weights.dtype if ring_weights.dtype in (torch.float32, torch.float64) else torch.float32
+        age = torch.arange(window - 1, -1, -1, device=ring_weights.device, dtype=compute)  # oldest first
+        pooled = self._decode_pool(ring_features.to(features.dtype), ring_weights.to(weights.dtype), sigma,
+                                   age * age * -0.5, DEFAULT_EPS, features.dtype)  # fmt: skip
+        return pooled, sigma
+
+    def _decode_gates(self, hidden, keep, conv_state):
+        """The causal predictor (spec items 1-2) for one new token on its conv state.
+
+        hidden (B, 1, d), conv_state (B, width, kernel - 1) -> weights (B, G, 1), the sigma gate
+        sigmoid(b) (B, G, 1), and the conv window (B, width, kernel) whose last kernel - 1 columns
+        are the next conv state.
+        """
+        predictor, groups = self.pool.predictor, self.pool.groups
+        h = predictor.in_proj(hidden) if predictor.in_proj is not None else hidden
+        if keep is not None:
+            h = h * keep.unsqueeze(-1).to(h.dtype)
+        if conv_state.dtype != h.dtype:
+            conv_state = conv_state.to(h.dtype)
+        conv_window = torch.cat([conv_state, h.transpose(1, 2)], dim=-1)  # (B, width, kernel)
+        conv = predictor.conv
+        conv_out = torch.linalg.vecdot(conv_window, conv.weight.squeeze(1))  # (B, width): one call, not mul + sum
+        if conv.bias is not None:
+            conv_out = conv_out + conv.bias
+        # F.gelu, as the full-sequence path: one call (about 50 us on a 256-vector on this CPU, against
+        # about 65 us for x * (1 + erf(x / sqrt 2)) / 2 written out as four calls)
+        activated = F.gelu(conv_out)
+        proj = predictor.proj  # called as F.linear: a module call costs more than this tiny matmul
+        gates = torch.sigmoid(F.linear(activated, proj.weight, proj.bias)).unsqueeze(-1)  # (B, 2G, 1): sigmoid(a), sigmoid(b)
+        weights = gates[:, :groups]
+        if keep is not None:
+            weights = weights * keep.unsqueeze(1).to(weights.dtype)
+        return weights, gates[:, groups:], conv_window
+
+    def _decode_pool(self, ring_features, ring_weights, sigma, neg_half_age_sq, eps, out_dtype):
+        """The newest token's pooled feature (spec items 4-5) from the last R + 1 inputs.
+
+        ring_features (B, G, R + 1, C), ring_weights (B, G, R + 1), sigma (B, G, 1), neg_half_age_sq
+        (R + 1,): -(distance of each slot to the newest token)^2 / 2 -> pooled (B, G, 1, C).
+        """
         if out_dtype not in (torch.float32, torch.float64):  # computed in float32 at least, like the operator
-            ring_features, ring_weights, sigma_c = ring_features.float(), ring_weights.float(), sigma.float()
-        else:
-            sigma_c = sigma
+            ring_features, ring_weights, sigma = ring_features.float(), ring_weights.float(), sigma.float()
         # floored as in the operator: a width whose square underflows would give 0 * inf = NaN at distance 0
-        inv_var = sigma_c.clamp_min(_SIGMA_FLOOR).pow(-2)
-        coef = ring_weights * torch.exp(tables["neg_half_distance_sq_rows"][slot] * inv_var)  # (B, G, R + 1)
-        if pool.normalize:  # normalise the R + 1 coefficients rather than the C outputs: fewer calls
-            coef = coef / (coef.sum(-1, keepdim=True) + tables["eps"])
+        inv_var = sigma.clamp_min(_SIGMA_FLOOR).pow(-2)
+        coef = ring_weights * torch.exp(neg_half_age_sq * inv_var)  # (B, G, R + 1)
+        if self.pool.normalize:  # normalise the R + 1 coefficients rather than the C outputs: fewer calls
+            coef = coef / (coef.sum(-1, keepdim=True) + eps)
         pooled = torch.matmul(coef.unsqueeze(-2), ring_features)  # (B, G, 1, R + 1) @ (B, G, R + 1, C)
-        return (pooled if pooled.dtype == out_dtype else pooled.to(out_dtype)), sigma
+        return pooled if pooled.dtype == out_dtype else pooled.to(out_dtype)
 
     def _decode_tables(self, like: torch.Tensor, window: int) -> dict:
         """Constants of a decoding step, built once per device, dtype (of `like`) and ring size R + 1.
@@ -345,7 +399,7 @@ class ContextPoolSelfAttention(nn.Module):
         """pool_placement="block_output": pool the residual stream entering the layer (the previous
         block's output) and mix it in, replacing the stream. The predictor reads `predictor_input`
         (the layer's normalised input). residual (B, n, d) -> (B, n, d), sigma (B, 1, n)."""
-        layer_cache = cache.layer(self.layer_idx) if cache is not None else None
+        layer_cache = cache_layer(cache, self.layer_idx) if cache is not None else None
         pooled, sigma = self._pool(predictor_input, residual.unsqueeze(1), keep, layer_cache)
         return torch.lerp(residual, pooled.squeeze(1), self.pool_mix), sigma
 
@@ -361,7 +415,7 @@ class ContextPoolSelfAttention(nn.Module):
         output_attentions: bool = False,
     ):
         batch, n, _ = hidden.shape
-        layer_cache = cache.layer(self.layer_idx) if cache is not None else None
+        layer_cache = cache_layer(cache, self.layer_idx) if cache is not None else None
         q, k, v, sigma = self._pooled_projections(hidden, keep, layer_cache)
         q = q.view(batch, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, n, dh)
         k = k.view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, n, dh)

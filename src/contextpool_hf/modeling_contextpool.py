@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.cache_utils import Cache
-from transformers.generation import GenerationMixin
+from transformers.cache_utils import Cache, StaticCache
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
@@ -31,12 +30,20 @@ from .attention_contextpool import (  # noqa: F401
     _attention_implementation,
     _backend_mask,
     _packed_attention_bias,
+    _static_cache_attention_bias,
     eager_attention_forward,
     repeat_kv,
     sdpa_attention_forward,
 )
-from .cache_contextpool import ContextPoolCache, ContextPoolCacheLayer  # noqa: F401
+from .cache_contextpool import (  # noqa: F401
+    ContextPoolCache,
+    ContextPoolCacheLayer,
+    ContextPoolStaticCache,
+    ContextPoolStaticLayer,
+    add_pool_state_layers,
+)
 from .configuration_contextpool import ContextPoolConfig
+from .generation_contextpool import ContextPoolGenerationMixin
 from .heads_contextpool import ContextPoolMaskedLMHead, _lm_loss, _sequence_representation
 from .inputs_contextpool import (
     _check_inputs_embeds,
@@ -44,6 +51,7 @@ from .inputs_contextpool import (
     _check_token_ids,
     _packed_layout,
     _position_ids,
+    _static_cache_positions,
 )
 from .layers_contextpool import (  # noqa: F401
     ContextPoolLayer,
@@ -209,7 +217,10 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
             cache = None  # a bidirectional encoder has nothing to continue
         if self.gradient_checkpointing and self.training and use_cache:
             use_cache = False
-        if cache is not None and not isinstance(cache, ContextPoolCache):
+        static = isinstance(cache, StaticCache)  # fixed-size keys/values: compiled decoding
+        if static:
+            add_pool_state_layers(cache)
+        elif cache is not None and not isinstance(cache, ContextPoolCache):
             cache = ContextPoolCache.from_prefix(cache) if cache.get_seq_length() > 0 else None
         if use_cache and cache is None:
             cache = ContextPoolCache()
@@ -218,7 +229,11 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
         past = cache.get_seq_length() if cache is not None else 0
 
         keep_all = None
-        if attention_mask is not None:
+        if static:  # positions and masks as tensors of the cache's fixed length (no shape changes per step)
+            keep_all, keep_new, position_ids, positions = _static_cache_positions(
+                config, cache, attention_mask, position_ids, batch, n, device
+            )
+        elif attention_mask is not None:
             # 0/1 only: .bool() would read an additive (0 / -inf) mask inverted and 0.5 or -1 as "keep"
             keep_all = _mask_as_weights(attention_mask, "attention_mask")
             if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, past + n):
@@ -226,13 +241,14 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
                     f"attention_mask must be (batch, past + sequence_length) = {(batch, past + n)}, "
                     f"got {tuple(attention_mask.shape)}"
                 )
-        keep_new = keep_all[:, past:] if keep_all is not None else None
-        # Nothing to mask: let SDPA use its causal kernel and the pooling skip the mask.
-        if keep_all is not None and not _is_compiling() and bool(keep_all.all()):
-            keep_all = keep_new = None
-
-        position_ids_given = position_ids is not None
-        position_ids = _position_ids(config, position_ids, batch, n, past, device)
+        if not static:
+            keep_new = keep_all[:, past:] if keep_all is not None else None
+            # Nothing to mask: let SDPA use its causal kernel and the pooling skip the mask.
+            if keep_all is not None and not _is_compiling() and bool(keep_all.all()):
+                keep_all = keep_new = None
+        position_ids_given = position_ids is not None and not static
+        if not static:
+            position_ids = _position_ids(config, position_ids, batch, n, past, device)
         hidden = inputs_embeds
         if self.embed_positions is not None:
             hidden = hidden + self.embed_positions(position_ids)
@@ -250,14 +266,17 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
             position_embeddings = rotary_cos_sin(
                 position_ids, config.head_dim, config.rope_theta, hidden.dtype, config=config
             )
-        attention_bias = _backend_mask(
-            _attention_implementation(config, output_attentions), keep_all, n, past + n, config.is_causal,
-            hidden.dtype, device, window=config.attention_window, batch=batch,
-        )  # fmt: skip
+        implementation = _attention_implementation(config, output_attentions)
+        if static:
+            attention_bias = _static_cache_attention_bias(implementation, keep_all, positions, cache.get_max_length(),
+                                                          hidden.dtype, window=config.attention_window, batch=batch)  # fmt: skip
+        else:
+            attention_bias = _backend_mask(implementation, keep_all, n, past + n, config.is_causal, hidden.dtype, device,
+                                           window=config.attention_window, batch=batch)  # fmt: skip
         packed = _packed_layout(position_ids, keep_new, past, self) if position_ids_given else None
         if packed is not None:  # several documents per row (DataCollatorWithFlattening)
             attention_bias = _packed_attention_bias(attention_bias, packed, config.is_causal, hidden.dtype,
-                                                    _attention_implementation(config, output_attentions))  # fmt: skip
+                                                    implementation)  # fmt: skip
             keep_new = packed
 
         all_hidden = (hidden,) if output_hidden_states else None
@@ -288,7 +307,7 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class ContextPoolForCausalLM(ContextPoolPreTrainedModel, GenerationMixin):
+class ContextPoolForCausalLM(ContextPoolPreTrainedModel, ContextPoolGenerationMixin):
     """Decoder-only language model (GPT-2/Llama shape) with causal ContextPool and a cache that
     holds keys/values and each layer's pooling state."""
 
@@ -308,22 +327,6 @@ class ContextPoolForCausalLM(ContextPoolPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
-
-    def _assisted_decoding(self, *args, **kwargs):
-        """Assisted / prompt-lookup decoding: transformers needs a cache before the first forward
-        (the model otherwise creates its own) and crops it after each verification; an assistant that
-        is a ContextPool model records its pooling states too, since its cache is cropped as well."""
-        if kwargs.get("cache") is None:
-            kwargs["cache"] = ContextPoolCache()
-        assistant = kwargs.get("assistant_model")
-        inner = getattr(assistant, "model", None)
-        if isinstance(inner, ContextPoolModel):
-            inner._record_cache_past = True
-        try:
-            return super()._assisted_decoding(*args, **kwargs)
-        finally:
-            if isinstance(inner, ContextPoolModel):
-                inner._record_cache_past = False
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache, StaticCache
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import ModelOutput
 from transformers.modeling_utils import PreTrainedModel
@@ -239,6 +239,11 @@ class ContextPoolSeq2SeqDecoder(ContextPoolSeq2SeqPreTrainedModel):
             use_cache = False
         if cache is not None and not isinstance(cache, EncoderDecoderCache):
             raise ValueError(f"ContextPool seq2seq models need an EncoderDecoderCache, got {type(cache).__name__}")
+        if cache is not None and isinstance(cache.self_attention_cache, StaticCache):
+            raise ValueError(
+                "cache: the ContextPool seq2seq model has no static cache (the causal LM has one); pass cache=None "
+                "and reuse outputs.cache"
+            )
         if cache is not None and not isinstance(cache.self_attention_cache, ContextPoolCache):
             if cache.get_seq_length() > 0:
                 raise ValueError(
@@ -393,6 +398,16 @@ class ContextPoolForConditionalGeneration(ContextPoolSeq2SeqPreTrainedModel, Gen
         else:
             self.final_logits_bias = None
         self.post_init()
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        if generation_config.cache_implementation not in (None, "dynamic"):  # transformers would warn and ignore it
+            raise ValueError(
+                f"cache_implementation={generation_config.cache_implementation!r} is not supported by the ContextPool "
+                "seq2seq model: it decodes with its own dynamic cache (leave cache_implementation unset); the "
+                "static cache is the causal LM's (ContextPoolForCausalLM)"
+            )
+        generation_config.cache_implementation = None
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     @property
     def encoder(self) -> ContextPoolSeq2SeqEncoder:

@@ -244,7 +244,7 @@ class ContextPoolViTAttention(nn.Module):
         probs = None
         if output_attentions:  # the explicit (reference) path: it has the probabilities to return
             scores = torch.matmul(q, k.transpose(-1, -2)) * self.head_dim**-0.5
-            probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+            probs = F.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(q.dtype)
             context = torch.matmul(F.dropout(probs, dropout, self.training), v)
         else:
             context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
