@@ -209,3 +209,14 @@ def test_static_cache_generation_through_remote_code(tmp_path):
     model = tiny_causal_lm()
     model.save_pretrained(tmp_path)
     assert "ok" in run_without_package(REMOTE, args=[tmp_path])
+
+
+@pytest.mark.parametrize("cache_implementation", [None, "static"])
+def test_chunked_prefill_gives_the_unchunked_generation(cache_implementation):
+    """generate(prefill_chunk_size=k) feeds the prompt k tokens at a time through the cache before decoding."""
+    model = tiny_causal_lm()
+    input_ids = random_ids(batch=1, n=13)
+    attention_mask = torch.ones_like(input_ids)
+    expected = _greedy(model, input_ids, attention_mask)
+    got = _greedy(model, input_ids, attention_mask, prefill_chunk_size=4, cache_implementation=cache_implementation)
+    _assert_same_generation(got, expected)

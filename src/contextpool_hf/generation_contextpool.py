@@ -20,15 +20,22 @@ from .cache_contextpool import ContextPoolCache, ContextPoolStaticCache
 class ContextPoolGenerationMixin(GenerationMixin):
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
                                       max_cache_length):  # fmt: skip
-        """A static `cache_implementation` gets a ContextPoolStaticCache (transformers would skip it: the model
-        declines plain DynamicCaches); any other leaves the cache to the model, which creates a ContextPoolCache."""
+        """The default (dynamic) cache is a ContextPoolCache and a static `cache_implementation` a
+        ContextPoolStaticCache (transformers would build plain ones, or skip the setting: the model declines
+        plain DynamicCaches); a cache passed in is checked by transformers and kept."""
         implementation = generation_config.cache_implementation
         if implementation == "dynamic":
             implementation = None  # the model's own ContextPoolCache is the dynamic one
-        if implementation is None or model_kwargs.get("cache") is not None or generation_config.use_cache is False:
-            generation_config.cache_implementation = implementation
+        generation_config.cache_implementation = implementation
+        if model_kwargs.get("cache") is not None or generation_config.use_cache is False:
             return super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, batch_size,
                                                          max_cache_length)  # fmt: skip
+        if implementation is None:
+            # Otherwise the model creates its ContextPoolCache at the first forward (so PEFT's prefix cache and an
+            # assistant's recording cache come in first); chunked prefill needs one before it.
+            if generation_config.prefill_chunk_size is not None:
+                model_kwargs["cache"] = ContextPoolCache()
+            return
         if implementation != "static":
             offloaded = " (the pooling state is not offloaded)" if "offloaded" in implementation else ""
             raise ValueError(
