@@ -242,9 +242,7 @@ def main(argv=None) -> dict:
     os.makedirs(args.out, exist_ok=True)
     if args.lr_grid:
         return run_lr_grid(args, script, data, image_size)
-    # The variant list is not a setting of a run: a rerun with other --variants adds to the same results.
-    excluded = ("plan", "out", "work_dir", "data_dir", "command", "variants")
-    settings = {k: v for k, v in vars(args).items() if k not in excluded}
+    settings = study_settings(args)
     path = os.path.join(args.out, "vision_study.json")
     rows = []
     if os.path.exists(path):
@@ -282,6 +280,13 @@ def main(argv=None) -> dict:
     table = write_results(rows, args, settings)
     print_table(table)
     return {"summary": table, "runs": rows}
+
+
+def study_settings(args) -> dict:
+    """What makes two study runs comparable (the resume key). The variant list is not a setting of a run (a
+    rerun with other --variants adds to the same results), nor are paths or the grid-only options."""
+    excluded = ("plan", "out", "work_dir", "data_dir", "command", "variants", "lr_grid", "grid_fraction")
+    return {k: v for k, v in vars(args).items() if k not in excluded}
 
 
 def run_lr_grid(args, script, data, image_size) -> dict:

@@ -107,3 +107,11 @@ def test_vision_lr_grid_chooses_on_validation_and_resumes(tmp_path):
     assert [r["train_wall_s"] for r in again["runs"]] == [r["train_wall_s"] for r in saved["runs"]]
     with pytest.raises(SystemExit, match="other settings"):
         study_vision.main(args[:-1] + ["0.25"])
+
+
+def test_vision_study_settings_ignore_paths_variants_and_grid_options():
+    """The resume key: options that do not change a study run must not make its results 'other settings'."""
+    plain = study_vision.study_settings(study_vision.parse([]))
+    assert study_vision.study_settings(study_vision.parse(
+        ["--variants", "resnet-3S", "--out", "elsewhere", "--lr_grid", "1e-3", "--grid_fraction", "0.2"])) == plain
+    assert study_vision.study_settings(study_vision.parse(["--learning_rate", "1e-3"])) != plain
