@@ -220,3 +220,18 @@ def test_chunked_prefill_gives_the_unchunked_generation(cache_implementation):
     expected = _greedy(model, input_ids, attention_mask)
     got = _greedy(model, input_ids, attention_mask, prefill_chunk_size=4, cache_implementation=cache_implementation)
     _assert_same_generation(got, expected)
+
+
+def test_an_early_initialized_static_cache_keeps_its_buffers():
+    """StaticCache.early_initialization allocates keys/values before the first forward (torch.export does it):
+    the layers become ContextPool layers in place, with the same tensors."""
+    model = tiny_causal_lm()
+    input_ids = random_ids(n=9)
+    cache = StaticCache(config=model.config, max_cache_len=16)
+    cache.early_initialization(batch_size=2, num_heads=4, head_dim=8, dtype=torch.float32, device="cpu")
+    keys = cache.layers[0].keys
+    with torch.no_grad():
+        got = model(input_ids, cache=cache).logits
+        expected = model(input_ids, use_cache=False).logits
+    assert isinstance(cache.layers[0], ContextPoolStaticLayer) and cache.layers[0].keys is keys
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)

@@ -173,6 +173,9 @@ class ContextPoolStaticLayer(StaticLayer):
 
     def __init__(self, max_cache_len: int, **kwargs):
         super().__init__(max_cache_len=max_cache_len, **kwargs)
+        self._init_pool_state()
+
+    def _init_pool_state(self) -> None:
         self.pool_features = self.pool_weights = self.conv_state = None
         self.pool_started = False
         self.pending_replay = None  # the dynamic layer's rollback hook; never set here
@@ -245,22 +248,26 @@ class ContextPoolStaticCache(StaticCache):
 
 
 def add_pool_state_layers(cache: StaticCache) -> StaticCache:
-    """Give an unused transformers StaticCache ContextPool layers, in place (the caller keeps its
-    object and sees it filled, as with any model). Raises when it cannot hold the pooling state."""
+    """Make the layers of an unused transformers StaticCache ContextPool layers, in place: each keeps its
+    keys/values (allocated already if the cache was initialised early) and gains the pooling state. The
+    caller keeps its object and sees it filled, as with any model. Raises when it cannot hold the state."""
     if all(isinstance(layer, ContextPoolStaticLayer) for layer in cache.layers):
         return cache
-    if any(layer.is_initialized for layer in cache.layers):
+    if any(int(layer.get_seq_length()) > 0 for layer in cache.layers):
         raise ValueError(
             "cache: a StaticCache that already holds tokens has no ContextPool pooling state; pass it to the "
             "ContextPool model from its first token, or use ContextPoolStaticCache(config, max_cache_len)"
         )
-    sliding = [type(layer).__name__ for layer in cache.layers if getattr(layer, "is_sliding", False)]
-    if sliding or getattr(cache, "offloading", False):
+    other = sorted({type(layer).__name__ for layer in cache.layers if type(layer) not in (StaticLayer, ContextPoolStaticLayer)})
+    if other or getattr(cache, "offloading", False):
         raise ValueError(
-            "cache: ContextPool takes a StaticCache of full-attention layers without offloading, got "
-            f"{sliding or 'offloading=True'}"
+            "cache: ContextPool takes a StaticCache of full-attention layers (StaticLayer) without offloading, got "
+            f"{other or 'offloading=True'}"
         )
-    cache.layers = [ContextPoolStaticLayer(max_cache_len=layer.max_cache_len) for layer in cache.layers]
+    for layer in cache.layers:
+        if type(layer) is StaticLayer:
+            layer.__class__ = ContextPoolStaticLayer  # the same object: its keys/values buffers stay where they are
+            layer._init_pool_state()
     return cache
 
 
