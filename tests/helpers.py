@@ -11,6 +11,16 @@ from contextpool_hf import ContextPoolConfig, ContextPoolForCausalLM
 
 TINY_VOCAB = 61
 
+# Config overrides a cache must be exact under: pooling groups and the eager product, pooling only k/v,
+# grouped-query attention with a Llama block, learned absolute positions with a pooling layer subset.
+CACHE_VARIANTS = [
+    dict(),
+    dict(pool_groups=2, attn_implementation="eager"),
+    dict(pool_groups=4, pool_target="kv"),
+    dict(num_key_value_heads=2, pool_groups=2, mlp_type="gated", norm_type="rmsnorm", hidden_act="silu"),
+    dict(position_embedding_type="absolute", pool_layers=[1], pool_kernel_size=5),
+]
+
 
 def tiny_causal_lm(seed: int = 0, **overrides) -> ContextPoolForCausalLM:
     """A 2-layer, hidden-32 causal LM in eval mode, its weights drawn from `seed`; `overrides` are config fields."""

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import CACHE_VARIANTS
 
 from contextpool_hf import ContextPoolCache, ContextPoolConfig, ContextPoolForCausalLM
 
@@ -25,13 +26,7 @@ def prompt(batch=2, n=7, seed=1):
     return torch.randint(1, VOCAB, (batch, n), generator=torch.Generator().manual_seed(seed))
 
 
-VARIANTS = [
-    dict(),
-    dict(pool_groups=2, attn_implementation="eager"),
-    dict(pool_groups=4, pool_target="kv"),
-    dict(num_key_value_heads=2, pool_groups=2, mlp_type="gated", norm_type="rmsnorm", hidden_act="silu"),
-    dict(position_embedding_type="absolute", pool_layers=[1], pool_kernel_size=5),
-]
+VARIANTS = CACHE_VARIANTS
 
 
 def _in_steps(model, input_ids, spans, **kwargs):

@@ -7,19 +7,14 @@ step traces as one graph (torch.compile, fullgraph) that is reused from step to 
 
 import pytest
 import torch
-from helpers import random_ids, tiny_causal_lm
+from helpers import CACHE_VARIANTS, random_ids, tiny_causal_lm
 from remote_utils import run_without_package
 from transformers import CompileConfig, StaticCache
 
 from contextpool_hf import ContextPoolStaticCache
 from contextpool_hf.cache_contextpool import ContextPoolStaticLayer
 
-VARIANTS = [
-    dict(),
-    dict(pool_groups=2, attn_implementation="eager"),
-    dict(pool_groups=4, pool_target="kv"),
-    dict(num_key_value_heads=2, pool_groups=2, mlp_type="gated", norm_type="rmsnorm", hidden_act="silu"),
-    dict(position_embedding_type="absolute", pool_layers=[1], pool_kernel_size=5),
+VARIANTS = CACHE_VARIANTS + [
     dict(pool_placement="block_output"),
     dict(pool_mode="fixed_learned", pool_groups=2),
     dict(attention_window=4),

@@ -178,8 +178,6 @@ class ContextPoolStaticLayer(StaticLayer):
     def _init_pool_state(self) -> None:
         self.pool_features = self.pool_weights = self.conv_state = None
         self.pool_started = False
-        self.pending_replay = None  # the dynamic layer's rollback hook; never set here
-        self.record_past = False
 
     def write_pool_state(self, features, weights, conv_state) -> None:
         """Store the newest window in place (allocated on the first call). features (B, G, R + 1, C),

@@ -278,18 +278,18 @@ class ContextPoolSelfAttention(nn.Module):
         """`_decode_step` on a fixed-size cache layer: the window shifts by one instead of a ring slot
         being overwritten, so the newest input is always last and every step runs the same graph
         (no Python-int slot to guard on under torch.compile). Same shapes and result."""
-        pool = self.pool
-        weights, sigma_gate, conv_window = self._decode_gates(hidden, keep, layer_cache.conv_state)
-        sigma = pool.sigma_min + (pool.sigma_max - pool.sigma_min) * sigma_gate  # spec item 3
         history, history_weights = layer_cache.pool_history()
+        window = history_weights.shape[-1]
+        tables = self._decode_tables(features, window)
+        weights, sigma_gate, conv_window = self._decode_gates(hidden, keep, layer_cache.conv_state)
+        sigma = torch.addcmul(tables["sigma_min"], sigma_gate, tables["sigma_span"])  # spec item 3
         ring_features = torch.cat([history[:, :, 1:], features.to(history.dtype)], dim=2)  # (B, G, R + 1, C)
         ring_weights = torch.cat([history_weights[:, :, 1:], weights.to(history_weights.dtype)], dim=2)
         layer_cache.write_pool_state(ring_features, ring_weights, conv_window[..., 1:])
-        window = ring_weights.shape[-1]
-        compute = ring_weights.dtype if ring_weights.dtype in (torch.float32, torch.float64) else torch.float32
-        age = torch.arange(window - 1, -1, -1, device=ring_weights.device, dtype=compute)  # oldest first
+        # the newest input sits in the last slot: the ring's distance row for slot R
         pooled = self._decode_pool(ring_features.to(features.dtype), ring_weights.to(weights.dtype), sigma,
-                                   age * age * -0.5, DEFAULT_EPS, features.dtype)  # fmt: skip
+                                   tables["neg_half_distance_sq_rows"][window - 1], tables["eps"],
+                                   features.dtype)  # fmt: skip
         return pooled, sigma
 
     def _decode_gates(self, hidden, keep, conv_state):

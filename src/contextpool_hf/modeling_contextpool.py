@@ -228,26 +228,25 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
                 cache.activate_past_recording()
         past = cache.get_seq_length() if cache is not None else 0
 
-        keep_all = None
+        position_ids_given = position_ids is not None and not static
         if static:  # positions and masks as tensors of the cache's fixed length (no shape changes per step)
             keep_all, keep_new, position_ids, positions = _static_cache_positions(
                 config, cache, attention_mask, position_ids, batch, n, device
             )
-        elif attention_mask is not None:
-            # 0/1 only: .bool() would read an additive (0 / -inf) mask inverted and 0.5 or -1 as "keep"
-            keep_all = _mask_as_weights(attention_mask, "attention_mask")
-            if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, past + n):
-                raise ValueError(
-                    f"attention_mask must be (batch, past + sequence_length) = {(batch, past + n)}, "
-                    f"got {tuple(attention_mask.shape)}"
-                )
-        if not static:
+        else:
+            keep_all = None
+            if attention_mask is not None:
+                # 0/1 only: .bool() would read an additive (0 / -inf) mask inverted and 0.5 or -1 as "keep"
+                keep_all = _mask_as_weights(attention_mask, "attention_mask")
+                if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, past + n):
+                    raise ValueError(
+                        f"attention_mask must be (batch, past + sequence_length) = {(batch, past + n)}, "
+                        f"got {tuple(attention_mask.shape)}"
+                    )
             keep_new = keep_all[:, past:] if keep_all is not None else None
             # Nothing to mask: let SDPA use its causal kernel and the pooling skip the mask.
             if keep_all is not None and not _is_compiling() and bool(keep_all.all()):
                 keep_all = keep_new = None
-        position_ids_given = position_ids is not None and not static
-        if not static:
             position_ids = _position_ids(config, position_ids, batch, n, past, device)
         hidden = inputs_embeds
         if self.embed_positions is not None:
