@@ -31,7 +31,9 @@ model the mean learned sigma by position within a word, per layer (issue 16 sect
 
 Outputs (in --out): char_lm_study.json (`summary`, `runs`, `lr_search`, `sigma_by_position`,
 `meta` with the command), char_lm_study.md, char_lm_study_curves.png, char_lm_study_sigma.png.
-A rerun with the same settings skips the runs already in the JSON (resume after an interruption).
+A rerun with the same settings skips the runs already in the JSON (resume after an interruption); --seeds,
+--variants and --threads may change (more seeds or variants add runs). A JSON made with other settings stops
+the study instead of being overwritten.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from contextpool_hf.study_results import read_matching
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPORA = ("kjv", "shakespeare")
@@ -419,10 +423,31 @@ def plot(args, state) -> None:
         plt.close(fig)
 
 
+# Arguments that choose which runs a study adds (keyed by variant, layers and seed) or how fast it runs, not
+# what a run measures: a rerun that changes only these adds to the saved results.
+NOT_SETTINGS = ("seeds", "variants", "threads")
+
+
+def saved_settings(args) -> dict:
+    """The parsed arguments as the JSON's meta saves them (paths as text; --out and --plan left out)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "plan")}
+
+
+def resume_key(settings: dict) -> dict:
+    """What makes two char-LM studies comparable: `settings` without NOT_SETTINGS."""
+    return {k: v for k, v in settings.items() if k not in NOT_SETTINGS}
+
+
 def main(argv=None) -> dict:
     args = parse(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
+    path = args.out / "char_lm_study.json"
+    all_settings = saved_settings(args)
+    # resume: finished runs made with the same settings are kept; other settings stop the study (before any data
+    # is loaded, so the refusal is immediate)
+    previous = {} if args.plan else read_matching(path, resume_key(all_settings), resume_key, "a char-LM study",
+                                                  section="meta")  # fmt: skip
     splits = load_splits()
     data = {
         "train": torch.cat([splits["train"][c] for c in CORPORA]),
@@ -441,16 +466,15 @@ def main(argv=None) -> dict:
               f"{idle_total / 60:.0f} min on an idle machine (+ evaluation)")
         return {"step_seconds": {f"{v}-{d}L": s for (v, d), s in step_seconds.items()}, "estimate_seconds": total,
                 "idle_estimate_seconds": idle_total}
-    path = args.out / "char_lm_study.json"
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "plan")}
-    state = {"runs": [], "lr_search": []}
-    if path.exists():
-        previous = json.loads(path.read_text())
-        if previous.get("meta", {}).get("settings") == settings:  # resume: same settings, keep finished runs
-            state = {k: previous[k] for k in ("runs", "lr_search", "sigma_by_position") if k in previous}
+    state = {k: previous.get(k, []) for k in ("runs", "lr_search")}
+    if "sigma_by_position" in previous:
+        state["sigma_by_position"] = previous["sigma_by_position"]
+    command = "python scripts/study_char_lm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    earlier = previous.get("meta", {})
     state["meta"] = {
-        "command": "python scripts/study_char_lm.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "settings": settings,
+        "command": command,
+        "commands": earlier.get("commands", [earlier["command"]] if "command" in earlier else []) + [command],
+        "settings": all_settings,
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{args.threads} threads (shared machine: wall times are noisy)",
         "bpc": "bits per character = summed cross-entropy (nats) / ln 2 / characters predicted; test on "
@@ -477,6 +501,7 @@ def main(argv=None) -> dict:
         row, model = train_one(variant, depth, lr, seed, steps, args, data, keep_model=True)
         test = bpc(model, data["test_windows"])
         row["test_bpc"], row["test_bpc_by_corpus"] = test["all"], {c: test[c] for c in CORPORA}
+        row["threads"] = args.threads  # a resumed study may mix thread counts: train_seconds compare per thread count
         state["runs"] = [r for r in state["runs"] if (r["variant"], r["layers"], r["seed"]) != (variant, depth, seed)]
         state["runs"].append(row)
         if analyse:

@@ -43,6 +43,8 @@ import time
 import torch
 from transformers import TrainingArguments
 
+from contextpool_hf.study_results import read_matching
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIT = "hidden_size=64,num_hidden_layers={layers},num_attention_heads=4,intermediate_size=128,patch_size={patch}"
 RESNET = {3: "embedding_size=16,hidden_sizes=[16,32,64],depths=[1,1,1],layer_type=basic",
@@ -288,19 +290,6 @@ def load_results(path, settings) -> tuple[list, list]:
     for row in rows:  # runs saved before each run recorded its thread count ran with the settings' one
         row.setdefault("threads", previous["settings"].get("threads"))
     return rows, previous.get("commands", [previous.get("command")] if previous else [])
-
-
-def read_matching(path, settings, key, what) -> dict:
-    """The JSON saved at `path` ({} when there is none yet), whose `key(settings)` must equal `settings`:
-    results made with other settings stop the study instead of being overwritten by surprise."""
-    if not os.path.exists(path):
-        return {}
-    with open(path) as handle:
-        previous = json.load(handle)
-    if key(previous.get("settings", {})) != settings:
-        raise SystemExit(f"{path} holds {what} made with other settings ({previous.get('command')!r}); "
-                         "pass another --out, or move that file away to start over")  # fmt: skip
-    return previous
 
 
 def save_results(path, args, settings, new_row=None) -> list:

@@ -156,3 +156,28 @@ def test_vision_study_settings_ignore_paths_variants_seeds_threads_and_grid_opti
     # results saved while the seed counts and threads were still in the key resume under the new one
     saved_before = {**vars(study_vision.parse([])), "seeds": 3, "p2_seeds": 1, "threads": 2}
     assert study_vision.comparable_settings(saved_before) == plain
+
+
+def quick_char_lm_settings(argv) -> dict:
+    """The settings a --quick char-LM study saves in its JSON's meta (what main compares on resume)."""
+    return study_char_lm.saved_settings(study_char_lm.parse(["--quick", *argv]))
+
+
+def test_char_lm_study_refuses_a_json_made_with_other_settings(tmp_path):
+    saved = {"meta": {"command": "python scripts/study_char_lm.py --quick --hidden 48",
+                      "settings": quick_char_lm_settings(["--hidden", "48"])},
+             "runs": [{"variant": "cp", "layers": 2, "seed": 0, "test_bpc": 3.0}], "lr_search": []}  # fmt: skip
+    path = tmp_path / "char_lm_study.json"
+    path.write_text(json.dumps(saved))
+    before = path.read_bytes()
+    with pytest.raises(SystemExit, match="char_lm_study.json holds a char-LM study made with other settings"):
+        study_char_lm.main(["--quick", "--out", str(tmp_path)])
+    assert path.read_bytes() == before  # the user's results are untouched
+
+
+def test_char_lm_study_resumes_across_seed_variant_and_thread_changes():
+    first = quick_char_lm_settings(["--threads", "2"])
+    more = quick_char_lm_settings(["--threads", "1", "--seeds", "3", "--variants", "cp", "llama"])
+    assert first != more and study_char_lm.resume_key(first) == study_char_lm.resume_key(more)
+    other = quick_char_lm_settings(["--steps", "7"])
+    assert study_char_lm.resume_key(other) != study_char_lm.resume_key(first)
