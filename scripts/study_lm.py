@@ -297,6 +297,11 @@ def main(argv=None) -> dict:
         saved = json.loads((Path(args.out) / "lm_study.json").read_text())
         plot(saved["summary"], saved["runs"], Path(args.out))
         return saved
+    from contextpool_hf.study_results import refuse_other_settings
+
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "replot")}  # the JSON keeps no machine path
+    # the study rewrites lm_study.json whole: results made with other settings (--only, fewer steps) stop it first
+    refuse_other_settings(Path(args.out) / "lm_study.json", settings, "args", "an LM study")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from contextpool_hf.data import default_data_dir, prepare_classification, prepare_lm
     from contextpool_hf.tokenization import train_bpe_tokenizer
@@ -317,7 +322,7 @@ def main(argv=None) -> dict:
     import torch
 
     meta = {"machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
-                       f"{torch.get_num_threads()} threads (shared)", "args": vars(args),
+                       f"{torch.get_num_threads()} threads (shared)", "args": settings,
             "wall_seconds": time.perf_counter() - start}  # fmt: skip
     write_outputs(args, rows, table, notes, Path(args.out), meta)
     print((Path(args.out) / "lm_study.md").read_text())

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from contextpool_hf.study_results import refuse_other_settings
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("run_translation", Path(__file__).with_name("run_translation.py"))
 rt = importlib.util.module_from_spec(_spec)
@@ -267,6 +269,11 @@ def main(argv=None):
     val_limit, test_limit = (None, None) if args.full else (60, 200)
     args.num_beams = 4 if args.full else 1
     torch.set_num_threads(args.threads)
+    settings = {"mode": "full" if args.full else "default (short)", "steps": args.steps, "batch_size": args.batch_size,
+                "lr": args.lr, "warmup": args.warmup, "seeds": args.seeds, "max_len": args.max_len,
+                "vocab_size": args.vocab_size, "evals": args.evals}  # fmt: skip
+    # the study rewrites translation_study.json whole: results made with other settings stop it first
+    refuse_other_settings(args.out_dir / "translation_study.json", settings, None, "a translation study")
 
     from contextpool_hf.data import prepare_translation
 
@@ -293,7 +300,7 @@ def main(argv=None):
             log(f"{name} seed {seed}: test BLEU {rows[-1]['test_bleu']:.2f} chrF {rows[-1]['test_chrf']:.1f} "
                 f"params {rows[-1]['params']:,} train {rows[-1]['train_seconds']:.0f}s")
     meta = {
-        "mode": "full" if args.full else "default (short)",
+        **settings,
         "command": "python scripts/study_translation.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
         "data": f"offline EN-DE Bible pairs (WEB -> Elberfelder 1932): {len(train_rows)} training pairs, "
                 f"validation/test = whole held-out books; sequences cut to {args.max_len} tokens; shared BPE "

@@ -181,3 +181,45 @@ def test_char_lm_study_resumes_across_seed_variant_and_thread_changes():
     assert first != more and study_char_lm.resume_key(first) == study_char_lm.resume_key(more)
     other = quick_char_lm_settings(["--steps", "7"])
     assert study_char_lm.resume_key(other) != study_char_lm.resume_key(first)
+
+
+class Proceeded(Exception):
+    """Raised in place of a study's first data step: the results-file check let the study go on."""
+
+
+def stop_at_data(monkeypatch, name):
+    import contextpool_hf.data
+
+    def proceed(*args, **kwargs):
+        raise Proceeded
+
+    monkeypatch.setattr(contextpool_hf.data, name, proceed)
+
+
+REGENERATE = [  # (script, the README's command for a committed results file, that file, the data step it reaches)
+    ("study_lm", [], "lm_study.json", "prepare_lm"),
+    ("study_lm", ["--only", "none", "--finetune_samples", "1600", "--finetune_epochs", "2", "--finetune_lr", "5e-5",
+                  "--finetune_mix", "0.0", "0.5"], "minilm_finetune/lm_study.json", "prepare_lm"),
+    ("study_translation", [], "translation_study.json", "prepare_translation"),
+    ("study_translation", ["--steps", "600", "--seeds", "0"], "translation_600steps/translation_study.json",
+     "prepare_translation"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("script, argv, saved, data_step", REGENERATE)
+def test_whole_file_studies_regenerate_their_own_results_and_refuse_others(
+    tmp_path, monkeypatch, script, argv, saved, data_step
+):
+    import importlib
+
+    module = importlib.import_module(script)
+    out_flag = "--out" if script == "study_lm" else "--out_dir"
+    name = Path(saved).name
+    (tmp_path / name).write_bytes((SCRIPTS.parent / "benchmarks" / saved).read_bytes())
+    before = (tmp_path / name).read_bytes()
+    stop_at_data(monkeypatch, data_step)
+    with pytest.raises(Proceeded):  # the committed file's own command passes the check
+        module.main([*argv, out_flag, str(tmp_path)])
+    with pytest.raises(SystemExit, match=f"{name} holds an? .* study made with other settings"):
+        module.main([*argv, "--steps", "3", out_flag, str(tmp_path)])
+    assert (tmp_path / name).read_bytes() == before

@@ -6,19 +6,33 @@ import json
 import os
 
 
-def read_matching(path, settings: dict, key, what: str, section: str | None = None) -> dict:
+def read_matching(
+    path, settings: dict, key, what: str, section: str | None = None, field: str | None = "settings"
+) -> dict:
     """The JSON saved at `path` ({} when there is none yet), whose `key(saved settings)` must equal `settings`.
 
-    `section` names the part of the file that holds "settings" and "command" (None: the top level). Results
-    made with other settings stop the study with a message naming the file, instead of being dropped and
-    overwritten when the new study saves.
+    `section` names the part of the file that holds the command and, under `field`, the settings (None: the top
+    level; field None: the section itself holds them, one key per setting). Results made with other settings
+    stop the study with a message naming the file, instead of being dropped and overwritten when the new study
+    saves.
     """
     if not os.path.exists(path):
         return {}
     with open(path) as handle:
         previous = json.load(handle)
     saved = previous.get(section, {}) if section else previous
-    if key(saved.get("settings", {})) != settings:
+    if key(saved.get(field, {}) if field else saved) != settings:
         raise SystemExit(f"{path} holds {what} made with other settings ({saved.get('command')!r}); "
-                         "pass another --out, or move that file away to start over")  # fmt: skip
+                         "write to another output folder, or move that file away to start over")  # fmt: skip
     return previous
+
+
+def refuse_other_settings(path, settings: dict, field: str, what: str) -> None:
+    """Stop a study that rewrites its results file whole (no resume) before it would replace results made with
+    other settings. `field` is where the file's "meta" keeps them. Keys the saved file does not record (it
+    predates them) count as matching, so regenerating a study with its own command still works."""
+
+    def key(recorded: dict) -> dict:
+        return {k: recorded.get(k, v) for k, v in settings.items()}
+
+    read_matching(path, settings, key, what, section="meta", field=field)
