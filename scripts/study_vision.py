@@ -330,8 +330,7 @@ def run_lr_grid(args, script, data, image_size) -> dict:
     """
     base_epochs = {"vit": args.vit_epochs, "resnet": args.resnet_epochs}
     args.vit_epochs, args.resnet_epochs = (round(e * args.grid_fraction, 2) for e in (args.vit_epochs, args.resnet_epochs))
-    excluded = ("plan", "out", "work_dir", "data_dir", "command", "variants", "learning_rate", "lr_grid")
-    settings = {k: v for k, v in vars(args).items() if k not in excluded}
+    settings = lr_grid_settings(vars(args))
     path = os.path.join(args.out, "vision_lr_grid.json")
     load_lr_grid(path, settings)  # refuse another grid's results before training anything
     work_dir, study_lr = args.work_dir, args.learning_rate
@@ -360,9 +359,15 @@ def run_lr_grid(args, script, data, image_size) -> dict:
     return result
 
 
+def lr_grid_settings(settings: dict) -> dict:
+    """The grid's resume key: the study's, without the learning rate a grid sets per run. The seed counts and
+    threads are out like the study's (a grid trains seed 0); grid_fraction is in through the reduced epochs."""
+    return {k: v for k, v in comparable_settings(settings).items() if k != "learning_rate"}
+
+
 def load_lr_grid(path, settings) -> list:
     """The grid runs saved at `path` ([] when there is none yet); another grid's results stop the study."""
-    return read_matching(path, settings, lambda saved: saved, "a grid").get("runs", [])
+    return read_matching(path, settings, lr_grid_settings, "a grid").get("runs", [])
 
 
 def _write_lr_grid(path, rows, args, settings, study_epochs, study_lr) -> dict:

@@ -223,3 +223,12 @@ def test_whole_file_studies_regenerate_their_own_results_and_refuse_others(
     with pytest.raises(SystemExit, match=f"{name} holds an? .* study made with other settings"):
         module.main([*argv, "--steps", "3", out_flag, str(tmp_path)])
     assert (tmp_path / name).read_bytes() == before
+
+
+def test_vision_lr_grid_resume_key_ignores_seed_counts_threads_and_the_rate():
+    base = vars(study_vision.parse(["--lr_grid", "1e-3", "2e-3"]))
+    other_run_counts = vars(study_vision.parse(["--lr_grid", "4e-3", "--seeds", "1", "--p2_seeds", "3", "--threads", "1",
+                                                "--learning_rate", "4e-3"]))  # fmt: skip
+    assert study_vision.lr_grid_settings(base) == study_vision.lr_grid_settings(other_run_counts)
+    shorter = vars(study_vision.parse(["--lr_grid", "1e-3", "--vit_epochs", "10"]))
+    assert study_vision.lr_grid_settings(base) != study_vision.lr_grid_settings(shorter)
