@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from contextpool_hf.study_results import read_matching
+from contextpool_hf.study_results import command_history, read_matching
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPORA = ("kjv", "shakespeare")
@@ -470,10 +470,9 @@ def main(argv=None) -> dict:
     if "sigma_by_position" in previous:
         state["sigma_by_position"] = previous["sigma_by_position"]
     command = "python scripts/study_char_lm.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    earlier = previous.get("meta", {})
     state["meta"] = {
         "command": command,
-        "commands": earlier.get("commands", [earlier["command"]] if "command" in earlier else []) + [command],
+        "commands": command_history(previous.get("meta", {}), command),
         "settings": all_settings,
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{args.threads} threads (shared machine: wall times are noisy)",

