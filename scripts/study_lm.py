@@ -323,6 +323,7 @@ def main(argv=None) -> dict:
 
     meta = {"machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
                        f"{torch.get_num_threads()} threads (shared)", "args": settings,
+            "command": ("python scripts/study_lm.py " + " ".join(sys.argv[1:] if argv is None else argv)).rstrip(),
             "wall_seconds": time.perf_counter() - start}  # fmt: skip
     write_outputs(args, rows, table, notes, Path(args.out), meta)
     print((Path(args.out) / "lm_study.md").read_text())

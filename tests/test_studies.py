@@ -174,6 +174,8 @@ def test_char_lm_study_refuses_a_json_made_with_other_settings(tmp_path):
     before = path.read_bytes()
     with pytest.raises(SystemExit, match="char_lm_study.json holds a char-LM study made with other settings"):
         study_char_lm.main(["--quick", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="hidden: 48 there, 32 now"):  # names the setting that differs
+        study_char_lm.main(["--quick", "--out", str(tmp_path)])
     assert path.read_bytes() == before  # the user's results are untouched
 
 

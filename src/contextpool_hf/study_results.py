@@ -21,9 +21,13 @@ def read_matching(
     with open(path) as handle:
         previous = json.load(handle)
     saved = previous.get(section, {}) if section else previous
-    if key(saved.get(field, {}) if field else saved) != settings:
-        raise SystemExit(f"{path} holds {what} made with other settings ({saved.get('command')!r}); "
-                         "write to another output folder, or move that file away to start over")  # fmt: skip
+    recorded = key(saved.get(field, {}) if field else saved)
+    if recorded != settings:
+        differing = ", ".join(f"{k}: {recorded.get(k)!r} there, {settings.get(k)!r} now"
+                              for k in sorted(set(recorded) | set(settings)) if recorded.get(k) != settings.get(k))  # fmt: skip
+        made_by = f"; made by {saved['command']!r}" if saved.get("command") else ""
+        raise SystemExit(f"{path} holds {what} made with other settings ({differing}{made_by}); write to another "
+                         "output folder, or move that file away to start over")  # fmt: skip
     return previous
 
 
