@@ -23,7 +23,7 @@ def _check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "inpu
         raise ValueError(f"{name} must be an integer tensor of token ids in [0, {vocab_size}), got {got}")
     if _is_compiling() or input_ids.numel() == 0:
         return
-    low, high = int(input_ids.min()), int(input_ids.max())
+    low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one reduction, one read-back
     if low < 0 or high >= vocab_size:
         raise ValueError(f"{name} contains ids outside [0, {vocab_size}): min {low}, max {high}")
 

@@ -26,7 +26,7 @@ from .attention_contextpool import (
 from .cache_contextpool import ContextPoolCache, ContextPoolStaticLayer, cache_layer
 from .configuration_contextpool import ContextPoolConfig, rope_stand_in
 from .inputs_contextpool import _PackedLayout
-from .modeling_utils_contextpool import _pool_from_config
+from .modeling_utils_contextpool import _is_compiling, _pool_from_config
 from .pooling_contextpool import _SIGMA_FLOOR, DEFAULT_EPS
 
 
@@ -62,13 +62,28 @@ def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtyp
         inv_freq, attention_factor = _scaled_inv_freq(config)
         inv_freq = inv_freq.to(position_ids.device)
     else:
-        exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids.device).float() / head_dim
-        inv_freq, attention_factor = 1.0 / (theta**exponent), 1.0  # (head_dim / 2,)
+        inv_freq, attention_factor = _plain_inv_freq(head_dim, theta, position_ids.device), 1.0
     freqs = position_ids.float().unsqueeze(-1) * inv_freq  # (B, n, head_dim / 2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (B, n, head_dim)
     if attention_factor != 1.0:
         return (emb.cos() * attention_factor).to(dtype), (emb.sin() * attention_factor).to(dtype)
     return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _plain_inv_freq(head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
+    """theta^(-2i / head_dim) (head_dim / 2,), memoised per device: a decoding step would otherwise spend
+    five small calls on it in every forward. Under torch.compile it is computed (and folded) in the graph."""
+    key = (head_dim, float(theta), device)
+    if _is_compiling() or key not in _PLAIN_ROPE_CACHE:
+        exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+        inv_freq = 1.0 / (theta**exponent)
+        if _is_compiling():
+            return inv_freq
+        _PLAIN_ROPE_CACHE[key] = inv_freq
+    return _PLAIN_ROPE_CACHE[key]
+
+
+_PLAIN_ROPE_CACHE: dict[tuple, torch.Tensor] = {}
 
 
 def _scaled_inv_freq(config) -> tuple[torch.Tensor, float]:
@@ -328,12 +343,17 @@ class ContextPoolSelfAttention(nn.Module):
         """
         if out_dtype not in (torch.float32, torch.float64):  # computed in float32 at least, like the operator
             ring_features, ring_weights, sigma = ring_features.float(), ring_weights.float(), sigma.float()
-        # floored as in the operator: a width whose square underflows would give 0 * inf = NaN at distance 0
-        inv_var = sigma.clamp_min(_SIGMA_FLOOR).pow(-2)
-        coef = ring_weights * torch.exp(neg_half_age_sq * inv_var)  # (B, G, R + 1)
+        # floored as in the operator: a width whose square underflows would give 0 * inf = NaN at distance 0.
+        # sigma = sigma_min + gate * span never falls below sigma_min (less a rounding of the step's dtype),
+        # so the floor is a call only when sigma_min lies near it.
+        if self.pool.sigma_min < 2 * _SIGMA_FLOOR:
+            sigma = sigma.clamp_min(_SIGMA_FLOOR)
+        coef = ring_weights * torch.exp(neg_half_age_sq * sigma.pow(-2))  # (B, G, R + 1)
         if self.pool.normalize:  # normalise the R + 1 coefficients rather than the C outputs: fewer calls
             coef = coef / (coef.sum(-1, keepdim=True) + eps)
-        pooled = torch.matmul(coef.unsqueeze(-2), ring_features)  # (B, G, 1, R + 1) @ (B, G, R + 1, C)
+        # a weighted sum over R + 1 slots: 3 dispatches, where a (1 x R + 1) @ (R + 1 x C) matmul issues 7
+        # (expand/view around a bmm), and at batch 1 each dispatch costs more than the arithmetic
+        pooled = (coef.unsqueeze(-1) * ring_features).sum(-2, keepdim=True)  # (B, G, R + 1, C) -> (B, G, 1, C)
         return pooled if pooled.dtype == out_dtype else pooled.to(out_dtype)
 
     def _decode_tables(self, like: torch.Tensor, window: int) -> dict:
