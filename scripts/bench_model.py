@@ -27,7 +27,10 @@ gradients and AdamW state exist from the warm-up). Process RSS and tracemalloc w
 torch tensor allocations of one step.
 
 Every ratio is printed with its target and PASS/FAIL (the exit status stays 0); results go to
-benchmarks/<name>.{csv,json}.
+benchmarks/<name>.{csv,json}. A run of some families (`--only`) replaces only their rows there and
+keeps the others, provided the file was measured at the same model sizes, threads and compile
+setting; otherwise it stops before measuring (another `--name` or `--output-dir` then keeps both).
+Every row records when it was measured and by which command.
 
     python scripts/bench_model.py            # full run (hidden 256, 4 layers, 4 heads)
     python scripts/bench_model.py --quick    # smoke run in about a minute
@@ -62,6 +65,7 @@ from contextpool_hf import (
     ContextPoolForMaskedLM,
     ContextPoolSeq2SeqConfig,
 )
+from contextpool_hf.study_results import command_history, read_matching
 
 # issue 15's targets: (comparison, bound); time ratios are ContextPool / vanilla, generation
 # ratios ContextPool tokens/s / vanilla tokens/s, memory ratios ContextPool peak / vanilla peak
@@ -250,12 +254,42 @@ def timed_pair(fn_a, fn_b, repeats, warmup):
     return times_a, times_b
 
 
+# what a results file's rows depend on besides the family: a partial run merges only into a file that agrees
+MERGE_SETTINGS = ("hidden", "layers", "heads", "vocab", "seq2seq_layers", "compiled", "quick", "threads")
+
+
+def row_family(row: dict) -> str:
+    """The --only family a row belongs to (rows from before the `family` field hold only measure/task)."""
+    if "family" in row:
+        return row["family"]
+    return "generate" if row["measure"] in ("generate", "compile_speedup") else row["task"]
+
+
+def merged_rows(path: Path, meta: dict, rows: list[dict], only) -> tuple[list[dict], list[str]]:
+    """(rows to write, command history). A run of every family replaces the file; a partial run keeps the rows
+    of the families it did not measure, from a file measured at the same MERGE_SETTINGS (else SystemExit,
+    before anything is measured: see check_mergeable)."""
+    if set(only) == set(FAMILIES) or not path.exists():
+        return rows, [meta["command"]]
+    saved = check_mergeable(path, meta)
+    kept = [row for row in saved.get("results", []) if row_family(row) not in only]
+    return kept + rows, command_history(saved.get("meta", {}), meta["command"])
+
+
+def check_mergeable(path: Path, meta: dict) -> dict:
+    """The results saved at `path`, if a partial run may merge into them; SystemExit naming what differs."""
+    settings = {key: meta[key] for key in MERGE_SETTINGS}
+    return read_matching(path, settings, lambda saved: {k: saved.get(k, settings[k]) for k in settings},
+                         "benchmark rows", section="meta", field=None,
+                         remedy="pass another --name or --output-dir, or run every family to re-measure it whole")  # fmt: skip
+
+
 def write_results(output_dir, name: str, payload: dict, rows: list[dict]) -> None:
     """NAME.json holds the whole payload; NAME.csv the rows without their per-repeat time lists."""
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    fields = [k for k in rows[0] if not k.endswith("_times_ms")]
+    fields = [k for k in dict.fromkeys(k for row in rows for k in row) if not k.endswith("_times_ms")]  # merged rows vary
     with open(out_dir / f"{name}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -355,11 +389,30 @@ def generate_rows(args, max_len):
 # --------------------------------------------------------------------------------------
 
 
+def run_meta(args) -> dict:
+    """What the results depend on, and the command that measured them."""
+    return dict(
+        command="python scripts/bench_model.py " + " ".join(__import__("sys").argv[1:]),
+        torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
+        machine=platform.machine(), processor=platform.processor() or None, threads=torch.get_num_threads(),
+        device="cpu", hidden=args.hidden, layers=args.layers, heads=args.heads, vocab=args.vocab,
+        seq2seq_layers=args.seq2seq_layers, compiled=args.compile, repeats=args.repeats, warmup=args.warmup, quick=args.quick,
+        memory_method="torch.profiler profile_memory: peak of the running sum of [memory] events during one step "
+                      "(2 alternated samples per model)",
+        timing_method="alternating repeats after warm-up (time.perf_counter); ratio = median of the per-pair ratios, "
+                      "spread = their min-max",
+    )
+
+
 def main():
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    meta = run_meta(args)
+    path = Path(args.output_dir) / f"{args.name}.json"
+    if set(args.only) != set(FAMILIES) and path.exists():
+        check_mergeable(path, meta)  # stop now, not after the measurements
     rows = []
     max_len = args.prompt_len + args.new_tokens
     if "causal-lm" in args.only:
@@ -371,17 +424,9 @@ def main():
     if "generate" in args.only:
         rows += generate_rows(args, max_len)
 
-    meta = dict(
-        command="python scripts/bench_model.py " + " ".join(__import__("sys").argv[1:]),
-        torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
-        machine=platform.machine(), processor=platform.processor() or None, threads=torch.get_num_threads(),
-        device="cpu", hidden=args.hidden, layers=args.layers, heads=args.heads, vocab=args.vocab,
-        seq2seq_layers=args.seq2seq_layers, compiled=args.compile, repeats=args.repeats, warmup=args.warmup, quick=args.quick,
-        memory_method="torch.profiler profile_memory: peak of the running sum of [memory] events during one step "
-                      "(2 alternated samples per model)",
-        timing_method="alternating repeats after warm-up (time.perf_counter); ratio = median of the per-pair ratios, "
-                      "spread = their min-max",
-    )
+    measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rows = [dict(row, family=row_family(row), measured=measured, command=meta["command"]) for row in rows]
+    rows, meta["commands"] = merged_rows(path, meta, rows, args.only)
     write_results(args.output_dir, args.name, {"meta": meta, "results": rows}, rows)
     print()
     print(markdown_table(rows, meta))

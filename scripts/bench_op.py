@@ -73,11 +73,15 @@ def parse_args(argv=None):
         "--mem-cap-gib", type=float, default=4.0, help="skip the reference above this estimate"
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("benchmarks/bench_op"), help="writes OUT.csv and OUT.json"
-    )
+        "--out", type=Path, default=None,
+        help="writes OUT.csv and OUT.json (default benchmarks/bench_op; --quick: benchmarks/bench_op_quick, so that a "
+             "smoke run never replaces the full sweep)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.widths, args.repeats = [1024, 4096, 8192], [256], 3
+    if args.out is None:
+        args.out = Path("benchmarks/bench_op_quick" if args.quick else "benchmarks/bench_op")
     return args
 
 

@@ -1,20 +1,24 @@
-"""Results files of the issue-16 studies (scripts/study_*.py): resume them, never overwrite them by surprise."""
+"""Results files of the studies and benchmarks (scripts/study_*.py, scripts/bench_model.py): resume or merge
+them, never overwrite them by surprise."""
 
 from __future__ import annotations
 
 import json
 import os
 
+START_OVER = "write to another output folder, or move that file away to start over"
+
 
 def read_matching(
-    path, settings: dict, key, what: str, section: str | None = None, field: str | None = "settings"
+    path, settings: dict, key, what: str, section: str | None = None, field: str | None = "settings",
+    remedy: str = START_OVER,
 ) -> dict:
     """The JSON saved at `path` ({} when there is none yet), whose `key(saved settings)` must equal `settings`.
 
     `section` names the part of the file that holds the command and, under `field`, the settings (None: the top
     level; field None: the section itself holds them, one key per setting). Results made with other settings
-    stop the study with a message naming the file, instead of being dropped and overwritten when the new study
-    saves.
+    stop the study with a message naming the file and what differs, then `remedy`, instead of being dropped and
+    overwritten when the new study saves.
     """
     if not os.path.exists(path):
         return {}
@@ -26,8 +30,7 @@ def read_matching(
         differing = ", ".join(f"{k}: {recorded.get(k)!r} there, {settings.get(k)!r} now"
                               for k in sorted(set(recorded) | set(settings)) if recorded.get(k) != settings.get(k))  # fmt: skip
         made_by = f"; made by {saved['command']!r}" if saved.get("command") else ""
-        raise SystemExit(f"{path} holds {what} made with other settings ({differing}{made_by}); write to another "
-                         "output folder, or move that file away to start over")  # fmt: skip
+        raise SystemExit(f"{path} holds {what} made with other settings ({differing}{made_by}); {remedy}")
     return previous
 
 

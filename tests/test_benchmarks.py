@@ -1,0 +1,88 @@
+"""The benchmark scripts' results files: a smoke or partial run never replaces measured results by surprise."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import bench_model  # noqa: E402
+import bench_op  # noqa: E402
+
+
+def test_bench_op_quick_writes_beside_the_full_sweep():
+    assert bench_op.parse_args(["--quick"]).out == Path("benchmarks/bench_op_quick")
+    assert bench_op.parse_args([]).out == Path("benchmarks/bench_op")
+    assert bench_op.parse_args(["--quick", "--out", "x/y"]).out == Path("x/y")
+
+
+def _meta(**changes):
+    args = bench_model.parse_args(["--quick"])
+    meta = bench_model.run_meta(args)
+    meta.update(changes)
+    return meta
+
+
+def _row(kind, value, **extra):
+    """A results row of the family `kind`; extra fields (e.g. family=..., as rows now carry) as given."""
+    measure = "generate" if kind == "generate" else "train_step"
+    task = "causal-lm" if kind == "generate" else kind
+    return dict(measure=measure, task=task, contextpool="A", vanilla="B", seq_len=8, batch=1, contextpool_value=1.0,
+                vanilla_value=1.0, unit="ms/step", ratio=value, ratio_min=value, ratio_max=value, target="<= 1.0",
+                status="PASS", **extra)
+
+
+def _saved(path, meta, rows):
+    path.write_text(json.dumps({"meta": meta, "results": rows}))
+
+
+def test_a_partial_run_replaces_only_its_families_rows(tmp_path):
+    path = tmp_path / "bench.json"
+    old_meta = dict(_meta(), command="python scripts/bench_model.py --quick")
+    # rows from before the `family` field: the family comes from measure/task
+    _saved(path, old_meta, [_row("causal-lm", 1.1), _row("masked-lm", 0.6), _row("generate", 0.8)])
+    meta = dict(_meta(), command="python scripts/bench_model.py --quick --only generate")
+    rows, commands = bench_model.merged_rows(path, meta, [_row("generate", 0.9, family="generate")], ["generate"])
+    assert [(bench_model.row_family(r), r["ratio"]) for r in rows] == [
+        ("causal-lm", 1.1), ("masked-lm", 0.6), ("generate", 0.9)]  # fmt: skip
+    assert commands == [old_meta["command"], meta["command"]]
+
+
+def test_a_full_run_replaces_the_file_whole(tmp_path):
+    path = tmp_path / "bench.json"
+    _saved(path, _meta(hidden=999), [_row("masked-lm", 0.6)])
+    new = [_row(family, 1.0) for family in bench_model.FAMILIES]
+    rows, commands = bench_model.merged_rows(path, _meta(), new, list(bench_model.FAMILIES))
+    assert rows == new and commands == [_meta()["command"]]
+
+
+def test_a_partial_run_refuses_a_file_measured_at_other_sizes(tmp_path):
+    path = tmp_path / "bench.json"
+    _saved(path, dict(_meta(hidden=256, threads=1), command="python scripts/bench_model.py"), [_row("masked-lm", 0.6)])
+    before = path.read_bytes()
+    with pytest.raises(SystemExit, match=r"hidden: 256 there, 64 now.*--name or --output-dir"):
+        bench_model.check_mergeable(path, _meta(threads=1))
+    assert path.read_bytes() == before
+
+
+def test_partial_runs_merge_end_to_end(tmp_path, monkeypatch):
+    """Two real --quick runs of different families into one folder: the second keeps the first's rows."""
+    out = tmp_path / "bench"
+    out.mkdir()
+    meta = _meta(threads=1, command="python scripts/bench_model.py --quick --only generate")
+    earlier = _row("generate", 0.5, family="generate", measured="earlier")
+    _saved(out / "bench_model_quick.json", meta, [earlier])
+    argv = ["bench_model.py", "--quick", "--only", "masked-lm", "--repeats", "1", "--threads", "1",
+            "--output-dir", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    bench_model.main()
+    saved = json.loads((out / "bench_model_quick.json").read_text())
+    assert saved["results"][0] == earlier
+    masked = saved["results"][1]
+    assert masked["family"] == "masked-lm" and masked["command"].endswith("--output-dir " + str(out))
+    assert saved["meta"]["commands"] == [meta["command"], masked["command"]]
+    header = (out / "bench_model_quick.csv").read_text().splitlines()[0].split(",")
+    assert {"family", "measured", "command", "ratio"} <= set(header)
