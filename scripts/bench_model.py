@@ -15,9 +15,12 @@ Measured in one run, on the same machine and thread count (rows and targets: iss
 - generation tokens/s with the cache (greedy, fixed number of new tokens, no EOS) of
   ContextPoolForCausalLM vs LlamaForCausalLM, batch 1 and 8.
 
-Timing: after warm-up steps, the two models of a pair are timed alternately (A, B, A, B, ...) so
-that load from other processes falls on both. The ratio of each adjacent (A, B) pair is one
-sample; the reported ratio is the median of the samples and the spread their min-max.
+Timing: after warm-up steps, the two models of a pair are timed alternately (A B, B A, A B, ...) so
+that load from other processes falls on both and neither always runs first. The ratio of the i-th
+calls of A and B is one sample; the reported ratio is the median of the samples and the spread their
+min-max. Each row also gives the same ratio of process CPU time (`cpu_ratio`): at one thread it
+leaves out the time other processes hold the core, so on a shared machine it is the steadier
+estimate of what a quiet one would show (the targets are judged on the wall-clock ratio).
 
 Peak memory: one extra training step per model runs under `torch.profiler` with
 `profile_memory=True`; the allocator events ([memory] records: +bytes on allocation, -bytes on
@@ -45,6 +48,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import transformers
@@ -240,18 +244,40 @@ def generate_fn(model, batch, prompt_len, new_tokens, vocab, compiled=False) -> 
     return run
 
 
-def timed_pair(fn_a, fn_b, repeats, warmup):
-    """Seconds of fn_a and fn_b, run alternately after warm-up: (times_a, times_b)."""
+class PairTimes(NamedTuple):
+    """Seconds per call of two alternated functions: wall clock, and CPU time of this process (all threads)."""
+
+    wall_a: list[float]
+    wall_b: list[float]
+    cpu_a: list[float]
+    cpu_b: list[float]
+
+
+def timed_pair(fn_a, fn_b, repeats, warmup) -> PairTimes:
+    """fn_a and fn_b run alternately after warm-up, in the order A B, B A, A B, ... so that neither always
+    runs first (after the other's allocations, caches and page faults). Pair i is the i-th call of each.
+
+    The CPU time (time.process_time) does not count the time another process holds the core: at one
+    thread it is the wall time a quiet machine would show, far less noisy on a shared one. With several
+    threads it sums them (work, not latency)."""
     for _ in range(warmup):
         fn_a()
         fn_b()
-    times_a, times_b = [], []
-    for _ in range(repeats):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
-            start = time.perf_counter()
+    times = PairTimes([], [], [], [])
+    for i in range(repeats):
+        order = ((fn_a, times.wall_a, times.cpu_a), (fn_b, times.wall_b, times.cpu_b))
+        for fn, wall, cpu in order if i % 2 == 0 else order[::-1]:
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times.append(time.perf_counter() - start)
-    return times_a, times_b
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+    return times
+
+
+def cpu_ratio_fields(ratios: list[float]) -> dict:
+    """The CPU-time ratio samples of a row as its cpu_ratio (median) and spread."""
+    return dict(cpu_ratio=round(statistics.median(ratios), 3), cpu_ratio_min=round(min(ratios), 3),
+                cpu_ratio_max=round(max(ratios), 3))  # fmt: skip
 
 
 # what a results file's rows depend on besides the family: a partial run merges only into a file that agrees
@@ -335,12 +361,13 @@ def train_rows(args, task, make_pair, sizes, max_len):
         names = (type(contextpool).__name__, type(vanilla).__name__)
         step_cp = train_step_fn(contextpool, batch, seq_len, args.vocab, args.compile)
         step_v = train_step_fn(vanilla, batch, seq_len, args.vocab, args.compile)
-        times_cp, times_v = timed_pair(step_cp, step_v, args.repeats, args.warmup)
-        ms_cp, ms_v = [t * 1000 for t in times_cp], [t * 1000 for t in times_v]
+        times = timed_pair(step_cp, step_v, args.repeats, args.warmup)
+        ms_cp, ms_v = [t * 1000 for t in times.wall_a], [t * 1000 for t in times.wall_b]
         common = dict(contextpool_params=n_params(contextpool), vanilla_params=n_params(vanilla),
                       contextpool_times_ms=[round(t, 1) for t in ms_cp], vanilla_times_ms=[round(t, 1) for t in ms_v])
         rows.append(make_row("train_step", task, task, names, seq_len, batch, ms_cp, ms_v, "ms/step",
-                             [a / b for a, b in zip(ms_cp, ms_v, strict=True)], **common))
+                             [a / b for a, b in zip(ms_cp, ms_v, strict=True)], **common,
+                             **cpu_ratio_fields([a / b for a, b in zip(times.cpu_a, times.cpu_b, strict=True)])))
         print(_row_text(rows[-1]), flush=True)
         if task == "causal-lm":
             # twice each, alternated: the allocator's state after the other model's step must not decide
@@ -370,7 +397,8 @@ def generate_rows(args, max_len):
             pairs.append(("compile_speedup", ("ContextPoolForCausalLM compiled", "ContextPoolForCausalLM eager"),
                           pairs[0][2], eager))  # fmt: skip
         for measure, pair_names, gen_a, gen_b in pairs:
-            times_a, times_b = timed_pair(gen_a, gen_b, args.repeats, args.warmup)
+            times = timed_pair(gen_a, gen_b, args.repeats, args.warmup)
+            times_a, times_b = times.wall_a, times.wall_b
             tokens = batch * args.new_tokens
             tps_a, tps_b = [tokens / t for t in times_a], [tokens / t for t in times_b]
             rows.append(make_row(
@@ -379,6 +407,7 @@ def generate_rows(args, max_len):
                 contextpool_params=n_params(contextpool), vanilla_params=n_params(llama),
                 contextpool_times_ms=[round(t * 1000, 1) for t in times_a],
                 vanilla_times_ms=[round(t * 1000, 1) for t in times_b],
+                **cpu_ratio_fields([b / a for a, b in zip(times.cpu_a, times.cpu_b, strict=True)]),  # tokens/s: inverse
             ))
             print(_row_text(rows[-1]), flush=True)
     return rows
@@ -399,8 +428,8 @@ def run_meta(args) -> dict:
         seq2seq_layers=args.seq2seq_layers, compiled=args.compile, repeats=args.repeats, warmup=args.warmup, quick=args.quick,
         memory_method="torch.profiler profile_memory: peak of the running sum of [memory] events during one step "
                       "(2 alternated samples per model)",
-        timing_method="alternating repeats after warm-up (time.perf_counter); ratio = median of the per-pair ratios, "
-                      "spread = their min-max",
+        timing_method="repeats after warm-up in the order A B, B A, ... (time.perf_counter; cpu_ratio: "
+                      "time.process_time); ratio = median of the per-pair ratios, spread = their min-max",
     )
 
 
@@ -435,7 +464,8 @@ def main():
 def _row_text(row) -> str:
     return (f"{row['measure']:<11} {row['task']:<9} n={row['seq_len']:<6} B={row['batch']}: "
             f"{row['contextpool_value']} vs {row['vanilla_value']} {row['unit']}  ratio {row['ratio']} "
-            f"[{row['ratio_min']}-{row['ratio_max']}] ({row['target']}: {row['status']})")
+            f"[{row['ratio_min']}-{row['ratio_max']}] ({row['target']}: {row['status']})"
+            + (f"  CPU time {row['cpu_ratio']} [{row['cpu_ratio_min']}-{row['cpu_ratio_max']}]" if "cpu_ratio" in row else ""))
 
 
 def markdown_table(rows, meta) -> str:
@@ -444,14 +474,16 @@ def markdown_table(rows, meta) -> str:
         f"{meta['threads']} CPU thread(s); hidden {meta['hidden']}, {meta['layers']} layers "
         f"(seq2seq {meta['seq2seq_layers']} + {meta['seq2seq_layers']}), {meta['heads']} heads, vocab {meta['vocab']}",
         "",
-        "| measure | ContextPool vs vanilla | n | batch | ContextPool | vanilla | ratio (median) | spread | target |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| measure | ContextPool vs vanilla | n | batch | ContextPool | vanilla | ratio (median) | spread | target "
+        "| CPU-time ratio (spread) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['measure']} | {r['contextpool']} vs {r['vanilla']} | {r['seq_len']} | {r['batch']} | "
             f"{r['contextpool_value']} {r['unit']} | {r['vanilla_value']} {r['unit']} | {r['ratio']} | "
-            f"{r['ratio_min']}-{r['ratio_max']} | {r['target']} {r['status']} |"
+            f"{r['ratio_min']}-{r['ratio_max']} | {r['target']} {r['status']} | "
+            + (f"{r['cpu_ratio']} ({r['cpu_ratio_min']}-{r['cpu_ratio_max']}) |" if "cpu_ratio" in r else "- |")
         )
     return "\n".join(lines)
 

@@ -18,10 +18,11 @@ Measured in one run, on the same machine and thread count:
   (the former 2-D path), the dense form and the tiled form; the fastest picks the thresholds
   in `pooling_2d_contextpool.py`.
 
-Timing: after warm-up steps the two models of a pair are timed alternately (A, B, A, B, ...) so
-that load from other processes falls on both; each ratio is the median over the repeats of the
-per-repeat ratios, with its spread (min-max), and the ratio of the two fastest steps is
-reported too (the least disturbed run of each). Targets (issue 15): ViT <= 1.2x, ResNet <= 1.5x;
+Timing: after warm-up steps the two models of a pair are timed alternately (A B, B A, A B, ...) so
+that load from other processes falls on both and neither always runs first; each ratio is the
+median over the repeats of the per-repeat ratios, with its spread (min-max), and the ratio of the
+two fastest steps is reported too (the least disturbed run of each), as is the ratio of process CPU
+time (`cpu_ratio`, steadier on a shared machine: see scripts/bench_model.py). Targets (issue 15): ViT <= 1.2x, ResNet <= 1.5x;
 PASS/FAIL is printed, the exit status stays 0.
 
     python scripts/bench_vision.py                     # eager steps, 15 repeats
@@ -41,7 +42,7 @@ import torch
 import transformers
 
 # the same alternated timing as the text benchmark (scripts/ is on sys.path when run as a script)
-from bench_model import timed_pair, write_results  # noqa: E402
+from bench_model import cpu_ratio_fields, timed_pair, write_results  # noqa: E402
 from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification
 
 import contextpool_hf.layers_contextpool_vision as vision_layers
@@ -112,7 +113,9 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def ratio_row(kind, mode, cp, vanilla, times_cp, times_v, batch):
+def ratio_row(kind, mode, cp, vanilla, times, batch):
+    """A results row from the alternated PairTimes of ContextPool (a) and transformers (b)."""
+    times_cp, times_v = times.wall_a, times.wall_b
     ratios = [a / b for a, b in zip(times_cp, times_v, strict=True)]
     ratio = statistics.median(ratios)
     target = TARGETS[kind]
@@ -124,6 +127,7 @@ def ratio_row(kind, mode, cp, vanilla, times_cp, times_v, batch):
         target=f"<= {target}", status="PASS" if ratio <= target else "FAIL",
         contextpool_params=n_params(cp), vanilla_params=n_params(vanilla),
         contextpool_times_ms=[round(t * 1000, 1) for t in times_cp], vanilla_times_ms=[round(t * 1000, 1) for t in times_v],
+        **cpu_ratio_fields([a / b for a, b in zip(times.cpu_a, times.cpu_b, strict=True)]),
     )  # fmt: skip
 
 
@@ -292,11 +296,11 @@ def main():
             step_cp = train_step_fn(cp, args.batch, compiled=mode == "compiled")
             step_v = train_step_fn(vanilla, args.batch, compiled=mode == "compiled")
             start = time.perf_counter()
-            times_cp, times_v = timed_pair(step_cp, step_v, args.repeats, args.warmup)
-            rows.append(ratio_row(kind, mode, cp, vanilla, times_cp, times_v, args.batch))
+            times = timed_pair(step_cp, step_v, args.repeats, args.warmup)
+            rows.append(ratio_row(kind, mode, cp, vanilla, times, args.batch))
             r = rows[-1]
             print(f"{kind:<6} {mode:<8} train step B={args.batch}: {r['contextpool_ms']} vs {r['vanilla_ms']} ms  "
-                  f"ratio {r['ratio']} (min {r['ratio_min']}, max {r['ratio_max']}; fastest/fastest "
+                  f"ratio {r['ratio']} (min {r['ratio_min']}, max {r['ratio_max']}; CPU time {r['cpu_ratio']}; fastest/fastest "
                   f"{r['ratio_of_fastest']}; {r['target']}: {r['status']})"
                   f"  [{time.perf_counter() - start:.0f} s]", flush=True)  # fmt: skip
             if args.profile and mode == "eager":
@@ -319,16 +323,18 @@ def main():
         python=platform.python_version(), machine=platform.machine(), threads=torch.get_num_threads(),
         device="cpu", repeats=args.repeats, warmup=args.warmup, batch=args.batch, vit=VIT, resnet=RESNET,
         dense_max_coefs=pooling_2d._DENSE_MAX_COEFS,
-        timing_method="alternating repeats after warm-up (time.perf_counter); ratio = median of per-repeat ratios",
+        timing_method="repeats after warm-up in the order A B, B A, ... (time.perf_counter; cpu_ratio: "
+                      "time.process_time); ratio = median of per-repeat ratios",
     )  # fmt: skip
     payload = {"meta": meta, "results": rows, "profile_ms": breakdowns, "crossover": cross}
     write_results(args.output_dir, args.name, payload, rows)
     print()
-    print("| model | step | ContextPool | transformers | ratio (median, min-max) | target |")
-    print("|---|---|---:|---:|---:|---|")
+    print("| model | step | ContextPool | transformers | ratio (median, min-max) | target | CPU-time ratio |")
+    print("|---|---|---:|---:|---:|---|---:|")
     for r in rows:
         print(f"| {r['contextpool']} vs {r['vanilla']} | {r['mode']} | {r['contextpool_ms']} ms | {r['vanilla_ms']} ms | "
-              f"{r['ratio']}x ({r['ratio_min']}-{r['ratio_max']}) | {r['target']} {r['status']} |")  # fmt: skip
+              f"{r['ratio']}x ({r['ratio_min']}-{r['ratio_max']}) | {r['target']} {r['status']} | "
+              f"{r['cpu_ratio']}x ({r['cpu_ratio_min']}-{r['cpu_ratio_max']}) |")  # fmt: skip
 
 
 if __name__ == "__main__":
