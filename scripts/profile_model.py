@@ -14,7 +14,10 @@ Backward time is attributed through the autograd sequence number the profiler re
 forward op and on the backward node it created (`autograd::engine::evaluate_function: ...`), so
 no code in the model is instrumented. The decoding row profiles one cached single-token forward
 (batch 1) and splits it into the pooling decode step (`_decode_step`, predictor included) and the
-rest, with the number of tensor operations per layer.
+rest, with the number of tensor operations per layer. It also counts the operator dispatches of a
+whole cached step of both models (every ATen call, views included, as a `TorchDispatchMode` sees
+them): at batch 1 each costs about the same few microseconds whatever its size, so this count,
+unlike a time, is exact and the same on a loaded machine.
 
     python scripts/profile_model.py            # sizes of scripts/bench_model.py (hidden 256, 4 layers)
     python scripts/profile_model.py --quick    # tiny sizes, a few seconds
@@ -30,6 +33,7 @@ from pathlib import Path
 import bench_model  # scripts/bench_model.py: the same models and sizes
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from contextpool_hf import pooling_contextpool
 from contextpool_hf.modeling_contextpool import ContextPoolSelfAttention
@@ -156,9 +160,35 @@ def decode_row(args, repeats):
     prefill, step = decode_fns(contextpool, 1, args.prompt_len, args.vocab)
     cache = prefill()
     prof, wall = profile_call(lambda: step(cache))
+    dispatches = {}
+    for model, name in ((contextpool, "contextpool"), (llama, "llama")):
+        prefill, step = decode_fns(model, 1, args.prompt_len, args.vocab)
+        cache = prefill()
+        step(cache)  # the first step builds ContextPool's decoding tables once
+        dispatches[name] = count_dispatches(step, cache)
     return dict(task="decode-step", batch=1, prompt=args.prompt_len, **breakdown(prof, wall),
                 contextpool_step_ms=step_ms["contextpool"], llama_step_ms=step_ms["llama"],
-                decode_ops_per_layer=count_decode_ops(prof) / args.layers)
+                decode_ops_per_layer=count_decode_ops(prof) / args.layers,
+                contextpool_dispatches_per_step=dispatches["contextpool"], llama_dispatches_per_step=dispatches["llama"])
+
+
+class _DispatchCounter(TorchDispatchMode):
+    """Counts every ATen operator call made under it (views and in-place ops included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_dispatches(fn, *args) -> int:
+    """ATen operator calls that one call fn(*args) makes."""
+    with _DispatchCounter() as counter:
+        fn(*args)
+    return counter.calls
 
 
 def count_decode_ops(prof) -> int:
