@@ -337,3 +337,22 @@ def test_run_clm_packing_trains_on_flattened_documents(tmp_path, monkeypatch):
     restarts = [(batch["position_ids"][0] == 0).sum().item() for batch in seen]
     assert all(r == 4 for r in restarts), restarts  # 4 documents (per_device_train_batch_size) per packed row
     assert math.isfinite(results["train_loss"])
+
+
+def test_rotary_frequencies_built_under_a_fake_tensor_mode_are_not_kept():
+    """The rotary frequencies are memoised per device (a decoding step would rebuild them in every forward);
+    ones computed under FakeTensorMode (shape and memory estimators) must not be kept for real forwards."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from contextpool_hf.layers_contextpool import _PLAIN_ROPE_CACHE, rotary_cos_sin
+
+    model = tiny_lm(position_embedding_type="rotary")
+    input_ids = ids(n=6)
+    expected = model(input_ids).logits
+    _PLAIN_ROPE_CACHE.clear()
+    config = model.config
+    with FakeTensorMode():
+        cos, _ = rotary_cos_sin(torch.arange(6)[None], config.head_dim, config.rope_theta, torch.float32)
+    assert type(cos) is not torch.Tensor and not _PLAIN_ROPE_CACHE
+    torch.testing.assert_close(model(input_ids).logits, expected, rtol=0, atol=0)
+    assert _PLAIN_ROPE_CACHE and all(type(t) is torch.Tensor for t in _PLAIN_ROPE_CACHE.values())

@@ -77,7 +77,9 @@ def _plain_inv_freq(head_dim: int, theta: float, device: torch.device) -> torch.
     if _is_compiling() or key not in _PLAIN_ROPE_CACHE:
         exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
         inv_freq = 1.0 / (theta**exponent)
-        if _is_compiling():
+        # only a plain tensor is kept: one made under a FakeTensorMode (or another tensor subclass's
+        # mode) is valid only there
+        if _is_compiling() or type(inv_freq) is not torch.Tensor:
             return inv_freq
         _PLAIN_ROPE_CACHE[key] = inv_freq
     return _PLAIN_ROPE_CACHE[key]
@@ -95,6 +97,8 @@ def _scaled_inv_freq(config) -> tuple[torch.Tensor, float]:
     if key not in _SCALED_ROPE_CACHE:
         stand_in = rope_stand_in(config)
         inv_freq, factor = ROPE_INIT_FUNCTIONS[stand_in.rope_parameters["rope_type"]](stand_in, "cpu")
+        if type(inv_freq) is not torch.Tensor:  # made under a FakeTensorMode: valid only there (see _plain_inv_freq)
+            return inv_freq.float(), float(factor)
         _SCALED_ROPE_CACHE[key] = (inv_freq.float(), float(factor))
     return _SCALED_ROPE_CACHE[key]
 
