@@ -28,6 +28,11 @@ PASS/FAIL is printed, the exit status stays 0.
     python scripts/bench_vision.py                     # eager steps, 15 repeats
     python scripts/bench_vision.py --compile --profile --crossover
     python scripts/bench_vision.py --quick             # smoke run, well under a minute
+
+A run replaces what it measures in the results file and keeps the rest (the other model's rows, the
+profile of a model not profiled now, the crossover table when not re-run), provided the file was made
+at the same batch, threads and model sizes; otherwise it stops before measuring. Rows, profiles and
+the crossover table each record when and by which command they were measured.
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 import transformers
@@ -55,6 +62,7 @@ from contextpool_hf import (
     ContextPoolViTForImageClassification,
 )
 from contextpool_hf.pooling_contextpool import ContextPool, _FastContextPool, strided_size
+from contextpool_hf.study_results import command_history, read_matching
 
 TARGETS = {"vit": 1.2, "resnet": 1.5}
 VIT = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, image_size=32,
@@ -62,7 +70,7 @@ VIT = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermed
 RESNET = dict(embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 1, 1], layer_type="basic", num_labels=10)
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few repeats, batch 8 (smoke test)")
     parser.add_argument("--repeats", type=int, default=15)
@@ -75,7 +83,7 @@ def parse_args():
     parser.add_argument("--crossover", action="store_true", help="time the 2-D operator's paths on growing maps")
     parser.add_argument("--output-dir", default="benchmarks")
     parser.add_argument("--name", default="bench_vision", help="result file stem")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.warmup, args.batch = 3, 1, 8
         if args.name == "bench_vision":
@@ -285,9 +293,56 @@ def crossover(repeats, shapes=CROSSOVER_SHAPES, radius=4):
 # --------------------------------------------------------------------------------------
 
 
+def run_meta(args) -> dict:
+    """What the results depend on, and the command that measured them."""
+    return dict(
+        command="python scripts/bench_vision.py " + " ".join(sys.argv[1:]), torch=torch.__version__,
+        transformers=transformers.__version__, python=platform.python_version(), machine=platform.machine(),
+        threads=torch.get_num_threads(), device="cpu", repeats=args.repeats, warmup=args.warmup, batch=args.batch,
+        quick=args.quick, vit=VIT, resnet=RESNET, dense_max_coefs=pooling_2d._DENSE_MAX_COEFS,
+        timing_method="repeats after warm-up in the order A B, B A, ... (time.perf_counter; cpu_ratio: "
+                      "time.process_time); ratio = median of per-repeat ratios",
+    )  # fmt: skip
+
+
+# a run keeps the parts of the results file it does not measure only if the file agrees on these
+MERGE_SETTINGS = ("batch", "threads", "quick", "vit", "resnet")
+
+
+def check_mergeable(path: Path, meta: dict) -> dict:
+    """The results saved at `path` ({} if none), if this run may add to them; SystemExit naming what differs."""
+    settings = {key: meta[key] for key in MERGE_SETTINGS}
+    return read_matching(path, settings, lambda saved: {k: saved.get(k, settings[k]) for k in settings},
+                         "vision benchmark results", section="meta", field=None,
+                         remedy="pass another --name or --output-dir, or move that file away to re-measure it whole")  # fmt: skip
+
+
+def merged_payload(path: Path, meta: dict, rows: list, breakdowns: dict, cross: list) -> dict:
+    """This run's results, with the parts of the saved file it did not measure: rows of the other models and
+    modes, profiles of the other models, the crossover table when not re-run. Each part says when and by which
+    command it was measured."""
+    saved = check_mergeable(path, meta) if path.exists() else {}
+    saved_meta = saved.get("meta", {})
+    measured = {(row["model"], row["mode"]) for row in rows}
+    kept = [row for row in saved.get("results", []) if (row["model"], row["mode"]) not in measured]
+    stamp = dict(measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), command=meta["command"])
+    # profile_ms and crossover keep their shapes (numbers only); when and how each part was measured is in meta
+    profiles = {**saved.get("profile_ms", {}), **breakdowns}
+    profile_measured = {**saved_meta.get("profile_measured", {}), **{kind: stamp for kind in breakdowns}}
+    crossover = cross or saved.get("crossover", [])
+    crossover_measured = stamp if cross else saved_meta.get("crossover_measured")
+    meta = dict(meta, commands=command_history(saved_meta, meta["command"]), profile_measured=profile_measured,
+                crossover_measured=crossover_measured)  # fmt: skip
+    return {"meta": meta, "results": kept + rows, "profile_ms": profiles, "crossover": crossover}
+
+
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
+    meta = run_meta(args)
+    path = Path(args.output_dir) / f"{args.name}.json"
+    if path.exists():
+        check_mergeable(path, meta)  # stop now, not after the measurements
     rows, breakdowns, cross = [], {}, []
     modes = ["eager"] + (["compiled"] if args.compile else [])
     for kind in args.models:
@@ -315,19 +370,10 @@ def main():
         cross = crossover(max(3, args.repeats // 2) if not args.quick else 2,
                           CROSSOVER_SHAPES if not args.quick else CROSSOVER_SHAPES[:3])
 
-    command = "python scripts/bench_vision.py " + " ".join(
-        f for f, on in (("--quick", args.quick), ("--compile", args.compile), ("--profile", args.profile),
-                        ("--crossover", args.crossover)) if on)  # fmt: skip
-    meta = dict(
-        command=command.strip(), torch=torch.__version__, transformers=transformers.__version__,
-        python=platform.python_version(), machine=platform.machine(), threads=torch.get_num_threads(),
-        device="cpu", repeats=args.repeats, warmup=args.warmup, batch=args.batch, vit=VIT, resnet=RESNET,
-        dense_max_coefs=pooling_2d._DENSE_MAX_COEFS,
-        timing_method="repeats after warm-up in the order A B, B A, ... (time.perf_counter; cpu_ratio: "
-                      "time.process_time); ratio = median of per-repeat ratios",
-    )  # fmt: skip
-    payload = {"meta": meta, "results": rows, "profile_ms": breakdowns, "crossover": cross}
-    write_results(args.output_dir, args.name, payload, rows)
+    measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rows = [dict(row, measured=measured, command=meta["command"]) for row in rows]
+    payload = merged_payload(path, meta, rows, breakdowns, cross)
+    write_results(args.output_dir, args.name, payload, payload["results"])
     print()
     print("| model | step | ContextPool | transformers | ratio (median, min-max) | target | CPU-time ratio |")
     print("|---|---|---:|---:|---:|---|---:|")

@@ -86,3 +86,42 @@ def test_partial_runs_merge_end_to_end(tmp_path, monkeypatch):
     assert saved["meta"]["commands"] == [meta["command"], masked["command"]]
     header = (out / "bench_model_quick.csv").read_text().splitlines()[0].split(",")
     assert {"family", "measured", "command", "ratio"} <= set(header)
+
+
+def _vision_meta(**changes):
+    import bench_vision
+
+    meta = bench_vision.run_meta(bench_vision.parse_args(["--quick"]))
+    meta.update(changes)
+    return meta
+
+
+def test_a_vision_run_keeps_what_it_did_not_measure(tmp_path):
+    import bench_vision
+
+    path = tmp_path / "bench_vision.json"
+    old_meta = dict(_vision_meta(), command="python scripts/bench_vision.py --quick --profile --crossover",
+                    crossover_measured={"measured": "earlier"})  # fmt: skip
+    resnet, old_vit = dict(model="resnet", mode="eager", ratio=1.6), dict(model="vit", mode="eager", ratio=1.3)
+    path.write_text(json.dumps({"meta": old_meta, "results": [resnet, old_vit],
+                                "profile_ms": {"resnet": {"pool": 1.0}}, "crossover": [{"map": "8x8"}]}))  # fmt: skip
+    meta = dict(_vision_meta(), command="python scripts/bench_vision.py --quick --models vit --profile")
+    new_vit = dict(model="vit", mode="eager", ratio=1.1, measured="now", command=meta["command"])
+    payload = bench_vision.merged_payload(path, meta, [new_vit], {"vit": {"pool": 2.0}}, [])
+    assert payload["results"] == [resnet, new_vit]
+    assert payload["profile_ms"] == {"resnet": {"pool": 1.0}, "vit": {"pool": 2.0}}
+    assert payload["crossover"] == [{"map": "8x8"}] and payload["meta"]["crossover_measured"] == {"measured": "earlier"}
+    assert set(payload["meta"]["profile_measured"]) == {"vit"}
+    assert payload["meta"]["commands"] == [old_meta["command"], meta["command"]]
+
+
+def test_a_vision_run_refuses_a_file_made_at_another_batch(tmp_path):
+    import bench_vision
+
+    path = tmp_path / "bench_vision.json"
+    path.write_text(json.dumps({"meta": dict(_vision_meta(batch=32), command="python scripts/bench_vision.py"),
+                                "results": [dict(model="resnet", mode="eager")]}))  # fmt: skip
+    before = path.read_bytes()
+    with pytest.raises(SystemExit, match=r"batch: 32 there, 8 now"):
+        bench_vision.merged_payload(path, _vision_meta(), [], {}, [])
+    assert path.read_bytes() == before
