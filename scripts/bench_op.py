@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from contextpool_hf.pooling_contextpool import context_pool, window_radius
+from contextpool_hf.study_results import read_matching
 
 IMPLS = ("fast", "reference", "sdpa")
 SIGMA_MAX, TRUNCATION, HEADS = 8.0, 3.0, 4
@@ -308,8 +309,24 @@ def machine_info():
     )
 
 
+# a run replaces a results file whole: only one made with the same sweep (a re-measurement)
+SWEEP_SETTINGS = ("sizes", "widths", "batch", "threads", "mem_cap_gib", "quick")
+
+
+def check_replaceable(args) -> None:
+    """Stop before measuring when OUT.json holds a sweep made with other settings (a partial sweep would
+    replace the full one); SystemExit naming what differs."""
+    path = args.out.with_suffix(".json")
+    if path.exists():
+        settings = {key: getattr(args, key) for key in SWEEP_SETTINGS}
+        read_matching(path, settings, lambda saved: {k: saved.get(k, settings[k]) for k in settings},
+                      "an operator sweep", section="config", field=None,
+                      remedy="pass another --out, or move that file away to replace it")  # fmt: skip
+
+
 def main(argv=None):
     args = parse_args(argv)
+    check_replaceable(args)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     info = machine_info()

@@ -125,3 +125,13 @@ def test_a_vision_run_refuses_a_file_made_at_another_batch(tmp_path):
     with pytest.raises(SystemExit, match=r"batch: 32 there, 8 now"):
         bench_vision.merged_payload(path, _vision_meta(), [], {}, [])
     assert path.read_bytes() == before
+
+
+def test_bench_op_refuses_to_replace_a_sweep_made_with_other_settings(tmp_path):
+    out = tmp_path / "bench_op"
+    committed = json.loads((SCRIPTS.parent / "benchmarks" / "bench_op.json").read_text())
+    out.with_suffix(".json").write_text(json.dumps(committed))
+    bench_op.check_replaceable(bench_op.parse_args(["--out", str(out)]))  # the committed sweep's own command
+    bench_op.check_replaceable(bench_op.parse_args(["--out", str(out), "--repeats", "9"]))  # a re-measurement
+    with pytest.raises(SystemExit, match=r"sizes: \[256, 512, 1024, 2048, 4096, 8192\] there, \[1024\] now"):
+        bench_op.check_replaceable(bench_op.parse_args(["--out", str(out), "--sizes", "1024"]))
