@@ -1,4 +1,4 @@
-"""Results files of the studies and benchmarks (scripts/study_*.py, scripts/bench_model.py): resume or merge
+"""Results files of the studies and benchmarks (scripts/study_*.py, scripts/bench_*.py): resume or merge
 them, never overwrite them by surprise."""
 
 from __future__ import annotations
