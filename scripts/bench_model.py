@@ -69,7 +69,7 @@ from contextpool_hf import (
     ContextPoolForMaskedLM,
     ContextPoolSeq2SeqConfig,
 )
-from contextpool_hf.study_results import command_history, read_matching
+from contextpool_hf.study_results import command_history, refuse_other_settings
 
 # issue 15's targets: (comparison, bound); time ratios are ContextPool / vanilla, generation
 # ratios ContextPool tokens/s / vanilla tokens/s, memory ratios ContextPool peak / vanilla peak
@@ -304,10 +304,8 @@ def merged_rows(path: Path, meta: dict, rows: list[dict], only) -> tuple[list[di
 
 def check_mergeable(path: Path, meta: dict) -> dict:
     """The results saved at `path`, if a partial run may merge into them; SystemExit naming what differs."""
-    settings = {key: meta[key] for key in MERGE_SETTINGS}
-    return read_matching(path, settings, lambda saved: {k: saved.get(k, settings[k]) for k in settings},
-                         "benchmark rows", section="meta", field=None,
-                         remedy="pass another --name or --output-dir, or run every family to re-measure it whole")  # fmt: skip
+    return refuse_other_settings(path, {key: meta[key] for key in MERGE_SETTINGS}, None, "benchmark rows",
+                                 remedy="pass another --name or --output-dir, or run every family to re-measure it whole")  # fmt: skip
 
 
 def write_results(output_dir, name: str, payload: dict, rows: list[dict]) -> None:

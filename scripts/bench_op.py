@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from contextpool_hf.pooling_contextpool import context_pool, window_radius
-from contextpool_hf.study_results import read_matching
+from contextpool_hf.study_results import refuse_other_settings
 
 IMPLS = ("fast", "reference", "sdpa")
 SIGMA_MAX, TRUNCATION, HEADS = 8.0, 3.0, 4
@@ -316,12 +316,8 @@ SWEEP_SETTINGS = ("sizes", "widths", "batch", "threads", "mem_cap_gib", "quick")
 def check_replaceable(args) -> None:
     """Stop before measuring when OUT.json holds a sweep made with other settings (a partial sweep would
     replace the full one); SystemExit naming what differs."""
-    path = args.out.with_suffix(".json")
-    if path.exists():
-        settings = {key: getattr(args, key) for key in SWEEP_SETTINGS}
-        read_matching(path, settings, lambda saved: {k: saved.get(k, settings[k]) for k in settings},
-                      "an operator sweep", section="config", field=None,
-                      remedy="pass another --out, or move that file away to replace it")  # fmt: skip
+    refuse_other_settings(args.out.with_suffix(".json"), {key: getattr(args, key) for key in SWEEP_SETTINGS}, None,
+                          "an operator sweep", section="config", remedy="pass another --out, or move that file away to replace it")  # fmt: skip
 
 
 def main(argv=None):

@@ -62,7 +62,7 @@ from contextpool_hf import (
     ContextPoolViTForImageClassification,
 )
 from contextpool_hf.pooling_contextpool import ContextPool, _FastContextPool, strided_size
-from contextpool_hf.study_results import command_history, read_matching
+from contextpool_hf.study_results import command_history, refuse_other_settings
 
 TARGETS = {"vit": 1.2, "resnet": 1.5}
 VIT = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, image_size=32,
@@ -311,17 +311,15 @@ MERGE_SETTINGS = ("batch", "threads", "quick", "vit", "resnet")
 
 def check_mergeable(path: Path, meta: dict) -> dict:
     """The results saved at `path` ({} if none), if this run may add to them; SystemExit naming what differs."""
-    settings = {key: meta[key] for key in MERGE_SETTINGS}
-    return read_matching(path, settings, lambda saved: {k: saved.get(k, settings[k]) for k in settings},
-                         "vision benchmark results", section="meta", field=None,
-                         remedy="pass another --name or --output-dir, or move that file away to re-measure it whole")  # fmt: skip
+    return refuse_other_settings(path, {key: meta[key] for key in MERGE_SETTINGS}, None, "vision benchmark results",
+                                 remedy="pass another --name or --output-dir, or move that file away to re-measure it whole")  # fmt: skip
 
 
 def merged_payload(path: Path, meta: dict, rows: list, breakdowns: dict, cross: list) -> dict:
     """This run's results, with the parts of the saved file it did not measure: rows of the other models and
     modes, profiles of the other models, the crossover table when not re-run. Each part says when and by which
     command it was measured."""
-    saved = check_mergeable(path, meta) if path.exists() else {}
+    saved = check_mergeable(path, meta)
     saved_meta = saved.get("meta", {})
     measured = {(row["model"], row["mode"]) for row in rows}
     kept = [row for row in saved.get("results", []) if (row["model"], row["mode"]) not in measured]
@@ -341,8 +339,7 @@ def main():
     torch.set_num_threads(args.threads)
     meta = run_meta(args)
     path = Path(args.output_dir) / f"{args.name}.json"
-    if path.exists():
-        check_mergeable(path, meta)  # stop now, not after the measurements
+    check_mergeable(path, meta)  # stop now, not after the measurements
     rows, breakdowns, cross = [], {}, []
     modes = ["eager"] + (["compiled"] if args.compile else [])
     for kind in args.models:

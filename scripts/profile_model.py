@@ -184,10 +184,10 @@ class _DispatchCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_dispatches(fn, *args) -> int:
-    """ATen operator calls that one call fn(*args) makes."""
+def count_dispatches(fn, *args, **kwargs) -> int:
+    """ATen operator calls that one call fn(*args, **kwargs) makes."""
     with _DispatchCounter() as counter:
-        fn(*args)
+        fn(*args, **kwargs)
     return counter.calls
 
 

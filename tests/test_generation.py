@@ -1,5 +1,8 @@
 """Generation with ContextPoolCache: cached == uncached (logits and tokens), beams, sampling, left padding."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import CACHE_VARIANTS
@@ -7,6 +10,7 @@ from helpers import CACHE_VARIANTS
 from contextpool_hf import ContextPoolCache, ContextPoolConfig, ContextPoolForCausalLM
 
 VOCAB = 99
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # profile_model's dispatch counter
 
 
 def tiny_lm(seed=0, **overrides) -> ContextPoolForCausalLM:
@@ -181,23 +185,15 @@ def test_generate_past_the_pooling_window_and_max_length():
 
 
 def _dispatches_per_cached_step(model) -> int:
-    """ATen calls of one cached single-token forward, after a prompt and one step (which builds the tables)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        calls = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Count.calls += 1
-            return func(*args, **(kwargs or {}))
+    """ATen calls of one cached single-token forward, after a prompt and one step (which builds the tables),
+    counted as scripts/profile_model.py counts them."""
+    from profile_model import count_dispatches
 
     input_ids = prompt(batch=1, n=9)
     with torch.no_grad():
         cache = model(input_ids[:, :8], use_cache=True).cache
         model(input_ids[:, 8:], cache=cache, use_cache=True)
-        with Count():
-            model(input_ids[:, 8:], cache=cache, use_cache=True)
-    return Count.calls
+        return count_dispatches(model, input_ids[:, 8:], cache=cache, use_cache=True)
 
 
 def test_a_cached_decoding_step_pools_in_few_operator_calls():

@@ -73,16 +73,16 @@ def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtyp
 def _plain_inv_freq(head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
     """theta^(-2i / head_dim) (head_dim / 2,), memoised per device: a decoding step would otherwise spend
     five small calls on it in every forward. Under torch.compile it is computed (and folded) in the graph."""
-    key = (head_dim, float(theta), device)
-    if _is_compiling() or key not in _PLAIN_ROPE_CACHE:
-        exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
-        inv_freq = 1.0 / (theta**exponent)
-        # only a plain tensor is kept: one made under a FakeTensorMode (or another tensor subclass's
-        # mode) is valid only there
-        if _is_compiling() or type(inv_freq) is not torch.Tensor:
-            return inv_freq
+    key, compiling = (head_dim, float(theta), device), _is_compiling()
+    if not compiling and key in _PLAIN_ROPE_CACHE:
+        return _PLAIN_ROPE_CACHE[key]
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+    inv_freq = 1.0 / (theta**exponent)
+    # only a plain tensor is kept: one made under a FakeTensorMode (or another tensor subclass's mode) is valid
+    # only there
+    if not compiling and type(inv_freq) is torch.Tensor:
         _PLAIN_ROPE_CACHE[key] = inv_freq
-    return _PLAIN_ROPE_CACHE[key]
+    return inv_freq
 
 
 _PLAIN_ROPE_CACHE: dict[tuple, torch.Tensor] = {}

@@ -34,15 +34,18 @@ def read_matching(
     return previous
 
 
-def refuse_other_settings(path, settings: dict, field: str | None, what: str) -> None:
-    """Stop a study that rewrites its results file whole (no resume) before it would replace results made with
-    other settings. `field` is where the file's "meta" keeps them. Keys the saved file does not record (it
-    predates them) count as matching, so regenerating a study with its own command still works."""
+def refuse_other_settings(
+    path, settings: dict, field: str | None, what: str, section: str = "meta", remedy: str = START_OVER
+) -> dict:
+    """Stop a study or benchmark before it would replace or merge into results made with other settings; -> the
+    saved results ({} when there are none). `field` is where the file's `section` keeps them (None: the section
+    itself). Keys the saved file does not record (it predates them) count as matching, so regenerating results
+    with their own command still works."""
 
     def key(recorded: dict) -> dict:
         return {k: recorded.get(k, v) for k, v in settings.items()}
 
-    read_matching(path, settings, key, what, section="meta", field=field)
+    return read_matching(path, settings, key, what, section=section, field=field, remedy=remedy)
 
 
 def command_history(saved: dict, command: str) -> list[str]:
