@@ -65,7 +65,7 @@ def test_module_takes_the_fused_path_only_where_it_applies(monkeypatch):
     hidden = torch.randn(1, 9, 16)
     pool(hidden)
     assert len(calls) == 1
-    pool.predict(hidden, conv_state=torch.zeros(1, 16, 2))  # a chunk after a cache: the plain path
+    pool.predict(hidden, conv_state=torch.zeros(1, 2, 16))  # a chunk after a cache: the plain path
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: the plain path (its casts apply)
         pool(hidden)
     assert len(calls) == 1

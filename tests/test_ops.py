@@ -715,11 +715,11 @@ def test_causal_predictor_incremental_equals_full():
     torch.testing.assert_close(torch.cat([p[0] for p in pieces], -1), w_full, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(torch.cat([p[1] for p in pieces], -1), s_full, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(state, state_full)
-    assert state.shape == (2, 8, 4)  # kernel - 1 past inputs
+    assert state.shape == (2, 4, 8)  # kernel - 1 past inputs, token-major
     # a single first token (shorter than the conv state) works too
     w1, _, state1 = pool.predict(hidden[:, :1])
     torch.testing.assert_close(w1, w_full[..., :1], rtol=1e-6, atol=1e-6)
-    assert state1.shape == (2, 8, 4)
+    assert state1.shape == (2, 4, 8)
 
 
 @pytest.mark.parametrize(

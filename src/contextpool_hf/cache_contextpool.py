@@ -23,7 +23,7 @@ class ContextPoolCacheLayer(DynamicLayer):
     pool_features (B, G, R + 1, C): the last R + 1 pooled-feature inputs, as a ring buffer
     whose slot `pool_next` holds the oldest one (zero where none yet);
     pool_weights (B, G, R + 1): their weights w_j, in the same slots (zero where none yet);
-    conv_state (B, width, kernel - 1): the predictor's causal conv inputs.
+    conv_state (B, kernel - 1, width): the predictor's causal conv inputs, oldest first.
 
     A ring rather than a sliding window because a pooled sum does not depend on the order of
     its terms: a decoding step overwrites one slot instead of copying the whole window, and
@@ -164,7 +164,7 @@ class ContextPoolStaticLayer(StaticLayer):
     pool_features (B, G, R + 1, C) and pool_weights (B, G, R + 1): the last R + 1 pooling inputs and
     their weights in time order, oldest first (a sliding window: a step shifts it by one, so the
     newest input always sits in the last slot and no slot index changes from step to step);
-    conv_state (B, width, kernel - 1): the predictor's causal conv inputs. `pool_started` is False
+    conv_state (B, kernel - 1, width): the predictor's causal conv inputs, oldest first. `pool_started` is False
     until the first chunk has pooled (that chunk pools alone, as after an empty dynamic cache).
     """
 
@@ -181,7 +181,7 @@ class ContextPoolStaticLayer(StaticLayer):
 
     def write_pool_state(self, features, weights, conv_state) -> None:
         """Store the newest window in place (allocated on the first call). features (B, G, R + 1, C),
-        weights (B, G, R + 1), conv_state (B, width, kernel - 1) or None (no predictor)."""
+        weights (B, G, R + 1), conv_state (B, kernel - 1, width) or None (no predictor)."""
         new = {"pool_features": features, "pool_weights": weights, "conv_state": conv_state}
         for name, value in new.items():
             if value is None:

@@ -264,7 +264,7 @@ class ContextPoolSelfAttention(nn.Module):
     def _decode_step(self, hidden, features, keep, layer_cache):
         """One decoding step: the causal predictor on a conv state, then the newest token's pooling.
 
-        Same result as `_pool` on the whole sequence, in about 25 small dense ops. At batch 1
+        Same result as `_pool` on the whole sequence, in about 25 small dense ops (24 with groups = 1). At batch 1
         each op costs a few microseconds whatever its size, so the step avoids the ones it can:
         a framework conv call (milliseconds of setup for these few numbers), the offset loop
         (R + 1 steps), copies of the whole window, no-op casts, and Python-float operands,
@@ -275,9 +275,8 @@ class ContextPoolSelfAttention(nn.Module):
         window = ring_weights.shape[-1]
         out_dtype = features.dtype
         tables = self._decode_tables(features, window)
-        weights, sigma_gate, conv_window = self._decode_gates(hidden, keep, layer_cache.conv_state)
+        weights, sigma_gate, layer_cache.conv_state = self._decode_gates(hidden, keep, layer_cache.conv_state)
         sigma = torch.addcmul(tables["sigma_min"], sigma_gate, tables["sigma_span"])  # spec item 3
-        layer_cache.conv_state = conv_window[..., 1:]
 
         # pooling (spec items 4-5, causal): write the newest input over the oldest ring slot.
         # Out of place, so a step taken with autograd on never edits a tensor saved for backward.
@@ -300,11 +299,11 @@ class ContextPoolSelfAttention(nn.Module):
         history, history_weights = layer_cache.pool_history()
         window = history_weights.shape[-1]
         tables = self._decode_tables(features, window)
-        weights, sigma_gate, conv_window = self._decode_gates(hidden, keep, layer_cache.conv_state)
+        weights, sigma_gate, conv_state = self._decode_gates(hidden, keep, layer_cache.conv_state)
         sigma = torch.addcmul(tables["sigma_min"], sigma_gate, tables["sigma_span"])  # spec item 3
         ring_features = torch.cat([history[:, :, 1:], features.to(history.dtype)], dim=2)  # (B, G, R + 1, C)
         ring_weights = torch.cat([history_weights[:, :, 1:], weights.to(history_weights.dtype)], dim=2)
-        layer_cache.write_pool_state(ring_features, ring_weights, conv_window[..., 1:])
+        layer_cache.write_pool_state(ring_features, ring_weights, conv_state)
         # the newest input sits in the last slot: the ring's distance row for slot R
         pooled = self._decode_pool(ring_features.to(features.dtype), ring_weights.to(weights.dtype), sigma,
                                    tables["neg_half_distance_sq_rows"][window - 1], tables["eps"],
@@ -314,9 +313,8 @@ class ContextPoolSelfAttention(nn.Module):
     def _decode_gates(self, hidden, keep, conv_state):
         """The causal predictor (spec items 1-2) for one new token on its conv state.
 
-        hidden (B, 1, d), conv_state (B, width, kernel - 1) -> weights (B, G, 1), the sigma gate
-        sigmoid(b) (B, G, 1), and the conv window (B, width, kernel) whose last kernel - 1 columns
-        are the next conv state.
+        hidden (B, 1, d), conv_state (B, kernel - 1, width) -> weights (B, G, 1), the sigma gate
+        sigmoid(b) (B, G, 1), and the next conv state (B, kernel - 1, width).
         """
         predictor, groups = self.pool.predictor, self.pool.groups
         h = predictor.in_proj(hidden) if predictor.in_proj is not None else hidden
@@ -324,20 +322,50 @@ class ContextPoolSelfAttention(nn.Module):
             h = h * keep.unsqueeze(-1).to(h.dtype)
         if conv_state.dtype != h.dtype:
             conv_state = conv_state.to(h.dtype)
-        conv_window = torch.cat([conv_state, h.transpose(1, 2)], dim=-1)  # (B, width, kernel)
-        conv = predictor.conv
-        conv_out = torch.linalg.vecdot(conv_window, conv.weight.squeeze(1))  # (B, width): one call, not mul + sum
-        if conv.bias is not None:
-            conv_out = conv_out + conv.bias
+        taps, ones, proj_weight_t = self._decode_weights(h)
+        # the depthwise conv as one multiply-add over the window's rows; with a bias, a row of ones in the
+        # window meets the bias row of `taps`, so the bias costs no call of its own
+        rows = [conv_state, h] if ones is None else [conv_state, h, ones]
+        conv_window = torch.cat(rows, dim=1)  # (B, kernel (+ 1), width), token-major: no transpose
+        conv_out = (conv_window * taps).sum(1)  # (B, width)
         # F.gelu, as the full-sequence path: one call (about 50 us on a 256-vector on this CPU, against
         # about 65 us for x * (1 + erf(x / sqrt 2)) / 2 written out as four calls)
         activated = F.gelu(conv_out)
-        proj = predictor.proj  # called as F.linear: a module call costs more than this tiny matmul
-        gates = torch.sigmoid(F.linear(activated, proj.weight, proj.bias)).unsqueeze(-1)  # (B, 2G, 1): sigmoid(a), sigmoid(b)
-        weights = gates[:, :groups]
+        proj_bias = predictor.proj.bias
+        logits = activated @ proj_weight_t if proj_bias is None else torch.addmm(proj_bias, activated, proj_weight_t)
+        # (B, 2G, 1) -> sigmoid(a), sigmoid(b), each (B, G, 1): one split where two slices would be two calls
+        weights, sigma_gate = torch.sigmoid(logits).unsqueeze(-1).split(groups, dim=1)
         if keep is not None:
             weights = weights * keep.unsqueeze(1).to(weights.dtype)
-        return weights, gates[:, groups:], conv_window
+        return weights, sigma_gate, conv_window[:, 1 : predictor.kernel_size]
+
+    def _decode_weights(self, like: torch.Tensor):
+        """The predictor's weights as a decoding step reads them: the conv taps (kernel (+ 1 bias row), width),
+        the row of ones (B, 1, width) that meets the bias row (None without a conv bias), and the projection
+        weight transposed (width, 2G).
+
+        Kept between steps in inference, where building them would cost four calls a step: keyed on the
+        parameters' storage and version counter, so an optimizer step or `load_state_dict` (both in place)
+        rebuilds them. Built afresh when autograd records (the gradients must reach the parameters) and
+        under torch.compile, which folds them into the graph; a tensor made under a FakeTensorMode is never kept.
+        """
+        conv, proj = self.pool.predictor.conv, self.pool.predictor.proj
+        params = [p for p in (conv.weight, conv.bias, proj.weight) if p is not None]
+        keep_them = not torch.is_grad_enabled() and not _is_compiling()
+        if keep_them:
+            key = (like.shape[0], like.dtype, like.device, tuple((p.data_ptr(), p._version) for p in params))
+            cached = self.__dict__.get("_decode_weights_cache")  # plain attribute: not a buffer, never saved
+            if cached is not None and cached[0] == key:
+                return cached[1]
+        taps = conv.weight.squeeze(1).t()  # (width, 1, kernel) -> (kernel, width)
+        ones = None
+        if conv.bias is not None:
+            taps = torch.cat([taps, conv.bias.unsqueeze(0)], dim=0)  # (kernel + 1, width)
+            ones = like.new_ones(like.shape[0], 1, like.shape[-1])
+        built = (taps.to(like.dtype), ones, proj.weight.t().to(like.dtype))
+        if keep_them and all(type(t) is torch.Tensor for t in built if t is not None):
+            self.__dict__["_decode_weights_cache"] = (key, built)
+        return built
 
     def _decode_pool(self, ring_features, ring_weights, sigma, neg_half_age_sq, eps, out_dtype):
         """The newest token's pooled feature (spec items 4-5) from the last R + 1 inputs.

@@ -149,7 +149,7 @@ class ContextPoolPredictor(nn.Module):
         """hidden: (B, n, d) or (B, H, W, d); keep: (B, n) / (B, H, W) real-token mask.
 
         Returns a, b of shape (B, groups, n) / (B, groups, H, W), and the new conv state
-        (B, width, kernel_size - 1) for causal 1-D predictors (else None).
+        (B, kernel_size - 1, width), token-major, for causal 1-D predictors (else None).
         """
         h = self.in_proj(hidden) if self.in_proj is not None else hidden
         if keep is not None:  # padding must not leak into real tokens' logits
@@ -162,9 +162,10 @@ class ContextPoolPredictor(nn.Module):
         new_state = None
         if self.causal:
             if conv_state is None:
-                conv_state = h.new_zeros(h.shape[:2] + (self.state_size,))
-            h = torch.cat([conv_state.to(h.dtype), h], dim=-1)  # (B, width, k - 1 + n)
-            new_state = h[..., h.shape[-1] - self.state_size :]
+                conv_state = h.new_zeros(h.shape[0], self.state_size, h.shape[1])
+            # the state is token-major (B, k - 1, width), so that a decoding step appends a token without a transpose
+            h = torch.cat([conv_state.to(h.dtype).transpose(1, 2), h], dim=-1)  # (B, width, k - 1 + n)
+            new_state = h[..., h.shape[-1] - self.state_size :].transpose(1, 2)  # (B, k - 1, width)
         h = F.gelu(self.conv(h)).permute(to_last)  # (B, n, width) or (B, H, W, width)
         logits = self.proj(h).permute(to_channels)  # (B, 2G, n) or (B, 2G, H, W)
         a, b = logits.chunk(2, dim=1)
@@ -194,13 +195,13 @@ class ContextPoolPredictor(nn.Module):
         if keep is not None:  # padding must not leak into real tokens' logits
             h = h * keep.unsqueeze(-1).to(h.dtype)
         new_state = None
-        if self.causal:  # the last k - 1 inputs, zeros before the sequence: (B, width, k - 1)
+        if self.causal:  # the last k - 1 inputs, zeros before the sequence: (B, k - 1, width)
             if _is_exporting():  # no Python max on the symbolic length: pad first, then take the tail
                 padded = F.pad(h, (0, 0, self.state_size, 0))  # (B, k - 1 + n, width)
-                new_state = padded[:, padded.shape[1] - self.state_size :].transpose(1, 2)
+                new_state = padded[:, padded.shape[1] - self.state_size :]
             else:
-                tail = h[:, max(0, h.shape[1] - self.state_size) :].transpose(1, 2)
-                new_state = F.pad(tail, (self.state_size - tail.shape[-1], 0))
+                tail = h[:, max(0, h.shape[1] - self.state_size) :]
+                new_state = F.pad(tail, (0, 0, self.state_size - tail.shape[1], 0))
         pad_left = self.kernel_size - 1 if self.causal else self.kernel_size // 2
         gates = _FusedPredictor1d.apply(
             h, self.conv.weight.squeeze(1), self.conv.bias, self.proj.weight, self.proj.bias, pad_left
