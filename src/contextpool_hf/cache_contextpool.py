@@ -42,9 +42,10 @@ class ContextPoolCacheLayer(DynamicLayer):
         self.past_log = []  # per forward: (length before, ring, ring weights, ring slot, conv state, inputs)
         self.pending_replay = None  # (log entry, m): replay its first m tokens on the next forward
 
-    def activate_past_recording(self) -> None:
+    def activate_past_recording(self, **kwargs) -> None:
         """Keep, per forward, the pooling state it started from and its inputs (references: a step
-        writes its ring out of place, so nothing is copied), so that `crop` can roll back exactly."""
+        writes its ring out of place, so nothing is copied), so that `crop` can roll back exactly. Keyword
+        arguments meant for other cache kinds (transformers passes `recurrent_states_to_keep`) are ignored."""
         self.record_past = True
 
     def record(self, hidden, features, keep) -> None:
@@ -126,9 +127,13 @@ class ContextPoolCache(DynamicCache):
         Cache.__init__(self, layer_class_to_replicate=ContextPoolCacheLayer)
         self.record_past = False
 
-    def activate_past_recording(self) -> None:
-        self.record_past = True  # also for the layers created later, in `layer`
-        super().activate_past_recording()
+    def activate_past_recording(self, **kwargs) -> None:
+        """Turn on rollback recording in every layer, present and created later (in `layer`). The keyword
+        arguments transformers passes for other cache kinds (`recurrent_states_to_keep`, transformers >= 5.25,
+        for linear-attention states) are accepted and passed on; a ContextPool layer keeps its own bounded log."""
+        self.record_past = True
+        for layer in self.layers:
+            layer.activate_past_recording(**kwargs)
 
     @classmethod
     def from_prefix(cls, prefix: Cache) -> ContextPoolCache:
