@@ -115,6 +115,26 @@ def test_decoding_reads_the_predictor_weights_as_they_are_now(conv_bias):
                         param.add_(torch.randn_like(param) * 0.5)
 
 
+def test_decoding_constants_built_under_a_fake_tensor_mode_are_not_kept():
+    """The decoding tables and weights are kept on the attention module between steps; ones computed under
+    FakeTensorMode (shape and memory estimators) are valid only there and must not reach real steps."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    model = tiny_lm(pool_groups=2)
+    attention = model.model.layers[0].attention
+    input_ids = prompt(n=12)
+    with torch.no_grad():
+        full = model(input_ids, use_cache=False).logits
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            like = mode.from_tensor(torch.zeros(2, 1, 32))
+            attention._decode_tables(like, attention.pool.radius + 1)
+            attention._decode_weights(like)
+        assert "_decode_tables_cache" not in attention.__dict__ and "_decode_weights_cache" not in attention.__dict__
+        steps = torch.cat([o.logits for o in _in_steps(model, input_ids, [(0, 6)] + [(i, i + 1) for i in range(6, 12)])], 1)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+    assert "_decode_tables_cache" in attention.__dict__ and "_decode_weights_cache" in attention.__dict__
+
+
 def test_cache_holds_the_pooling_state():
     model = tiny_lm(pool_groups=2)
     out = model(prompt(n=9), use_cache=True)

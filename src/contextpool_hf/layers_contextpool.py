@@ -106,6 +106,30 @@ def _scaled_inv_freq(config) -> tuple[torch.Tensor, float]:
 _SCALED_ROPE_CACHE: dict[tuple, tuple[torch.Tensor, float]] = {}
 
 
+def _plain_tensors_only(value) -> bool:
+    """True when every tensor in value (nested tuples, lists, dicts; None allowed) is a plain torch.Tensor."""
+    if isinstance(value, dict):
+        return all(_plain_tensors_only(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return all(_plain_tensors_only(v) for v in value)
+    return value is None or not isinstance(value, torch.Tensor) or type(value) is torch.Tensor
+
+
+def _module_memo(module: nn.Module, name: str, key, build, keep: bool = True):
+    """build(), kept on `module` as the plain attribute `name` (not a buffer: never saved) and reused while `key`
+    matches. Nothing is kept or read under torch.compile (the graph computes and folds it) or when `keep` is
+    False, and a result holding a tensor made under a FakeTensorMode (valid only there) is never kept."""
+    keep = keep and not _is_compiling()
+    if keep:
+        cached = module.__dict__.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+    value = build()
+    if keep and _plain_tensors_only(value):
+        module.__dict__[name] = (key, value)
+    return value
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -344,28 +368,24 @@ class ContextPoolSelfAttention(nn.Module):
         the row of ones (B, 1, width) that meets the bias row (None without a conv bias), and the projection
         weight transposed (width, 2G).
 
-        Kept between steps in inference, where building them would cost four calls a step: keyed on the
+        Kept between steps in inference, where building them would cost several calls a step: keyed on the
         parameters' storage and version counter, so an optimizer step or `load_state_dict` (both in place)
-        rebuilds them. Built afresh when autograd records (the gradients must reach the parameters) and
-        under torch.compile, which folds them into the graph; a tensor made under a FakeTensorMode is never kept.
+        rebuilds them. Built afresh when autograd records (the gradients must reach the parameters); under
+        torch.compile and FakeTensorMode as `_module_memo` says.
         """
         conv, proj = self.pool.predictor.conv, self.pool.predictor.proj
         params = [p for p in (conv.weight, conv.bias, proj.weight) if p is not None]
-        keep_them = not torch.is_grad_enabled() and not _is_compiling()
-        if keep_them:
-            key = (like.shape[0], like.dtype, like.device, tuple((p.data_ptr(), p._version) for p in params))
-            cached = self.__dict__.get("_decode_weights_cache")  # plain attribute: not a buffer, never saved
-            if cached is not None and cached[0] == key:
-                return cached[1]
-        taps = conv.weight.squeeze(1).t()  # (width, 1, kernel) -> (kernel, width)
-        ones = None
-        if conv.bias is not None:
-            taps = torch.cat([taps, conv.bias.unsqueeze(0)], dim=0)  # (kernel + 1, width)
-            ones = like.new_ones(like.shape[0], 1, like.shape[-1])
-        built = (taps.to(like.dtype), ones, proj.weight.t().to(like.dtype))
-        if keep_them and all(type(t) is torch.Tensor for t in built if t is not None):
-            self.__dict__["_decode_weights_cache"] = (key, built)
-        return built
+
+        def build():
+            taps = conv.weight.squeeze(1).t()  # (width, 1, kernel) -> (kernel, width)
+            ones = None
+            if conv.bias is not None:
+                taps = torch.cat([taps, conv.bias.unsqueeze(0)], dim=0)  # (kernel + 1, width)
+                ones = like.new_ones(like.shape[0], 1, like.shape[-1])
+            return taps.to(like.dtype), ones, proj.weight.t().to(like.dtype)
+
+        key = (like.shape[0], like.dtype, like.device, tuple((p.data_ptr(), p._version) for p in params))
+        return _module_memo(self, "_decode_weights_cache", key, build, keep=not torch.is_grad_enabled())
 
     def _decode_pool(self, ring_features, ring_weights, sigma, neg_half_age_sq, eps, out_dtype):
         """The newest token's pooled feature (spec items 4-5) from the last R + 1 inputs.
@@ -398,15 +418,15 @@ class ContextPoolSelfAttention(nn.Module):
         dtype, device = like.dtype, like.device
         compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32
         key = (device, dtype, window, self.pool.sigma_min, self.pool.sigma_max)
-        cached = self.__dict__.get("_decode_tables_cache")  # plain attribute: not a buffer, never saved
-        if cached is None or cached[0] != key:
+
+        def build():
             slots = torch.arange(window, device=device)
             age = (slots[:, None] - slots[None, :]) % window  # (newest slot, slot)
 
             def scalar(value, scalar_dtype=dtype):
                 return torch.tensor(value, dtype=scalar_dtype, device=device)
 
-            tables = dict(
+            return dict(
                 # the rows as ready-made views: indexing the table on every step would be one more call
                 neg_half_distance_sq_rows=list(((age * age).to(compute) * -0.5).unbind(0)),
                 slot_index=[slots[s : s + 1] for s in range(window)],
@@ -414,9 +434,8 @@ class ContextPoolSelfAttention(nn.Module):
                 sigma_span=scalar(self.pool.sigma_max - self.pool.sigma_min),
                 eps=scalar(DEFAULT_EPS, compute),
             )
-            cached = (key, tables)
-            self.__dict__["_decode_tables_cache"] = cached
-        return cached[1]
+
+        return _module_memo(self, "_decode_tables_cache", key, build)
 
     def _pooled_projections(self, hidden, keep, layer_cache):
         """-> q (B, n, H*dh), k, v (B, n, Hkv*dh), sigma (B, G, n) or None."""
