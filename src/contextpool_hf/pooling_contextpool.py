@@ -564,20 +564,14 @@ class ContextPool(nn.Module):
             if self.stride > 1:
                 sigma = sigma[..., :: self.stride, :: self.stride]
             return weights, sigma, None
-        if self.spatial_dims == 1:  # the fused predictor (sigmoids included) where it applies
-            gates, conv_state = self.predictor.gates(hidden, keep, conv_state)  # (B, 2G, n)
-            weights, sigma = gates[:, : self.groups], gates[:, self.groups :]
-            if keep is not None:
-                weights = weights * keep.unsqueeze(1).to(weights.dtype)
-            return weights, self.sigma_min + (self.sigma_max - self.sigma_min) * sigma, conv_state  # spec item 3
-        a, b, conv_state = self.predictor(hidden, keep, conv_state)
-        weights = torch.sigmoid(a)
+        # one sigmoid over both gates (the fused 1-D predictor where it applies)
+        gates, conv_state = self.predictor.gates(hidden, keep, conv_state)  # (B, 2G, n) / (B, 2G, H, W)
+        weights, sigma = gates[:, : self.groups], gates[:, self.groups :]
         if keep is not None:
             weights = weights * keep.unsqueeze(1).to(weights.dtype)
-        sigma = self.sigma_from_logits(b)
-        if self.stride > 1:
+        if self.stride > 1:  # sizes only at the outputs: the strided positions
             sigma = sigma[..., :: self.stride, :: self.stride]
-        return weights, sigma, conv_state
+        return weights, self.sigma_min + (self.sigma_max - self.sigma_min) * sigma, conv_state  # spec item 3
 
     def pool(self, features: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Pool already-predicted weights/sigma. features: (B, G, n, c) / (B, G, H, W, c)."""

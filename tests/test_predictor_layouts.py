@@ -1,0 +1,124 @@
+"""The predictor's layout choices (GELU on the dense layout, the projection as one wide matmul, one
+sigmoid over both gates) against the predictor written plainly with torch.nn.functional, and the
+ResNet stem's max pooling on its channels-last copy against F.max_pool2d: float64, every gradient."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from contextpool_hf import ContextPoolResNetConfig
+from contextpool_hf.layers_contextpool_vision import ContextPoolDownsample
+from contextpool_hf.pooling_contextpool import ContextPool, ContextPoolPredictor
+from contextpool_hf.predictor_contextpool import _gelu_dense, _project_channels_first
+
+
+def _functional_logits(predictor, hidden, keep=None):
+    """m(X) as the spec writes it, with the module's weights: (B, 2G, *spatial) logits."""
+    h = hidden if predictor.in_proj is None else F.linear(hidden, predictor.in_proj.weight)
+    if keep is not None:
+        h = h * keep.unsqueeze(-1).to(h.dtype)
+    k, width = predictor.kernel_size, h.shape[-1]
+    if predictor.spatial_dims == 1:
+        h = h.transpose(1, 2)  # (B, width, n)
+        if predictor.causal:
+            h = F.pad(h, (k - 1, 0))
+        conv = F.conv1d(h, predictor.conv.weight, predictor.conv.bias, padding=0 if predictor.causal else k // 2,
+                        groups=width)
+        act = F.gelu(conv).transpose(1, 2)  # (B, n, width)
+        return F.linear(act, predictor.proj.weight, predictor.proj.bias).transpose(1, 2)
+    conv = F.conv2d(h.permute(0, 3, 1, 2), predictor.conv.weight, predictor.conv.bias, padding=k // 2, groups=width)
+    act = F.gelu(conv).permute(0, 2, 3, 1)  # (B, H, W, width)
+    return F.linear(act, predictor.proj.weight, predictor.proj.bias).permute(0, 3, 1, 2)
+
+
+PREDICTORS = [
+    dict(spatial_dims=1, causal=True, groups=1),
+    dict(spatial_dims=1, causal=False, groups=2, width=6),
+    dict(spatial_dims=2, causal=False, groups=1),
+    dict(spatial_dims=2, causal=False, groups=3, width=5),
+]
+
+
+@pytest.mark.parametrize("case", PREDICTORS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("channels_last_input", [True, False])
+def test_predictor_equals_its_functional_definition(case, channels_last_input):
+    torch.manual_seed(0)
+    predictor = ContextPoolPredictor(12, case["groups"], 3, case["causal"], case.get("width"),
+                                     case["spatial_dims"]).double()
+    spatial = (7,) if case["spatial_dims"] == 1 else (5, 6)
+    hidden = torch.randn((2,) + spatial + (12,), dtype=torch.float64)
+    if not channels_last_input:  # a channels-first tensor seen as (B, *spatial, C), as a ConvNet hands it over
+        hidden = hidden.movedim(-1, 1).contiguous().movedim(1, -1)
+    hidden.requires_grad_(True)
+    keep = torch.rand((2,) + spatial, generator=torch.Generator().manual_seed(1)) > 0.3
+    expected = _functional_logits(predictor, hidden, keep)
+    a, b, _ = predictor(hidden, keep)
+    gates, _ = predictor.gates(hidden, keep)
+    torch.testing.assert_close(torch.cat([a, b], 1), expected, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(gates, torch.sigmoid(expected), rtol=1e-13, atol=1e-13)
+    grad_out = torch.randn(expected.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    inputs = [hidden] + list(predictor.parameters())
+    want = torch.autograd.grad(torch.sigmoid(expected), inputs, grad_out)
+    for got, ref in zip(torch.autograd.grad(gates, inputs, grad_out), want, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_2d_prediction_is_the_spec_formula_at_the_strided_outputs(stride):
+    torch.manual_seed(0)
+    pool = ContextPool(8, groups=2, sigma_min=0.5, sigma_max=2.0, truncation=2.0, spatial_dims=2, stride=stride).double()
+    hidden = torch.randn(2, 5, 7, 8, dtype=torch.float64)
+    weights, sigma, _ = pool.predict(hidden)
+    logits = _functional_logits(pool.predictor, hidden)
+    torch.testing.assert_close(weights, torch.sigmoid(logits[:, :2]), rtol=1e-14, atol=1e-14)
+    expected_sigma = 0.5 + 1.5 * torch.sigmoid(logits[:, 2:, ::stride, ::stride])
+    torch.testing.assert_close(sigma, expected_sigma, rtol=1e-14, atol=1e-14)
+    assert sigma.shape == (2, 2, -(-5 // stride), -(-7 // stride))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.randn(3, 8, 5).transpose(1, 2),  # a (B, C, n) conv output seen as (B, n, C)
+    lambda: torch.randn(2, 4, 3, 5).contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1),  # dense
+    lambda: torch.randn(2, 4, 3, 5).permute(0, 2, 3, 1),  # channels-first memory seen channels-last
+    lambda: torch.randn(2, 6, 5)[:, ::2],  # not a permutation of a dense tensor
+    lambda: torch.randn(4),
+], ids=["1d-view", "channels-last", "channels-first", "strided", "vector"])
+def test_gelu_dense_is_gelu(make):
+    t = make().double().requires_grad_(True)
+    got = _gelu_dense(t)
+    expected = F.gelu(t)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    grad = torch.randn(t.shape, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad(got, t, grad)[0], torch.autograd.grad(expected, t, grad)[0],
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_wide_projection_is_linear(bias):
+    torch.manual_seed(0)
+    act = torch.randn(2, 4, 3, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True) if bias else None
+    got = _project_channels_first(act, weight, b)
+    expected = F.linear(act, weight, b).permute(0, 3, 1, 2)
+    assert got.shape == (2, 4, 4, 3)
+    torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-14)
+    inputs = [act, weight] + ([b] if bias else [])
+    grad = torch.randn(got.shape, dtype=torch.float64)
+    for g, e in zip(torch.autograd.grad(got, inputs, grad), torch.autograd.grad(expected, inputs, grad), strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-13, atol=1e-13)
+
+
+def test_stem_site_is_max_pooling_at_gate_zero_with_its_gradient():
+    """The stem's ContextPoolDownsample max-pools its channels-last copy: at pool_mix 0 it is
+    F.max_pool2d(x, 3, 2, 1) exactly, gradient included, and its output keeps x's shape."""
+    config = ContextPoolResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], pool_mix_init=0.0)
+    site = ContextPoolDownsample(config, 8, 2, original="max").double()
+    x = torch.randn(2, 8, 9, 10, dtype=torch.float64, requires_grad=True)  # odd sizes: the padded edge
+    got = site(x)
+    expected = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    grad = torch.randn(expected.shape, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad(got, x, grad)[0], torch.autograd.grad(expected, x, grad)[0],
+                               rtol=0, atol=0)
