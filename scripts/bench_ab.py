@@ -1,0 +1,192 @@
+#!/usr/bin/env python
+"""A/B of the working tree's ContextPool against another git revision's, in one process.
+
+The revision's package (`src/contextpool_hf`, flat files with relative imports) is extracted with
+`git archive` into a temporary folder and imported beside the working tree's under another name,
+so both versions and transformers' model of the same size run in the same process, alternated
+step by step (A B C, C B A, ...), on the sizes of `scripts/bench_vision.py` (vit, resnet) and
+`scripts/bench_model.py` (causal-lm: n = 1024, batch 4; seq2seq: Marian-shaped, 16 x 128).
+Each ratio is the median of the per-step ratios of process CPU time (the steadier estimate on a
+shared machine), with its min-max spread.
+
+    python scripts/bench_ab.py --ref HEAD --models resnet vit --repeats 40
+    python scripts/bench_ab.py --ref HEAD~3 --models causal-lm --repeats 8
+
+`new/ref` below 1 means the working tree is faster than the revision. Nothing is written unless
+`--json PATH` is given (a file that exists is refused: pick a new name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+# the benchmarks whose model sizes and steps are compared (scripts/ is on sys.path when run as a script)
+import bench_model
+import bench_vision
+import torch
+
+FAMILIES = ("vit", "resnet", "causal-lm", "seq2seq")
+REF_PACKAGE = "contextpool_hf_ref"
+# the names each benchmark module builds its ContextPool models from
+_PATCHED = {
+    "vit": (bench_vision, ("ContextPoolViTConfig", "ContextPoolViTForImageClassification")),
+    "resnet": (bench_vision, ("ContextPoolResNetConfig", "ContextPoolResNetForImageClassification")),
+    "causal-lm": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
+    "seq2seq": (bench_model, ("ContextPoolSeq2SeqConfig", "ContextPoolForConditionalGeneration")),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ref", default="HEAD", help="git revision to compare the working tree with (default HEAD)")
+    parser.add_argument("--models", nargs="+", default=["resnet", "vit"], choices=FAMILIES)
+    parser.add_argument("--repeats", type=int, default=20, help="timed steps of each model (after one warm-up step)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--quick", action="store_true", help="small batches and sizes (smoke test)")
+    parser.add_argument("--json", default=None, help="also write the results to this new file")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    if args.json is not None and Path(args.json).exists():
+        parser.error(f"--json {args.json} exists: give a new file name (results are never overwritten)")
+    return args
+
+
+def extract_revision(ref: str, into: Path) -> Path:
+    """`git archive` the revision's src/contextpool_hf into `into`/contextpool_hf_ref; a clear error if it cannot."""
+    root = Path(__file__).resolve().parent.parent
+    into.mkdir(parents=True, exist_ok=True)
+    archive = into / "ref.tar"
+    try:
+        with open(archive, "wb") as handle:
+            subprocess.run(["git", "-C", str(root), "archive", ref, "src/contextpool_hf"], stdout=handle,
+                           stderr=subprocess.PIPE, check=True)
+    except FileNotFoundError as error:
+        raise SystemExit("bench_ab.py: error: git is not installed: it is needed to read --ref") from error
+    except subprocess.CalledProcessError as error:
+        message = error.stderr.decode(errors="replace").strip().splitlines()
+        raise SystemExit(f"bench_ab.py: error: --ref {ref!r}: {message[-1] if message else 'git archive failed'}") from error
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    package = into / REF_PACKAGE
+    (into / "src" / "contextpool_hf").rename(package)
+    return package
+
+
+def import_revision(folder: Path):
+    """Import the extracted package from `folder`, never a copy an earlier call left in sys.modules."""
+    for name in [name for name in sys.modules if name == REF_PACKAGE or name.startswith(REF_PACKAGE + ".")]:
+        del sys.modules[name]
+    sys.path.insert(0, str(folder))
+    try:
+        return importlib.import_module(REF_PACKAGE)
+    finally:
+        sys.path.remove(str(folder))
+
+
+@contextlib.contextmanager
+def classes_from(package, family):
+    """The benchmark module builds its ContextPool models from `package` while inside."""
+    module, names = _PATCHED[family]
+    saved = {name: getattr(module, name) for name in names}
+    try:
+        for name in names:
+            setattr(module, name, getattr(package, name))
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
+def build_steps(family, ref_package, quick):
+    """(new, ref, vanilla) training-step callables at the benchmarks' sizes."""
+    if family in ("vit", "resnet"):
+        batch = 4 if quick else 32
+        torch.manual_seed(0)
+        new, vanilla = bench_vision.make_pair(family)
+        with classes_from(ref_package, family):
+            torch.manual_seed(0)
+            ref, _ = bench_vision.make_pair(family)
+        return [bench_vision.train_step_fn(model, batch) for model in (new, ref, vanilla)]
+    args = bench_model.parse_args(["--quick"] if quick else [])
+    make_pair = bench_model.causal_pair if family == "causal-lm" else bench_model.seq2seq_pair
+    seq_len, batch = _sizes(family, args)
+    torch.manual_seed(0)
+    new, vanilla = make_pair(args, seq_len)
+    with classes_from(ref_package, family):
+        torch.manual_seed(0)
+        ref, _ = make_pair(args, seq_len)
+    return [bench_model.train_step_fn(model, batch, seq_len, args.vocab) for model in (new, ref, vanilla)]
+
+
+def _sizes(family, args):
+    """(sequence length, batch): the first causal-LM row of bench_model, or its seq2seq row."""
+    if family == "seq2seq":
+        return args.seq2seq_len, args.seq2seq_batch
+    return bench_model._sizes(args.causal_sizes)[0]
+
+
+def alternated_cpu_times(steps, repeats):
+    """CPU seconds per step of each callable, run A B C, C B A, ... after one warm-up step each."""
+    for step in steps:
+        step()
+    times = [[] for _ in steps]
+    order = list(range(len(steps)))
+    for repeat in range(repeats):
+        for index in order if repeat % 2 == 0 else order[::-1]:
+            start = time.process_time()
+            steps[index]()
+            times[index].append(time.process_time() - start)
+    return times
+
+
+def ratio_summary(numerators, denominators) -> dict:
+    ratios = [a / b for a, b in zip(numerators, denominators, strict=True)]
+    return {"median": round(statistics.median(ratios), 3), "min": round(min(ratios), 3), "max": round(max(ratios), 3)}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        ref_package = import_revision(extract_revision(args.ref, Path(folder)).parent)
+        for family in args.models:
+            new, ref, vanilla = alternated_cpu_times(build_steps(family, ref_package, args.quick), args.repeats)
+            row = {"family": family, "new_over_ref": ratio_summary(new, ref),
+                   "new_over_vanilla": ratio_summary(new, vanilla), "ref_over_vanilla": ratio_summary(ref, vanilla),
+                   "new_ms": round(1e3 * statistics.median(new), 2), "ref_ms": round(1e3 * statistics.median(ref), 2),
+                   "vanilla_ms": round(1e3 * statistics.median(vanilla), 2)}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"\nworking tree vs {args.ref}: CPU time per training step, {args.repeats} alternated steps, "
+          f"{args.threads} thread(s){' (quick sizes)' if args.quick else ''}")
+    print("| model | new/ref | new/transformers | ref/transformers | new | ref | transformers |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        cells = [f"{r['median']} ({r['min']}-{r['max']})" for r in (row["new_over_ref"], row["new_over_vanilla"],
+                                                                       row["ref_over_vanilla"])]
+        print(f"| {row['family']} | " + " | ".join(cells) + f" | {row['new_ms']} ms | {row['ref_ms']} ms | {row['vanilla_ms']} ms |")
+    if args.json is not None:
+        meta = {"command": "python scripts/bench_ab.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "ref": args.ref, "repeats": args.repeats, "threads": args.threads, "quick": args.quick,
+                "torch": torch.__version__, "timing": "process CPU time per step, alternated A B C, C B A"}
+        with open(args.json, "x") as handle:
+            json.dump({"meta": meta, "rows": rows}, handle, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
