@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.machinery
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -28,6 +30,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import types
 from pathlib import Path
 
 # the benchmarks whose model sizes and steps are compared (scripts/ is on sys.path when run as a script)
@@ -85,15 +88,26 @@ def extract_revision(ref: str, into: Path) -> Path:
     return package
 
 
-def import_revision(folder: Path):
-    """Import the extracted package from `folder`, never a copy an earlier call left in sys.modules."""
+def import_revision(folder: Path) -> types.SimpleNamespace:
+    """The model and config classes of the package extracted into `folder`, imported afresh.
+
+    Only its `configuration_*` and `modeling_*` modules are imported, not its `__init__`, which would
+    register the revision's classes with the Auto classes in place of the working tree's for the whole
+    process. A copy an earlier call left in sys.modules is dropped first.
+    """
     for name in [name for name in sys.modules if name == REF_PACKAGE or name.startswith(REF_PACKAGE + ".")]:
         del sys.modules[name]
-    sys.path.insert(0, str(folder))
-    try:
-        return importlib.import_module(REF_PACKAGE)
-    finally:
-        sys.path.remove(str(folder))
+    root = folder / REF_PACKAGE
+    spec = importlib.machinery.ModuleSpec(REF_PACKAGE, None, is_package=True)
+    package = importlib.util.module_from_spec(spec)
+    package.__path__ = [str(root)]
+    sys.modules[REF_PACKAGE] = package
+    classes = {}
+    for path in sorted(root.glob("configuration_*.py")) + sorted(root.glob("modeling_*.py")):
+        module = importlib.import_module(f"{REF_PACKAGE}.{path.stem}")
+        classes.update({name: value for name, value in vars(module).items()
+                        if name.startswith("ContextPool") and isinstance(value, type) and value.__module__ == module.__name__})
+    return types.SimpleNamespace(**classes)
 
 
 @contextlib.contextmanager

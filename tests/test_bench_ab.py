@@ -1,6 +1,7 @@
 """scripts/bench_ab.py: the other revision's code really is the one measured, bad arguments are clear errors, and a
 results file is never overwritten."""
 
+import inspect
 import json
 import shutil
 import subprocess
@@ -9,6 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoConfig
+
+from contextpool_hf import ContextPoolResNetConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -29,9 +33,11 @@ needs_git = pytest.mark.skipif(not _in_git_checkout(), reason="needs a git check
 
 @needs_git
 def test_the_revision_is_imported_apart_from_the_working_tree(tmp_path):
+    registered = type(AutoConfig.for_model("contextpool_resnet"))
     package = bench_ab.import_revision(bench_ab.extract_revision("HEAD", tmp_path).parent)
-    assert package.__name__ == bench_ab.REF_PACKAGE
-    assert Path(package.__file__).resolve().is_relative_to(tmp_path.resolve())
+    assert Path(inspect.getfile(package.ContextPoolResNetForImageClassification)).resolve().is_relative_to(tmp_path.resolve())
+    # the revision's classes are not registered over the working tree's
+    assert type(AutoConfig.for_model("contextpool_resnet")) is registered is ContextPoolResNetConfig
     with bench_ab.classes_from(package, "resnet"):
         ref_model, _ = bench_vision.make_pair("resnet")
     new_model, _ = bench_vision.make_pair("resnet")  # the patch is undone on leaving
@@ -81,5 +87,5 @@ def test_bad_arguments_are_refused(argv, capsys):
 def test_each_extraction_is_imported_afresh(tmp_path):
     first = bench_ab.import_revision(bench_ab.extract_revision("HEAD", tmp_path / "a").parent)
     second = bench_ab.import_revision(bench_ab.extract_revision("HEAD", tmp_path / "b").parent)
-    assert first is not second
-    assert Path(second.__file__).resolve().is_relative_to((tmp_path / "b").resolve())
+    assert first.ContextPoolConfig is not second.ContextPoolConfig
+    assert Path(inspect.getfile(second.ContextPoolConfig)).resolve().is_relative_to((tmp_path / "b").resolve())
