@@ -26,7 +26,7 @@ from .attention_contextpool import (
 from .cache_contextpool import ContextPoolCache, ContextPoolStaticLayer, cache_layer
 from .configuration_contextpool import ContextPoolConfig, rope_stand_in
 from .inputs_contextpool import _PackedLayout
-from .modeling_utils_contextpool import _is_compiling, _pool_from_config
+from .modeling_utils_contextpool import _is_compiling, _linear_without_bias, _pool_from_config
 from .pooling_contextpool import _SIGMA_FLOOR, DEFAULT_EPS
 
 
@@ -346,6 +346,8 @@ class ContextPoolSelfAttention(nn.Module):
             h = h * keep.unsqueeze(-1).to(h.dtype)
         if conv_state.dtype != h.dtype:
             conv_state = conv_state.to(h.dtype)
+        if not predictor.reads_weights_directly:  # wrapped layers (PEFT adapters, ...) run their own forward
+            return self._decode_gates_by_modules(h, keep, conv_state)
         taps, ones, proj_weight_t = self._decode_weights(h)
         # the depthwise conv as one multiply-add over the window's rows; with a bias, a row of ones in the
         # window meets the bias row of `taps`, so the bias costs no call of its own
@@ -362,6 +364,17 @@ class ContextPoolSelfAttention(nn.Module):
         if keep is not None:
             weights = weights * keep.unsqueeze(1).to(weights.dtype)
         return weights, sigma_gate, conv_window[:, 1 : predictor.kernel_size]
+
+    def _decode_gates_by_modules(self, h, keep, conv_state):
+        """`_decode_gates` through the predictor's conv and projection modules (for wrapped layers)."""
+        predictor = self.pool.predictor
+        conv_window = torch.cat([conv_state, h], dim=1)  # (B, kernel, width)
+        conv_out = predictor.conv(conv_window.transpose(1, 2)).squeeze(-1)  # causal conv, no padding: (B, width)
+        logits = predictor.proj(F.gelu(conv_out))  # (B, 2G)
+        weights, sigma_gate = torch.sigmoid(logits).unsqueeze(-1).split(self.pool.groups, dim=1)
+        if keep is not None:
+            weights = weights * keep.unsqueeze(1).to(weights.dtype)
+        return weights, sigma_gate, conv_window[:, 1:]
 
     def _decode_weights(self, like: torch.Tensor):
         """The predictor's weights as a decoding step reads them: the conv taps (kernel (+ 1 bias row), width),
@@ -448,9 +461,7 @@ class ContextPoolSelfAttention(nn.Module):
             return self.q_proj(query_source), self.k_proj(mixed), self.v_proj(mixed), sigma
         batch, n, _ = hidden.shape
         groups = self.groups
-        q = F.linear(hidden, self.q_proj.weight)
-        k = F.linear(hidden, self.k_proj.weight)
-        v = F.linear(hidden, self.v_proj.weight)
+        q, k, v = (_linear_without_bias(proj, hidden) for proj in (self.q_proj, self.k_proj, self.v_proj))
         # heads are contiguous in the projection outputs, so group g owns a contiguous block
         parts = [q, k, v] if self.pool_target == "qkv" else [k, v]
         sizes = [p.shape[-1] // groups for p in parts]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.cache_utils import EncoderDecoderCache
@@ -22,7 +21,7 @@ from .attention_contextpool import ATTENTION_FUNCTIONS, sdpa_attention_forward
 from .configuration_contextpool_seq2seq import ContextPoolSeq2SeqConfig
 from .inputs_contextpool import _check_inputs_embeds, _check_token_ids
 from .layers_contextpool import ContextPoolSelfAttention
-from .modeling_utils_contextpool import _pool_from_config
+from .modeling_utils_contextpool import _linear_without_bias, _pool_from_config
 
 
 def sinusoidal_positions(position_ids: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -115,8 +114,8 @@ class ContextPoolCrossAttention(nn.Module):
                 k, v = self.k_proj(mixed), self.v_proj(mixed)
             else:
                 groups = self.groups
-                k = F.linear(memory, self.k_proj.weight).view(batch, m, groups, -1)
-                v = F.linear(memory, self.v_proj.weight).view(batch, m, groups, -1)
+                k = _linear_without_bias(self.k_proj, memory).view(batch, m, groups, -1)
+                v = _linear_without_bias(self.v_proj, memory).view(batch, m, groups, -1)
                 features = torch.cat([k, v], dim=-1).transpose(1, 2)  # (B, G, m, 2 d / G)
                 pooled = self.pool.pool(features, weights, sigma)
                 mixed = features + self.pool_mix.view(1, groups, 1, 1) * (pooled - features)

@@ -34,7 +34,7 @@ from .layers_contextpool_vision import (
     _make_pool,
     _mix,
 )
-from .modeling_utils_contextpool import ContextPoolHubMixin, _classification_loss
+from .modeling_utils_contextpool import ContextPoolHubMixin, _classification_loss, _linear_without_bias
 
 # --------------------------------------------------------------------------------------
 # Outputs
@@ -177,7 +177,10 @@ class ContextPoolViTAttention(nn.Module):
 
     @staticmethod
     def _fused_projection(hidden, projections):
-        """The projections of `hidden` side by side, (B, N, F*d), as one matmul."""
+        """The projections of `hidden` side by side, (B, N, F*d), as one matmul (each layer's own forward
+        when one is not a plain nn.Linear, e.g. a PEFT adapter, whose update reading `.weight` would skip)."""
+        if any(type(p) is not nn.Linear for p in projections):
+            return torch.cat([p(hidden) for p in projections], dim=-1)
         weight = torch.cat([p.weight for p in projections])
         bias = torch.cat([p.bias for p in projections]) if projections[0].bias is not None else None
         return F.linear(hidden, weight, bias)
@@ -230,7 +233,7 @@ class ContextPoolViTAttention(nn.Module):
         else:
             # The pooled projections in one matmul (bias after pooling, see the class docstring).
             pooled = (self.q_proj, self.k_proj, self.v_proj) if self.config.pool_feeds == "qkv" else (self.k_proj, self.v_proj)
-            projected = F.linear(hidden, torch.cat([p.weight for p in pooled]))  # (B, N, F*d)
+            projected = torch.cat([_linear_without_bias(p, hidden) for p in pooled], dim=-1)  # (B, N, F*d)
             projected, sigma = self._pool_projections(hidden, projected, grid)
             if self.q_proj.bias is not None:
                 projected = projected + torch.cat([p.bias for p in pooled])

@@ -78,3 +78,16 @@ def _classification_loss(config, logits: torch.Tensor, labels: torch.Tensor, *, 
 
 
 __all__ = ["ContextPoolHubMixin"]
+
+
+def _linear_without_bias(layer, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) less its bias, for the paths that pool projections and add the bias after pooling.
+
+    A plain nn.Linear is read directly (one matmul); any other layer (a PEFT LoRA adapter, a quantised
+    linear) runs its own forward and its bias is taken off, so the adapter is never skipped.
+    """
+    if type(layer) is torch.nn.Linear:
+        return F.linear(x, layer.weight)
+    out = layer(x)
+    bias = getattr(layer, "bias", None)
+    return out if bias is None else out - bias

@@ -205,13 +205,24 @@ class ContextPoolPredictor(nn.Module):
             h = torch.cat([conv_state.to(h.dtype).transpose(1, 2), h], dim=-1)  # (B, width, k - 1 + n)
             new_state = h[..., h.shape[-1] - self.state_size :].transpose(1, 2)  # (B, k - 1, width)
         act = _gelu_dense(self.conv(h).permute(to_last))  # (B, n, width) or (B, H, W, width)
+        if type(self.proj) is not nn.Linear:  # a wrapped projection (a PEFT adapter, ...): its own forward
+            return self.proj(act).permute(to_channels), new_state
         return _project_channels_first(act, self.proj.weight, self.proj.bias), new_state
 
+    @property
+    def reads_weights_directly(self) -> bool:
+        """Whether the fast paths may read the conv and projection weights instead of calling the modules:
+        only for plain nn.Conv / nn.Linear. A wrapped layer (a PEFT LoRA adapter, a quantised linear) must run
+        its own forward, which reading `.weight` would silently skip."""
+        return type(self.conv) in (nn.Conv1d, nn.Conv2d) and type(self.proj) is nn.Linear
+
     def _fusable(self, h: torch.Tensor, conv_state) -> bool:
-        """The fused 1-D function covers a sequence without carried conv state, in the weights' dtype."""
+        """The fused 1-D function covers a sequence without carried conv state, in the weights' dtype, with plain
+        conv and projection layers."""
         conv = self.conv
         return (
             self.spatial_dims == 1
+            and self.reads_weights_directly
             and conv_state is None
             and (self.causal or self.kernel_size % 2 == 1)
             and h.dtype == conv.weight.dtype == self.proj.weight.dtype
