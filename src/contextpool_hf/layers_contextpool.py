@@ -346,35 +346,26 @@ class ContextPoolSelfAttention(nn.Module):
             h = h * keep.unsqueeze(-1).to(h.dtype)
         if conv_state.dtype != h.dtype:
             conv_state = conv_state.to(h.dtype)
-        if not predictor.reads_weights_directly:  # wrapped layers (PEFT adapters, ...) run their own forward
-            return self._decode_gates_by_modules(h, keep, conv_state)
-        taps, ones, proj_weight_t = self._decode_weights(h)
-        # the depthwise conv as one multiply-add over the window's rows; with a bias, a row of ones in the
-        # window meets the bias row of `taps`, so the bias costs no call of its own
-        rows = [conv_state, h] if ones is None else [conv_state, h, ones]
-        conv_window = torch.cat(rows, dim=1)  # (B, kernel (+ 1), width), token-major: no transpose
-        conv_out = (conv_window * taps).sum(1)  # (B, width)
-        # F.gelu, as the full-sequence path: one call (about 50 us on a 256-vector on this CPU, against
-        # about 65 us for x * (1 + erf(x / sqrt 2)) / 2 written out as four calls)
-        activated = F.gelu(conv_out)
-        proj_bias = predictor.proj.bias
-        logits = activated @ proj_weight_t if proj_bias is None else torch.addmm(proj_bias, activated, proj_weight_t)
+        if predictor.reads_weights_directly:
+            taps, ones, proj_weight_t = self._decode_weights(h)
+            # the depthwise conv as one multiply-add over the window's rows; with a bias, a row of ones in the
+            # window meets the bias row of `taps`, so the bias costs no call of its own
+            rows = [conv_state, h] if ones is None else [conv_state, h, ones]
+            conv_window = torch.cat(rows, dim=1)  # (B, kernel (+ 1), width), token-major: no transpose
+            conv_out = (conv_window * taps).sum(1)  # (B, width)
+            # F.gelu, as the full-sequence path: one call (about 50 us on a 256-vector on this CPU, against
+            # about 65 us for x * (1 + erf(x / sqrt 2)) / 2 written out as four calls)
+            activated = F.gelu(conv_out)
+            proj_bias = predictor.proj.bias
+            logits = activated @ proj_weight_t if proj_bias is None else torch.addmm(proj_bias, activated, proj_weight_t)
+        else:  # wrapped layers (PEFT adapters, ...) run their own forward: the causal conv (no padding) on the window
+            conv_window = torch.cat([conv_state, h], dim=1)  # (B, kernel, width)
+            logits = predictor.proj(F.gelu(predictor.conv(conv_window.transpose(1, 2)).squeeze(-1)))  # (B, 2G)
         # (B, 2G, 1) -> sigmoid(a), sigmoid(b), each (B, G, 1): one split where two slices would be two calls
         weights, sigma_gate = torch.sigmoid(logits).unsqueeze(-1).split(groups, dim=1)
         if keep is not None:
             weights = weights * keep.unsqueeze(1).to(weights.dtype)
         return weights, sigma_gate, conv_window[:, 1 : predictor.kernel_size]
-
-    def _decode_gates_by_modules(self, h, keep, conv_state):
-        """`_decode_gates` through the predictor's conv and projection modules (for wrapped layers)."""
-        predictor = self.pool.predictor
-        conv_window = torch.cat([conv_state, h], dim=1)  # (B, kernel, width)
-        conv_out = predictor.conv(conv_window.transpose(1, 2)).squeeze(-1)  # causal conv, no padding: (B, width)
-        logits = predictor.proj(F.gelu(conv_out))  # (B, 2G)
-        weights, sigma_gate = torch.sigmoid(logits).unsqueeze(-1).split(self.pool.groups, dim=1)
-        if keep is not None:
-            weights = weights * keep.unsqueeze(1).to(weights.dtype)
-        return weights, sigma_gate, conv_window[:, 1:]
 
     def _decode_weights(self, like: torch.Tensor):
         """The predictor's weights as a decoding step reads them: the conv taps (kernel (+ 1 bias row), width),

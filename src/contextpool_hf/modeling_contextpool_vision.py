@@ -35,6 +35,7 @@ from .layers_contextpool_vision import (
     _mix,
 )
 from .modeling_utils_contextpool import ContextPoolHubMixin, _classification_loss, _linear_without_bias
+from .predictor_contextpool import _is_plain_layer
 
 # --------------------------------------------------------------------------------------
 # Outputs
@@ -179,7 +180,7 @@ class ContextPoolViTAttention(nn.Module):
     def _fused_projection(hidden, projections):
         """The projections of `hidden` side by side, (B, N, F*d), as one matmul (each layer's own forward
         when one is not a plain nn.Linear, e.g. a PEFT adapter, whose update reading `.weight` would skip)."""
-        if any(type(p) is not nn.Linear for p in projections):
+        if not all(_is_plain_layer(p) for p in projections):
             return torch.cat([p(hidden) for p in projections], dim=-1)
         weight = torch.cat([p.weight for p in projections])
         bias = torch.cat([p.bias for p in projections]) if projections[0].bias is not None else None

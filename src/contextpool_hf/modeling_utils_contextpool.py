@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 # `_is_compiling` is the op module's, re-exported here so every model file takes it from one place.
 from .pooling_contextpool import ContextPool, _is_compiling  # noqa: F401
+from .predictor_contextpool import _is_plain_layer
 
 
 class ContextPoolHubMixin:
@@ -77,17 +78,18 @@ def _classification_loss(config, logits: torch.Tensor, labels: torch.Tensor, *, 
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
-__all__ = ["ContextPoolHubMixin"]
-
-
 def _linear_without_bias(layer, x: torch.Tensor) -> torch.Tensor:
     """layer(x) less its bias, for the paths that pool projections and add the bias after pooling.
 
     A plain nn.Linear is read directly (one matmul); any other layer (a PEFT LoRA adapter, a quantised
     linear) runs its own forward and its bias is taken off, so the adapter is never skipped.
     """
-    if type(layer) is torch.nn.Linear:
+    if _is_plain_layer(layer):
         return F.linear(x, layer.weight)
     out = layer(x)
     bias = getattr(layer, "bias", None)
     return out if bias is None else out - bias
+
+
+__all__ = ["ContextPoolHubMixin"]
+

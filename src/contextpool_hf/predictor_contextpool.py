@@ -102,6 +102,16 @@ class _FusedPredictor1d(torch.autograd.Function):
         return grad_h, grad_conv_weight, grad_conv_bias, grad_proj_weight, grad_proj_bias, None
 
 
+_PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def _is_plain_layer(layer) -> bool:
+    """Whether a fast path may read `layer.weight` / `.bias` instead of calling the layer: a plain nn.Linear or
+    nn.Conv, not a wrapper whose forward adds to its base weights (a PEFT LoRA adapter, a quantised linear),
+    which reading the weights would silently skip."""
+    return type(layer) in _PLAIN_LAYERS
+
+
 def _project_channels_first(act: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
     """The predictor's projection to 2G logits, channels first: act (B, *spatial, C) -> (B, 2G, *spatial).
 
@@ -205,16 +215,15 @@ class ContextPoolPredictor(nn.Module):
             h = torch.cat([conv_state.to(h.dtype).transpose(1, 2), h], dim=-1)  # (B, width, k - 1 + n)
             new_state = h[..., h.shape[-1] - self.state_size :].transpose(1, 2)  # (B, k - 1, width)
         act = _gelu_dense(self.conv(h).permute(to_last))  # (B, n, width) or (B, H, W, width)
-        if type(self.proj) is not nn.Linear:  # a wrapped projection (a PEFT adapter, ...): its own forward
+        if not _is_plain_layer(self.proj):  # a wrapped projection (a PEFT adapter, ...): its own forward
             return self.proj(act).permute(to_channels), new_state
         return _project_channels_first(act, self.proj.weight, self.proj.bias), new_state
 
     @property
     def reads_weights_directly(self) -> bool:
-        """Whether the fast paths may read the conv and projection weights instead of calling the modules:
-        only for plain nn.Conv / nn.Linear. A wrapped layer (a PEFT LoRA adapter, a quantised linear) must run
-        its own forward, which reading `.weight` would silently skip."""
-        return type(self.conv) in (nn.Conv1d, nn.Conv2d) and type(self.proj) is nn.Linear
+        """Whether the fast paths may read the conv and projection weights instead of calling the modules
+        (`_is_plain_layer` of both)."""
+        return _is_plain_layer(self.conv) and _is_plain_layer(self.proj)
 
     def _fusable(self, h: torch.Tensor, conv_state) -> bool:
         """The fused 1-D function covers a sequence without carried conv state, in the weights' dtype, with plain
