@@ -5,12 +5,14 @@ The revision's package (`src/contextpool_hf`, flat files with relative imports) 
 `git archive` into a temporary folder and imported beside the working tree's under another name,
 so both versions and transformers' model of the same size run in the same process, alternated
 step by step (A B C, C B A, ...), on the sizes of `scripts/bench_vision.py` (vit, resnet) and
-`scripts/bench_model.py` (causal-lm: n = 1024, batch 4; seq2seq: Marian-shaped, 16 x 128).
+`scripts/bench_model.py` (causal-lm: n = 1024, batch 4; seq2seq: Marian-shaped, 16 x 128; generate-b1 and
+generate-b8: greedy decoding with the cache, prompt 128, 64 new tokens, against Llama).
 Each ratio is the median of the per-step ratios of process CPU time (the steadier estimate on a
 shared machine), with its min-max spread.
 
     python scripts/bench_ab.py --ref HEAD --models resnet vit --repeats 40
     python scripts/bench_ab.py --ref HEAD~3 --models causal-lm --repeats 8
+    python scripts/bench_ab.py --ref HEAD --models generate-b1 generate-b8 --repeats 10
 
 `new/ref` below 1 means the working tree is faster than the revision. Nothing is written unless
 `--json PATH` is given (a file that exists is refused: pick a new name).
@@ -38,7 +40,7 @@ import bench_model
 import bench_vision
 import torch
 
-FAMILIES = ("vit", "resnet", "causal-lm", "seq2seq")
+FAMILIES = ("vit", "resnet", "causal-lm", "seq2seq", "generate-b1", "generate-b8")
 REF_PACKAGE = "contextpool_hf_ref"
 # the names each benchmark module builds its ContextPool models from
 _PATCHED = {
@@ -46,6 +48,8 @@ _PATCHED = {
     "resnet": (bench_vision, ("ContextPoolResNetConfig", "ContextPoolResNetForImageClassification")),
     "causal-lm": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
     "seq2seq": (bench_model, ("ContextPoolSeq2SeqConfig", "ContextPoolForConditionalGeneration")),
+    "generate-b1": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
+    "generate-b8": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
 }
 
 
@@ -135,6 +139,15 @@ def build_steps(family, ref_package, quick):
             ref, _ = bench_vision.make_pair(family)
         return [bench_vision.train_step_fn(model, batch) for model in (new, ref, vanilla)]
     args = bench_model.parse_args(["--quick"] if quick else [])
+    if family.startswith("generate"):  # decoding: the models of the causal-LM row, timed per generate call
+        batch = int(family.removeprefix("generate-b"))
+        torch.manual_seed(0)
+        new, vanilla = bench_model.causal_pair(args, args.prompt_len + args.new_tokens)
+        with classes_from(ref_package, family):
+            torch.manual_seed(0)
+            ref, _ = bench_model.causal_pair(args, args.prompt_len + args.new_tokens)
+        return [bench_model.generate_fn(model, batch, args.prompt_len, args.new_tokens, args.vocab)
+                for model in (new, ref, vanilla)]  # fmt: skip
     make_pair = bench_model.causal_pair if family == "causal-lm" else bench_model.seq2seq_pair
     seq_len, batch = _sizes(family, args)
     torch.manual_seed(0)
@@ -185,7 +198,8 @@ def main(argv=None):
                    "vanilla_ms": round(1e3 * statistics.median(vanilla), 2)}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\nworking tree vs {args.ref}: CPU time per training step, {args.repeats} alternated steps, "
+    print(f"\nworking tree vs {args.ref}: CPU time per training step (generate-*: per generate call), "
+          f"{args.repeats} alternated steps, "
           f"{args.threads} thread(s){' (quick sizes)' if args.quick else ''}")
     print("| model | new/ref | new/transformers | ref/transformers | new | ref | transformers |")
     print("|---|---:|---:|---:|---:|---:|---:|")

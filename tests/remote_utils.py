@@ -22,8 +22,8 @@ BLOCKED_PACKAGE = "contextpool_hf"
 # relatively (save_pretrained follows those imports); a remote load fails without any of them.
 TEXT_MODEL_FILES = frozenset({
     "configuration_contextpool.py", "modeling_contextpool.py", "outputs_contextpool.py", "cache_contextpool.py",
-    "layers_contextpool.py", "attention_contextpool.py", "inputs_contextpool.py", "heads_contextpool.py",
-    "modeling_utils_contextpool.py", "pooling_contextpool.py", "checks_contextpool.py",
+    "layers_contextpool.py", "decoding_contextpool.py", "attention_contextpool.py", "inputs_contextpool.py",
+    "heads_contextpool.py", "modeling_utils_contextpool.py", "pooling_contextpool.py", "checks_contextpool.py",
     "predictor_contextpool.py", "pooling_offsets_contextpool.py", "pooling_2d_contextpool.py",
     "generation_contextpool.py",
 })  # fmt: skip

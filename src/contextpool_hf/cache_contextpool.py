@@ -2,7 +2,8 @@
 
 Flat, Hub-shipped file: imports only torch and transformers; `save_pretrained` copies it with the
 modeling files that import it (text and seq2seq). Split out of modeling_contextpool.py, which
-re-exports these names. The attention module (layers_contextpool.py) reads and writes this state;
+re-exports these names. The attention module (layers_contextpool.py, its decoding steps in
+decoding_contextpool.py) reads and writes this state;
 the cache only stores it and rolls it back (`crop`, beam reordering).
 
 Two kinds: `ContextPoolCache` grows (transformers' DynamicCache, the default of `generate`);
@@ -38,6 +39,9 @@ class ContextPoolCacheLayer(DynamicLayer):
         super().__init__(**kwargs)
         self.pool_features = self.pool_weights = self.conv_state = None
         self.pool_next = 0
+        # (features, weights): the ring a decoding step made, which later steps may overwrite in place
+        # (`decoding_contextpool._may_write_ring_in_place`); a ring set by anything else is copied first
+        self.owned_ring = None
         self.record_past = False
         self.past_log = []  # per forward: (length before, ring, ring weights, ring slot, conv state, inputs)
         self.pending_replay = None  # (log entry, m): replay its first m tokens on the next forward
@@ -61,6 +65,7 @@ class ContextPoolCacheLayer(DynamicLayer):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, fn(value))
+        self.owned_ring = None
 
     def pool_history(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The ring in time order, oldest first: features (B, G, R + 1, C), weights (B, G, R + 1)."""
@@ -115,7 +120,7 @@ class ContextPoolCacheLayer(DynamicLayer):
 
     def reset(self) -> None:
         super().reset()
-        self.pool_features = self.pool_weights = self.conv_state = None
+        self.pool_features = self.pool_weights = self.conv_state = self.owned_ring = None
         self.pool_next = 0
         self.past_log, self.pending_replay = [], None
 

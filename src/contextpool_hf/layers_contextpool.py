@@ -25,9 +25,9 @@ from .attention_contextpool import (
 )
 from .cache_contextpool import ContextPoolCache, ContextPoolStaticLayer, cache_layer
 from .configuration_contextpool import ContextPoolConfig, rope_stand_in
+from .decoding_contextpool import CausalPoolDecoding
 from .inputs_contextpool import _PackedLayout
 from .modeling_utils_contextpool import _is_compiling, _linear_without_bias, _pool_from_config
-from .pooling_contextpool import _SIGMA_FLOOR, DEFAULT_EPS
 
 
 class ContextPoolRMSNorm(nn.Module):
@@ -106,30 +106,6 @@ def _scaled_inv_freq(config) -> tuple[torch.Tensor, float]:
 _SCALED_ROPE_CACHE: dict[tuple, tuple[torch.Tensor, float]] = {}
 
 
-def _plain_tensors_only(value) -> bool:
-    """True when every tensor in value (nested tuples, lists, dicts; None allowed) is a plain torch.Tensor."""
-    if isinstance(value, dict):
-        return all(_plain_tensors_only(v) for v in value.values())
-    if isinstance(value, (tuple, list)):
-        return all(_plain_tensors_only(v) for v in value)
-    return value is None or not isinstance(value, torch.Tensor) or type(value) is torch.Tensor
-
-
-def _module_memo(module: nn.Module, name: str, key, build, keep: bool = True):
-    """build(), kept on `module` as the plain attribute `name` (not a buffer: never saved) and reused while `key`
-    matches. Nothing is kept or read under torch.compile (the graph computes and folds it) or when `keep` is
-    False, and a result holding a tensor made under a FakeTensorMode (valid only there) is never kept."""
-    keep = keep and not _is_compiling()
-    if keep:
-        cached = module.__dict__.get(name)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-    value = build()
-    if keep and _plain_tensors_only(value):
-        module.__dict__[name] = (key, value)
-    return value
-
-
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -141,7 +117,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + _rotate_half(x) * sin
 
 
-class ContextPoolSelfAttention(nn.Module):
+class ContextPoolSelfAttention(CausalPoolDecoding, nn.Module):
     """Self-attention whose queries/keys/values come from ContextPool-pooled features.
 
     pool_groups == 1: the layer input u is pooled once, mixed with u, then projected.
@@ -285,169 +261,17 @@ class ContextPoolSelfAttention(nn.Module):
         sigma = sigma.gather(2, dest[:, None, :].expand(-1, sigma.shape[1], -1))  # (B, G, n)
         return pooled.gather(2, index), sigma
 
-    def _decode_step(self, hidden, features, keep, layer_cache):
-        """One decoding step: the causal predictor on a conv state, then the newest token's pooling.
-
-        Same result as `_pool` on the whole sequence, in about 25 small dense ops (24 with groups = 1). At batch 1
-        each op costs a few microseconds whatever its size, so the step avoids the ones it can:
-        a framework conv call (milliseconds of setup for these few numbers), the offset loop
-        (R + 1 steps), copies of the whole window, no-op casts, and Python-float operands,
-        which torch wraps in a new tensor on every call. hidden (B, 1, d), features (B, G, 1, C)
-        -> pooled (B, G, 1, C), sigma (B, G, 1).
-        """
-        ring_features, ring_weights = layer_cache.pool_features, layer_cache.pool_weights
-        window = ring_weights.shape[-1]
-        out_dtype = features.dtype
-        tables = self._decode_tables(features, window)
-        weights, sigma_gate, layer_cache.conv_state = self._decode_gates(hidden, keep, layer_cache.conv_state)
-        sigma = torch.addcmul(tables["sigma_min"], sigma_gate, tables["sigma_span"])  # spec item 3
-
-        # pooling (spec items 4-5, causal): write the newest input over the oldest ring slot.
-        # Out of place, so a step taken with autograd on never edits a tensor saved for backward.
-        slot = layer_cache.pool_next
-        index = tables["slot_index"][slot]
-        if ring_features.dtype != out_dtype:  # history in the step's dtype, as `_pool` does for a chunk
-            ring_features, ring_weights = ring_features.to(out_dtype), ring_weights.to(weights.dtype)
-        ring_features = ring_features.index_copy(2, index, features)
-        ring_weights = ring_weights.index_copy(2, index, weights)
-        layer_cache.pool_next = (slot + 1) % window
-        layer_cache.pool_features, layer_cache.pool_weights = ring_features, ring_weights
-        pooled = self._decode_pool(ring_features, ring_weights, sigma, tables["neg_half_distance_sq_rows"][slot],
-                                   tables["eps"], out_dtype)  # fmt: skip
-        return pooled, sigma
-
-    def _decode_step_static(self, hidden, features, keep, layer_cache):
-        """`_decode_step` on a fixed-size cache layer: the window shifts by one instead of a ring slot
-        being overwritten, so the newest input is always last and every step runs the same graph
-        (no Python-int slot to guard on under torch.compile). Same shapes and result."""
-        history, history_weights = layer_cache.pool_history()
-        window = history_weights.shape[-1]
-        tables = self._decode_tables(features, window)
-        weights, sigma_gate, conv_state = self._decode_gates(hidden, keep, layer_cache.conv_state)
-        sigma = torch.addcmul(tables["sigma_min"], sigma_gate, tables["sigma_span"])  # spec item 3
-        ring_features = torch.cat([history[:, :, 1:], features.to(history.dtype)], dim=2)  # (B, G, R + 1, C)
-        ring_weights = torch.cat([history_weights[:, :, 1:], weights.to(history_weights.dtype)], dim=2)
-        layer_cache.write_pool_state(ring_features, ring_weights, conv_state)
-        # the newest input sits in the last slot: the ring's distance row for slot R
-        pooled = self._decode_pool(ring_features.to(features.dtype), ring_weights.to(weights.dtype), sigma,
-                                   tables["neg_half_distance_sq_rows"][window - 1], tables["eps"],
-                                   features.dtype)  # fmt: skip
-        return pooled, sigma
-
-    def _decode_gates(self, hidden, keep, conv_state):
-        """The causal predictor (spec items 1-2) for one new token on its conv state.
-
-        hidden (B, 1, d), conv_state (B, kernel - 1, width) -> weights (B, G, 1), the sigma gate
-        sigmoid(b) (B, G, 1), and the next conv state (B, kernel - 1, width).
-        """
-        predictor, groups = self.pool.predictor, self.pool.groups
-        h = predictor.in_proj(hidden) if predictor.in_proj is not None else hidden
-        if keep is not None:
-            h = h * keep.unsqueeze(-1).to(h.dtype)
-        if conv_state.dtype != h.dtype:
-            conv_state = conv_state.to(h.dtype)
-        if predictor.reads_weights_directly:
-            taps, ones, proj_weight_t = self._decode_weights(h)
-            # the depthwise conv as one multiply-add over the window's rows; with a bias, a row of ones in the
-            # window meets the bias row of `taps`, so the bias costs no call of its own
-            rows = [conv_state, h] if ones is None else [conv_state, h, ones]
-            conv_window = torch.cat(rows, dim=1)  # (B, kernel (+ 1), width), token-major: no transpose
-            conv_out = (conv_window * taps).sum(1)  # (B, width)
-            # F.gelu, as the full-sequence path: one call (about 50 us on a 256-vector on this CPU, against
-            # about 65 us for x * (1 + erf(x / sqrt 2)) / 2 written out as four calls)
-            activated = F.gelu(conv_out)
-            proj_bias = predictor.proj.bias
-            logits = activated @ proj_weight_t if proj_bias is None else torch.addmm(proj_bias, activated, proj_weight_t)
-        else:  # wrapped layers (PEFT adapters, ...) run their own forward: the causal conv (no padding) on the window
-            conv_window = torch.cat([conv_state, h], dim=1)  # (B, kernel, width)
-            logits = predictor.proj(F.gelu(predictor.conv(conv_window.transpose(1, 2)).squeeze(-1)))  # (B, 2G)
-        # (B, 2G, 1) -> sigmoid(a), sigmoid(b), each (B, G, 1): one split where two slices would be two calls
-        weights, sigma_gate = torch.sigmoid(logits).unsqueeze(-1).split(groups, dim=1)
-        if keep is not None:
-            weights = weights * keep.unsqueeze(1).to(weights.dtype)
-        return weights, sigma_gate, conv_window[:, 1 : predictor.kernel_size]
-
-    def _decode_weights(self, like: torch.Tensor):
-        """The predictor's weights as a decoding step reads them: the conv taps (kernel (+ 1 bias row), width),
-        the row of ones (B, 1, width) that meets the bias row (None without a conv bias), and the projection
-        weight transposed (width, 2G).
-
-        Kept between steps in inference, where building them would cost several calls a step: keyed on the
-        parameters' storage and version counter, so an optimizer step or `load_state_dict` (both in place)
-        rebuilds them. Built afresh when autograd records (the gradients must reach the parameters); under
-        torch.compile and FakeTensorMode as `_module_memo` says.
-        """
-        conv, proj = self.pool.predictor.conv, self.pool.predictor.proj
-        params = [p for p in (conv.weight, conv.bias, proj.weight) if p is not None]
-
-        def build():
-            taps = conv.weight.squeeze(1).t()  # (width, 1, kernel) -> (kernel, width)
-            ones = None
-            if conv.bias is not None:
-                taps = torch.cat([taps, conv.bias.unsqueeze(0)], dim=0)  # (kernel + 1, width)
-                ones = like.new_ones(like.shape[0], 1, like.shape[-1])
-            return taps.to(like.dtype), ones, proj.weight.t().to(like.dtype)
-
-        key = (like.shape[0], like.dtype, like.device, tuple((p.data_ptr(), p._version) for p in params))
-        return _module_memo(self, "_decode_weights_cache", key, build, keep=not torch.is_grad_enabled())
-
-    def _decode_pool(self, ring_features, ring_weights, sigma, neg_half_age_sq, eps, out_dtype):
-        """The newest token's pooled feature (spec items 4-5) from the last R + 1 inputs.
-
-        ring_features (B, G, R + 1, C), ring_weights (B, G, R + 1), sigma (B, G, 1), neg_half_age_sq
-        (R + 1,): -(distance of each slot to the newest token)^2 / 2 -> pooled (B, G, 1, C).
-        """
-        if out_dtype not in (torch.float32, torch.float64):  # computed in float32 at least, like the operator
-            ring_features, ring_weights, sigma = ring_features.float(), ring_weights.float(), sigma.float()
-        # floored as in the operator: a width whose square underflows would give 0 * inf = NaN at distance 0.
-        # sigma = sigma_min + gate * span never falls below sigma_min (less a rounding of the step's dtype),
-        # so the floor is a call only when sigma_min lies near it.
-        if self.pool.sigma_min < 2 * _SIGMA_FLOOR:
-            sigma = sigma.clamp_min(_SIGMA_FLOOR)
-        coef = ring_weights * torch.exp(neg_half_age_sq * sigma.pow(-2))  # (B, G, R + 1)
-        if self.pool.normalize:  # normalise the R + 1 coefficients rather than the C outputs: fewer calls
-            coef = coef / (coef.sum(-1, keepdim=True) + eps)
-        # a weighted sum over R + 1 slots: 3 dispatches, where a (1 x R + 1) @ (R + 1 x C) matmul issues 7
-        # (expand/view around a bmm), and at batch 1 each dispatch costs more than the arithmetic
-        pooled = (coef.unsqueeze(-1) * ring_features).sum(-2, keepdim=True)  # (B, G, R + 1, C) -> (B, G, 1, C)
-        return pooled if pooled.dtype == out_dtype else pooled.to(out_dtype)
-
-    def _decode_tables(self, like: torch.Tensor, window: int) -> dict:
-        """Constants of a decoding step, built once per device, dtype (of `like`) and ring size R + 1.
-
-        neg_half_distance_sq_rows (R + 1 rows of R + 1): row s holds -(age of each slot)^2 / 2 when the
-        newest input sits in slot s (float32 at least); slot_index: the (1,) index of each slot;
-        and the step's scalars as 0-dim tensors on the device.
-        """
-        dtype, device = like.dtype, like.device
-        compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-        key = (device, dtype, window, self.pool.sigma_min, self.pool.sigma_max)
-
-        def build():
-            slots = torch.arange(window, device=device)
-            age = (slots[:, None] - slots[None, :]) % window  # (newest slot, slot)
-
-            def scalar(value, scalar_dtype=dtype):
-                return torch.tensor(value, dtype=scalar_dtype, device=device)
-
-            return dict(
-                # the rows as ready-made views: indexing the table on every step would be one more call
-                neg_half_distance_sq_rows=list(((age * age).to(compute) * -0.5).unbind(0)),
-                slot_index=[slots[s : s + 1] for s in range(window)],
-                sigma_min=scalar(self.pool.sigma_min),
-                sigma_span=scalar(self.pool.sigma_max - self.pool.sigma_min),
-                eps=scalar(DEFAULT_EPS, compute),
-            )
-
-        return _module_memo(self, "_decode_tables_cache", key, build)
-
     def _pooled_projections(self, hidden, keep, layer_cache):
-        """-> q (B, n, H*dh), k, v (B, n, Hkv*dh), sigma (B, G, n) or None."""
+        """-> q (B, n, H*dh) or (B, 1, n, H*dh), k, v (B, n, Hkv*dh) or (B, 1, n, Hkv*dh), sigma (B, G, n) or None
+        (the caller views them per head)."""
         if self.pool is None or self.pools_block_output:
             return self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden), None
         if self.groups == 1:
-            pooled, sigma = self._pool(hidden, hidden.unsqueeze(1), keep, layer_cache)
-            mixed = torch.lerp(hidden, pooled.squeeze(1), self.pool_mix)  # hidden + mix * (pooled - hidden)
+            features = hidden.unsqueeze(1)  # (B, 1, n, d)
+            pooled, sigma = self._pool(hidden, features, keep, layer_cache)
+            # hidden + mix * (pooled - hidden), kept (B, 1, n, d): the projections take any leading dims, and a
+            # decoding step at batch 1 pays for a squeeze call
+            mixed = torch.lerp(features, pooled, self.pool_mix)
             query_source = mixed if self.pool_target == "qkv" else hidden
             return self.q_proj(query_source), self.k_proj(mixed), self.v_proj(mixed), sigma
         batch, n, _ = hidden.shape

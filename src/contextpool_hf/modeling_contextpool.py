@@ -63,7 +63,12 @@ from .layers_contextpool import (  # noqa: F401
     apply_rotary,
     rotary_cos_sin,
 )
-from .modeling_utils_contextpool import ContextPoolHubMixin, _classification_loss, _is_compiling
+from .modeling_utils_contextpool import (
+    ContextPoolHubMixin,
+    _classification_loss,
+    _is_compiling,
+    _keep_forward_signature,
+)
 from .outputs_contextpool import (  # noqa: F401
     ContextPoolCausalLMOutput,
     ContextPoolMaskedLMOutput,
@@ -607,6 +612,8 @@ class ContextPoolForQuestionAnswering(ContextPoolPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+
+_keep_forward_signature(ContextPoolForCausalLM)  # generate() reads it on every step
 
 __all__ = [
     "ContextPoolCache",

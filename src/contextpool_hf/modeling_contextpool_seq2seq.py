@@ -45,7 +45,7 @@ from .layers_contextpool_seq2seq import (  # noqa: F401
     _StackConfig,
     sinusoidal_positions,
 )
-from .modeling_utils_contextpool import ContextPoolHubMixin, _is_compiling
+from .modeling_utils_contextpool import ContextPoolHubMixin, _is_compiling, _keep_forward_signature
 from .pooling_contextpool import _mask_as_weights
 
 logger = logging.get_logger(__name__)
@@ -523,6 +523,8 @@ class ContextPoolForConditionalGeneration(ContextPoolSeq2SeqPreTrainedModel, Gen
         )
         return output if return_dict else output.to_tuple()
 
+
+_keep_forward_signature(ContextPoolForConditionalGeneration)  # generate() reads it on every step
 
 __all__ = [
     "ContextPoolSeq2SeqPreTrainedModel",

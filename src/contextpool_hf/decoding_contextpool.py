@@ -1,0 +1,252 @@
+"""Cached decoding steps of the causal pooling (spec item 10): one new token on the cached state.
+
+Flat, Hub-shipped file: imports only torch and its flat siblings (relatively), so `save_pretrained`
+copies it with the modeling files that import it (text and seq2seq). `ContextPoolSelfAttention`
+(layers_contextpool.py) mixes in `CausalPoolDecoding`; the cache (cache_contextpool.py) only stores
+the state these steps read and write.
+
+A step gives the same result as pooling the whole sequence, in a few dozen small operator calls.
+At batch 1 each call costs a few microseconds whatever its size, so the step is priced by its call
+count and avoids what it can: a framework conv call (milliseconds of setup for these few numbers),
+the offset loop (R + 1 steps), copies of the whole window, no-op casts, and Python-float operands,
+which torch wraps in a new tensor on every call.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .modeling_utils_contextpool import _is_compiling
+from .pooling_contextpool import _SIGMA_FLOOR, DEFAULT_EPS
+
+_SQRT_HALF = math.sqrt(0.5)
+
+
+def _plain_tensors_only(value) -> bool:
+    """True when every tensor in value (nested tuples, lists, dicts; None allowed) is a plain torch.Tensor."""
+    if isinstance(value, dict):
+        return all(_plain_tensors_only(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return all(_plain_tensors_only(v) for v in value)
+    return value is None or not isinstance(value, torch.Tensor) or type(value) is torch.Tensor
+
+
+def _module_memo(module: nn.Module, name: str, key, build, keep: bool = True):
+    """build(), kept on `module` as the plain attribute `name` (not a buffer: never saved) and reused while `key`
+    matches. Nothing is kept or read under torch.compile (the graph computes and folds it) or when `keep` is
+    False, and a result holding a tensor made under a FakeTensorMode (valid only there) is never kept."""
+    keep = keep and not _is_compiling()
+    if keep:
+        cached = module.__dict__.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+    value = build()
+    if keep and _plain_tensors_only(value):
+        module.__dict__[name] = (key, value)
+    return value
+
+
+def _storage_key(tensor: torch.Tensor | None):
+    """What changes when a parameter is replaced or edited in place (an optimizer step, load_state_dict)."""
+    return None if tensor is None else (tensor.data_ptr(), tensor._version)
+
+
+class DecodingWeights(NamedTuple):
+    """The predictor's weights as a decoding step reads them (`CausalPoolDecoding._decode_weights`)."""
+
+    taps: torch.Tensor  # (kernel (+ 1 bias row), width): the depthwise conv, times 1/sqrt(2)
+    ones: torch.Tensor | None  # (B, 1, width): meets the bias row of `taps`; None without a conv bias
+    proj_weight_t: torch.Tensor  # (width, 2G): the projection transposed, times 1/sqrt(2)
+    proj_bias: torch.Tensor | None  # (2G,)
+
+
+class CausalPoolDecoding:
+    """Decoding steps of `ContextPoolSelfAttention` (needs its causal `self.pool` with a predictor)."""
+
+    def _decode_step(self, hidden, features, keep, layer_cache):
+        """One decoding step on a growing cache layer: the causal predictor on its conv state, then the newest
+        token's pooling from the ring of the last R + 1 inputs.
+
+        hidden (B, 1, d), features (B, G, 1, C) -> pooled (B, G, 1, C), sigma (B, G, 1).
+        """
+        ring_features, ring_weights = layer_cache.pool_features, layer_cache.pool_weights
+        window = ring_weights.shape[-1]
+        out_dtype = features.dtype
+        tables = self._decode_tables(features, window)
+        weights, sigma_gate, layer_cache.conv_state = self._decode_gates(hidden, keep, layer_cache.conv_state)
+        sigma = torch.addcmul(tables["sigma_min"], sigma_gate, tables["sigma_span"])  # spec item 3
+
+        # pooling (spec items 4-5, causal): write the newest input over the oldest ring slot
+        slot = layer_cache.pool_next
+        index = tables["slot_index"][slot]
+        if ring_features.dtype != out_dtype:  # history in the step's dtype, as `_pool` does for a chunk
+            ring_features, ring_weights = ring_features.to(out_dtype), ring_weights.to(weights.dtype)
+        if _may_write_ring_in_place(layer_cache, ring_features, ring_weights):
+            # no copy of the window (R + 1 rows): the largest cost of the step after the projections
+            ring_features.index_copy_(2, index, features)
+            ring_weights.index_copy_(2, index, weights)
+        else:
+            ring_features = ring_features.index_copy(2, index, features)
+            ring_weights = ring_weights.index_copy(2, index, weights)
+            layer_cache.pool_features, layer_cache.pool_weights = ring_features, ring_weights
+            layer_cache.owned_ring = (ring_features, ring_weights)
+        layer_cache.pool_next = (slot + 1) % window
+        pooled = self._decode_pool(ring_features, ring_weights, sigma, tables["neg_half_distance_sq_rows"][slot],
+                                   tables["eps"], out_dtype)  # fmt: skip
+        return pooled, sigma
+
+    def _decode_step_static(self, hidden, features, keep, layer_cache):
+        """`_decode_step` on a fixed-size cache layer: the window shifts by one instead of a ring slot
+        being overwritten, so the newest input is always last and every step runs the same graph
+        (no Python-int slot to guard on under torch.compile). Same shapes and result."""
+        history, history_weights = layer_cache.pool_history()
+        window = history_weights.shape[-1]
+        tables = self._decode_tables(features, window)
+        weights, sigma_gate, conv_state = self._decode_gates(hidden, keep, layer_cache.conv_state)
+        sigma = torch.addcmul(tables["sigma_min"], sigma_gate, tables["sigma_span"])  # spec item 3
+        ring_features = torch.cat([history[:, :, 1:], features.to(history.dtype)], dim=2)  # (B, G, R + 1, C)
+        ring_weights = torch.cat([history_weights[:, :, 1:], weights.to(history_weights.dtype)], dim=2)
+        layer_cache.write_pool_state(ring_features, ring_weights, conv_state)
+        # the newest input sits in the last slot: the ring's distance row for slot R
+        pooled = self._decode_pool(ring_features.to(features.dtype), ring_weights.to(weights.dtype), sigma,
+                                   tables["neg_half_distance_sq_rows"][window - 1], tables["eps"],
+                                   features.dtype)  # fmt: skip
+        return pooled, sigma
+
+    def _decode_gates(self, hidden, keep, conv_state):
+        """The causal predictor (spec items 1-2) for one new token on its conv state.
+
+        hidden (B, 1, d), conv_state (B, kernel - 1, width) -> weights (B, G, 1), the sigma gate
+        sigmoid(b) (B, G, 1), and the next conv state (B, kernel - 1, width).
+        """
+        predictor = self.pool.predictor
+        h = predictor.in_proj(hidden) if predictor.in_proj is not None else hidden
+        if keep is not None:
+            h = h * keep.unsqueeze(-1).to(h.dtype)
+        if conv_state.dtype != h.dtype:
+            conv_state = conv_state.to(h.dtype)
+        if predictor.reads_weights_directly:
+            taps, ones, proj_weight_t, proj_bias = self._decode_weights(h)
+            # the depthwise conv as one multiply-add over the window's rows; with a bias, a row of ones in the
+            # window meets the bias row of `taps`, so the bias costs no call of its own
+            rows = [conv_state, h] if ones is None else [conv_state, h, ones]
+            conv_window = torch.cat(rows, dim=1)  # (B, kernel (+ 1), width), token-major: no transpose
+            scaled = (conv_window * taps).sum(1)  # (B, width): s = conv output / sqrt(2) (the taps carry the factor)
+            # GELU(x) = x (1 + erf(x / sqrt 2)) / 2 = s (1 + erf(s)) / sqrt 2: two calls, the last 1/sqrt(2) in the
+            # projection weight. F.gelu is one call but costs 3-5x erf + addcmul on a vector of a few hundred.
+            activated = torch.addcmul(scaled, scaled, torch.erf(scaled))
+            logits = activated @ proj_weight_t if proj_bias is None else torch.addmm(proj_bias, activated, proj_weight_t)
+        else:  # wrapped layers (PEFT adapters, ...) run their own forward: the causal conv (no padding) on the window
+            conv_window = torch.cat([conv_state, h], dim=1)  # (B, kernel, width)
+            logits = predictor.proj(F.gelu(predictor.conv(conv_window.transpose(1, 2)).squeeze(-1)))  # (B, 2G)
+        # (B, 2G, 1) -> sigmoid(a), sigmoid(b), each (B, G, 1): chunk is one C++ call (Tensor.split is Python)
+        weights, sigma_gate = torch.sigmoid(logits).unsqueeze(-1).chunk(2, dim=1)
+        if keep is not None:
+            weights = weights * keep.unsqueeze(1).to(weights.dtype)
+        return weights, sigma_gate, conv_window[:, 1 : predictor.kernel_size]
+
+    def _decode_weights(self, like: torch.Tensor) -> DecodingWeights:
+        """The predictor's weights in decoding layout (`DecodingWeights`), in the dtype of `like` (B, 1, width).
+
+        Kept between steps in inference, where building them would cost several calls a step: keyed on the
+        parameters' storage and version counter, so an optimizer step or `load_state_dict` (both in place)
+        rebuilds them. Built afresh when autograd records (the gradients must reach the parameters); under
+        torch.compile and FakeTensorMode as `_module_memo` says.
+        """
+        conv, proj = self.pool.predictor.conv, self.pool.predictor.proj
+        conv_weight, conv_bias, proj_weight, proj_bias = conv.weight, conv.bias, proj.weight, proj.bias
+
+        def build():
+            taps = conv_weight.squeeze(1).t()  # (width, 1, kernel) -> (kernel, width)
+            ones = None
+            if conv_bias is not None:
+                taps = torch.cat([taps, conv_bias.unsqueeze(0)], dim=0)  # (kernel + 1, width)
+                ones = like.new_ones(like.shape[0], 1, like.shape[-1])
+            # a kept bias is the parameter's detached view (same storage: the key sees its edits); with autograd
+            # recording, the parameter itself
+            bias = proj_bias.detach() if proj_bias is not None and keep else proj_bias
+            return DecodingWeights((taps * _SQRT_HALF).to(like.dtype), ones,
+                                   (proj_weight.t() * _SQRT_HALF).to(like.dtype), bias)  # fmt: skip
+
+        keep = not torch.is_grad_enabled()
+        key = (like.shape[0], like.dtype, like.device, _storage_key(conv_weight), _storage_key(conv_bias),
+               _storage_key(proj_weight), _storage_key(proj_bias))  # fmt: skip
+        return _module_memo(self, "_decode_weights_cache", key, build, keep=keep)
+
+    def _decode_pool(self, ring_features, ring_weights, sigma, neg_half_age_sq, eps, out_dtype):
+        """The newest token's pooled feature (spec items 4-5) from the last R + 1 inputs.
+
+        ring_features (B, G, R + 1, C), ring_weights (B, G, R + 1), sigma (B, G, 1), neg_half_age_sq
+        (R + 1,): -(distance of each slot to the newest token)^2 / 2 -> pooled (B, G, 1, C).
+        """
+        if out_dtype not in (torch.float32, torch.float64):  # computed in float32 at least, like the operator
+            ring_features, ring_weights, sigma = ring_features.float(), ring_weights.float(), sigma.float()
+        # floored as in the operator: a width whose square underflows would give 0 * inf = NaN at distance 0.
+        # sigma = sigma_min + gate * span never falls below sigma_min (less a rounding of the step's dtype),
+        # so the floor is a call only when sigma_min lies near it.
+        if self.pool.sigma_min < 2 * _SIGMA_FLOOR:
+            sigma = sigma.clamp_min(_SIGMA_FLOOR)
+        coef = ring_weights * torch.exp(neg_half_age_sq * sigma.pow(-2))  # (B, G, R + 1)
+        if self.pool.normalize:  # normalise the R + 1 coefficients rather than the C outputs: fewer calls
+            coef = coef / (coef.sum(-1, keepdim=True) + eps)
+        # the weighted sum over R + 1 slots as one bmm on 3-D views (4 dispatches; torch.matmul on the 4-D
+        # tensors issues 7, a broadcast multiply and sum 3 but about twice the time: 6.3 against 4.5 us at batch 1,
+        # 13.8 against 6.8 at batch 8, this CPU)
+        batch, groups, window, channels = ring_features.shape
+        pooled = torch.bmm(coef.view(batch * groups, 1, window), ring_features.reshape(batch * groups, window, channels))
+        pooled = pooled.view(batch, groups, 1, channels)
+        return pooled if pooled.dtype == out_dtype else pooled.to(out_dtype)
+
+    def _decode_tables(self, like: torch.Tensor, window: int) -> dict:
+        """Constants of a decoding step, built once per device, dtype (of `like`) and ring size R + 1.
+
+        neg_half_distance_sq_rows (R + 1 rows of R + 1): row s holds -(age of each slot)^2 / 2 when the
+        newest input sits in slot s (float32 at least); slot_index: the (1,) index of each slot;
+        and the step's scalars as 0-dim tensors on the device.
+        """
+        dtype, device = like.dtype, like.device
+        compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        key = (device, dtype, window, self.pool.sigma_min, self.pool.sigma_max)
+
+        def build():
+            slots = torch.arange(window, device=device)
+            age = (slots[:, None] - slots[None, :]) % window  # (newest slot, slot)
+
+            def scalar(value, scalar_dtype=dtype):
+                return torch.tensor(value, dtype=scalar_dtype, device=device)
+
+            return dict(
+                # the rows as ready-made views: indexing the table on every step would be one more call
+                neg_half_distance_sq_rows=list(((age * age).to(compute) * -0.5).unbind(0)),
+                slot_index=[slots[s : s + 1] for s in range(window)],
+                sigma_min=scalar(self.pool.sigma_min),
+                sigma_span=scalar(self.pool.sigma_max - self.pool.sigma_min),
+                eps=scalar(DEFAULT_EPS, compute),
+            )
+
+        return _module_memo(self, "_decode_tables_cache", key, build)
+
+
+def _may_write_ring_in_place(layer_cache, ring_features, ring_weights) -> bool:
+    """Whether a step may overwrite a ring slot in place instead of copying the ring.
+
+    Only a ring an earlier step made (`owned_ring`; a chunk's ring may be a view of that chunk's
+    inputs, which the caller may still hold, e.g. as returned hidden states), only in inference
+    (a step taken with autograd on must never edit a tensor saved for backward, nor one a later
+    backward reads), and not while the cache records its states for `crop` (the log holds the rings
+    by reference).
+    """
+    return (
+        layer_cache.owned_ring is not None
+        and layer_cache.owned_ring[0] is ring_features
+        and layer_cache.owned_ring[1] is ring_weights
+        and not torch.is_grad_enabled()
+        and not ring_features.requires_grad
+        and not ring_weights.requires_grad
+        and not layer_cache.record_past
+    )
