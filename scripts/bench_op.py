@@ -2,6 +2,7 @@
 
     python scripts/bench_op.py            # full sweep (several minutes)
     python scripts/bench_op.py --quick    # under a minute: the project's temporary `make demo`
+    python scripts/bench_op.py --dense-1d # the 1-D dense / blocked crossover only (a minute or two)
 
 For every width d and length n (batch 2 by default) it measures, in the same run:
 - (a) `context_pool(..., implementation="fast")`, bidirectional, sigma_max 8, truncation 3
@@ -30,6 +31,12 @@ second OpenMP thread makes every parallel op wait at a barrier whenever the othe
 busy; the fast path issues a few hundred such ops per call and SDPA a handful, so 2-thread
 timings there measured the neighbours' load, not the ops (10-100x swings between runs).
 One thread measures all three candidates on the same footing.
+
+`--dense-1d` times the fast 1-D path's two plans on short sequences instead (forward + backward, float32,
+d = 256, R = 24, about 2048 tokens per call as in a translation batch, causal and bidirectional, alternated,
+minimum over repeats): one dense block of all n x n coefficients, and T = 64 blocks against padded windows. It
+writes benchmarks/bench_op_dense_1d.json (or OUT with --out), and the table says which plan the operator chooses
+(`_DENSE_1D_MAX_COEFS`).
 
 Targets (checked and printed as PASS/FAIL; the exit code is 0 either way):
 - fast forward+backward at least 10x faster than the dense reference at n = 4096;
@@ -63,6 +70,8 @@ SIGMA_MAX, TRUNCATION, HEADS = 8.0, 3.0, 4
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="n in {1024, 4096, 8192}, d = 256, 3 repeats")
+    parser.add_argument("--dense-1d", action="store_true",
+                        help="only the 1-D dense / blocked crossover on short sequences (see the docstring)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192])
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--batch", type=int, default=2)
@@ -82,8 +91,67 @@ def parse_args(argv=None):
     if args.quick:
         args.sizes, args.widths, args.repeats = [1024, 4096, 8192], [256], 3
     if args.out is None:
-        args.out = Path("benchmarks/bench_op_quick" if args.quick else "benchmarks/bench_op")
+        name = "bench_op_dense_1d" if args.dense_1d else "bench_op_quick" if args.quick else "bench_op"
+        args.out = Path("benchmarks") / name
     return args
+
+
+# --------------------------------------------------------------------------------------
+# The 1-D plans on short sequences (--dense-1d)
+# --------------------------------------------------------------------------------------
+
+DENSE_1D_SIZES = (32, 64, 96, 128, 160, 192, 256, 384)
+DENSE_1D_TOKENS = 2048  # per call: batch = tokens // n
+
+
+def dense_1d_crossover(repeats: int, width: int = 256, sizes=DENSE_1D_SIZES) -> list[dict]:
+    """Milliseconds of forward + backward of each plan of `_BlockedPool1d`, minimum over repeats (these are
+    short calls: the least disturbed run), both plans alternated inside every repeat."""
+    import contextpool_hf.pooling_contextpool as pooling
+
+    radius = window_radius(SIGMA_MAX, TRUNCATION)
+    forced = {"dense": 1 << 40, "blocked": 0}  # _DENSE_1D_MAX_COEFS that forces each plan
+    chosen_limit = pooling._DENSE_1D_MAX_COEFS
+    rows = []
+    try:
+        for causal in (False, True):
+            for n in sizes:
+                batch = max(1, DENSE_1D_TOKENS // n)
+                gen = torch.Generator().manual_seed(0)
+                x = torch.randn(batch, n, width, generator=gen).requires_grad_()
+                w = torch.rand(batch, n, generator=gen).requires_grad_()
+                s = (torch.rand(batch, n, generator=gen) * (SIGMA_MAX - 1) + 1).requires_grad_()
+                grad = torch.randn(batch, n, width, generator=gen)
+                r = pooling.clamped_radius(radius, (n,))
+                times = {plan: [] for plan in forced}
+                for repeat in range(repeats + 1):
+                    for plan in forced if repeat % 2 == 0 else list(forced)[::-1]:
+                        pooling._DENSE_1D_MAX_COEFS = forced[plan]
+                        start = time.perf_counter()
+                        y = pooling._BlockedPool1d.apply(x, w, s, r, causal, True, 1e-6)
+                        torch.autograd.grad(y, (x, w, s), grad)
+                        times[plan].append(time.perf_counter() - start)
+                best = {plan: min(t[1:]) * 1000 for plan, t in times.items()}
+                row = dict(causal=causal, n=n, batch=batch, d=width, radius=r, dense_ms=round(best["dense"], 3),
+                           blocked_ms=round(best["blocked"], 3), dense_over_blocked=round(best["dense"] / best["blocked"], 3),
+                           chosen="dense" if n * n <= chosen_limit else "blocked")  # fmt: skip
+                rows.append(row)
+                print(f"{'causal' if causal else 'bidirectional'} n={n} B={batch}: dense {row['dense_ms']} ms, "
+                      f"blocked {row['blocked_ms']} ms, dense/blocked {row['dense_over_blocked']} -> {row['chosen']}",
+                      flush=True)  # fmt: skip
+    finally:
+        pooling._DENSE_1D_MAX_COEFS = chosen_limit
+    return rows
+
+
+def run_dense_1d(args) -> None:
+    rows = dense_1d_crossover(args.repeats, width=args.widths[-1])
+    meta = dict(command="python scripts/bench_op.py " + " ".join(sys.argv[1:]), repeats=args.repeats,
+                threads=args.threads, machine=machine_info(), measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                timing="forward + backward of _BlockedPool1d, float32, minimum over repeats, plans alternated")  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"wrote {args.out.with_suffix('.json')}")
 
 
 # --------------------------------------------------------------------------------------
@@ -322,6 +390,11 @@ def check_replaceable(args) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.dense_1d:
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        run_dense_1d(args)
+        return
     check_replaceable(args)
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -748,6 +748,20 @@ def test_every_parameter_gets_a_finite_nonzero_gradient(kwargs, shape):
 # --------------------------------------------------------------------------------------
 
 
+def _assert_fast_1d_equals_reference(x, w, s, mask, causal):
+    """The fast 1-D path equals the dense reference (float64, sigma_max 3), outputs and every gradient,
+    normalised and not."""
+    for normalize in (True, False):
+        results = []
+        for impl in ("fast", "reference"):
+            y = context_pool(x, w, s, attention_mask=mask, causal=causal, sigma_max=3.0, normalize=normalize,
+                             implementation=impl)
+            grads = torch.autograd.grad((y * y.cos()).sum(), (x, w, s))
+            results.append((y, *grads))
+        for fast, ref in zip(*results, strict=True):
+            torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("block, chunk_elements", [(64, 1), (64, 40_000), (8, 1), (8, 1_000), (5, 10**9)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_fast_chunked_1d_matches_reference(monkeypatch, block, chunk_elements, causal):
@@ -764,15 +778,36 @@ def test_fast_chunked_1d_matches_reference(monkeypatch, block, chunk_elements, c
     s = (torch.rand(2, n, dtype=torch.float64, generator=gen) * 2.5 + 0.2).requires_grad_()
     mask = torch.ones(2, n)
     mask[1, 150:] = 0
-    for normalize in (True, False):
-        results = []
-        for impl in ("fast", "reference"):
-            y = context_pool(x, w, s, attention_mask=mask, causal=causal, sigma_max=3.0, normalize=normalize,
-                             implementation=impl)
-            grads = torch.autograd.grad((y * y.cos()).sum(), (x, w, s))
-            results.append((y, *grads))
-        for fast, ref in zip(*results, strict=True):
-            torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
+    _assert_fast_1d_equals_reference(x, w, s, mask, causal)
+
+
+@pytest.mark.parametrize("plan", ["dense", "blocked"])
+@pytest.mark.parametrize("n", [1, 6, 37, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fast_1d_dense_and_blocked_plans_match_reference(monkeypatch, plan, n, causal):
+    """Short sequences run as one dense block (no padding, no overlap-add); both plans are exact at the
+    lengths either could take, with padding, unnormalised, and a radius past the sequence."""
+    import contextpool_hf.pooling_contextpool as pooling
+
+    monkeypatch.setattr(pooling, "_DENSE_1D_MAX_COEFS", 1 << 40 if plan == "dense" else 0)
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(3, n, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.rand(3, n, dtype=torch.float64, generator=gen, requires_grad=True)
+    s = (torch.rand(3, n, dtype=torch.float64, generator=gen) * 2.5 + 0.2).requires_grad_()
+    mask = torch.ones(3, n)
+    mask[2, n // 2 + 1 :] = 0
+    _assert_fast_1d_equals_reference(x, w, s, mask, causal)
+
+
+def test_1d_plan_is_dense_up_to_the_threshold():
+    """n * n <= _DENSE_1D_MAX_COEFS runs as one block over the whole sequence, longer ones in T-token blocks."""
+    import contextpool_hf.pooling_contextpool as pooling
+
+    longest = int(pooling._DENSE_1D_MAX_COEFS**0.5)
+    assert pooling._plan_1d(longest, 24, False) == (longest, 0, longest, longest)
+    block, left, window, rows = pooling._plan_1d(longest + 1, 24, True)
+    assert (block, left, window) == (min(pooling._BLOCK_1D, longest + 1), 24, block + 24)
+    assert rows >= left + longest + 1
 
 
 @pytest.mark.parametrize("stride", [1, 2, 3])

@@ -88,6 +88,10 @@ def clamped_radius(radius: int, in_sizes: Sequence[int]) -> int:
 
 # 1-D outputs are processed in blocks of this many tokens (see _BlockedPool1d) ...
 _BLOCK_1D = 64
+# ... except sequences with at most this many (output x input) coefficients, which run dense: one block
+# of all n outputs against all n inputs, with no padded copy of x and no overlap-add (n <= 128 here,
+# e.g. a translation batch; the crossover is measured by `python scripts/bench_op.py --dense-1d`).
+_DENSE_1D_MAX_COEFS = 1 << 14
 # ... and the blocks in chunks of about this many elements per temporary, so that the
 # temporaries stay cache-sized and are reused from chunk to chunk: whole-sequence temporaries
 # are fresh memory on every call, and the page faults then cost more than the arithmetic.
@@ -107,6 +111,25 @@ _MIN_EXPONENT = -80.0
 # q outside the window: finite (the sigma gradient multiplies by q, and 0 * inf would be NaN) and
 # so negative that q / s^2 is below _MIN_EXPONENT for every s (s <= sigma_max, finite).
 _OUTSIDE_Q = -1e30
+
+
+def _plan_1d(n: int, radius: int, causal: bool) -> tuple[int, int, int, int]:
+    """(block, left, window, rows) of `_BlockedPool1d`: T outputs per block, each reading W = T + left (+ R
+    when not causal) inputs that start `left` before it, from x padded to `rows` (every window inside,
+    and whole blocks for the overlap-add). A short sequence is one dense block: T = W = rows = n."""
+    if n * n <= _DENSE_1D_MAX_COEFS:
+        return n, 0, n, n
+    block = min(_BLOCK_1D, n)
+    n_blocks = -(-n // block)
+    window = block + radius + (0 if causal else radius)
+    return block, radius, window, (n_blocks + -(-window // block) - 1) * block
+
+
+def _pad_rows(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """t (B, n[, d]) zero-padded along n (zero weight: padding adds nothing); t itself when nothing is added."""
+    if before == after == 0:
+        return t
+    return F.pad(t, (0, 0, before, after) if t.dim() == 3 else (before, after))
 
 
 def _block_tables(block, window, left, radius, causal, device, dtype):
@@ -159,15 +182,12 @@ class _BlockedPool1d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weights, sigma, radius, causal, normalize, eps):
         batch, n, d = x.shape
-        block = min(_BLOCK_1D, n)
+        block, left, window, rows = _plan_1d(n, radius, causal)
         n_blocks = -(-n // block)
-        left = radius
-        window = block + left + (0 if causal else radius)
-        # room for every window, and whole blocks for _overlap_add_ in the backward
-        rows = (n_blocks + -(-window // block) - 1) * block
-        x_pad = F.pad(x, (0, 0, left, rows - n - left))  # (B, rows, d)
-        w_pad = F.pad(weights, (left, rows - n - left))  # zero weight: padding adds nothing
-        s_pad = F.pad(sigma, (0, n_blocks * block - n), value=1.0).view(batch, n_blocks, block, 1)
+        x_pad = _pad_rows(x, left, rows - n - left)  # (B, rows, d)
+        w_pad = _pad_rows(weights, left, rows - n - left)  # zero weight: padding adds nothing
+        s_pad = sigma if n == n_blocks * block else F.pad(sigma, (0, n_blocks * block - n), value=1.0)
+        s_pad = s_pad.view(batch, n_blocks, block, 1)
         x_win = x_pad.unfold(1, window, block)  # (B, nb, d, W), a view
         w_win = w_pad.unfold(1, window, block).unsqueeze(2)  # (B, nb, 1, W)
         q_table = _block_tables(block, window, left, radius, causal, x.device, x.dtype)
@@ -195,8 +215,9 @@ class _BlockedPool1d(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, w_pad, s_pad, y, denom, q_table = ctx.saved_tensors
         n, block, window, left, step, rows = ctx.layout
-        x_pad = F.pad(x, (0, 0, left, rows - n - left))  # (B, rows, d), as in the forward
+        x_pad = _pad_rows(x, left, rows - n - left)  # (B, rows, d), as in the forward
         batch, n_blocks, _, d = y.shape
+        dense = rows == n  # one block reading the whole sequence: its window gradients are the gradients
         need_x, need_w, need_sigma = ctx.needs_input_grad[:3]
         if n == n_blocks * block:
             grad = grad_out.reshape(batch, n_blocks, block, d)
@@ -206,8 +227,8 @@ class _BlockedPool1d(torch.autograd.Function):
             grad = grad.view(batch, n_blocks, block, d)
         x_win = x_pad.unfold(1, window, block)  # (B, nb, d, W)
         w_win = w_pad.unfold(1, window, block).unsqueeze(2)  # (B, nb, 1, W)
-        grad_x_pad = torch.zeros_like(x_pad) if need_x else None
-        grad_w_pad = torch.zeros_like(w_pad) if need_w else None
+        grad_x_pad = torch.zeros_like(x_pad) if need_x and not dense else None
+        grad_w_pad = torch.zeros_like(w_pad) if need_w and not dense else None
         grad_inv_var = s_pad.new_empty(batch, n_blocks, block) if need_sigma else None
         for k0 in range(0, n_blocks, step):
             k = slice(k0, k0 + step)
@@ -218,13 +239,21 @@ class _BlockedPool1d(torch.autograd.Function):
                 grad_num = grad_num / denom[:, k]
                 grad_total = torch.linalg.vecdot(grad_num, y[:, k]).neg_().unsqueeze(-1)  # dL/d(sum_j c_ij)
             if need_x:
-                _overlap_add_(grad_x_pad, torch.matmul(coef.transpose(-1, -2), grad_num), k0, block)
+                grad_x_win = torch.matmul(coef.transpose(-1, -2), grad_num)  # (B, kc, W, d)
+                if dense:
+                    grad_x_pad = grad_x_win.view(batch, n, d)
+                else:
+                    _overlap_add_(grad_x_pad, grad_x_win, k0, block)
             if need_w or need_sigma:
                 grad_coef = torch.matmul(grad_num, x_win[:, k])  # (B, kc, T, W): dL/dc_ij
                 if grad_total is not None:
                     grad_coef.add_(grad_total)
                 if need_w:
-                    _overlap_add_(grad_w_pad, (grad_coef * gauss).sum(2), k0, block)
+                    grad_w_win = (grad_coef * gauss).sum(2)  # (B, kc, W)
+                    if dense:
+                        grad_w_pad = grad_w_win.view(batch, n)
+                    else:
+                        _overlap_add_(grad_w_pad, grad_w_win, k0, block)
                 if need_sigma:  # c_ij = w_j exp(q_ij / s_i^2), q = -dist^2 / 2
                     grad_inv_var[:, k] = torch.linalg.vecdot(grad_coef.mul_(coef), q_table)
         grad_x = grad_x_pad[:, left : left + n] if need_x else None
