@@ -32,7 +32,7 @@ model the mean learned sigma by position within a word, per layer (issue 16 sect
 Outputs (in --out): char_lm_study.json (`summary`, `runs`, `lr_search`, `sigma_by_position`,
 `meta` with the command), char_lm_study.md, char_lm_study_curves.png, char_lm_study_sigma.png.
 A rerun with the same settings skips the runs already in the JSON (resume after an interruption); --seeds,
---variants and --threads may change (more seeds or variants add runs). A JSON made with other settings stops
+--variants, --depths and --threads may change (more seeds, variants or depths add runs). A JSON made with other settings stops
 the study instead of being overwritten.
 """
 
@@ -104,8 +104,11 @@ def parse(argv):
             setattr(args, key, value)
     if args.block < 512 and not args.quick:
         parser.error("--block must be >= 512 (issue 16: character models need long contexts)")
-    if args.ablation_depth not in args.depths:
-        parser.error(f"--ablation_depth {args.ablation_depth} must be one of --depths {args.depths}")
+    # ablations are compared with the headline rows of their depth: they need that depth among --depths
+    ablations = [v for v in args.variants if v in ABLATIONS]
+    if ablations and args.ablation_depth not in args.depths:
+        parser.error(f"--ablation_depth {args.ablation_depth} must be one of --depths {args.depths} "
+                     f"(the ablations {ablations} are compared with the headline rows of that depth)")
     if len(args.lr_grid) < 3:
         parser.error("--lr_grid needs at least 3 values")
     args.out = Path(args.out or (ROOT / "out" / "char_lm_quick" if args.quick else ROOT / "benchmarks"))
@@ -425,7 +428,7 @@ def plot(args, state) -> None:
 
 # Arguments that choose which runs a study adds (keyed by variant, layers and seed) or how fast it runs, not
 # what a run measures: a rerun that changes only these adds to the saved results.
-NOT_SETTINGS = ("seeds", "variants", "threads")
+NOT_SETTINGS = ("seeds", "variants", "depths", "threads")
 
 
 def saved_settings(args) -> dict:

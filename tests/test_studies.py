@@ -51,6 +51,17 @@ def test_char_lm_default_is_long_enough_and_rejects_short_blocks(capsys):
     assert "--block must be >= 512" in capsys.readouterr().err
 
 
+def test_char_lm_depths_without_the_ablation_depth_need_no_ablations(capsys):
+    """More depths can be added to a study later (--depths is not a resume setting); the ablations, compared
+    with the headline rows of their depth, still need that depth among --depths."""
+    args = study_char_lm.parse(["--depths", "4", "--variants", "off", "cp"])
+    assert {d for kind, v, d, *_ in study_char_lm.plan(args)} == {4}
+    assert "depths" in study_char_lm.NOT_SETTINGS
+    with pytest.raises(SystemExit):
+        study_char_lm.parse(["--depths", "4", "--variants", "cp", "cp-fixed"])
+    assert "--ablation_depth 2 must be one of --depths [4]" in capsys.readouterr().err
+
+
 def test_vision_variants_cover_both_patch_sizes_and_fewer_layers():
     rows = study_vision.VARIANTS.values()
     for patch in (4, 2):
