@@ -89,9 +89,10 @@ def clamped_radius(radius: int, in_sizes: Sequence[int]) -> int:
 # 1-D outputs are processed in blocks of this many tokens (see _BlockedPool1d) ...
 _BLOCK_1D = 64
 # ... except sequences with at most this many (output x input) coefficients, which run dense: one block
-# of all n outputs against all n inputs, with no padded copy of x and no overlap-add (n <= 128 here,
-# e.g. a translation batch; the crossover is measured by `python scripts/bench_op.py --dense-1d`).
-_DENSE_1D_MAX_COEFS = 1 << 14
+# of all n outputs against all n inputs, with no padded copy of x and no overlap-add (n <= 160 here,
+# e.g. a translation batch; the crossover, between 160 and 192 at R = 24, is measured by
+# `python scripts/bench_op.py --dense-1d`).
+_DENSE_1D_MAX_COEFS = 160 * 160
 # ... and the blocks in chunks of about this many elements per temporary, so that the
 # temporaries stay cache-sized and are reused from chunk to chunk: whole-sequence temporaries
 # are fresh memory on every call, and the page faults then cost more than the arithmetic.
