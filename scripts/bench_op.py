@@ -33,8 +33,8 @@ timings there measured the neighbours' load, not the ops (10-100x swings between
 One thread measures all three candidates on the same footing.
 
 `--dense-1d` times the fast 1-D path's two plans on short sequences instead (forward + backward, float32,
-d = 256, R = 24, about 2048 tokens per call as in a translation batch, causal and bidirectional, alternated,
-minimum over repeats): one dense block of all n x n coefficients, and T = 64 blocks against padded windows. It
+d = 256, R = 24, about 2048 tokens per call as in a translation batch, causal and bidirectional, alternated;
+process CPU time, the median of the per-repeat ratios): one dense block of all n x n coefficients, and T = 64 blocks against padded windows. It
 writes benchmarks/bench_op_dense_1d.json (or OUT with --out), and the table says which plan the operator chooses
 (`_DENSE_1D_MAX_COEFS`).
 
@@ -105,8 +105,9 @@ DENSE_1D_TOKENS = 2048  # per call: batch = tokens // n
 
 
 def dense_1d_crossover(repeats: int, width: int = 256, sizes=DENSE_1D_SIZES) -> list[dict]:
-    """Milliseconds of forward + backward of each plan of `_BlockedPool1d`, minimum over repeats (these are
-    short calls: the least disturbed run), both plans alternated inside every repeat."""
+    """Forward + backward of each plan of `_BlockedPool1d` in process CPU time, both plans alternated inside
+    every repeat (A B, B A, ...): the minimum over repeats of each (short calls: the least disturbed run) and
+    the median of the per-repeat ratios dense / blocked (the steadier number on a shared machine)."""
     import contextpool_hf.pooling_contextpool as pooling
 
     radius = window_radius(SIGMA_MAX, TRUNCATION)
@@ -127,18 +128,20 @@ def dense_1d_crossover(repeats: int, width: int = 256, sizes=DENSE_1D_SIZES) -> 
                 for repeat in range(repeats + 1):
                     for plan in forced if repeat % 2 == 0 else list(forced)[::-1]:
                         pooling._DENSE_1D_MAX_COEFS = forced[plan]
-                        start = time.perf_counter()
+                        start = time.process_time()
                         y = pooling._BlockedPool1d.apply(x, w, s, r, causal, True, 1e-6)
                         torch.autograd.grad(y, (x, w, s), grad)
-                        times[plan].append(time.perf_counter() - start)
+                        times[plan].append(time.process_time() - start)
                 best = {plan: min(t[1:]) * 1000 for plan, t in times.items()}
+                ratios = [a / b for a, b in zip(times["dense"][1:], times["blocked"][1:], strict=True)]
                 row = dict(causal=causal, n=n, batch=batch, d=width, radius=r, dense_ms=round(best["dense"], 3),
-                           blocked_ms=round(best["blocked"], 3), dense_over_blocked=round(best["dense"] / best["blocked"], 3),
+                           blocked_ms=round(best["blocked"], 3), dense_over_blocked=round(statistics.median(ratios), 3),
+                           ratio_min=round(min(ratios), 3), ratio_max=round(max(ratios), 3),
                            chosen="dense" if n * n <= chosen_limit else "blocked")  # fmt: skip
                 rows.append(row)
                 print(f"{'causal' if causal else 'bidirectional'} n={n} B={batch}: dense {row['dense_ms']} ms, "
-                      f"blocked {row['blocked_ms']} ms, dense/blocked {row['dense_over_blocked']} -> {row['chosen']}",
-                      flush=True)  # fmt: skip
+                      f"blocked {row['blocked_ms']} ms, dense/blocked {row['dense_over_blocked']} "
+                      f"({row['ratio_min']}-{row['ratio_max']}) -> {row['chosen']}", flush=True)  # fmt: skip
     finally:
         pooling._DENSE_1D_MAX_COEFS = chosen_limit
     return rows
@@ -148,7 +151,8 @@ def run_dense_1d(args) -> None:
     rows = dense_1d_crossover(args.repeats, width=args.widths[-1])
     meta = dict(command="python scripts/bench_op.py " + " ".join(sys.argv[1:]), repeats=args.repeats,
                 threads=args.threads, machine=machine_info(), measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                timing="forward + backward of _BlockedPool1d, float32, minimum over repeats, plans alternated")  # fmt: skip
+                timing="forward + backward of _BlockedPool1d, float32, process CPU time, plans alternated; *_ms: minimum "
+                       "over repeats; dense_over_blocked: median of the per-repeat ratios (ratio_min-ratio_max)")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {args.out.with_suffix('.json')}")
