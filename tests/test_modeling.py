@@ -503,3 +503,41 @@ def test_eager_attention_in_float64_with_left_padding_is_finite_and_equals_sdpa(
     assert torch.isfinite(logits["eager"]).all()
     torch.testing.assert_close(logits["eager"][1, 4:], logits["sdpa"][1, 4:], atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(logits["eager"][0], logits["sdpa"][0], atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_rms_norm_is_llamas_float32_formula_bitwise(dtype):
+    """float32 runs as one F.rms_norm call; it must equal Llama's formula (computed in float32, weight applied
+    after the cast back) bit for bit, gradients included, and every other dtype keeps that formula."""
+    from contextpool_hf.layers_contextpool import ContextPoolRMSNorm
+
+    torch.manual_seed(0)
+    norm = ContextPoolRMSNorm(64, 1e-6).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = (torch.randn(3, 7, 64) * 3).to(dtype).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    h = x_ref.to(torch.float32)
+    expected = norm.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype)
+    out = norm(x)
+    assert out.dtype == expected.dtype and torch.equal(out, expected)
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (x, norm.weight), grad),
+                    torch.autograd.grad(expected, (x_ref, norm.weight), grad), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_rotary_tables_rotate_exactly_as_rotate_half(dtype):
+    """The layers rotate with roll and a sign-folded sin (4 calls, tables built once per forward); it must be
+    Llama's x * cos + rotate_half(x) * sin bit for bit, gradients included."""
+    from contextpool_hf.layers_contextpool import _rotate, apply_rotary, rotary_cos_sin, rotary_tables
+
+    torch.manual_seed(0)
+    cos, sin = rotary_cos_sin(torch.arange(5, 12)[None].expand(2, -1), 16, 10000.0, dtype)
+    x = torch.randn(2, 3, 7, 16, dtype=dtype, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    out, expected = _rotate(x, rotary_tables(cos, sin)), apply_rotary(x_ref, cos, sin)
+    assert torch.equal(out, expected)
+    grad = torch.randn_like(out)
+    assert torch.equal(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(expected, x_ref, grad)[0])

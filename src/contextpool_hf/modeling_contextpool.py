@@ -62,6 +62,7 @@ from .layers_contextpool import (  # noqa: F401
     _make_norm,
     apply_rotary,
     rotary_cos_sin,
+    rotary_tables,
 )
 from .modeling_utils_contextpool import (
     ContextPoolHubMixin,
@@ -267,8 +268,8 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
 
         position_embeddings = None
         if config.position_embedding_type == "rotary":
-            position_embeddings = rotary_cos_sin(
-                position_ids, config.head_dim, config.rope_theta, hidden.dtype, config=config
+            position_embeddings = rotary_tables(
+                *rotary_cos_sin(position_ids, config.head_dim, config.rope_theta, hidden.dtype, config=config)
             )
         implementation = _attention_implementation(config, output_attentions)
         if static:
