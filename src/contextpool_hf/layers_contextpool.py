@@ -118,7 +118,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, heads, n, head_dim); cos/sin: (B, n, head_dim)."""
+    """Llama's rotation, the reference the layers' `_rotate` equals bit for bit. x: (B, heads, n, head_dim);
+    cos/sin: (B, n, head_dim)."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return x * cos + _rotate_half(x) * sin
 
@@ -347,11 +348,10 @@ class ContextPoolSelfAttention(CausalPoolDecoding, nn.Module):
         v = v.view(batch, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)  # over head_dim, per head and token
-        if isinstance(position_embeddings, RotaryTables):
+        if position_embeddings is not None:
+            if not isinstance(position_embeddings, RotaryTables):  # (cos, sin) as rotary_cos_sin returns them
+                position_embeddings = rotary_tables(*position_embeddings)
             q, k = _rotate(q, position_embeddings), _rotate(k, position_embeddings)
-        elif position_embeddings is not None:  # (cos, sin) as rotary_cos_sin returns them
-            cos, sin = position_embeddings
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
         implementation = _attention_implementation(self.config, output_attentions)

@@ -106,4 +106,3 @@ def _keep_forward_signature(model_class) -> None:
 
 
 __all__ = ["ContextPoolHubMixin"]
-
