@@ -17,6 +17,10 @@ Variants (one runner; only the model config differs):
     cp-block-output   pool_placement="block_output" (paper Fig. 2(c) caption)       ablation depth
     cp-fixed          pool_mode="fixed": w = 1, one constant sigma, same window      ablation depth
     cp-fixed-learned  pool_mode="fixed_learned": w = 1, one learned sigma per layer  ablation depth
+    cp-kv             pool_target="kv": queries from the tokens themselves              ablation depth, opt-in
+    cp-sigma4         pool_sigma_max=4: half the sigma range and window (R = 12)        ablation depth, opt-in
+
+The two opt-in variants (issue 16 item 5: pool_target and the sigma range) run only when --variants names them.
 
 Fairness: every model is Llama-shaped (RMSNorm, gated SiLU MLP, rotary, no biases, tied
 embeddings) at the same width; at a given seed every variant sees the same windows in the same
@@ -33,7 +37,8 @@ Outputs (in --out): char_lm_study.json (`summary`, `runs`, `lr_search`, `sigma_b
 `meta` with the command), char_lm_study.md, char_lm_study_curves.png, char_lm_study_sigma.png.
 A rerun with the same settings skips the runs already in the JSON (resume after an interruption); --seeds,
 --variants, --depths and --threads may change (more seeds, variants or depths add runs). A JSON made with other settings stops
-the study instead of being overwritten.
+the study instead of being overwritten. Rows run side by side into separate folders (one core each) are joined with
+--merge: `--out benchmarks/x --merge out/a out/b` adds their runs to benchmarks/x and rewrites its table and plots.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ from contextpool_hf.study_results import command_history, read_matching
 ROOT = Path(__file__).resolve().parent.parent
 CORPORA = ("kjv", "shakespeare")
 HEADLINE = ("off", "llama", "cp")
-ABLATIONS = ("cp-block-output", "cp-fixed", "cp-fixed-learned")
+ABLATIONS = ("cp-block-output", "cp-fixed", "cp-fixed-learned", "cp-kv", "cp-sigma4")
 VARIANTS = {
     # name: (implementation, ContextPoolConfig overrides, row's placement, row's pooling)
     "off": ("contextpool", {"pool_layers": []}, "none", "off"),
@@ -65,7 +70,11 @@ VARIANTS = {
     "cp-block-output": ("contextpool", {"pool_placement": "block_output"}, "block_output", "adaptive"),
     "cp-fixed": ("contextpool", {"pool_mode": "fixed"}, "attention_input", "fixed"),
     "cp-fixed-learned": ("contextpool", {"pool_mode": "fixed_learned"}, "attention_input", "fixed"),
+    "cp-kv": ("contextpool", {"pool_target": "kv"}, "attention_input", "adaptive"),
+    "cp-sigma4": ("contextpool", {"pool_sigma_max": 4.0}, "attention_input", "adaptive"),
 }
+# what a run without --variants trains (the opt-in variants answer item 5's remaining defaults)
+DEFAULT_VARIANTS = ("off", "llama", "cp", "cp-block-output", "cp-fixed", "cp-fixed-learned")
 # Sizes per mode. steps/batch/block give the token budget of a headline run; the grid runs
 # grid_fraction of the steps (with their own schedule).
 MODES = {
@@ -93,10 +102,14 @@ def parse(argv):
         parser.add_argument(f"--{name}", type=kind, default=None, help="override the mode's value")
     parser.add_argument("--depths", type=int, nargs="+", default=None)
     parser.add_argument("--lr_grid", type=float, nargs="+", default=None)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/, quick: out/char_lm_quick)")
+    parser.add_argument("--merge", nargs="+", default=[], metavar="DIR",
+                        help="output folders of the same study (same settings but --seeds/--variants/--depths/"
+                             "--threads, e.g. variants run side by side on one core each) whose runs join --out's "
+                             "before it plans; a run both hold keeps --out's")  # fmt: skip
     args = parser.parse_args(argv)
     args.mode = "quick" if args.quick else "full" if args.full else "default"
     for key, value in MODES[args.mode].items():
@@ -359,10 +372,15 @@ def summarise(runs: list[dict]) -> list[dict]:
     return table
 
 
-def write_outputs(args, state: dict) -> None:
+def save_json(args, state: dict) -> None:
+    """char_lm_study.json with the summary of the runs so far (what a rerun resumes from)."""
     args.out.mkdir(parents=True, exist_ok=True)
     state["summary"] = summarise(state["runs"])
     (args.out / "char_lm_study.json").write_text(json.dumps(state, indent=1) + "\n")
+
+
+def write_outputs(args, state: dict) -> None:
+    save_json(args, state)
     lines = [f"# Character-level LM study ({args.mode} mode)", "", f"Command: `{state['meta']['command']}`", "",
              f"Bytes (vocab 256) of KJV + Shakespeare, held-out books/plays; hidden {args.hidden}, {args.heads} heads, "
              f"block {args.block}, batch {args.batch}, {args.steps} steps; LR per row from {args.lr_grid} at "
@@ -433,12 +451,40 @@ NOT_SETTINGS = ("seeds", "variants", "depths", "threads")
 
 def saved_settings(args) -> dict:
     """The parsed arguments as the JSON's meta saves them (paths as text; --out and --plan left out)."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "plan")}
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if k not in ("out", "plan", "merge")}  # fmt: skip
 
 
 def resume_key(settings: dict) -> dict:
     """What makes two char-LM studies comparable: `settings` without NOT_SETTINGS."""
     return {k: v for k, v in settings.items() if k not in NOT_SETTINGS}
+
+
+def merge_studies(previous: dict, folders, settings: dict) -> dict:
+    """`previous` (the --out file's content, {} when new) joined with the char-LM studies saved in `folders`.
+
+    Each must exist and match `settings` as a resume would. Runs (by variant, layers, seed) and grid runs (by
+    variant, layers, rate) not yet held are added, the sigma analysis if there is none, and the folders'
+    commands join `meta.commands` (before this run's).
+    """
+    merged = {**previous, "runs": list(previous.get("runs", [])), "lr_search": list(previous.get("lr_search", []))}
+    commands = list(previous.get("meta", {}).get("commands") or [])
+    for folder in folders:
+        path = Path(folder) / "char_lm_study.json"
+        if not path.exists():
+            raise SystemExit(f"--merge {folder}: no char_lm_study.json there")
+        other = read_matching(path, resume_key(settings), resume_key, "a char-LM study", section="meta")
+        held = {(r["variant"], r["layers"], r["seed"]) for r in merged["runs"]}
+        merged["runs"] += [r for r in other["runs"] if (r["variant"], r["layers"], r["seed"]) not in held]
+        gridded = {(g["variant"], g["layers"], g["learning_rate"]) for g in merged["lr_search"]}
+        merged["lr_search"] += [g for g in other["lr_search"]
+                                if (g["variant"], g["layers"], g["learning_rate"]) not in gridded]  # fmt: skip
+        if "sigma_by_position" not in merged and "sigma_by_position" in other:
+            merged["sigma_by_position"] = other["sigma_by_position"]
+        commands += other["meta"].get("commands") or [other["meta"]["command"]]
+    if folders:
+        merged["meta"] = {**previous.get("meta", {}), "commands": list(dict.fromkeys(commands))}
+    return merged
 
 
 def main(argv=None) -> dict:
@@ -451,6 +497,8 @@ def main(argv=None) -> dict:
     # is loaded, so the refusal is immediate)
     previous = {} if args.plan else read_matching(path, resume_key(all_settings), resume_key, "a char-LM study",
                                                   section="meta")  # fmt: skip
+    if args.merge and not args.plan:
+        previous = merge_studies(previous, args.merge, all_settings)
     splits = load_splits()
     data = {
         "train": torch.cat([splits["train"][c] for c in CORPORA]),
@@ -491,6 +539,7 @@ def main(argv=None) -> dict:
                 done = [{k: row[k] for k in ("variant", "layers", "learning_rate", "steps", "val_bpc", "train_seconds")}]
                 state["lr_search"].append(done[0])
                 print(f"[grid] {variant} {depth}L lr {lr:g}: val bpc {row['val_bpc']:.4f}", flush=True)
+                save_json(args, state)  # an interrupted study keeps its grid runs too
             best = chosen.get((variant, depth))
             if best is None or done[0]["val_bpc"] < best[1]:
                 chosen[(variant, depth)] = (lr, done[0]["val_bpc"])

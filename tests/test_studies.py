@@ -62,6 +62,48 @@ def test_char_lm_depths_without_the_ablation_depth_need_no_ablations(capsys):
     assert "--ablation_depth 2 must be one of --depths [4]" in capsys.readouterr().err
 
 
+def test_char_lm_opt_in_variants_change_only_their_setting():
+    """cp-kv and cp-sigma4 (issue 16 item 5) differ from cp in one config value each, run at the ablation depth,
+    and only when named: the default study's run list stays as it was."""
+    args = study_char_lm.parse(["--quick"])
+    assert not {"cp-kv", "cp-sigma4"} & set(args.variants)
+    reference = study_char_lm.build_model("cp", 1, args).config.to_dict()
+    for variant, changed in (("cp-kv", {"pool_target": "kv"}), ("cp-sigma4", {"pool_sigma_max": 4.0})):
+        config = study_char_lm.build_model(variant, 1, args).config.to_dict()
+        differing = {k: v for k, v in config.items() if reference.get(k) != v}
+        assert differing == changed, variant
+    args = study_char_lm.parse(["--quick", "--variants", "cp", "cp-kv"])
+    assert {(v, d) for kind, v, d, *_ in study_char_lm.plan(args)} == {("cp", 1), ("cp", 2), ("cp-kv", 1)}
+
+
+def _saved_study(folder, args, runs, grids, command):
+    folder.mkdir(parents=True)
+    meta = {"command": command, "commands": [command], "settings": study_char_lm.saved_settings(args)}
+    (folder / "char_lm_study.json").write_text(json.dumps({"runs": runs, "lr_search": grids, "meta": meta}))
+
+
+def test_char_lm_merge_joins_side_by_side_folders_and_refuses_other_settings(tmp_path):
+    args = study_char_lm.parse(["--quick"])
+    run = lambda variant, seed, bpc: {"variant": variant, "layers": 1, "seed": seed, "test_bpc": bpc}  # noqa: E731
+    grid = lambda variant, lr: {"variant": variant, "layers": 1, "learning_rate": lr, "val_bpc": 3.0}  # noqa: E731
+    _saved_study(tmp_path / "a", args, [run("off", 0, 2.0), run("off", 1, 2.1)], [grid("off", 1e-3)], "cmd a")
+    _saved_study(tmp_path / "b", args, [run("cp", 0, 1.9), run("off", 0, 9.9)], [grid("cp", 1e-3), grid("off", 1e-3)],
+                 "cmd b")  # fmt: skip
+    held = {"runs": [run("off", 0, 2.0)], "lr_search": [], "meta": {"commands": ["cmd out"]}}
+    merged = study_char_lm.merge_studies(held, [tmp_path / "a", tmp_path / "b"], study_char_lm.saved_settings(args))
+    assert [(r["variant"], r["seed"], r["test_bpc"]) for r in merged["runs"]] == [
+        ("off", 0, 2.0), ("off", 1, 2.1), ("cp", 0, 1.9)]  # a run held already keeps its own result
+    assert [(g["variant"], g["learning_rate"]) for g in merged["lr_search"]] == [("off", 1e-3), ("cp", 1e-3)]
+    assert merged["meta"]["commands"] == ["cmd out", "cmd a", "cmd b"]
+    other = study_char_lm.parse(["--quick", "--steps", "7"])
+    _saved_study(tmp_path / "c", other, [], [], "cmd c")
+    with pytest.raises(SystemExit, match="steps: 7 there, 6 now"):
+        study_char_lm.merge_studies({}, [tmp_path / "c"], study_char_lm.saved_settings(args))
+    with pytest.raises(SystemExit, match="--merge .*missing: no char_lm_study.json there"):
+        study_char_lm.merge_studies({}, [tmp_path / "missing"], study_char_lm.saved_settings(args))
+    assert "merge" not in study_char_lm.saved_settings(study_char_lm.parse(["--quick", "--merge", "x"]))
+
+
 def test_vision_variants_cover_both_patch_sizes_and_fewer_layers():
     rows = study_vision.VARIANTS.values()
     for patch in (4, 2):
@@ -90,6 +132,30 @@ def test_char_lm_quick_smoke(tmp_path):
     assert [r["train_seconds"] for r in again["runs"]] == [r["train_seconds"] for r in saved["runs"]]
     resaved = json.loads((tmp_path / "char_lm_study.json").read_text())["meta"]
     assert resaved["commands"] == [resaved["command"]]  # the same command twice is recorded once
+
+
+def test_char_lm_interrupted_study_keeps_its_grid_runs(tmp_path, monkeypatch):
+    """The grid's runs are saved as they finish: a study stopped before its first headline run resumes without
+    training them again."""
+    args = ["--quick", "--variants", "off", "--depths", "1", "--out", str(tmp_path)]
+    real_train_one, calls = study_char_lm.train_one, []
+
+    def stop_at_first_main_run(*pos, keep_model=False, **kw):
+        calls.append(keep_model)
+        if keep_model:
+            raise KeyboardInterrupt
+        return real_train_one(*pos, keep_model=keep_model, **kw)
+
+    monkeypatch.setattr(study_char_lm, "train_one", stop_at_first_main_run)
+    with pytest.raises(KeyboardInterrupt):
+        study_char_lm.main(args)
+    saved = json.loads((tmp_path / "char_lm_study.json").read_text())
+    assert sorted(g["learning_rate"] for g in saved["lr_search"]) == sorted(study_char_lm.MODES["quick"]["lr_grid"])
+    assert saved["runs"] == [] and calls == [False, False, False, True]
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        study_char_lm.main(args)
+    assert calls == [True]  # straight to the headline run
 
 
 @pytest.mark.slow
