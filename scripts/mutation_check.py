@@ -139,7 +139,38 @@ MUTATIONS: list[Mutation] = [
         "decode-ignores-padding", "a decode step gives padded positions pooling weight",
         "        if keep is not None:\n            weights = weights * keep.unsqueeze(1).to(weights.dtype)\n",
         "        if False:\n            weights = weights * keep.unsqueeze(1).to(weights.dtype)\n",
-        _k(LOGITS, "left_padded"), where=f"{PACKAGE}/layers_contextpool.py",
+        _k(LOGITS, "left_padded"), where=f"{PACKAGE}/decoding_contextpool.py",
+    ),
+    # --- the call-count work of issue 15 (stop 27): exact rewrites and in-place ring writes ------------------------
+    Mutation(
+        "ring-overwritten-unowned", "an inference step overwrites a ring it did not make (e.g. the prompt's, a view "
+        "of hidden states the caller holds)",
+        "        layer_cache.owned_ring is not None\n        and layer_cache.owned_ring[0] is ring_features\n"
+        "        and layer_cache.owned_ring[1] is ring_weights\n",
+        "        True\n",
+        _k("tests/test_generation.py", "overwrite_only_their_own_ring"),
+    ),
+    Mutation(
+        "ring-overwritten-while-recording", "a step overwrites the ring while the cache records rings for crop",
+        "        and not layer_cache.record_past\n", "",
+        _k("tests/test_generation.py", "copy_the_ring"),
+    ),
+    Mutation(
+        "rotary-sign-swapped", "the folded rotary sine carries its minus sign on the wrong half",
+        "signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)",
+        "signed_sin = torch.cat((sin[..., :half], -sin[..., half:]), dim=-1)",
+        _k("tests/test_modeling.py", "rotary_tables"),
+    ),
+    Mutation(
+        "rms-norm-eps-dropped", "the float32 RMSNorm call falls back to F.rms_norm's own eps",
+        "F.rms_norm(hidden, self.weight.shape, self.weight, self.eps)",
+        "F.rms_norm(hidden, self.weight.shape, self.weight)",
+        _k("tests/test_modeling.py", "rms_norm_is_llamas"),
+    ),
+    Mutation(
+        "pool-causal-ignored", "the 1-D operator's blocks (dense and banded) let a token pool later tokens",
+        "    if causal:\n        inside = inside & (dist <= 0)\n", "    if False:\n        inside = inside & (dist <= 0)\n",
+        _k("tests/test_ops.py", "dense_and_blocked_plans or chunked_1d"),
     ),
     Mutation(
         "static-window-unshifted", "a static-cache decode step drops the newest pooling input instead of the oldest",
