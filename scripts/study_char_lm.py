@@ -411,13 +411,16 @@ def plot(args, state) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for key in dict.fromkeys((r["variant"], r["layers"]) for r in state["runs"]):
+    depths = sorted({r["layers"] for r in state["runs"]})
+    styles = ["-", "--", ":", "-."]  # one per depth; colours from a 20-colour cycle, so that no two rows share a line
+    for index, key in enumerate(dict.fromkeys((r["variant"], r["layers"]) for r in state["runs"])):
         group = [r for r in state["runs"] if (r["variant"], r["layers"]) == key]
         points = len(group[0]["curve"])  # every seed evaluates at the same steps
         mean = lambda field, i, g=group: statistics.mean(r["curve"][i][field] for r in g)  # noqa: E731
         y = [mean("val_bpc", i) for i in range(points)]
         for ax, field in zip(axes, ("flops", "train_seconds"), strict=True):
-            ax.plot([mean(field, i) for i in range(points)], y, marker="o", ms=3, label=f"{key[0]} ({key[1]}L)")
+            ax.plot([mean(field, i) for i in range(points)], y, marker="o", ms=3, label=f"{key[0]} ({key[1]}L)",
+                    color=plt.cm.tab20(index % 20), linestyle=styles[depths.index(key[1]) % len(styles)])
     axes[0].set_xlabel("training FLOPs (package formula)")
     axes[1].set_xlabel("training wall time (s, this machine)")
     for ax in axes:
