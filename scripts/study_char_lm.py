@@ -56,7 +56,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from contextpool_hf.study_results import command_history, read_matching
+from contextpool_hf.study_results import command_history, read_matching, recorded_commands
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPORA = ("kjv", "shakespeare")
@@ -471,7 +471,7 @@ def merge_studies(previous: dict, folders, settings: dict) -> dict:
     commands join `meta.commands` (before this run's).
     """
     merged = {**previous, "runs": list(previous.get("runs", [])), "lr_search": list(previous.get("lr_search", []))}
-    commands = list(previous.get("meta", {}).get("commands") or [])
+    commands = recorded_commands(previous.get("meta", {}))
     for folder in folders:
         path = Path(folder) / "char_lm_study.json"
         if not path.exists():
@@ -484,7 +484,7 @@ def merge_studies(previous: dict, folders, settings: dict) -> dict:
                                 if (g["variant"], g["layers"], g["learning_rate"]) not in gridded]  # fmt: skip
         if "sigma_by_position" not in merged and "sigma_by_position" in other:
             merged["sigma_by_position"] = other["sigma_by_position"]
-        commands += other["meta"].get("commands") or [other["meta"]["command"]]
+        commands += recorded_commands(other["meta"])
     if folders:
         merged["meta"] = {**previous.get("meta", {}), "commands": list(dict.fromkeys(commands))}
     return merged

@@ -48,9 +48,14 @@ def refuse_other_settings(
     return read_matching(path, settings, key, what, section=section, field=field, remedy=remedy)
 
 
+def recorded_commands(saved: dict) -> list[str]:
+    """The commands a results file records, oldest first. `saved` is the part of the file holding
+    "command"/"commands" ({} for a new file); files from before "commands" was kept hold only their latest
+    "command"."""
+    return list(saved.get("commands") or ([saved["command"]] if saved.get("command") else []))
+
+
 def command_history(saved: dict, command: str) -> list[str]:
-    """Every command that added to a results file, oldest first and each once, ending with `command`. `saved` is
-    the part of the file holding "command"/"commands" ({} for a new file); files from before "commands" was kept
-    hold only their latest "command"."""
-    earlier = saved.get("commands") or ([saved["command"]] if saved.get("command") else [])
-    return list(dict.fromkeys([*earlier, command]))
+    """Every command that added to a results file, oldest first and each once, ending with `command`
+    (`recorded_commands` of `saved`, then `command`)."""
+    return list(dict.fromkeys([*recorded_commands(saved), command]))
