@@ -608,6 +608,47 @@ def test_low_precision_runs_in_float32_and_returns_input_dtype(dtype, implementa
     assert context_pool_2d(x2, w2, s2, stride=2, implementation=implementation).dtype == dtype
 
 
+# Every fast path of the operator, with inputs that reach it: the blocked 1-D plan (long), the dense 1-D block
+# (short), causal 1-D, the dense 2-D form (small grid), tiles (large grid), strided tiles (a ConvNet downsampling).
+AUTOCAST_CASES = {
+    "1-D blocked": (lambda x, w, s, **kw: context_pool(x, w, s, **kw), (2, 300), 6, None),
+    "1-D dense": (lambda x, w, s, **kw: context_pool(x, w, s, **kw), (2, 40), 6, None),
+    "1-D causal": (lambda x, w, s, **kw: context_pool(x, w, s, causal=True, **kw), (2, 300), 6, None),
+    "2-D dense": (lambda x, w, s, **kw: context_pool_2d(x, w, s, sigma_max=2.0, truncation=2.0, **kw), (2, 8, 8), 5, None),
+    "2-D tiles": (lambda x, w, s, **kw: context_pool_2d(x, w, s, sigma_max=2.0, truncation=2.0, **kw), (2, 32, 32), 5,
+                  None),
+    "2-D strided": (lambda x, w, s, **kw: context_pool_2d(x, w, s, stride=2, sigma_max=2.0, truncation=2.0, **kw),
+                    (2, 32, 32), 5, (2, 16, 16)),
+}  # fmt: skip
+
+
+# the backward inside the autocast region for the fast path only: the reference's backward is plain autograd,
+# in autocast's dtypes there like any model's
+@pytest.mark.parametrize(
+    "case, implementation, backward_inside",
+    [(case, impl, inside) for case in AUTOCAST_CASES for impl in IMPLS for inside in (False, True)
+     if not (inside and impl == "reference")],
+)  # fmt: skip
+def test_autocast_leaves_the_operator_in_float32(case, implementation, backward_inside):
+    """Under torch.autocast (Trainer's bf16=True) the operator still computes in float32: the same output and
+    gradients as without autocast, also when the fast path's backward runs inside the autocast region. Autocast
+    once ran the fast paths' matmuls in bf16, and the 2-D backward then met float32 and bf16 tensors and raised."""
+    fn, lead, d, out_lead = AUTOCAST_CASES[case]
+    sigma_max = 2.0 if case.startswith("2-D") else 8.0
+    x, w, s = make_inputs(lead, d, dtype=torch.float32, seed=21, sigma_max=sigma_max, out_lead=out_lead)
+    want = run_with_grads(fn, x, w, s, implementation=implementation)
+    x, w, s = (t.detach().clone().requires_grad_() for t in (x, w, s))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fn(x, w, s, implementation=implementation)
+        grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(123), dtype=torch.float64).float()
+        grads = torch.autograd.grad(y, (x, w, s), grad_out) if backward_inside else None
+    if grads is None:
+        grads = torch.autograd.grad(y, (x, w, s), grad_out)
+    assert y.dtype == torch.float32
+    for name, got, ref in zip(("y", "dx", "dw", "dsigma"), (y.detach(), *grads), want, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6, msg=f"{case} {implementation}: {name}")
+
+
 # --------------------------------------------------------------------------------------
 # torch.compile through the fast path
 # --------------------------------------------------------------------------------------

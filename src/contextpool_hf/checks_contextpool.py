@@ -7,6 +7,7 @@ which re-exports these names.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -174,3 +175,21 @@ def _mask_as_weights(attention_mask: torch.Tensor, name: str) -> torch.Tensor:
 
 def _is_exporting() -> bool:
     return hasattr(torch.compiler, "is_exporting") and torch.compiler.is_exporting()
+
+
+def _autocast_off(fn):
+    """fn, run with autocast off on the device of its first tensor argument: an autograd Function's forward or
+    backward, or a pooling implementation (`pooling_contextpool._run`). The operators compute in float32 at
+    least (their sums of dozens of terms lose too much in bf16/fp16), and autocast would run their matmuls in
+    the lower dtype anyway, handing the hand-written backwards a mix of dtypes; backwards are covered too for
+    a `loss.backward()` called inside the autocast region (on a CPU it runs on the calling thread)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        device_type = next((a.device.type for a in args if isinstance(a, torch.Tensor)), None)
+        if device_type is None or not torch.is_autocast_enabled(device_type):
+            return fn(*args)
+        with torch.autocast(device_type, enabled=False):
+            return fn(*args)
+
+    return wrapper

@@ -38,6 +38,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .checks_contextpool import _autocast_off
+
 # A map whose n_out x n_in coefficients per image are at most this many runs dense (one tile):
 # 65536 = a 16x16 map at stride 1 (256 x 256), or 32x16 -> 16x8 at stride 2. The crossover to
 # tiles is measured by `python scripts/bench_vision.py --crossover` (README, "Vision").
@@ -256,6 +258,7 @@ class _TiledPool2d(torch.autograd.Function):
     """
 
     @staticmethod
+    @_autocast_off
     def forward(ctx, x, weights, sigma, radius, stride, normalize, eps, plan):
         # x: (B, H, W, d); weights: (B, H, W); sigma: (B, Ho, Wo)
         batch, d = x.shape[0], x.shape[-1]
@@ -288,6 +291,7 @@ class _TiledPool2d(torch.autograd.Function):
         return lay.from_tiles(y_t)
 
     @staticmethod
+    @_autocast_off
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         x_pad, w_halo, inv_var, y_t, denom, sigma = ctx.saved_tensors

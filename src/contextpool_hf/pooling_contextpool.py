@@ -38,6 +38,7 @@ from .checks_contextpool import (  # noqa: F401  (re-exported: the public and te
     _SIGMA_MAX_SLACK,
     DEFAULT_EPS,
     IMPLEMENTATIONS,
+    _autocast_off,
     _check_bool,
     _check_int,
     _check_module_options,
@@ -181,6 +182,7 @@ class _BlockedPool1d(torch.autograd.Function):
     """
 
     @staticmethod
+    @_autocast_off
     def forward(ctx, x, weights, sigma, radius, causal, normalize, eps):
         batch, n, d = x.shape
         block, left, window, rows = _plan_1d(n, radius, causal)
@@ -212,6 +214,7 @@ class _BlockedPool1d(torch.autograd.Function):
         return y if n == n_blocks * block else y[:, :n]  # a slice would copy its gradient back
 
     @staticmethod
+    @_autocast_off
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         x, w_pad, s_pad, y, denom, q_table = ctx.saved_tensors
@@ -332,7 +335,8 @@ def _pool_reference(x, weights, sigma, radius, stride, causal, normalize, eps):
     return y.reshape(sigma.shape + (d,))
 
 
-_IMPLEMENTATION_FUNCTIONS = {"fast": _pool_fast, "reference": _pool_reference}
+# autocast off for the reference's plain matmuls as for the fast paths' Functions (see _autocast_off)
+_IMPLEMENTATION_FUNCTIONS = {"fast": _autocast_off(_pool_fast), "reference": _autocast_off(_pool_reference)}
 
 
 def _run(x, weights, sigma, radius, stride, causal, normalize, eps, implementation):

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .checks_contextpool import _autocast_off
+
 # --------------------------------------------------------------------------------------
 # The window: which offsets exist and which slices they touch
 # --------------------------------------------------------------------------------------
@@ -102,6 +104,7 @@ class _FastContextPool(torch.autograd.Function):
     """Offset-loop pooling with a hand-written backward (no per-offset tensors are kept)."""
 
     @staticmethod
+    @_autocast_off
     def forward(ctx, x, weights, sigma, radius, stride, causal, normalize, eps):
         # x: (B, *in_sizes, d); weights: (B, *in_sizes); sigma: (B, *out_sizes)
         in_sizes, out_sizes = tuple(weights.shape[1:]), tuple(sigma.shape[1:])
@@ -130,6 +133,7 @@ class _FastContextPool(torch.autograd.Function):
         return y
 
     @staticmethod
+    @_autocast_off
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         x, weights, sigma, y, denom = ctx.saved_tensors

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks_contextpool import _check_module_options, _is_exporting
+from .checks_contextpool import _autocast_off, _check_module_options, _is_exporting
 
 # --------------------------------------------------------------------------------------
 # Fused 1-D predictor: depthwise conv -> GELU -> projection -> sigmoid
@@ -58,6 +58,7 @@ class _FusedPredictor1d(torch.autograd.Function):
     """
 
     @staticmethod
+    @_autocast_off
     def forward(ctx, h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left):
         # h (B, n, C); conv_weight (C, k); proj_weight (2G, C) -> gates (B, 2G, n)
         if _is_exporting():  # shifted slices would decide on n (|shift| < n): pad instead
@@ -73,6 +74,7 @@ class _FusedPredictor1d(torch.autograd.Function):
         return gates
 
     @staticmethod
+    @_autocast_off
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_gates):
         h, conv_weight, conv, proj_weight, gates = ctx.saved_tensors
