@@ -7,7 +7,7 @@ STAMP := $(VENV)/.contextpool-installed
 # the CPU build with:  make TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-slow bench lint clean
+.PHONY: demo test test-slow bench bench-gpu lint clean
 
 $(STAMP): pyproject.toml constraints-ci.txt requirements-data.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_op.py
+	$(BIN)/python scripts/bench_model.py --threads 1
 	$(BIN)/python scripts/bench_vision.py --profile --crossover
+
+bench-gpu:  ## on a CUDA machine; needs torch and transformers there, not this venv (PYTHON=... to choose)
+	bash scripts/bench_gpu.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check src scripts tests

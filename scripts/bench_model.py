@@ -38,6 +38,11 @@ Every row records when it was measured and by which command.
     python scripts/bench_model.py            # full run (hidden 256, 4 layers, 4 heads)
     python scripts/bench_model.py --quick    # smoke run in about a minute
     python scripts/bench_model.py --only causal-lm --repeats 7   # one family
+    python scripts/bench_model.py --device cuda --dtype bfloat16 --output-dir benchmarks/gpu   # an accelerator
+
+On an accelerator (`--device`, see scripts/bench_device.py) each call is timed to its synchronisation,
+peak memory is the allocator's peak during the step (`torch.accelerator.max_memory_allocated`), and
+rows carry no CPU-time ratio (the host's CPU time is not the work there).
 """
 
 import argparse
@@ -50,6 +55,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import bench_device  # scripts/bench_device.py: --device / --dtype
 import torch
 import transformers
 from transformers import (
@@ -121,7 +127,10 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--output-dir", default="benchmarks")
     parser.add_argument("--name", default="bench_model", help="result file stem")
+    bench_device.add_device_arguments(parser)
     args = parser.parse_args(argv)
+    args.torch_device = bench_device.resolve_device(parser, args)
+    args.torch_dtype = bench_device.DTYPES[args.dtype]
     if args.quick:
         args.hidden, args.layers, args.heads, args.vocab = 64, 2, 4, 512
         args.causal_sizes, args.mlm_sizes, args.repeats, args.warmup = "128x2,256x1", "128x2", 3, 1
@@ -204,17 +213,21 @@ def n_params(model) -> int:
 # --------------------------------------------------------------------------------------
 
 
-def train_step_fn(model, batch, seq_len, vocab, compile_model=False) -> Callable[[], None]:
-    """One AdamW training step; compile_model: the forward (and so the backward) through inductor."""
-    model.train()
+def train_step_fn(model, batch, seq_len, vocab, compile_model=False, device=None, dtype=torch.float32
+                  ) -> Callable[[], None]:
+    """One AdamW training step on `device` (float32 weights; a lower dtype: the forward under autocast);
+    compile_model: the forward (and so the backward) through inductor."""
+    device = device or torch.device("cpu")
+    model.to(device).train()
     forward = torch.compile(model, backend="inductor") if compile_model else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(3, vocab, (batch, seq_len), generator=generator)  # no pad/bos/eos ids
+    input_ids = torch.randint(3, vocab, (batch, seq_len), generator=generator).to(device)  # no pad/bos/eos ids
     attention_mask = torch.ones_like(input_ids)
 
     def step():
-        loss = forward(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids).loss
+        with bench_device.mixed_precision(device, dtype):
+            loss = forward(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -222,11 +235,14 @@ def train_step_fn(model, batch, seq_len, vocab, compile_model=False) -> Callable
     return step
 
 
-def generate_fn(model, batch, prompt_len, new_tokens, vocab, compiled=False) -> Callable[[], None]:
-    """Greedy generation of exactly `new_tokens`; compiled: a static cache and the decoding steps through
-    inductor, as transformers does on a GPU (`cache_implementation="static"` + `compile_config`)."""
-    model.eval()
-    input_ids = torch.randint(3, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
+def generate_fn(model, batch, prompt_len, new_tokens, vocab, compiled=False, device=None, dtype=torch.float32
+                ) -> Callable[[], None]:
+    """Greedy generation of exactly `new_tokens` by the model on `device`, cast to `dtype`; compiled: a static
+    cache and the decoding steps through inductor, as transformers does on a GPU (`cache_implementation="static"`
+    + `compile_config`)."""
+    device = device or torch.device("cpu")
+    model.to(device=device, dtype=dtype).eval()
+    input_ids = torch.randint(3, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(1)).to(device)
     attention_mask = torch.ones_like(input_ids)
     extra = {}
     if compiled:
@@ -253,13 +269,15 @@ class PairTimes(NamedTuple):
     cpu_b: list[float]
 
 
-def timed_pair(fn_a, fn_b, repeats, warmup) -> PairTimes:
+def timed_pair(fn_a, fn_b, repeats, warmup, device=None) -> PairTimes:
     """fn_a and fn_b run alternately after warm-up, in the order A B, B A, A B, ... so that neither always
     runs first (after the other's allocations, caches and page faults). Pair i is the i-th call of each.
 
     The CPU time (time.process_time) does not count the time another process holds the core: at one
     thread it is the wall time a quiet machine would show, far less noisy on a shared one. With several
-    threads it sums them (work, not latency)."""
+    threads it sums them (work, not latency). On an accelerator each call is timed to the end of its
+    queued work (`device` is synchronised before the clocks start and before they are read)."""
+    device = device or torch.device("cpu")
     for _ in range(warmup):
         fn_a()
         fn_b()
@@ -267,21 +285,26 @@ def timed_pair(fn_a, fn_b, repeats, warmup) -> PairTimes:
     for i in range(repeats):
         order = ((fn_a, times.wall_a, times.cpu_a), (fn_b, times.wall_b, times.cpu_b))
         for fn, wall, cpu in order if i % 2 == 0 else order[::-1]:
+            bench_device.synchronize(device)
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
+            bench_device.synchronize(device)
             wall.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
     return times
 
 
-def cpu_ratio_fields(ratios: list[float]) -> dict:
-    """The CPU-time ratio samples of a row as its cpu_ratio (median) and spread."""
+def cpu_ratio_fields(ratios: list[float], device=None) -> dict:
+    """The CPU-time ratio samples of a row as its cpu_ratio (median) and spread; none on an accelerator."""
+    if device is not None and device.type != "cpu":
+        return {}
     return dict(cpu_ratio=round(statistics.median(ratios), 3), cpu_ratio_min=round(min(ratios), 3),
                 cpu_ratio_max=round(max(ratios), 3))  # fmt: skip
 
 
 # what a results file's rows depend on besides the family: a partial run merges only into a file that agrees
-MERGE_SETTINGS = ("hidden", "layers", "heads", "vocab", "seq2seq_layers", "compiled", "quick", "threads")
+MERGE_SETTINGS = ("hidden", "layers", "heads", "vocab", "seq2seq_layers", "compiled", "quick", "threads", "device",
+                  "dtype")
 
 
 def row_family(row: dict) -> str:
@@ -320,8 +343,10 @@ def write_results(output_dir, name: str, payload: dict, rows: list[dict]) -> Non
         writer.writerows(rows)
 
 
-def peak_step_memory(fn) -> int:
-    """Peak bytes of CPU tensor memory allocated during one call, above the level before it."""
+def peak_step_memory(fn, device=None) -> int:
+    """Peak bytes of tensor memory allocated during one call, above the level before it (on `device`)."""
+    if device is not None and device.type != "cpu":
+        return bench_device.accelerator_peak_bytes(fn, device)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     # kineto's [memory] records: nbytes > 0 for an allocation, < 0 for a free, with a timestamp
@@ -357,22 +382,23 @@ def train_rows(args, task, make_pair, sizes, max_len):
     for seq_len, batch in sizes:
         contextpool, vanilla = make_pair(args, max(max_len, seq_len))
         names = (type(contextpool).__name__, type(vanilla).__name__)
-        step_cp = train_step_fn(contextpool, batch, seq_len, args.vocab, args.compile)
-        step_v = train_step_fn(vanilla, batch, seq_len, args.vocab, args.compile)
-        times = timed_pair(step_cp, step_v, args.repeats, args.warmup)
+        device, dtype = args.torch_device, args.torch_dtype
+        step_cp = train_step_fn(contextpool, batch, seq_len, args.vocab, args.compile, device, dtype)
+        step_v = train_step_fn(vanilla, batch, seq_len, args.vocab, args.compile, device, dtype)
+        times = timed_pair(step_cp, step_v, args.repeats, args.warmup, device)
         ms_cp, ms_v = [t * 1000 for t in times.wall_a], [t * 1000 for t in times.wall_b]
         common = dict(contextpool_params=n_params(contextpool), vanilla_params=n_params(vanilla),
                       contextpool_times_ms=[round(t, 1) for t in ms_cp], vanilla_times_ms=[round(t, 1) for t in ms_v])
         rows.append(make_row("train_step", task, task, names, seq_len, batch, ms_cp, ms_v, "ms/step",
                              [a / b for a, b in zip(ms_cp, ms_v, strict=True)], **common,
-                             **cpu_ratio_fields([a / b for a, b in zip(times.cpu_a, times.cpu_b, strict=True)])))
+                             **cpu_ratio_fields([a / b for a, b in zip(times.cpu_a, times.cpu_b, strict=True)], device)))
         print(_row_text(rows[-1]), flush=True)
         if task == "causal-lm":
             # twice each, alternated: the allocator's state after the other model's step must not decide
             mem_cp, mem_v = [], []
             for _ in range(2):
-                mem_cp.append(peak_step_memory(step_cp) / 2**20)
-                mem_v.append(peak_step_memory(step_v) / 2**20)
+                mem_cp.append(peak_step_memory(step_cp, device) / 2**20)
+                mem_v.append(peak_step_memory(step_v, device) / 2**20)
             rows.append(make_row("peak_memory", task, task, names, seq_len, batch, mem_cp, mem_v, "MiB",
                                  [a / b for a, b in zip(mem_cp, mem_v, strict=True)], **common))
             print(_row_text(rows[-1]), flush=True)
@@ -385,17 +411,18 @@ def generate_rows(args, max_len):
     row per batch gives ContextPool's own compiled / eager speed-up (both alternated in the same run)."""
     rows = []
     names = ("ContextPoolForCausalLM", "LlamaForCausalLM")
+    placed = dict(device=args.torch_device, dtype=args.torch_dtype)
     for batch in args.gen_batches:
         contextpool, llama = causal_pair(args, max_len)
         pairs = [("generate", names, generate_fn(contextpool, batch, args.prompt_len, args.new_tokens, args.vocab,
-                                                 args.compile),
-                  generate_fn(llama, batch, args.prompt_len, args.new_tokens, args.vocab, args.compile))]  # fmt: skip
+                                                 args.compile, **placed),
+                  generate_fn(llama, batch, args.prompt_len, args.new_tokens, args.vocab, args.compile, **placed))]  # fmt: skip
         if args.compile:
-            eager = generate_fn(contextpool, batch, args.prompt_len, args.new_tokens, args.vocab)
+            eager = generate_fn(contextpool, batch, args.prompt_len, args.new_tokens, args.vocab, **placed)
             pairs.append(("compile_speedup", ("ContextPoolForCausalLM compiled", "ContextPoolForCausalLM eager"),
                           pairs[0][2], eager))  # fmt: skip
         for measure, pair_names, gen_a, gen_b in pairs:
-            times = timed_pair(gen_a, gen_b, args.repeats, args.warmup)
+            times = timed_pair(gen_a, gen_b, args.repeats, args.warmup, args.torch_device)
             times_a, times_b = times.wall_a, times.wall_b
             tokens = batch * args.new_tokens
             tps_a, tps_b = [tokens / t for t in times_a], [tokens / t for t in times_b]
@@ -405,7 +432,8 @@ def generate_rows(args, max_len):
                 contextpool_params=n_params(contextpool), vanilla_params=n_params(llama),
                 contextpool_times_ms=[round(t * 1000, 1) for t in times_a],
                 vanilla_times_ms=[round(t * 1000, 1) for t in times_b],
-                **cpu_ratio_fields([b / a for a, b in zip(times.cpu_a, times.cpu_b, strict=True)]),  # tokens/s: inverse
+                **cpu_ratio_fields([b / a for a, b in zip(times.cpu_a, times.cpu_b, strict=True)],  # tokens/s: inverse
+                                   args.torch_device),
             ))
             print(_row_text(rows[-1]), flush=True)
     return rows
@@ -422,9 +450,12 @@ def run_meta(args) -> dict:
         command="python scripts/bench_model.py " + " ".join(__import__("sys").argv[1:]),
         torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
         machine=platform.machine(), processor=platform.processor() or None, threads=torch.get_num_threads(),
-        device="cpu", hidden=args.hidden, layers=args.layers, heads=args.heads, vocab=args.vocab,
+        device=str(args.torch_device), dtype=args.dtype, **bench_device.device_info(args.torch_device),
+        hidden=args.hidden, layers=args.layers, heads=args.heads, vocab=args.vocab,
         seq2seq_layers=args.seq2seq_layers, compiled=args.compile, repeats=args.repeats, warmup=args.warmup, quick=args.quick,
-        memory_method="torch.profiler profile_memory: peak of the running sum of [memory] events during one step "
+        memory_method=("torch.profiler profile_memory: peak of the running sum of [memory] events during one step "
+                       "(2 alternated samples per model)") if args.torch_device.type == "cpu" else
+                      "torch.accelerator.max_memory_allocated during one step, less the allocation before it "
                       "(2 alternated samples per model)",
         timing_method="repeats after warm-up in the order A B, B A, ... (time.perf_counter; cpu_ratio: "
                       "time.process_time); ratio = median of the per-pair ratios, spread = their min-max",
@@ -466,10 +497,19 @@ def _row_text(row) -> str:
             + (f"  CPU time {row['cpu_ratio']} [{row['cpu_ratio_min']}-{row['cpu_ratio_max']}]" if "cpu_ratio" in row else ""))
 
 
+def _placement_text(meta) -> str:
+    """", on cuda (NVIDIA H100), bfloat16" for a run off the CPU or in another dtype; "" for the float32 CPU default."""
+    device, dtype = meta.get("device", "cpu"), meta.get("dtype", "float32")
+    if device == "cpu" and dtype == "float32":
+        return ""
+    name = f" ({meta['accelerator_name']})" if meta.get("accelerator_name") else ""
+    return f", on {device}{name}, {dtype}"
+
+
 def markdown_table(rows, meta) -> str:
     lines = [
         f"`{meta['command'].strip()}`: torch {meta['torch']}, transformers {meta['transformers']}, "
-        f"{meta['threads']} CPU thread(s); hidden {meta['hidden']}, {meta['layers']} layers "
+        f"{meta['threads']} CPU thread(s){_placement_text(meta)}; hidden {meta['hidden']}, {meta['layers']} layers "
         f"(seq2seq {meta['seq2seq_layers']} + {meta['seq2seq_layers']}), {meta['heads']} heads, vocab {meta['vocab']}",
         "",
         "| measure | ContextPool vs vanilla | n | batch | ContextPool | vanilla | ratio (median) | spread | target "

@@ -3,6 +3,12 @@
     python scripts/bench_op.py            # full sweep (several minutes)
     python scripts/bench_op.py --quick    # under a minute: the project's temporary `make demo`
     python scripts/bench_op.py --dense-1d # the 1-D dense / blocked crossover only (a minute or two)
+    python scripts/bench_op.py --device cuda --dtype bfloat16 --out benchmarks/gpu/bench_op   # an accelerator
+
+On an accelerator (`--device`, scripts/bench_device.py) every call is timed to its synchronisation and
+memory is the allocator's peak during the call above what it held before
+(`torch.accelerator.max_memory_allocated`); `--dtype` casts the inputs (the operator computes its
+coefficients in float32 at least).
 
 For every width d and length n (batch 2 by default) it measures, in the same run:
 - (a) `context_pool(..., implementation="fast")`, bidirectional, sigma_max 8, truncation 3
@@ -48,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import platform
@@ -56,6 +63,7 @@ import sys
 import time
 from pathlib import Path
 
+import bench_device  # scripts/bench_device.py: --device / --dtype
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
@@ -87,7 +95,10 @@ def parse_args(argv=None):
         help="writes OUT.csv and OUT.json (default benchmarks/bench_op; --quick: benchmarks/bench_op_quick, so that a "
              "smoke run never replaces the full sweep)",
     )  # fmt: skip
+    bench_device.add_device_arguments(parser)
     args = parser.parse_args(argv)
+    args.torch_device = bench_device.resolve_device(parser, args)
+    args.torch_dtype = bench_device.DTYPES[args.dtype]
     if args.quick:
         args.sizes, args.widths, args.repeats = [1024, 4096, 8192], [256], 3
     if args.out is None:
@@ -104,12 +115,15 @@ DENSE_1D_SIZES = (32, 64, 96, 128, 160, 192, 256, 384)
 DENSE_1D_TOKENS = 2048  # per call: batch = tokens // n
 
 
-def dense_1d_crossover(repeats: int, width: int = 256, sizes=DENSE_1D_SIZES) -> list[dict]:
-    """Forward + backward of each plan of `_BlockedPool1d` in process CPU time, both plans alternated inside
-    every repeat (A B, B A, ...): the minimum over repeats of each (short calls: the least disturbed run) and
-    the median of the per-repeat ratios dense / blocked (the steadier number on a shared machine)."""
+def dense_1d_crossover(repeats: int, width: int = 256, sizes=DENSE_1D_SIZES, device=None, dtype=torch.float32
+                       ) -> list[dict]:
+    """Forward + backward of each plan of `_BlockedPool1d` in process CPU time (on an accelerator: wall time to
+    synchronisation), both plans alternated inside every repeat (A B, B A, ...): the minimum over repeats of each
+    (short calls: the least disturbed run) and the median of the per-repeat ratios dense / blocked (the steadier
+    number on a shared machine)."""
     import contextpool_hf.pooling_contextpool as pooling
 
+    device = device or torch.device("cpu")
     radius = window_radius(SIGMA_MAX, TRUNCATION)
     forced = {"dense": 1 << 40, "blocked": 0}  # _DENSE_1D_MAX_COEFS that forces each plan
     chosen_limit = pooling._DENSE_1D_MAX_COEFS
@@ -119,19 +133,17 @@ def dense_1d_crossover(repeats: int, width: int = 256, sizes=DENSE_1D_SIZES) -> 
             for n in sizes:
                 batch = max(1, DENSE_1D_TOKENS // n)
                 gen = torch.Generator().manual_seed(0)
-                x = torch.randn(batch, n, width, generator=gen).requires_grad_()
-                w = torch.rand(batch, n, generator=gen).requires_grad_()
-                s = (torch.rand(batch, n, generator=gen) * (SIGMA_MAX - 1) + 1).requires_grad_()
-                grad = torch.randn(batch, n, width, generator=gen)
+                x, w, s, grad = (t.to(device, dtype) for t in (
+                    torch.randn(batch, n, width, generator=gen), torch.rand(batch, n, generator=gen),
+                    torch.rand(batch, n, generator=gen) * (SIGMA_MAX - 1) + 1, torch.randn(batch, n, width, generator=gen)))
+                x, w, s = (t.requires_grad_() for t in (x, w, s))
                 r = pooling.clamped_radius(radius, (n,))
                 times = {plan: [] for plan in forced}
                 for repeat in range(repeats + 1):
                     for plan in forced if repeat % 2 == 0 else list(forced)[::-1]:
                         pooling._DENSE_1D_MAX_COEFS = forced[plan]
-                        start = time.process_time()
-                        y = pooling._BlockedPool1d.apply(x, w, s, r, causal, True, 1e-6)
-                        torch.autograd.grad(y, (x, w, s), grad)
-                        times[plan].append(time.process_time() - start)
+                        call = functools.partial(_blocked_forward_backward, x, w, s, r, causal, grad)
+                        times[plan].append(timed(call, device, cpu_time=True))
                 best = {plan: min(t[1:]) * 1000 for plan, t in times.items()}
                 ratios = [a / b for a, b in zip(times["dense"][1:], times["blocked"][1:], strict=True)]
                 row = dict(causal=causal, n=n, batch=batch, d=width, radius=r, dense_ms=round(best["dense"], 3),
@@ -147,11 +159,20 @@ def dense_1d_crossover(repeats: int, width: int = 256, sizes=DENSE_1D_SIZES) -> 
     return rows
 
 
+def _blocked_forward_backward(x, w, s, radius, causal, grad) -> None:
+    import contextpool_hf.pooling_contextpool as pooling
+
+    y = pooling._BlockedPool1d.apply(x, w, s, radius, causal, True, 1e-6)
+    torch.autograd.grad(y, (x, w, s), grad)
+
+
 def run_dense_1d(args) -> None:
-    rows = dense_1d_crossover(args.repeats, width=args.widths[-1])
+    rows = dense_1d_crossover(args.repeats, width=args.widths[-1], device=args.torch_device, dtype=args.torch_dtype)
+    clock = "process CPU time" if args.torch_device.type == "cpu" else "wall time to synchronisation"
     meta = dict(command="python scripts/bench_op.py " + " ".join(sys.argv[1:]), repeats=args.repeats,
-                threads=args.threads, machine=machine_info(), measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                timing="forward + backward of _BlockedPool1d, float32, process CPU time, plans alternated; *_ms: minimum "
+                threads=args.threads, machine=machine_info(args.torch_device), device=str(args.torch_device),
+                dtype=args.dtype, measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                timing=f"forward + backward of _BlockedPool1d, {args.dtype}, {clock}, plans alternated; *_ms: minimum "
                        "over repeats; dense_over_blocked: median of the per-repeat ratios (ratio_min-ratio_max)")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
@@ -163,20 +184,27 @@ def run_dense_1d(args) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def make_case(impl, batch, n, d, seed=0):
+def make_case(impl, batch, n, d, seed=0, device=None, dtype=torch.float32):
+    """(forward, forward + backward) of one candidate, on inputs of `dtype` on `device` (drawn on the CPU from
+    `seed`, so every device and dtype gets the same numbers)."""
     g = torch.Generator().manual_seed(seed)
+
+    def draw(*shape, uniform=False):
+        t = torch.rand(*shape, generator=g) if uniform else torch.randn(*shape, generator=g)
+        return t.to(device or "cpu", dtype)
+
     if impl == "sdpa":
-        q, k, v = (torch.randn(batch, HEADS, n, d // HEADS, generator=g).requires_grad_() for _ in range(3))
-        grad_out = torch.randn(batch, HEADS, n, d // HEADS, generator=g)
+        q, k, v = (draw(batch, HEADS, n, d // HEADS).requires_grad_() for _ in range(3))
+        grad_out = draw(batch, HEADS, n, d // HEADS)
         inputs = (q, k, v)
 
         def call():
             return F.scaled_dot_product_attention(q, k, v)
     else:
-        x = torch.randn(batch, n, d, generator=g).requires_grad_()
-        w = torch.rand(batch, n, generator=g).requires_grad_()
-        sigma = (0.5 + (SIGMA_MAX - 0.5) * torch.rand(batch, n, generator=g)).requires_grad_()
-        grad_out = torch.randn(batch, n, d, generator=g)
+        x = draw(batch, n, d).requires_grad_()
+        w = draw(batch, n, uniform=True).requires_grad_()
+        sigma = (0.5 + (SIGMA_MAX - 0.5) * draw(batch, n, uniform=True)).detach().requires_grad_()
+        grad_out = draw(batch, n, d)
         inputs = (x, w, sigma)
 
         def call():
@@ -197,8 +225,11 @@ def reference_bytes(batch, n):
     return 8 * batch * n * n * 4
 
 
-def peak_extra_bytes(fn):
-    """Peak of the running sum of allocator events while fn runs (see the module docstring)."""
+def peak_extra_bytes(fn, device=None):
+    """Peak of the running sum of allocator events while fn runs (see the module docstring); on an
+    accelerator, its allocator's peak above what it held before."""
+    if device is not None and device.type != "cpu":
+        return bench_device.accelerator_peak_bytes(fn, device)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted(
@@ -211,10 +242,16 @@ def peak_extra_bytes(fn):
     return peak
 
 
-def timed(fn):
-    start = time.perf_counter()
+def timed(fn, device=None, cpu_time=False):
+    """Seconds one call of fn takes: wall time (process CPU time with cpu_time, on a CPU only); on an
+    accelerator, wall time until its queued work has finished."""
+    device = device or torch.device("cpu")
+    clock = time.process_time if cpu_time and device.type == "cpu" else time.perf_counter
+    bench_device.synchronize(device)
+    start = clock()
     fn()
-    return time.perf_counter() - start
+    bench_device.synchronize(device)
+    return clock() - start
 
 
 # --------------------------------------------------------------------------------------
@@ -234,7 +271,7 @@ def run_sweep(args):
                 if args.quick and impl != "fast" and n > 4096:
                     rows.append(dict(impl=impl, d=d, n=n, status="not run (--quick)"))
                     continue
-                active[impl] = make_case(impl, args.batch, n, d)
+                active[impl] = make_case(impl, args.batch, n, d, device=args.torch_device, dtype=args.torch_dtype)
             times = {impl: ([], []) for impl in active}
             # fast and SDPA alternate (background load falls on both); the dense reference runs
             # after them: its multi-GB temporaries, freed between calls, would otherwise make
@@ -245,8 +282,8 @@ def run_sweep(args):
                     fwd(), fwd_bwd()
                 for _ in range(args.repeats):
                     for impl, (fwd, fwd_bwd) in cases.items():
-                        times[impl][0].append(timed(fwd))
-                        times[impl][1].append(timed(fwd_bwd))
+                        times[impl][0].append(timed(fwd, args.torch_device))
+                        times[impl][1].append(timed(fwd_bwd, args.torch_device))
             for impl, (fwd, fwd_bwd) in active.items():
                 rows.append(
                     dict(
@@ -256,8 +293,8 @@ def run_sweep(args):
                         status="ok",
                         fwd_s=statistics.median(times[impl][0]),
                         fwd_bwd_s=statistics.median(times[impl][1]),
-                        fwd_mib=peak_extra_bytes(fwd) / 2**20,
-                        fwd_bwd_mib=peak_extra_bytes(fwd_bwd) / 2**20,
+                        fwd_mib=peak_extra_bytes(fwd, args.torch_device) / 2**20,
+                        fwd_bwd_mib=peak_extra_bytes(fwd_bwd, args.torch_device) / 2**20,
                     )
                 )
             print(f"  measured d={d} n={n}", file=sys.stderr, flush=True)
@@ -334,7 +371,8 @@ def print_table(rows, args, info):
     print(
         f"\nContextPool op benchmark: batch {args.batch}, R = {window_radius(SIGMA_MAX, TRUNCATION)} "
         f"(bidirectional), SDPA with {HEADS} heads; torch {info['torch']}, {info['threads']} threads, "
-        f"{info['cpu']}; median of {args.repeats}. Times in ms, memory in MiB (peak extra, fwd+bwd)."
+        f"{info['cpu']}; {info.get('accelerator_name', args.device)}, {args.dtype}; median of {args.repeats}. "
+        "Times in ms, memory in MiB (peak extra, fwd+bwd)."
     )
     header = (
         f"{'d':>4} {'n':>5} | {'fast fwd':>9} {'fast f+b':>9} {'MiB':>7} | {'ref fwd':>9} {'ref f+b':>9} {'MiB':>7} "
@@ -361,7 +399,7 @@ def print_table(rows, args, info):
     )
 
 
-def machine_info():
+def machine_info(device=None):
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -378,11 +416,12 @@ def machine_info():
         cpu_count=os.cpu_count(),
         platform=platform.platform(),
         load_average=os.getloadavg() if hasattr(os, "getloadavg") else None,
+        **bench_device.device_info(device or torch.device("cpu")),
     )
 
 
 # a run replaces a results file whole: only one made with the same sweep (a re-measurement)
-SWEEP_SETTINGS = ("sizes", "widths", "batch", "threads", "mem_cap_gib", "quick")
+SWEEP_SETTINGS = ("sizes", "widths", "batch", "threads", "mem_cap_gib", "quick", "device", "dtype")
 
 
 def check_replaceable(args) -> None:
@@ -402,7 +441,7 @@ def main(argv=None):
     check_replaceable(args)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    info = machine_info()
+    info = machine_info(args.torch_device)
     started = time.time()
     rows = run_sweep(args)
     add_ratios(rows)
@@ -425,7 +464,8 @@ def main(argv=None):
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config = {k: (str(v) if isinstance(v, (Path, torch.device, torch.dtype)) else v) for k, v in vars(args).items()
+              if k not in ("torch_device", "torch_dtype")}
     config.update(sigma_max=SIGMA_MAX, truncation=TRUNCATION, heads=HEADS, causal=False)
     payload = dict(
         machine=info,

@@ -28,6 +28,11 @@ PASS/FAIL is printed, the exit status stays 0.
     python scripts/bench_vision.py                     # eager steps, 15 repeats
     python scripts/bench_vision.py --compile --profile --crossover
     python scripts/bench_vision.py --quick             # smoke run, well under a minute
+    python scripts/bench_vision.py --device cuda --dtype bfloat16 --crossover --output-dir benchmarks/gpu
+
+On an accelerator (`--device`, scripts/bench_device.py) steps and crossover calls are timed to their
+synchronisation, training runs under autocast for a lower `--dtype`, and rows carry no CPU-time ratio;
+`--profile` (a CPU-time breakdown) runs on the CPU only.
 
 A run replaces what it measures in the results file and keeps the rest (the other model's rows, the
 profile of a model not profiled now, the crossover table when not re-run), provided the file was made
@@ -45,6 +50,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import bench_device  # scripts/bench_device.py: --device / --dtype
 import torch
 import transformers
 
@@ -83,7 +89,12 @@ def parse_args(argv=None):
     parser.add_argument("--crossover", action="store_true", help="time the 2-D operator's paths on growing maps")
     parser.add_argument("--output-dir", default="benchmarks")
     parser.add_argument("--name", default="bench_vision", help="result file stem")
+    bench_device.add_device_arguments(parser)
     args = parser.parse_args(argv)
+    args.torch_device = bench_device.resolve_device(parser, args)
+    args.torch_dtype = bench_device.DTYPES[args.dtype]
+    if args.profile and args.torch_device.type != "cpu":
+        parser.error(f"--profile splits the step's CPU time and runs on --device cpu only, got --device {args.device}")
     if args.quick:
         args.repeats, args.warmup, args.batch = 3, 1, 8
         if args.name == "bench_vision":
@@ -100,16 +111,19 @@ def make_pair(kind):
             ResNetForImageClassification(ResNetConfig(**RESNET)))  # fmt: skip
 
 
-def train_step_fn(model, batch, compiled=False):
-    model.train()
+def train_step_fn(model, batch, compiled=False, device=None, dtype=torch.float32):
+    """One AdamW training step on `device` (float32 weights; a lower dtype: the forward under autocast)."""
+    device = device or torch.device("cpu")
+    model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
-    pixels = torch.randn(batch, 3, 32, 32, generator=generator)
-    labels = torch.randint(0, 10, (batch,), generator=generator)
+    pixels = torch.randn(batch, 3, 32, 32, generator=generator).to(device)
+    labels = torch.randint(0, 10, (batch,), generator=generator).to(device)
     forward = torch.compile(model) if compiled else model
 
     def step():
-        loss = forward(pixel_values=pixels, labels=labels).loss
+        with bench_device.mixed_precision(device, dtype):
+            loss = forward(pixel_values=pixels, labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -121,7 +135,7 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def ratio_row(kind, mode, cp, vanilla, times, batch):
+def ratio_row(kind, mode, cp, vanilla, times, batch, device=None):
     """A results row from the alternated PairTimes of ContextPool (a) and transformers (b)."""
     times_cp, times_v = times.wall_a, times.wall_b
     ratios = [a / b for a, b in zip(times_cp, times_v, strict=True)]
@@ -135,7 +149,7 @@ def ratio_row(kind, mode, cp, vanilla, times, batch):
         target=f"<= {target}", status="PASS" if ratio <= target else "FAIL",
         contextpool_params=n_params(cp), vanilla_params=n_params(vanilla),
         contextpool_times_ms=[round(t * 1000, 1) for t in times_cp], vanilla_times_ms=[round(t * 1000, 1) for t in times_v],
-        **cpu_ratio_fields([a / b for a, b in zip(times.cpu_a, times.cpu_b, strict=True)]),
+        **cpu_ratio_fields([a / b for a, b in zip(times.cpu_a, times.cpu_b, strict=True)], device),
     )  # fmt: skip
 
 
@@ -260,23 +274,26 @@ def _operator_paths(x, w, s, radius, stride, dense):
     return paths
 
 
-def crossover(repeats, shapes=CROSSOVER_SHAPES, radius=4):
-    """Fastest of 2-D operator paths (forward + backward, float32), minimum over repeats
+def crossover(repeats, shapes=CROSSOVER_SHAPES, radius=4, device=None, dtype=torch.float32):
+    """Fastest of 2-D operator paths (forward + backward, in `dtype` on `device`), minimum over repeats
     (the least disturbed run: these are short calls)."""
+    device = device or torch.device("cpu")
     rows = []
     for batch, side, d, stride in shapes:
         out = strided_size(side, stride)
         gen = torch.Generator().manual_seed(0)
-        x = torch.randn(batch, side, side, d, generator=gen).requires_grad_()
-        w = torch.rand(batch, side, side, generator=gen).requires_grad_()
-        s = (torch.rand(batch, out, out, generator=gen) * 1.5 + 0.5).requires_grad_()
+        x, w, s = (t.to(device, dtype).requires_grad_() for t in (
+            torch.randn(batch, side, side, d, generator=gen), torch.rand(batch, side, side, generator=gen),
+            torch.rand(batch, out, out, generator=gen) * 1.5 + 0.5))
         coefs = out * out * side * side
         paths = _operator_paths(x, w, s, radius, stride, dense=coefs <= 1 << 22)
         times = {name: [] for name in paths}
         for _ in range(repeats + 1):
             for name, fn in paths.items():
+                bench_device.synchronize(device)
                 start = time.perf_counter()
                 fn().sum().backward()
+                bench_device.synchronize(device)
                 times[name].append(time.perf_counter() - start)
         best = {name: min(t[1:]) * 1000 for name, t in times.items()}
         chosen = "dense" if pooling_2d.plan_tiles((side, side), (out, out), radius, stride)[0][2] == 0 else "tiled"
@@ -298,7 +315,8 @@ def run_meta(args) -> dict:
     return dict(
         command="python scripts/bench_vision.py " + " ".join(sys.argv[1:]), torch=torch.__version__,
         transformers=transformers.__version__, python=platform.python_version(), machine=platform.machine(),
-        threads=torch.get_num_threads(), device="cpu", repeats=args.repeats, warmup=args.warmup, batch=args.batch,
+        threads=torch.get_num_threads(), device=str(args.torch_device), dtype=args.dtype,
+        **bench_device.device_info(args.torch_device), repeats=args.repeats, warmup=args.warmup, batch=args.batch,
         quick=args.quick, vit=VIT, resnet=RESNET, dense_max_coefs=pooling_2d._DENSE_MAX_COEFS,
         timing_method="repeats after warm-up in the order A B, B A, ... (time.perf_counter; cpu_ratio: "
                       "time.process_time); ratio = median of per-repeat ratios",
@@ -306,7 +324,7 @@ def run_meta(args) -> dict:
 
 
 # a run keeps the parts of the results file it does not measure only if the file agrees on these
-MERGE_SETTINGS = ("batch", "threads", "quick", "vit", "resnet")
+MERGE_SETTINGS = ("batch", "threads", "quick", "vit", "resnet", "device", "dtype")
 
 
 def check_mergeable(path: Path, meta: dict) -> dict:
@@ -342,18 +360,19 @@ def main():
     check_mergeable(path, meta)  # stop now, not after the measurements
     rows, breakdowns, cross = [], {}, []
     modes = ["eager"] + (["compiled"] if args.compile else [])
+    placed = dict(device=args.torch_device, dtype=args.torch_dtype)
     for kind in args.models:
         for mode in modes:
             cp, vanilla = make_pair(kind)
-            step_cp = train_step_fn(cp, args.batch, compiled=mode == "compiled")
-            step_v = train_step_fn(vanilla, args.batch, compiled=mode == "compiled")
+            step_cp = train_step_fn(cp, args.batch, compiled=mode == "compiled", **placed)
+            step_v = train_step_fn(vanilla, args.batch, compiled=mode == "compiled", **placed)
             start = time.perf_counter()
-            times = timed_pair(step_cp, step_v, args.repeats, args.warmup)
-            rows.append(ratio_row(kind, mode, cp, vanilla, times, args.batch))
+            times = timed_pair(step_cp, step_v, args.repeats, args.warmup, args.torch_device)
+            rows.append(ratio_row(kind, mode, cp, vanilla, times, args.batch, args.torch_device))
             r = rows[-1]
             print(f"{kind:<6} {mode:<8} train step B={args.batch}: {r['contextpool_ms']} vs {r['vanilla_ms']} ms  "
-                  f"ratio {r['ratio']} (min {r['ratio_min']}, max {r['ratio_max']}; CPU time {r['cpu_ratio']}; fastest/fastest "
-                  f"{r['ratio_of_fastest']}; {r['target']}: {r['status']})"
+                  f"ratio {r['ratio']} (min {r['ratio_min']}, max {r['ratio_max']}; CPU time {r.get('cpu_ratio', '-')}; "
+                  f"fastest/fastest {r['ratio_of_fastest']}; {r['target']}: {r['status']})"
                   f"  [{time.perf_counter() - start:.0f} s]", flush=True)  # fmt: skip
             if args.profile and mode == "eager":
                 breakdowns[kind] = profile_breakdown(step_cp)
@@ -365,7 +384,7 @@ def main():
             del cp, vanilla, step_cp, step_v
     if args.crossover:
         cross = crossover(max(3, args.repeats // 2) if not args.quick else 2,
-                          CROSSOVER_SHAPES if not args.quick else CROSSOVER_SHAPES[:3])
+                          CROSSOVER_SHAPES if not args.quick else CROSSOVER_SHAPES[:3], **placed)
 
     measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows = [dict(row, measured=measured, command=meta["command"]) for row in rows]
@@ -377,7 +396,7 @@ def main():
     for r in rows:
         print(f"| {r['contextpool']} vs {r['vanilla']} | {r['mode']} | {r['contextpool_ms']} ms | {r['vanilla_ms']} ms | "
               f"{r['ratio']}x ({r['ratio_min']}-{r['ratio_max']}) | {r['target']} {r['status']} | "
-              f"{r['cpu_ratio']}x ({r['cpu_ratio_min']}-{r['cpu_ratio_max']}) |")  # fmt: skip
+              + (f"{r['cpu_ratio']}x ({r['cpu_ratio_min']}-{r['cpu_ratio_max']}) |" if "cpu_ratio" in r else "- |"))  # fmt: skip
 
 
 if __name__ == "__main__":

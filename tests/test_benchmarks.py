@@ -135,3 +135,54 @@ def test_bench_op_refuses_to_replace_a_sweep_made_with_other_settings(tmp_path):
     bench_op.check_replaceable(bench_op.parse_args(["--out", str(out), "--repeats", "9"]))  # a re-measurement
     with pytest.raises(SystemExit, match=r"sizes: \[256, 512, 1024, 2048, 4096, 8192\] there, \[1024\] now"):
         bench_op.check_replaceable(bench_op.parse_args(["--out", str(out), "--sizes", "1024"]))
+
+
+# --------------------------------------------------------------------------------------
+# --device / --dtype (scripts/bench_device.py)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(__import__("torch").accelerator.is_available(), reason="this machine has an accelerator")
+@pytest.mark.parametrize("script", ["bench_model", "bench_op", "bench_vision"])
+def test_bench_scripts_name_a_device_this_machine_lacks(script, capsys):
+    module = __import__(script)
+    with pytest.raises(SystemExit):
+        module.parse_args(["--device", "cuda"])
+    assert "--device cuda: this machine has no cuda device" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        module.parse_args(["--device", "gpu0"])
+    assert "--device: 'gpu0' is not a device name torch knows" in capsys.readouterr().err
+
+
+def test_a_bfloat16_run_records_its_dtype_and_never_merges_into_float32_rows(tmp_path, monkeypatch):
+    """A real --quick run in bf16 (training under autocast, generation cast) records device and dtype, and a
+    float32 run then refuses to merge into its file."""
+    out = tmp_path / "bench"
+    argv = ["bench_model.py", "--quick", "--only", "masked-lm", "--repeats", "1", "--threads", "1", "--dtype",
+            "bfloat16", "--output-dir", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    bench_model.main()
+    saved = json.loads((out / "bench_model_quick.json").read_text())
+    assert (saved["meta"]["device"], saved["meta"]["dtype"]) == ("cpu", "bfloat16")
+    assert saved["results"][0]["family"] == "masked-lm" and saved["results"][0]["ratio"] > 0
+    with pytest.raises(SystemExit, match=r"dtype: 'bfloat16' there, 'float32' now"):
+        bench_model.check_mergeable(out / "bench_model_quick.json", _meta(threads=1))
+
+
+def test_the_gpu_benchmark_script_runs_end_to_end_in_smoke_mode(tmp_path):
+    """scripts/bench_gpu.sh --smoke: every script it calls, with its device and dtype options, at tiny sizes on the
+    CPU, without the package installed (PYTHONPATH=src, as on a bare GPU machine)."""
+    import os
+    import subprocess
+
+    root = SCRIPTS.parent
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path), PYTHONPATH="")
+    done = subprocess.run(["bash", "scripts/bench_gpu.sh", "--smoke"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("bench_op.json", "bench_model_quick.json", "bench_vision_quick.json"):
+        saved = json.loads((tmp_path / name).read_text())
+        meta = saved.get("meta") or saved["config"]
+        assert (meta["device"], meta["dtype"]) == ("cpu", "bfloat16"), name
+    bad = subprocess.run(["bash", "scripts/bench_gpu.sh", "--fast"], cwd=root, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown argument '--fast' (allowed: --smoke)" in bad.stderr

@@ -1,0 +1,80 @@
+"""Where a benchmark runs: the `--device` and `--dtype` options of the bench scripts, and the calls that
+differ between a CPU and an accelerator (synchronising before a clock is read, peak memory).
+
+On a CPU every op has finished when its Python call returns; an accelerator queues work, so a timer
+read without `synchronize` measures the queueing, not the work. Precision follows what users run:
+training steps keep float32 weights under `torch.autocast` (as `Trainer(bf16=True)` does), generation
+runs a model cast to the dtype (as `from_pretrained(dtype=torch.bfloat16)` gives).
+
+    python scripts/bench_model.py --device cuda --dtype bfloat16 --output-dir benchmarks/gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu",
+                        help="where to run: cpu (default), or an accelerator torch sees (cuda, cuda:1, xpu, ...)")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                        help="float32 (default); bfloat16 / float16: training steps under torch.autocast with float32 "
+                             "weights, generation with the models cast to it")  # fmt: skip
+
+
+def resolve_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
+    """The torch.device `args.device` names, after checking that this machine has it (parser.error otherwise)."""
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        parser.error(f"--device: {args.device!r} is not a device name torch knows (cpu, cuda, cuda:1, xpu, ...)")
+    if device.type == "cpu":
+        return device
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    if accelerator is None or accelerator.type != device.type:
+        seen = accelerator.type if accelerator is not None else "no accelerator"
+        parser.error(f"--device {args.device}: this machine has no {device.type} device (torch sees {seen}); "
+                     "use --device cpu")  # fmt: skip
+    count = torch.accelerator.device_count()
+    if device.index is not None and device.index >= count:
+        parser.error(f"--device {args.device}: there are {count} {device.type} device(s), indices 0 to {count - 1}")
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until the work queued on `device` has finished (nothing to wait for on a CPU)."""
+    if device.type != "cpu":
+        torch.accelerator.synchronize(device)
+
+
+def mixed_precision(device: torch.device, dtype: torch.dtype):
+    """The autocast region a training step runs in: none for float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def accelerator_peak_bytes(fn, device: torch.device) -> int:
+    """Peak bytes the accelerator's allocator holds during fn(), above what it held before."""
+    synchronize(device)
+    before = torch.accelerator.memory_allocated(device)
+    torch.accelerator.reset_peak_memory_stats(device)
+    fn()
+    synchronize(device)
+    return torch.accelerator.max_memory_allocated(device) - before
+
+
+def device_info(device: torch.device) -> dict:
+    """What results on `device` depend on besides the CPU: the accelerator's name (empty dict on a CPU)."""
+    if device.type == "cpu":
+        return {}
+    info = {"accelerator": device.type}
+    module = getattr(torch, device.type, None)
+    if module is not None and hasattr(module, "get_device_name"):
+        info["accelerator_name"] = module.get_device_name(device)
+    return info
