@@ -173,6 +173,12 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_ops.py", "dense_and_blocked_plans or chunked_1d"),
     ),
     Mutation(
+        "autocast-left-on", "the operator runs under autocast: its matmuls in bf16, the 2-D backward on mixed dtypes",
+        "        with torch.autocast(device_type, enabled=False):\n",
+        "        with torch.autocast(device_type, enabled=True):\n",
+        _k("tests/test_ops.py", "autocast"),
+    ),
+    Mutation(
         "static-window-unshifted", "a static-cache decode step drops the newest pooling input instead of the oldest",
         "        ring_features = torch.cat([history[:, :, 1:], features.to(history.dtype)], dim=2)",
         "        ring_features = torch.cat([history[:, :, :-1], features.to(history.dtype)], dim=2)",
