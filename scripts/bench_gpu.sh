@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 15's benchmarks on an accelerator, bf16, into benchmarks/gpu/: the operator (bench_op.py), the text
 # models (bench_model.py; with COMPILE=1 also compiled) and the vision models (bench_vision.py, with the 2-D
-# crossover).
+# crossover). Where triton is installed, implementation="triton" is timed too: against the fast path in
+# bench_op.json (triton_over_fast_*), and the causal LM with it against Llama in bench_model_triton.json.
 # Sizes are a GPU's (hidden 1024, 8 layers, n up to 8192; the CPU rows use hidden 256, 4 layers), so every
 # ratio is ContextPool against the transformers model of the same size, measured in the same run.
 #
@@ -47,10 +48,21 @@ else
     vision=(--batch 256 --repeats 10 --crossover)
 fi
 placed=(--device "$DEVICE" --dtype "$DTYPE")
+# implementation="triton" beside the fast path where the triton package is there (not in --smoke: the CPU
+# would run the kernels in Triton's interpreter, far too slowly for a benchmark)
+triton=0
+if [[ $smoke == 0 ]] && "$PYTHON" -c "import triton" 2>/dev/null; then
+    triton=1
+    op+=(--triton)
+fi
 
 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'accelerator', torch.accelerator.current_accelerator())"
 "$PYTHON" scripts/bench_op.py "${op[@]}" "${placed[@]}" --out "$OUT/bench_op"
 "$PYTHON" scripts/bench_model.py "${model[@]}" "${placed[@]}" --output-dir "$OUT"
+if [[ $triton == 1 ]]; then  # the causal LM with the Triton kernels against Llama, its own results file
+    "$PYTHON" scripts/bench_model.py "${model[@]}" --only causal-lm --pool-implementation triton "${placed[@]}" \
+        --output-dir "$OUT" --name bench_model_triton
+fi
 if [[ ${#compiled[@]} -gt 0 ]]; then
     "$PYTHON" scripts/bench_model.py "${compiled[@]}" "${placed[@]}" --output-dir "$OUT"
 fi

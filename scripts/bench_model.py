@@ -125,6 +125,8 @@ def parse_args(argv=None):
                         help="both models under torch.compile (inductor): the train steps, and generation decoding on a "
                              "static cache (plus ContextPool's compiled / eager speed-up); the warm-up compiles")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--pool-implementation", default="fast", choices=["fast", "reference", "triton"],
+                        help="the ContextPool models' pool_implementation (triton: CUDA kernels, opt-in)")
     parser.add_argument("--output-dir", default="benchmarks")
     parser.add_argument("--name", default="bench_model", help="result file stem")
     bench_device.add_device_arguments(parser)
@@ -162,7 +164,7 @@ def causal_pair(args, max_len):
                   num_attention_heads=args.heads, intermediate_size=4 * args.hidden, max_position_embeddings=max_len,
                   tie_word_embeddings=False)
     contextpool = ContextPoolForCausalLM(ContextPoolConfig(
-        **common, is_causal=True, position_embedding_type="rotary", norm_type="rmsnorm", norm_eps=1e-6,
+        **common, is_causal=True, pool_implementation=args.pool_implementation, position_embedding_type="rotary", norm_type="rmsnorm", norm_eps=1e-6,
         mlp_type="gated", hidden_act="silu", attention_bias=False, mlp_bias=False, norm_position="pre",
         final_norm=True, attn_implementation="sdpa",
     ))
@@ -173,7 +175,7 @@ def causal_pair(args, max_len):
 
 def masked_pair(args, max_len):
     contextpool = ContextPoolForMaskedLM(ContextPoolConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
+        pool_implementation=args.pool_implementation, vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
         num_attention_heads=args.heads, intermediate_size=4 * args.hidden, max_position_embeddings=max_len,
         is_causal=False, position_embedding_type="absolute", type_vocab_size=2, norm_type="layernorm",
         norm_eps=1e-12, norm_position="post", embedding_norm=True, final_norm=False, mlp_type="gelu",
@@ -197,6 +199,7 @@ def seq2seq_pair(args, max_len):
                   bos_token_id=1, decoder_start_token_id=1, forced_eos_token_id=None)
     contextpool = ContextPoolForConditionalGeneration(ContextPoolSeq2SeqConfig(
         **common, position_embedding_type="sinusoidal", norm_position="post", layernorm_embedding=False,
+        pool_implementation=args.pool_implementation,
         attn_implementation="sdpa",
     ))
     marian = MarianMTModel(MarianConfig(**common, decoder_vocab_size=args.vocab,
@@ -304,7 +307,7 @@ def cpu_ratio_fields(ratios: list[float], device=None) -> dict:
 
 # what a results file's rows depend on besides the family: a partial run merges only into a file that agrees
 MERGE_SETTINGS = ("hidden", "layers", "heads", "vocab", "seq2seq_layers", "compiled", "quick", "threads", "device",
-                  "dtype")
+                  "dtype", "pool_implementation")
 
 
 def row_family(row: dict) -> str:
@@ -450,7 +453,7 @@ def run_meta(args) -> dict:
         command="python scripts/bench_model.py " + " ".join(__import__("sys").argv[1:]),
         torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
         machine=platform.machine(), processor=platform.processor() or None, threads=torch.get_num_threads(),
-        device=str(args.torch_device), dtype=args.dtype, **bench_device.device_info(args.torch_device),
+        device=str(args.torch_device), dtype=args.dtype, pool_implementation=args.pool_implementation, **bench_device.device_info(args.torch_device),
         hidden=args.hidden, layers=args.layers, heads=args.heads, vocab=args.vocab,
         seq2seq_layers=args.seq2seq_layers, compiled=args.compile, repeats=args.repeats, warmup=args.warmup, quick=args.quick,
         memory_method=("torch.profiler profile_memory: peak of the running sum of [memory] events during one step "

@@ -4,6 +4,7 @@
     python scripts/bench_op.py --quick    # under a minute: the project's temporary `make demo`
     python scripts/bench_op.py --dense-1d # the 1-D dense / blocked crossover only (a minute or two)
     python scripts/bench_op.py --device cuda --dtype bfloat16 --out benchmarks/gpu/bench_op   # an accelerator
+    python scripts/bench_op.py --device cuda --triton    # also implementation="triton" (CUDA, or TRITON_INTERPRET=1)
 
 On an accelerator (`--device`, scripts/bench_device.py) every call is timed to its synchronisation and
 memory is the allocator's peak during the call above what it held before
@@ -82,6 +83,9 @@ def parse_args(argv=None):
                         help="only the 1-D dense / blocked crossover on short sequences (see the docstring)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192])
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--triton", action="store_true",
+                        help='also time implementation="triton" (1-D kernels; CUDA), alternated with the fast path, and '
+                             "report triton/fast")  # fmt: skip
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
@@ -99,6 +103,12 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.torch_device = bench_device.resolve_device(parser, args)
     args.torch_dtype = bench_device.DTYPES[args.dtype]
+    if args.triton:
+        from contextpool_hf.pooling_triton_contextpool import triton_unavailable_reason
+
+        reason = triton_unavailable_reason(torch.empty(0, device=args.torch_device))
+        if reason is not None:
+            parser.error(f"--triton: implementation='triton' cannot run here: {reason}")
     if args.quick:
         args.sizes, args.widths, args.repeats = [1024, 4096, 8192], [256], 3
     if args.out is None:
@@ -264,7 +274,7 @@ def run_sweep(args):
     for d in args.widths:
         for n in args.sizes:
             active = {}
-            for impl in IMPLS:
+            for impl in IMPLS + (("triton",) if args.triton else ()):
                 if impl == "reference" and reference_bytes(args.batch, n) > args.mem_cap_gib * 2**30:
                     rows.append(dict(impl=impl, d=d, n=n, status="skipped (memory)"))
                     continue
@@ -276,7 +286,7 @@ def run_sweep(args):
             # fast and SDPA alternate (background load falls on both); the dense reference runs
             # after them: its multi-GB temporaries, freed between calls, would otherwise make
             # every following fast call pay fresh page faults at large n.
-            for group in (("fast", "sdpa"), ("reference",)):
+            for group in (("fast", "sdpa", "triton"), ("reference",)):
                 cases = {impl: active[impl] for impl in group if impl in active}
                 for fwd, fwd_bwd in cases.values():  # warm-up
                     fwd(), fwd_bwd()
@@ -320,6 +330,9 @@ def add_ratios(rows):
         for key in ("fwd_s", "fwd_bwd_s"):
             row[f"ref_over_fast_{key}"] = ratio(get(rows, "reference", d, n, key), row[key])
             row[f"fast_over_sdpa_{key}"] = ratio(row[key], get(rows, "sdpa", d, n, key))
+            triton = get(rows, "triton", d, n, key)
+            if triton is not None:
+                row[f"triton_over_fast_{key}"] = ratio(triton, row[key])
 
 
 def check_targets(rows, args):
@@ -397,6 +410,10 @@ def print_table(rows, args, info):
     print(
         "(ratios are fwd+bwd: ref/fast = speed-up over the dense reference; fast/sdpa = share of one SDPA call)"
     )
+    for row in rows:
+        if "triton_over_fast_fwd_bwd_s" in row:
+            print(f"  triton/fast d={row['d']} n={row['n']}: fwd {fmt_ratio(row['triton_over_fast_fwd_s'])}, "
+                  f"fwd+bwd {fmt_ratio(row['triton_over_fast_fwd_bwd_s'])} (below 1: the kernels are faster)")
 
 
 def machine_info(device=None):
@@ -421,7 +438,7 @@ def machine_info(device=None):
 
 
 # a run replaces a results file whole: only one made with the same sweep (a re-measurement)
-SWEEP_SETTINGS = ("sizes", "widths", "batch", "threads", "mem_cap_gib", "quick", "device", "dtype")
+SWEEP_SETTINGS = ("sizes", "widths", "batch", "threads", "mem_cap_gib", "quick", "device", "dtype", "triton")
 
 
 def check_replaceable(args) -> None:

@@ -179,6 +179,18 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_ops.py", "autocast"),
     ),
     Mutation(
+        "triton-sigma-grad-power", "the Triton backward divides the widths' gradient by s^2 instead of s^3",
+        "        tl.store(ds_ptr + base + i, grad * inv_var / s, mask=i_ok)",
+        "        tl.store(ds_ptr + base + i, grad * inv_var, mask=i_ok)",
+        _k("tests/test_triton.py", "interpreter"),
+    ),
+    Mutation(
+        "triton-causal-leak", "the Triton kernels let a causal token pool the next one",
+        "        if CAUSAL:\n            inside = inside & (dist <= 0)\n",
+        "        if CAUSAL:\n            inside = inside & (dist <= 1)\n",
+        _k("tests/test_triton.py", "interpreter"),
+    ),
+    Mutation(
         "static-window-unshifted", "a static-cache decode step drops the newest pooling input instead of the oldest",
         "        ring_features = torch.cat([history[:, :, 1:], features.to(history.dtype)], dim=2)",
         "        ring_features = torch.cat([history[:, :, :-1], features.to(history.dtype)], dim=2)",

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-IMPLEMENTATIONS = ("fast", "reference")
+IMPLEMENTATIONS = ("fast", "reference", "triton")
 DEFAULT_EPS = 1e-6
 # sigma is produced as sigma_min + (sigma_max - sigma_min) * sigmoid(b); allow float rounding
 # at the top of that range without letting real out-of-range widths through.

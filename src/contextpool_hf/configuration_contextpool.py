@@ -130,7 +130,8 @@ class ContextPoolConfig(PreTrainedConfig):
         pool_kernel_size / pool_predictor_width: predictor's depthwise conv kernel and width (None = hidden_size).
         pool_mix_init: initial value of each layer's learnable mix between the token and its pooled
             context (1 = fully pooled; converted pretrained models start at 0 = exactly the source).
-        pool_implementation: "fast" (O(n R d)) or "reference" (dense, for testing).
+        pool_implementation: "fast" (O(n R d)), "reference" (dense, for testing) or "triton" (Triton kernels
+            on CUDA, opt-in: needs the triton package, and has not been measured faster yet).
         pool_placement: what is pooled (ablation of issue 16). "attention_input" (the spec): the layer's
             normalised input is pooled for its attention and the residual stream is kept.
             "block_output" (the paper's Fig. 2(c) caption): the features entering a pooling layer (the
@@ -198,7 +199,7 @@ class ContextPoolConfig(PreTrainedConfig):
     pool_kernel_size: int = 3
     pool_predictor_width: int | None = None
     pool_mix_init: Number = 1.0
-    pool_implementation: Literal["fast", "reference"] = "fast"
+    pool_implementation: Literal["fast", "reference", "triton"] = "fast"
     pool_placement: Literal["attention_input", "block_output"] = "attention_input"
     pool_mode: Literal["adaptive", "fixed", "fixed_learned"] = "adaptive"
     pool_fixed_sigma: Number | None = None

@@ -107,7 +107,7 @@ class ContextPoolSeq2SeqConfig(PreTrainedConfig):
     pool_kernel_size: int = 3
     pool_predictor_width: int | None = None
     pool_mix_init: Number = 1.0
-    pool_implementation: Literal["fast", "reference"] = "fast"
+    pool_implementation: Literal["fast", "reference", "triton"] = "fast"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

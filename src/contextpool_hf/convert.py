@@ -437,7 +437,7 @@ _POOL_OPTIONS = (
     ("pool_kernel_size", int, "predictor's depthwise conv kernel (odd)"),
     ("pool_predictor_width", int, "predictor width (default hidden_size)"),
     ("pool_mix_init", float, "initial pooled mix (0 = exactly the source model, the default)"),
-    ("pool_implementation", str, "fast or reference"),
+    ("pool_implementation", str, "fast, reference or triton (CUDA)"),
 )
 
 

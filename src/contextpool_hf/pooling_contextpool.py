@@ -14,7 +14,7 @@ For output position i with width sigma_i and input weights w_j (spec items 2-5):
 
 with R = ceil(truncation * sigma_max); causal 1-D pooling also drops j > i.
 
-Two implementations:
+Three implementations:
 - "reference": dense (batch, n_out, n_in) coefficient matrix. Obviously correct, any
   dtype (float64 for the oracle), O(n^2) memory. Used by tests only.
 - "fast": in 1-D, blocked banded matmuls (`_BlockedPool1d`); in 2-D, dense or tiled
@@ -22,6 +22,8 @@ Two implementations:
   dense n_out x n_in only on small maps); hand-written backwards recompute the Gaussian
   coefficients instead of storing them. The offset loop (`_FastContextPool`, one shifted
   view of x per window offset) is the earlier 2-D path, kept as the measured baseline.
+- "triton": 1-D sequences through Triton kernels on CUDA (`pooling_triton_contextpool.py`; opt-in,
+  not yet measured on a GPU); 2-D grids take the fast path.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from .pooling_offsets_contextpool import (  # noqa: F401
     _tiled_plans,
     _window_offsets,
 )
+from .pooling_triton_contextpool import triton_pool_1d
 from .predictor_contextpool import (  # noqa: F401
     ContextPoolPredictor,
     _depthwise_conv_1d,
@@ -335,8 +338,15 @@ def _pool_reference(x, weights, sigma, radius, stride, causal, normalize, eps):
     return y.reshape(sigma.shape + (d,))
 
 
+def _pool_triton(x, weights, sigma, radius, stride, causal, normalize, eps):
+    if x.dim() == 3 and stride == 1:
+        return triton_pool_1d(x, weights, sigma, radius, causal, normalize, eps)
+    return _pool_fast(x, weights, sigma, radius, stride, causal, normalize, eps)  # 2-D: no kernel of its own
+
+
 # autocast off for the reference's plain matmuls as for the fast paths' Functions (see _autocast_off)
-_IMPLEMENTATION_FUNCTIONS = {"fast": _autocast_off(_pool_fast), "reference": _autocast_off(_pool_reference)}
+_IMPLEMENTATION_FUNCTIONS = {name: _autocast_off(fn) for name, fn in
+                             (("fast", _pool_fast), ("reference", _pool_reference), ("triton", _pool_triton))}
 
 
 def _run(x, weights, sigma, radius, stride, causal, normalize, eps, implementation):
@@ -381,8 +391,8 @@ def context_pool(
         causal: output i pools tokens j <= i only.
         sigma_max, truncation: the window radius is R = ceil(truncation * sigma_max).
         normalize: divide by eps + sum_j w_j g_ij (spec item 5).
-        implementation: "fast" (blocked banded matmuls, O(n (T + 2R) d) time, O(n d) extra memory) or
-            "reference" (dense n x n).
+        implementation: "fast" (blocked banded matmuls, O(n (T + 2R) d) time, O(n d) extra memory),
+            "reference" (dense n x n) or "triton" (Triton kernels on CUDA, opt-in).
 
     Returns:
         y with the shape of x.

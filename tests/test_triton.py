@@ -1,0 +1,53 @@
+"""implementation="triton": its cases (tests/triton_cases.py) under Triton's CPU interpreter in a subprocess,
+and the errors where it cannot run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import contextpool_hf.pooling_triton_contextpool as triton_pooling
+from contextpool_hf.pooling_contextpool import context_pool
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(triton_pooling.triton is None, reason="the triton package is not installed")
+def test_triton_cases_pass_under_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/triton_cases.py"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]
+
+
+def _inputs():
+    return torch.randn(2, 9, 4), torch.rand(2, 9), 0.5 + torch.rand(2, 9)
+
+
+@pytest.mark.skipif(triton_pooling.triton is None or triton_pooling.INTERPRETED or torch.cuda.is_available(),
+                    reason="needs triton installed, no interpreter and no CUDA")  # fmt: skip
+def test_triton_on_a_cpu_tensor_says_where_it_runs():
+    with pytest.raises(ValueError, match=r"implementation='triton' cannot run here: it runs on CUDA devices "
+                                         r"\(x is on cpu; TRITON_INTERPRET=1.*use implementation='fast'"):  # fmt: skip
+        context_pool(*_inputs(), implementation="triton")
+
+
+def test_triton_without_the_package_says_so(monkeypatch):
+    monkeypatch.setattr(triton_pooling, "triton", None)
+    with pytest.raises(ValueError, match=r"the triton package is not installed \(pip install triton\)"):
+        context_pool(*_inputs(), implementation="triton")
+
+
+def test_triton_pools_2d_grids_on_the_fast_path():
+    """A 2-D grid has no kernel of its own: implementation="triton" gives the fast path's result (no error)."""
+    from contextpool_hf.pooling_contextpool import context_pool_2d
+
+    x, w, s = torch.randn(1, 6, 6, 3), torch.rand(1, 6, 6), 0.5 + torch.rand(1, 3, 3)
+    torch.testing.assert_close(context_pool_2d(x, w, s, stride=2, implementation="triton"),
+                               context_pool_2d(x, w, s, stride=2, implementation="fast"), rtol=0, atol=0)  # fmt: skip
