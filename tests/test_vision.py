@@ -160,16 +160,19 @@ def test_loss_problem_types():
     assert torch.isfinite(loss) and multi.config.problem_type == "multi_label_classification"
 
 
-@pytest.mark.parametrize("which", ["vit", "resnet"])
-def test_every_parameter_gets_a_finite_gradient(which):
+def _pooling_everywhere(which):
+    """(model, pixels): a tiny ViT, or a ResNet pooling at every down-sampling site, gates half open."""
     torch.manual_seed(0)
     if which == "vit":
-        model = ContextPoolViTForImageClassification(tiny_vit_config(pool_mix_init=0.7))
-        x = torch.randn(2, 3, 16, 16)
-    else:
-        model = ContextPoolResNetForImageClassification(
-            tiny_resnet_config(pool_downsampling=["stem_conv", "stem_pool", "stages"], pool_mix_init=0.7))
-        x = torch.randn(2, 3, 24, 24)
+        return ContextPoolViTForImageClassification(tiny_vit_config(pool_mix_init=0.7)), torch.randn(2, 3, 16, 16)
+    model = ContextPoolResNetForImageClassification(
+        tiny_resnet_config(pool_downsampling=["stem_conv", "stem_pool", "stages"], pool_mix_init=0.7))
+    return model, torch.randn(2, 3, 24, 24)
+
+
+@pytest.mark.parametrize("which", ["vit", "resnet"])
+def test_every_parameter_gets_a_finite_gradient(which):
+    model, x = _pooling_everywhere(which)
     model.train()
     model(pixel_values=x, labels=torch.tensor([0, 1])).loss.backward()
     for name, p in model.named_parameters():
@@ -228,14 +231,7 @@ def test_vit_pool_before_projection_equals_projecting_first(feeds):
 def test_bf16_autocast_training_step_matches_float32(which):
     """A training step under torch.autocast in bf16 (what Trainer(bf16=True) runs) gives the float32 loss and
     gradients up to bf16 rounding. The 2-D pooling backward once raised there (float32 and bf16 tensors met)."""
-    torch.manual_seed(0)
-    if which == "vit":
-        model = ContextPoolViTForImageClassification(tiny_vit_config(pool_mix_init=0.7))
-        x = torch.randn(2, 3, 16, 16)
-    else:
-        model = ContextPoolResNetForImageClassification(
-            tiny_resnet_config(pool_downsampling=["stem_conv", "stem_pool", "stages"], pool_mix_init=0.7))
-        x = torch.randn(2, 3, 24, 24)
+    model, x = _pooling_everywhere(which)
     model.train()
     labels = torch.tensor([0, 1])
     grads = []

@@ -68,6 +68,27 @@ if triton is not None:
         return gauss, gauss * w[None, :], dist
 
     @triton.jit
+    def _widths(s_ptr, base, i, i_ok):
+        """s_i and 1 / s_i^2 of outputs i (1 where i lies outside the sequence)."""
+        s = tl.load(s_ptr + base + i, mask=i_ok, other=1.0)
+        return s, 1.0 / (s * s)
+
+    @triton.jit
+    def _outputs_reading(i0, j, w, s_ptr, base, n, radius, CAUSAL: tl.constexpr, BLOCK_I: tl.constexpr):
+        """Outputs i = i0 .. i0 + BLOCK_I - 1, which of them lie in the sequence, and their gauss (BLOCK_I, len(j))
+        against inputs j (0 for outputs outside the sequence)."""
+        i = i0 + tl.arange(0, BLOCK_I)
+        i_ok = (i >= 0) & (i < n)
+        gauss, _, _ = _coefficients(i, j, _widths(s_ptr, base, i, i_ok)[1], w, n, radius, CAUSAL)
+        return i, i_ok, tl.where(i_ok[:, None], gauss, 0.0)
+
+    @triton.jit
+    def _load_tile(ptr, base, rows, rows_ok, cols, cols_ok, d):
+        """The (len(rows), len(cols)) tile of a (B, n, d) tensor at batch offset `base` (= batch * n), 0 outside."""
+        return tl.load(ptr + (base + rows[:, None]) * d + cols[None, :], mask=rows_ok[:, None] & cols_ok[None, :],
+                       other=0.0)  # fmt: skip
+
+    @triton.jit
     def _forward_kernel(x_ptr, w_ptr, s_ptr, y_ptr, total_ptr, n, d, radius, after, eps,
                         CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr,
                         BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
@@ -76,8 +97,7 @@ if triton is not None:
         cols = chunk * BLOCK_D + tl.arange(0, BLOCK_D)
         i_ok, col_ok = i < n, cols < d
         base = batch.to(tl.int64) * n
-        s = tl.load(s_ptr + base + i, mask=i_ok, other=1.0)
-        inv_var = 1.0 / (s * s)
+        s, inv_var = _widths(s_ptr, base, i, i_ok)
         acc = tl.zeros((BLOCK_I, BLOCK_D), dtype=s.dtype)
         total = tl.zeros((BLOCK_I,), dtype=s.dtype)
         for j0 in range(block * BLOCK_I - radius, block * BLOCK_I + BLOCK_I + after, BLOCK_J):
@@ -85,9 +105,7 @@ if triton is not None:
             j_ok = (j >= 0) & (j < n)
             w = tl.load(w_ptr + base + j, mask=j_ok, other=0.0)
             _, c, _ = _coefficients(i, j, inv_var, w, n, radius, CAUSAL)
-            x = tl.load(x_ptr + (base + j[:, None]) * d + cols[None, :], mask=j_ok[:, None] & col_ok[None, :],
-                        other=0.0)  # fmt: skip
-            acc += tl.dot(c, x, input_precision="ieee")
+            acc += tl.dot(c, _load_tile(x_ptr, base, j, j_ok, cols, col_ok, d), input_precision="ieee")
             total += tl.sum(c, axis=1)
         if NORMALIZE:
             acc = acc / (total + eps)[:, None]
@@ -103,8 +121,7 @@ if triton is not None:
         i = block * BLOCK_I + tl.arange(0, BLOCK_I)
         i_ok = i < n
         base = batch.to(tl.int64) * n
-        s = tl.load(s_ptr + base + i, mask=i_ok, other=1.0)
-        inv_var = 1.0 / (s * s)
+        s, inv_var = _widths(s_ptr, base, i, i_ok)
         through_n = tl.zeros((BLOCK_I,), dtype=s.dtype)  # G_i . sum_j c_ij d_ij^2 x_j
         weighted_sq = tl.zeros((BLOCK_I,), dtype=s.dtype)  # sum_j c_ij d_ij^2
         for j0 in range(block * BLOCK_I - radius, block * BLOCK_I + BLOCK_I + after, BLOCK_J):
@@ -117,10 +134,8 @@ if triton is not None:
             for d0 in range(0, d, BLOCK_D):
                 cols = d0 + tl.arange(0, BLOCK_D)
                 col_ok = cols < d
-                x = tl.load(x_ptr + (base + j[:, None]) * d + cols[None, :], mask=j_ok[:, None] & col_ok[None, :],
-                            other=0.0)  # fmt: skip
-                g = tl.load(g_ptr + (base + i[:, None]) * d + cols[None, :], mask=i_ok[:, None] & col_ok[None, :],
-                            other=0.0)  # fmt: skip
+                x = _load_tile(x_ptr, base, j, j_ok, cols, col_ok, d)
+                g = _load_tile(g_ptr, base, i, i_ok, cols, col_ok, d)
                 through_n += tl.sum(tl.dot(c_sq, x, input_precision="ieee") * g, axis=1)
         grad = through_n
         if NORMALIZE:
@@ -141,10 +156,7 @@ if triton is not None:
         grad_w = tl.zeros((BLOCK_J,), dtype=w.dtype)
         if NORMALIZE:  # sum_i gauss_ij t_i
             for i0 in range(first, last, BLOCK_I):
-                i = i0 + tl.arange(0, BLOCK_I)
-                i_ok = (i >= 0) & (i < n)
-                s = tl.load(s_ptr + base + i, mask=i_ok, other=1.0)
-                gauss, _, _ = _coefficients(i, j, 1.0 / (s * s), w, n, radius, CAUSAL)  # (BLOCK_I, BLOCK_J)
+                i, i_ok, gauss = _outputs_reading(i0, j, w, s_ptr, base, n, radius, CAUSAL, BLOCK_I)
                 t = tl.load(t_ptr + base + i, mask=i_ok, other=0.0)
                 grad_w += tl.sum(gauss * t[:, None], axis=0)
         for d0 in range(0, d, BLOCK_D):
@@ -152,16 +164,10 @@ if triton is not None:
             col_ok = cols < d
             m = tl.zeros((BLOCK_J, BLOCK_D), dtype=w.dtype)  # sum_i gauss_ij G_i
             for i0 in range(first, last, BLOCK_I):
-                i = i0 + tl.arange(0, BLOCK_I)
-                i_ok = (i >= 0) & (i < n)
-                s = tl.load(s_ptr + base + i, mask=i_ok, other=1.0)
-                gauss, _, _ = _coefficients(i, j, 1.0 / (s * s), w, n, radius, CAUSAL)
-                gauss = tl.where(i_ok[:, None], gauss, 0.0)
-                g = tl.load(g_ptr + (base + i[:, None]) * d + cols[None, :], mask=i_ok[:, None] & col_ok[None, :],
-                            other=0.0)  # fmt: skip
+                i, i_ok, gauss = _outputs_reading(i0, j, w, s_ptr, base, n, radius, CAUSAL, BLOCK_I)
+                g = _load_tile(g_ptr, base, i, i_ok, cols, col_ok, d)
                 m += tl.dot(tl.trans(gauss), g, input_precision="ieee")
-            x = tl.load(x_ptr + (base + j[:, None]) * d + cols[None, :], mask=j_ok[:, None] & col_ok[None, :],
-                        other=0.0)  # fmt: skip
+            x = _load_tile(x_ptr, base, j, j_ok, cols, col_ok, d)
             tl.store(dx_ptr + (base + j[:, None]) * d + cols[None, :], w[:, None] * m,
                      mask=j_ok[:, None] & col_ok[None, :])  # fmt: skip
             grad_w += tl.sum(m * x, axis=1)
