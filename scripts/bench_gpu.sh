@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 15's benchmarks on an accelerator, bf16, into benchmarks/gpu/: the operator (bench_op.py), the text
-# models (bench_model.py; with COMPILE=1 also compiled) and the vision models (bench_vision.py, with the 2-D
+# models (bench_model.py; with BENCH_GPU_COMPILE=1 also compiled) and the vision models (bench_vision.py, with the 2-D
 # crossover). Where triton is installed, implementation="triton" is timed too: against the fast path in
 # bench_op.json (triton_over_fast_*), and the causal LM with it against Llama in bench_model_triton.json.
 # Sizes are a GPU's (hidden 1024, 8 layers, n up to 8192; the CPU rows use hidden 256, 4 layers), so every
@@ -10,10 +10,11 @@
 #   PYTHON=.venv/bin/python bash scripts/bench_gpu.sh
 #   bash scripts/bench_gpu.sh --smoke         # tiny sizes on this machine's --device (cpu by default): checks the script
 #
-# Environment: PYTHON (default python3), DEVICE (default cuda; cpu with --smoke), DTYPE (default bfloat16),
-# OUT (default benchmarks/gpu), COMPILE=1 (add the torch.compile rows: inductor compiles every model first,
-# minutes more). The package is read from src/ (PYTHONPATH), so a machine with torch and
-# transformers needs nothing installed.
+# Environment: PYTHON (default python3), BENCH_GPU_DEVICE (default cuda; cpu with --smoke), BENCH_GPU_DTYPE
+# (default bfloat16), BENCH_GPU_OUT (default benchmarks/gpu), BENCH_GPU_COMPILE=1 (add the torch.compile rows:
+# inductor compiles every model first, minutes more). The names are prefixed so that a machine's own OUT,
+# DEVICE or DTYPE never redirects the results. The package is read from src/ (PYTHONPATH), so a machine with
+# torch and transformers needs nothing installed.
 set -euo pipefail
 
 smoke=0
@@ -25,24 +26,24 @@ elif [[ $# -gt 0 ]]; then
 fi
 
 PYTHON=${PYTHON:-python3}
-DTYPE=${DTYPE:-bfloat16}
-OUT=${OUT:-benchmarks/gpu}
+DTYPE=${BENCH_GPU_DTYPE:-bfloat16}
+OUT=${BENCH_GPU_OUT:-benchmarks/gpu}
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
 if [[ $smoke == 1 ]]; then
-    DEVICE=${DEVICE:-cpu}
+    DEVICE=${BENCH_GPU_DEVICE:-cpu}
     op=(--sizes 256 --widths 64 --repeats 1)
     model=(--quick --repeats 1 --only masked-lm)
     compiled=()
     vision=(--quick --repeats 1 --models vit)
 else
-    DEVICE=${DEVICE:-cuda}
+    DEVICE=${BENCH_GPU_DEVICE:-cuda}
     op=(--sizes 1024 4096 16384 --widths 256 1024 --batch 8 --repeats 10 --mem-cap-gib 16)
     model=(--hidden 1024 --layers 8 --heads 16 --vocab 32000 --causal-sizes 2048x8,8192x2 --mlm-sizes 512x32
            --seq2seq-len 128 --seq2seq-batch 64 --repeats 10 --warmup 3)
     compiled=()
-    if [[ "${COMPILE:-0}" == 1 ]]; then
+    if [[ "${BENCH_GPU_COMPILE:-0}" == 1 ]]; then
         compiled=("${model[@]}" --only causal-lm generate --compile)
     fi
     vision=(--batch 256 --repeats 10 --crossover)

@@ -176,7 +176,9 @@ def test_the_gpu_benchmark_script_runs_end_to_end_in_smoke_mode(tmp_path):
     import subprocess
 
     root = SCRIPTS.parent
-    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path), PYTHONPATH="")
+    # OUT and DEVICE set as a GPU machine's tooling might: the script must not read them
+    env = dict(os.environ, PYTHON=sys.executable, BENCH_GPU_OUT=str(tmp_path), PYTHONPATH="", OUT="/nonexistent",
+               DEVICE="cuda")  # fmt: skip
     done = subprocess.run(["bash", "scripts/bench_gpu.sh", "--smoke"], cwd=root, env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
