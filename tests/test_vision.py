@@ -252,6 +252,22 @@ def test_bf16_autocast_training_step_matches_float32(which):
     assert torch.nn.functional.cosine_similarity(flat_16, flat_32, dim=0) >= 0.95
 
 
+def test_bf16_autocast_training_step_compiles_with_fullgraph():
+    """Trainer(bf16=True, torch_compile=True): autocast switched off inside the operator must not break the graph."""
+    torch._dynamo.reset()
+    model, x = _pooling_everywhere("resnet")
+    model.train()
+    labels = torch.tensor([0, 1])
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    losses = []
+    for forward in (model, compiled):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = forward(pixel_values=x, labels=labels).loss
+        loss.backward()
+        losses.append(loss.detach().float())
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-3, rtol=1e-3)
+
+
 def test_vit_input_embeddings_and_gradient_checkpointing():
     """get_input_embeddings is the patch embedding (as transformers' ViT); with it frozen,
     enable_input_require_grads lets reentrant checkpointing reach the layers (the PEFT setup);
