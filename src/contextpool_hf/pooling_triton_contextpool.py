@@ -10,7 +10,8 @@ to `tl.dot`. With c_ij = w_j exp(-(i - j)^2 / (2 s_i^2)) inside the window (|i -
 causal), N_i = sum_j c_ij x_j, S_i = sum_j c_ij and y_i = N_i / (S_i + eps):
 
 - forward: y and S (saved for the backward);
-- backward, with G_i = dL/dN_i = g_i / (S_i + eps) and t_i = dL/dS_i = -G_i . y_i (computed in torch):
+- backward, with G_i = dL/dN_i = g_i / (S_i + eps), t_i = dL/dS_i = -G_i . y_i (both computed in torch;
+  without normalisation G = g and t = 0) and d_ij = i - j:
   dL/ds_i = (G_i . sum_j c_ij d_ij^2 x_j + t_i sum_j c_ij d_ij^2) / s_i^3, one program per output block;
   dL/dx_j = w_j sum_i gauss_ij G_i and dL/dw_j = x_j . sum_i gauss_ij G_i + sum_i gauss_ij t_i, one program
   per input block, over the outputs whose windows hold it.
@@ -18,8 +19,8 @@ causal), N_i = sum_j c_ij x_j, S_i = sum_j c_ij and y_i = N_i / (S_i + eps):
 Matmuls run with input_precision="ieee" (no TF32): the operator computes in float32 at least. Exponents
 below -80 give exactly 0, as in the fast path. Correctness is tested on the CPU under Triton's interpreter
 (`TRITON_INTERPRET=1`, tests/test_triton.py), against the float64 reference, gradients included. Its
-speed has not been measured (no GPU was lent to this work): `scripts/bench_op.py --implementations`
-compares it with the fast path, and until a GPU run shows it faster it stays opt-in.
+speed has not been measured (no GPU was lent to this work): `scripts/bench_op.py --triton` compares it
+with the fast path (`scripts/bench_gpu.sh` runs that), and until a GPU run shows it faster it stays opt-in.
 """
 
 from __future__ import annotations
