@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 15's benchmarks on an accelerator, bf16, into benchmarks/gpu/: the operator (bench_op.py), the text
-# models (bench_model.py; with BENCH_GPU_COMPILE=1 also compiled) and the vision models (bench_vision.py, with the 2-D
-# crossover). Where triton is installed, implementation="triton" is timed too: against the fast path in
+# models (bench_model.py; with BENCH_GPU_COMPILE=1 also compiled), where their steps spend the GPU's time
+# (profile_model.py: predictor, pooling forward and backward, mix, everything else) and the vision models
+# (bench_vision.py, with the 2-D crossover). Where triton is installed, implementation="triton" is timed too: against the fast path in
 # bench_op.json (triton_over_fast_*), and the causal LM with it against Llama in bench_model_triton.json.
 # Sizes are a GPU's (hidden 1024, 8 layers, n up to 8192; the CPU rows use hidden 256, 4 layers), so every
 # ratio is ContextPool against the transformers model of the same size, measured in the same run.
@@ -35,13 +36,16 @@ if [[ $smoke == 1 ]]; then
     DEVICE=${BENCH_GPU_DEVICE:-cpu}
     op=(--sizes 256 --widths 64 --repeats 1)
     model=(--quick --repeats 1 --only masked-lm)
+    profile=(--quick --repeats 1)
     compiled=()
     vision=(--quick --repeats 1 --models vit)
 else
     DEVICE=${BENCH_GPU_DEVICE:-cuda}
     op=(--sizes 1024 4096 16384 --widths 256 1024 --batch 8 --repeats 10 --mem-cap-gib 16)
-    model=(--hidden 1024 --layers 8 --heads 16 --vocab 32000 --causal-sizes 2048x8,8192x2 --mlm-sizes 512x32
-           --seq2seq-len 128 --seq2seq-batch 64 --repeats 10 --warmup 3)
+    sizes=(--hidden 1024 --layers 8 --heads 16 --vocab 32000 --causal-sizes 2048x8,8192x2 --mlm-sizes 512x32
+           --seq2seq-len 128 --seq2seq-batch 64)
+    model=("${sizes[@]}" --repeats 10 --warmup 3)
+    profile=("${sizes[@]}" --repeats 5)
     compiled=()
     if [[ "${BENCH_GPU_COMPILE:-0}" == 1 ]]; then
         compiled=("${model[@]}" --only causal-lm generate --compile)
@@ -64,6 +68,7 @@ if [[ $triton == 1 ]]; then  # the causal LM with the Triton kernels against Lla
     "$PYTHON" scripts/bench_model.py "${model[@]}" --only causal-lm --pool-implementation triton "${placed[@]}" \
         --output-dir "$OUT" --name bench_model_triton
 fi
+"$PYTHON" scripts/profile_model.py "${profile[@]}" "${placed[@]}" --output "$OUT/profile_model.json"
 if [[ ${#compiled[@]} -gt 0 ]]; then
     "$PYTHON" scripts/bench_model.py "${compiled[@]}" "${placed[@]}" --output-dir "$OUT"
 fi

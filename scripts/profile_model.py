@@ -21,6 +21,12 @@ unlike a time, is exact and the same on a loaded machine.
 
     python scripts/profile_model.py            # sizes of scripts/bench_model.py (hidden 256, 4 layers)
     python scripts/profile_model.py --quick    # tiny sizes, a few seconds
+    python scripts/profile_model.py --device cuda --dtype bfloat16 --hidden 1024 --layers 8 --output OUT.json
+
+Options it does not know itself (--device, --dtype, --hidden, --layers, --causal-sizes, ...) are
+scripts/bench_model.py's, with the same meaning. On an accelerator the profiler records its kernels too,
+and every category is the device time of the kernels its ops launched (`device_time_total`) instead
+of CPU time; "everything else" is the synchronised wall time less those.
 """
 
 import argparse
@@ -30,6 +36,7 @@ import statistics
 import time
 from pathlib import Path
 
+import bench_device  # scripts/bench_device.py: synchronising an accelerator
 import bench_model  # scripts/bench_model.py: the same models and sizes
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -68,7 +75,12 @@ def _top_level(events):
     return [e for e in events if e.cpu_parent is None]
 
 
-def breakdown(prof, wall_ms: float) -> dict:
+def _event_ms(event, on_device: bool) -> float:
+    """An event's time in ms: its CPU time, or on an accelerator the device time of the kernels it launched."""
+    return (event.device_time_total if on_device else event.cpu_time_total) / 1000
+
+
+def breakdown(prof, wall_ms: float, on_device: bool = False) -> dict:
     """ms per category from one profiled step (see the module docstring)."""
     events = list(prof.events())
     regions = [e for e in events if e.name.startswith("cp::")]
@@ -76,7 +88,7 @@ def breakdown(prof, wall_ms: float) -> dict:
     forward_ms = {label: 0.0 for label in REGIONS + ("decode_step",)}
     for region in regions:
         label = region.name[4:]
-        forward_ms[label] += region.cpu_time_total / 1000
+        forward_ms[label] += _event_ms(region, on_device)
         start, end = region.time_range.start, region.time_range.end
         for e in events:
             if e.sequence_nr >= 0 and e.thread == region.thread and start <= e.time_range.start <= end:
@@ -85,13 +97,13 @@ def breakdown(prof, wall_ms: float) -> dict:
     mix_ms = 0.0
     for e in _top_level(events):
         if e.name == "aten::lerp":
-            mix_ms += e.cpu_time_total / 1000
+            mix_ms += _event_ms(e, on_device)
         elif e.name.startswith("autograd::engine::evaluate_function: "):
             node = e.name.split(": ", 1)[1]
             if node.startswith("LerpBackward"):
-                mix_ms += e.cpu_time_total / 1000
+                mix_ms += _event_ms(e, on_device)
             elif e.sequence_nr in seq_label and seq_label[e.sequence_nr] in backward_ms:
-                backward_ms[seq_label[e.sequence_nr]] += e.cpu_time_total / 1000
+                backward_ms[seq_label[e.sequence_nr]] += _event_ms(e, on_device)
     result = dict(
         wall_ms=wall_ms,
         predictor_ms=forward_ms["predictor"] + backward_ms["predictor"],
@@ -109,27 +121,39 @@ def breakdown(prof, wall_ms: float) -> dict:
     return {k: round(v, 2) for k, v in result.items()}
 
 
-def profile_call(fn) -> tuple:
-    with labelled_regions(), profile(activities=[ProfilerActivity.CPU]) as prof:
+def profile_call(fn, device=None) -> tuple:
+    """(profile, wall ms) of one call of fn; on an accelerator its kernels are recorded and waited for."""
+    device = device or torch.device("cpu")
+    activities = [ProfilerActivity.CPU]
+    if device.type != "cpu":
+        activities.append(getattr(ProfilerActivity, device.type.upper()))
+    with labelled_regions(), profile(activities=activities) as prof:
+        bench_device.synchronize(device)
         start = time.perf_counter()
         fn()
+        bench_device.synchronize(device)
         wall = (time.perf_counter() - start) * 1000
     return prof, wall
 
 
-def median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int, device=None) -> float:
+    device = device or torch.device("cpu")
     times = []
     for _ in range(repeats):
+        bench_device.synchronize(device)
         start = time.perf_counter()
         fn()
+        bench_device.synchronize(device)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
 
-def decode_fns(model, batch, prompt_len, vocab):
-    """(prefill() -> cache, step(cache)): a cached single-token forward after a prompt."""
-    model.eval()
-    ids = torch.randint(3, vocab, (batch, prompt_len + 1), generator=torch.Generator().manual_seed(2))
+def decode_fns(model, batch, prompt_len, vocab, device=None, dtype=torch.float32):
+    """(prefill() -> cache, step(cache)): a cached single-token forward after a prompt, by the model on `device`
+    cast to `dtype`."""
+    device = device or torch.device("cpu")
+    model.to(device=device, dtype=dtype).eval()
+    ids = torch.randint(3, vocab, (batch, prompt_len + 1), generator=torch.Generator().manual_seed(2)).to(device)
     ours = isinstance(model, bench_model.ContextPoolForCausalLM)
 
     @torch.no_grad()
@@ -147,26 +171,30 @@ def decode_fns(model, batch, prompt_len, vocab):
 def decode_row(args, repeats):
     """Profile one cached decoding forward of ContextPoolForCausalLM (batch 1); Llama's step time beside it."""
     contextpool, llama = bench_model.causal_pair(args, args.prompt_len + args.new_tokens)
+    device = args.torch_device
+    placed = dict(device=device, dtype=args.torch_dtype)
     step_ms = {}
     for model, name in ((contextpool, "contextpool"), (llama, "llama")):
-        prefill, step = decode_fns(model, 1, args.prompt_len, args.vocab)
+        prefill, step = decode_fns(model, 1, args.prompt_len, args.vocab, **placed)
         step(prefill())  # warm-up
         times = []
         for cache in [prefill() for _ in range(repeats * 5)]:
+            bench_device.synchronize(device)
             start = time.perf_counter()
             step(cache)
+            bench_device.synchronize(device)
             times.append((time.perf_counter() - start) * 1000)
         step_ms[name] = round(statistics.median(times), 3)
-    prefill, step = decode_fns(contextpool, 1, args.prompt_len, args.vocab)
+    prefill, step = decode_fns(contextpool, 1, args.prompt_len, args.vocab, **placed)
     cache = prefill()
-    prof, wall = profile_call(lambda: step(cache))
+    prof, wall = profile_call(lambda: step(cache), device)
     dispatches = {}
     for model, name in ((contextpool, "contextpool"), (llama, "llama")):
-        prefill, step = decode_fns(model, 1, args.prompt_len, args.vocab)
+        prefill, step = decode_fns(model, 1, args.prompt_len, args.vocab, **placed)
         cache = prefill()
         step(cache)  # the first step builds ContextPool's decoding tables once
         dispatches[name] = count_dispatches(step, cache)
-    return dict(task="decode-step", batch=1, prompt=args.prompt_len, **breakdown(prof, wall),
+    return dict(task="decode-step", batch=1, prompt=args.prompt_len, **breakdown(prof, wall, device.type != "cpu"),
                 contextpool_step_ms=step_ms["contextpool"], llama_step_ms=step_ms["llama"],
                 decode_ops_per_layer=count_decode_ops(prof) / args.layers,
                 contextpool_dispatches_per_step=dispatches["contextpool"], llama_dispatches_per_step=dispatches["llama"])
@@ -200,14 +228,17 @@ def count_decode_ops(prof) -> int:
     return count
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     epilog="Other options are scripts/bench_model.py's (sizes, --device, --dtype).")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--output", default="benchmarks/profile_model.json")
-    cli = parser.parse_args()
-    args = bench_model.parse_args([] if not cli.quick else ["--quick"])
+    cli, rest = parser.parse_known_args(argv)
+    args = bench_model.parse_args(rest + (["--quick"] if cli.quick else []))
+    device, on_device = args.torch_device, args.torch_device.type != "cpu"
+    placed = dict(device=device, dtype=args.torch_dtype)
     if cli.threads:
         torch.set_num_threads(cli.threads)
     torch.manual_seed(0)
@@ -219,13 +250,13 @@ def main():
     for task, make_pair, seq_len, batch in cases:
         max_len = max(seq_len, args.prompt_len + args.new_tokens)
         contextpool, vanilla = make_pair(args, max_len)
-        step_cp = bench_model.train_step_fn(contextpool, batch, seq_len, args.vocab)
-        step_v = bench_model.train_step_fn(vanilla, batch, seq_len, args.vocab)
+        step_cp = bench_model.train_step_fn(contextpool, batch, seq_len, args.vocab, **placed)
+        step_v = bench_model.train_step_fn(vanilla, batch, seq_len, args.vocab, **placed)
         step_cp(), step_v()  # warm-up
-        vanilla_ms = median_ms(step_v, cli.repeats)
-        prof, wall = profile_call(step_cp)
+        vanilla_ms = median_ms(step_v, cli.repeats, device)
+        prof, wall = profile_call(step_cp, device)
         row = dict(task=task, seq_len=seq_len, batch=batch, vanilla_step_ms=round(vanilla_ms, 2),
-                   **breakdown(prof, wall))
+                   **breakdown(prof, wall, on_device))
         results.append(row)
         print(json.dumps(row), flush=True)
 
@@ -234,9 +265,11 @@ def main():
     print(json.dumps(row), flush=True)
     out = Path(cli.output if not cli.quick else cli.output.replace(".json", "_quick.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python scripts/profile_model.py " + " ".join(__import__("sys").argv[1:])
-    out.write_text(json.dumps({"command": command, "threads": torch.get_num_threads(), "results": results},
-                              indent=2) + "\n")
+    command = "python scripts/profile_model.py " + " ".join(__import__("sys").argv[1:] if argv is None else argv)
+    meta = dict(command=command, threads=torch.get_num_threads(), device=str(device), dtype=args.dtype,
+                time="device time of the launched kernels" if on_device else "CPU time",
+                **bench_device.device_info(device))  # fmt: skip
+    out.write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -182,9 +182,9 @@ def test_the_gpu_benchmark_script_runs_end_to_end_in_smoke_mode(tmp_path):
     done = subprocess.run(["bash", "scripts/bench_gpu.sh", "--smoke"], cwd=root, env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("bench_op.json", "bench_model_quick.json", "bench_vision_quick.json"):
+    for name in ("bench_op.json", "bench_model_quick.json", "bench_vision_quick.json", "profile_model_quick.json"):
         saved = json.loads((tmp_path / name).read_text())
-        meta = saved.get("meta") or saved["config"]
+        meta = saved.get("meta") or saved.get("config") or saved
         assert (meta["device"], meta["dtype"]) == ("cpu", "bfloat16"), name
     bad = subprocess.run(["bash", "scripts/bench_gpu.sh", "--fast"], cwd=root, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown argument '--fast' (allowed: --smoke)" in bad.stderr
