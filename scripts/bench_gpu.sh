@@ -73,3 +73,7 @@ if [[ ${#compiled[@]} -gt 0 ]]; then
     "$PYTHON" scripts/bench_model.py "${compiled[@]}" "${placed[@]}" --output-dir "$OUT"
 fi
 "$PYTHON" scripts/bench_vision.py "${vision[@]}" "${placed[@]}" --output-dir "$OUT"
+if [[ $triton == 1 ]]; then  # both vision models with the Triton kernels, their own results file
+    "$PYTHON" scripts/bench_vision.py --batch 256 --repeats 10 --pool-implementation triton "${placed[@]}" \
+        --output-dir "$OUT" --name bench_vision_triton
+fi

@@ -87,6 +87,8 @@ def parse_args(argv=None):
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (inductor) steps")
     parser.add_argument("--profile", action="store_true", help="profiler breakdown of the ContextPool steps")
     parser.add_argument("--crossover", action="store_true", help="time the 2-D operator's paths on growing maps")
+    parser.add_argument("--pool-implementation", default="fast", choices=["fast", "reference", "triton"],
+                        help="the ContextPool models' pool_implementation (triton: CUDA kernels, opt-in)")
     parser.add_argument("--output-dir", default="benchmarks")
     parser.add_argument("--name", default="bench_vision", help="result file stem")
     bench_device.add_device_arguments(parser)
@@ -102,12 +104,13 @@ def parse_args(argv=None):
     return args
 
 
-def make_pair(kind):
+def make_pair(kind, pool_implementation="fast"):
     torch.manual_seed(0)
     if kind == "vit":
-        return (ContextPoolViTForImageClassification(ContextPoolViTConfig(**VIT)),
+        return (ContextPoolViTForImageClassification(ContextPoolViTConfig(**VIT, pool_implementation=pool_implementation)),
                 ViTForImageClassification(ViTConfig(**VIT, attn_implementation="sdpa")))  # fmt: skip
-    return (ContextPoolResNetForImageClassification(ContextPoolResNetConfig(**RESNET)),
+    return (ContextPoolResNetForImageClassification(ContextPoolResNetConfig(**RESNET,
+                                                                            pool_implementation=pool_implementation)),
             ResNetForImageClassification(ResNetConfig(**RESNET)))  # fmt: skip
 
 
@@ -316,6 +319,7 @@ def run_meta(args) -> dict:
         command="python scripts/bench_vision.py " + " ".join(sys.argv[1:]), torch=torch.__version__,
         transformers=transformers.__version__, python=platform.python_version(), machine=platform.machine(),
         threads=torch.get_num_threads(), device=str(args.torch_device), dtype=args.dtype,
+        pool_implementation=args.pool_implementation,
         **bench_device.device_info(args.torch_device), repeats=args.repeats, warmup=args.warmup, batch=args.batch,
         quick=args.quick, vit=VIT, resnet=RESNET, dense_max_coefs=pooling_2d._DENSE_MAX_COEFS,
         timing_method="repeats after warm-up in the order A B, B A, ... (time.perf_counter; cpu_ratio: "
@@ -324,7 +328,7 @@ def run_meta(args) -> dict:
 
 
 # a run keeps the parts of the results file it does not measure only if the file agrees on these
-MERGE_SETTINGS = ("batch", "threads", "quick", "vit", "resnet", "device", "dtype")
+MERGE_SETTINGS = ("batch", "threads", "quick", "vit", "resnet", "device", "dtype", "pool_implementation")
 
 
 def check_mergeable(path: Path, meta: dict) -> dict:
@@ -363,7 +367,7 @@ def main():
     placed = dict(device=args.torch_device, dtype=args.torch_dtype)
     for kind in args.models:
         for mode in modes:
-            cp, vanilla = make_pair(kind)
+            cp, vanilla = make_pair(kind, args.pool_implementation)
             step_cp = train_step_fn(cp, args.batch, compiled=mode == "compiled", **placed)
             step_v = train_step_fn(vanilla, args.batch, compiled=mode == "compiled", **placed)
             start = time.perf_counter()

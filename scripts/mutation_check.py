@@ -180,14 +180,19 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "triton-sigma-grad-power", "the Triton backward divides the widths' gradient by s^2 instead of s^3",
-        "        tl.store(ds_ptr + base + i, grad * inv_var / s, mask=i_ok)",
-        "        tl.store(ds_ptr + base + i, grad * inv_var, mask=i_ok)",
+        "        tl.store(ds_ptr + base_out + o, grad * inv_var / s, mask=o_ok)",
+        "        tl.store(ds_ptr + base_out + o, grad * inv_var, mask=o_ok)",
         _k("tests/test_triton.py", "interpreter"),
     ),
     Mutation(
         "triton-causal-leak", "the Triton kernels let a causal token pool the next one",
-        "        if CAUSAL:\n            inside = inside & (dist <= 0)\n",
-        "        if CAUSAL:\n            inside = inside & (dist <= 1)\n",
+        "        if CAUSAL:\n            inside = inside & (rows <= 0)\n",
+        "        if CAUSAL:\n            inside = inside & (rows <= 1)\n",
+        _k("tests/test_triton.py", "interpreter"),
+    ),
+    Mutation(
+        "triton-2d-columns-unbounded", "the Triton kernels' 2-D window ignores the column offset's bound",
+        "(tl.abs(rows) <= radius) & (tl.abs(cols) <= radius) &", "(tl.abs(rows) <= radius) &",
         _k("tests/test_triton.py", "interpreter"),
     ),
     Mutation(

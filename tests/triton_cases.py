@@ -9,8 +9,15 @@ import os
 import pytest
 import torch
 
-from contextpool_hf import ContextPoolConfig, ContextPoolForCausalLM
-from contextpool_hf.pooling_contextpool import context_pool
+from contextpool_hf import (
+    ContextPoolConfig,
+    ContextPoolForCausalLM,
+    ContextPoolResNetConfig,
+    ContextPoolResNetForImageClassification,
+    ContextPoolViTConfig,
+    ContextPoolViTForImageClassification,
+)
+from contextpool_hf.pooling_contextpool import context_pool, context_pool_2d
 from contextpool_hf.pooling_triton_contextpool import INTERPRETED, triton
 
 pytestmark = pytest.mark.skipif(not (INTERPRETED and triton is not None), reason="run by tests/test_triton.py")
@@ -25,8 +32,8 @@ def _inputs(lead, d, seed, dtype=torch.float64, sigma_max=8.0):
     return tuple(t.to(dtype).requires_grad_() for t in (x, w, s))
 
 
-def _with_grads(implementation, x, w, s, **kwargs):
-    y = context_pool(x, w, s, implementation=implementation, **kwargs)
+def _with_grads(implementation, x, w, s, pool=context_pool, **kwargs):
+    y = pool(x, w, s, implementation=implementation, **kwargs)
     grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(99), dtype=torch.float64).to(y.dtype)
     return (y.detach(),) + torch.autograd.grad(y, (x, w, s), grad_out)
 
@@ -82,3 +89,46 @@ def test_a_causal_lm_with_triton_pooling_matches_the_fast_path_cached_and_uncach
     loss = tri(ids, labels=ids).loss
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in tri.parameters() if p.grad is not None)
+
+
+# (batch, H, W, d, stride): a ViT-like grid, strided grids with odd sides (a ResNet's down-sampling), stride 3,
+# d across feature chunks, a grid smaller than the window
+GRIDS = [(2, 8, 8, 5, 1), (1, 6, 5, 3, 2), (2, 9, 9, 70, 2), (1, 13, 11, 4, 3), (1, 20, 20, 6, 1), (1, 3, 4, 2, 1)]
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: "x".join(map(str, g[:3])) + f"-d{g[3]}-s{g[4]}")
+def test_triton_2d_equals_the_reference_with_gradients_float64(grid, normalize):
+    batch, height, width, d, stride = grid
+    out = ((height - 1) // stride + 1, (width - 1) // stride + 1)
+    g = torch.Generator().manual_seed(height * 10 + width)
+    x = torch.randn(batch, height, width, d, generator=g, dtype=torch.float64).requires_grad_()
+    w = (0.05 + 0.95 * torch.rand(batch, height, width, generator=g, dtype=torch.float64)).requires_grad_()
+    s = (0.3 + 1.7 * torch.rand(batch, *out, generator=g, dtype=torch.float64)).requires_grad_()
+    kwargs = dict(pool=context_pool_2d, stride=stride, sigma_max=2.0, truncation=2.0, normalize=normalize)
+    got, want = _with_grads("triton", x, w, s, **kwargs), _with_grads("reference", x, w, s, **kwargs)
+    for name, a, b in zip(("y", "dx", "dw", "dsigma"), got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_vision_models_with_triton_pooling_match_the_fast_path():
+    torch.manual_seed(0)
+    vit = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16,
+               patch_size=4, num_labels=3, pool_mix_init=0.7)  # fmt: skip
+    resnet = dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=3,
+                  pool_downsampling=["stem_conv", "stem_pool", "stages"], pool_mix_init=0.7)  # fmt: skip
+    for cls, config_cls, fields, side in ((ContextPoolViTForImageClassification, ContextPoolViTConfig, vit, 16),
+                                          (ContextPoolResNetForImageClassification, ContextPoolResNetConfig, resnet,
+                                           24)):  # fmt: skip
+        fast = cls(config_cls(**fields)).train()
+        tri = cls(config_cls(**fields, pool_implementation="triton")).train()
+        tri.load_state_dict(fast.state_dict())
+        x, labels = torch.randn(2, 3, side, side), torch.tensor([0, 1])
+        losses = []
+        for model in (fast, tri):
+            loss = model(pixel_values=x, labels=labels).loss
+            loss.backward()
+            losses.append(loss.detach())
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+        for (name, p_fast), p_tri in zip(fast.named_parameters(), tri.parameters(), strict=True):
+            torch.testing.assert_close(p_tri.grad, p_fast.grad, rtol=1e-4, atol=1e-5, msg=name)

@@ -19,7 +19,7 @@ from transformers.activations import ACT2FN
 
 POOL_FEEDS = ("qkv", "kv")
 HEAD_POOLINGS = ("cls", "mean")
-IMPLEMENTATIONS = ("fast", "reference")
+IMPLEMENTATIONS = ("fast", "reference", "triton")
 LAYER_TYPES = ("basic", "bottleneck")
 DOWNSAMPLING_SITES = ("stem_conv", "stem_pool", "stages")
 POOL_PLACEMENTS = ("before_conv", "after_conv")
@@ -97,7 +97,8 @@ class ContextPoolViTConfig(PretrainedConfig):
         pool_mix_init (`float`, defaults to 1.0): initial value of each layer's learnable
             mix gate between the token (0) and its pooled context (1). Conversion uses 0.0,
             which reproduces the source model exactly.
-        pool_implementation (`str`, defaults to "fast"): "fast" or "reference".
+        pool_implementation (`str`, defaults to "fast"): "fast", "reference" or "triton" (Triton kernels
+            on CUDA, opt-in).
         classifier_pooling (`str`, defaults to "cls"): "cls" token or "mean" of patch tokens.
     """
 

@@ -22,8 +22,8 @@ Three implementations:
   dense n_out x n_in only on small maps); hand-written backwards recompute the Gaussian
   coefficients instead of storing them. The offset loop (`_FastContextPool`, one shifted
   view of x per window offset) is the earlier 2-D path, kept as the measured baseline.
-- "triton": 1-D sequences through Triton kernels on CUDA (`pooling_triton_contextpool.py`; opt-in,
-  not yet measured on a GPU); 2-D grids take the fast path.
+- "triton": 1-D sequences and 2-D grids through Triton kernels on CUDA (`pooling_triton_contextpool.py`;
+  opt-in, not yet measured on a GPU); a strided 1-D pooling takes the fast path.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from .pooling_offsets_contextpool import (  # noqa: F401
     _tiled_plans,
     _window_offsets,
 )
-from .pooling_triton_contextpool import triton_pool_1d
+from .pooling_triton_contextpool import triton_pool_1d, triton_pool_2d
 from .predictor_contextpool import (  # noqa: F401
     ContextPoolPredictor,
     _depthwise_conv_1d,
@@ -341,7 +341,9 @@ def _pool_reference(x, weights, sigma, radius, stride, causal, normalize, eps):
 def _pool_triton(x, weights, sigma, radius, stride, causal, normalize, eps):
     if x.dim() == 3 and stride == 1:
         return triton_pool_1d(x, weights, sigma, radius, causal, normalize, eps)
-    return _pool_fast(x, weights, sigma, radius, stride, causal, normalize, eps)  # 2-D: no kernel of its own
+    if x.dim() == 4 and not causal:
+        return triton_pool_2d(x, weights, sigma, radius, stride, normalize, eps)
+    return _pool_fast(x, weights, sigma, radius, stride, causal, normalize, eps)  # a strided 1-D pooling
 
 
 # autocast off for the reference's plain matmuls as for the fast paths' Functions (see _autocast_off)

@@ -1,20 +1,24 @@
-"""The 1-D pooling (spec items 4-5) as Triton kernels: `implementation="triton"`, opt-in, for CUDA devices.
+"""The pooling (spec items 4-5) as Triton kernels: `implementation="triton"`, opt-in, for CUDA devices.
 
 Flat, Hub-shipped file: imports torch, and triton when it is installed (the optional accelerator; without
 it this implementation refuses to run and says why). `pooling_contextpool` dispatches to it for 1-D
-sequences (x (B, n, d), stride 1); 2-D grids keep the fast path.
+sequences (x (B, n, d), stride 1) and 2-D grids (x (B, H, W, d), any stride); the other cases (a strided
+1-D pooling) keep the fast path.
 
-Every output block of T tokens reads the inputs of its window in chunks and never materialises the
-(n x window) coefficients in memory: each program recomputes its coefficients in registers and feeds them
-to `tl.dot`. With c_ij = w_j exp(-(i - j)^2 / (2 s_i^2)) inside the window (|i - j| <= R, j <= i when
-causal), N_i = sum_j c_ij x_j, S_i = sum_j c_ij and y_i = N_i / (S_i + eps):
+One set of kernels serves both: a sequence is a grid of n rows and one column. Inputs and outputs are
+flattened row-major; output o sits at input position (row(o) * stride, col(o) * stride). Every block of
+outputs reads the band of input rows its windows reach, in chunks, and never materialises the
+(n_out x window) coefficients in memory: each program recomputes its coefficients in registers and feeds
+them to `tl.dot`. With d_oj the offset between output o and input j (d^2 = rows^2 + columns^2) and
+c_oj = w_j exp(-d_oj^2 / (2 s_o^2)) inside the window (both offsets at most R; in 1-D causal pooling also
+j <= o), N_o = sum_j c_oj x_j, S_o = sum_j c_oj and y_o = N_o / (S_o + eps):
 
 - forward: y and S (saved for the backward);
-- backward, with G_i = dL/dN_i = g_i / (S_i + eps), t_i = dL/dS_i = -G_i . y_i (both computed in torch;
-  without normalisation G = g and t = 0) and d_ij = i - j:
-  dL/ds_i = (G_i . sum_j c_ij d_ij^2 x_j + t_i sum_j c_ij d_ij^2) / s_i^3, one program per output block;
-  dL/dx_j = w_j sum_i gauss_ij G_i and dL/dw_j = x_j . sum_i gauss_ij G_i + sum_i gauss_ij t_i, one program
-  per input block, over the outputs whose windows hold it.
+- backward, with G_o = dL/dN_o = g_o / (S_o + eps) and t_o = dL/dS_o = -G_o . y_o (both computed in torch;
+  without normalisation G = g and t = 0):
+  dL/ds_o = (G_o . sum_j c_oj d_oj^2 x_j + t_o sum_j c_oj d_oj^2) / s_o^3, one program per output block;
+  dL/dx_j = w_j sum_o gauss_oj G_o and dL/dw_j = x_j . sum_o gauss_oj G_o + sum_o gauss_oj t_o, one program
+  per input block, over the band of outputs whose windows reach it.
 
 Matmuls run with input_precision="ieee" (no TF32): the operator computes in float32 at least. Exponents
 below -80 give exactly 0, as in the fast path. Correctness is tested on the CPU under Triton's interpreter
@@ -26,6 +30,7 @@ with the fast path (`scripts/bench_gpu.sh` runs that), and until a GPU run shows
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -39,7 +44,7 @@ except ImportError:  # pragma: no cover - exercised where triton is missing
 # interpreter (numpy, on the CPU): the tests set TRITON_INTERPRET=1 before importing the package.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _MIN_EXPONENT = -80.0  # as pooling_contextpool._MIN_EXPONENT: smaller exponents give exactly 0
-_BLOCK_OUT, _BLOCK_WINDOW, _BLOCK_FEATURES = 64, 32, 64  # tokens per program, window chunk, feature chunk
+_BLOCK_OUT, _BLOCK_WINDOW, _BLOCK_FEATURES = 64, 32, 64  # outputs per program, input chunk, feature chunk
 
 
 def triton_unavailable_reason(x: torch.Tensor) -> str | None:
@@ -57,169 +62,223 @@ if triton is not None:
     _MIN_EXPONENT_TL = tl.constexpr(_MIN_EXPONENT)  # a kernel reads module globals only as constexpr
 
     @triton.jit
-    def _coefficients(i, j, inv_var, w, n, radius, CAUSAL: tl.constexpr):
-        """gauss (len(i), len(j)) between outputs i (inv_var = 1 / s_i^2) and inputs j, and c = gauss * w_j."""
-        dist = (j[None, :] - i[:, None]).to(inv_var.dtype)
-        inside = (tl.abs(dist) <= radius) & (j[None, :] >= 0) & (j[None, :] < n)
+    def _coefficients(o, j, inv_var, w, n_in, W, Wo, stride, radius, CAUSAL: tl.constexpr):
+        """gauss (len(o), len(j)) between outputs o (inv_var = 1 / s_o^2) and inputs j, c = gauss * w_j, and
+        the squared offsets d^2. A grid's W (Wo) is its input (output) width; a sequence has W = Wo = 1."""
+        rows = ((j // W)[None, :] - ((o // Wo) * stride)[:, None]).to(inv_var.dtype)  # input minus output row
+        cols = ((j % W)[None, :] - ((o % Wo) * stride)[:, None]).to(inv_var.dtype)
+        inside = (tl.abs(rows) <= radius) & (tl.abs(cols) <= radius) & (j[None, :] < n_in)
         if CAUSAL:
-            inside = inside & (dist <= 0)
-        exponent = dist * dist * -0.5 * inv_var[:, None]
+            inside = inside & (rows <= 0)
+        dist_sq = rows * rows + cols * cols
+        exponent = dist_sq * -0.5 * inv_var[:, None]
         kept = inside & (exponent >= _MIN_EXPONENT_TL)
         gauss = tl.where(kept, tl.exp(tl.maximum(exponent, _MIN_EXPONENT_TL)), 0.0)
-        return gauss, gauss * w[None, :], dist
+        return gauss, gauss * w[None, :], dist_sq
 
     @triton.jit
-    def _widths(s_ptr, base, i, i_ok):
-        """s_i and 1 / s_i^2 of outputs i (1 where i lies outside the sequence)."""
-        s = tl.load(s_ptr + base + i, mask=i_ok, other=1.0)
+    def _widths(s_ptr, base, o, o_ok):
+        """s_o and 1 / s_o^2 of outputs o (1 for an output past the end)."""
+        s = tl.load(s_ptr + base + o, mask=o_ok, other=1.0)
         return s, 1.0 / (s * s)
 
     @triton.jit
-    def _outputs_reading(i0, j, w, s_ptr, base, n, radius, CAUSAL: tl.constexpr, BLOCK_I: tl.constexpr):
-        """Outputs i = i0 .. i0 + BLOCK_I - 1, which of them lie in the sequence, and their gauss (BLOCK_I, len(j))
-        against inputs j (0 for outputs outside the sequence)."""
-        i = i0 + tl.arange(0, BLOCK_I)
-        i_ok = (i >= 0) & (i < n)
-        gauss, _, _ = _coefficients(i, j, _widths(s_ptr, base, i, i_ok)[1], w, n, radius, CAUSAL)
-        return i, i_ok, tl.where(i_ok[:, None], gauss, 0.0)
+    def _input_span(first_out, last_out, H, W, Wo, stride, radius, after):
+        """[start, stop) of the flattened inputs that outputs first_out..last_out read: whole input rows."""
+        low = tl.maximum((first_out // Wo) * stride - radius, 0)
+        high = tl.minimum((last_out // Wo) * stride + after + 1, H)
+        return low * W, high * W
+
+    @triton.jit
+    def _output_span(first_in, last_in, W, Ho, Wo, stride, radius, after):
+        """[start, stop) of the flattened outputs whose windows reach inputs first_in..last_in: whole output
+        rows, those at input rows within [row - after, row + R] of them."""
+        low = (tl.maximum(first_in // W - after, 0) + stride - 1) // stride
+        high = tl.minimum((last_in // W + radius) // stride + 1, Ho)
+        return low * Wo, high * Wo
+
+    @triton.jit
+    def _outputs_reading(o0, j, w, s_ptr, base, n_in, n_out, W, Wo, stride, radius, CAUSAL: tl.constexpr,
+                         BLOCK_O: tl.constexpr):  # fmt: skip
+        """Outputs o = o0 .. o0 + BLOCK_O - 1, which of them exist, and their gauss (BLOCK_O, len(j)) against
+        inputs j (0 for outputs past the end)."""
+        o = o0 + tl.arange(0, BLOCK_O)
+        o_ok = o < n_out
+        gauss, _, _ = _coefficients(o, j, _widths(s_ptr, base, o, o_ok)[1], w, n_in, W, Wo, stride, radius, CAUSAL)
+        return o, o_ok, tl.where(o_ok[:, None], gauss, 0.0)
 
     @triton.jit
     def _load_tile(ptr, base, rows, rows_ok, cols, cols_ok, d):
-        """The (len(rows), len(cols)) tile of a (B, n, d) tensor at batch offset `base` (= batch * n), 0 outside."""
+        """The (len(rows), len(cols)) tile of a (B, positions, d) tensor at batch offset `base`, 0 outside."""
         return tl.load(ptr + (base + rows[:, None]) * d + cols[None, :], mask=rows_ok[:, None] & cols_ok[None, :],
                        other=0.0)  # fmt: skip
 
     @triton.jit
-    def _forward_kernel(x_ptr, w_ptr, s_ptr, y_ptr, total_ptr, n, d, radius, after, eps,
-                        CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr,
-                        BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+    def _forward_kernel(x_ptr, w_ptr, s_ptr, y_ptr, total_ptr, n_in, n_out, H, W, Wo, stride, d, radius, after,
+                        eps, CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr,
+                        BLOCK_O: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
         batch, block, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        i = block * BLOCK_I + tl.arange(0, BLOCK_I)
+        o = block * BLOCK_O + tl.arange(0, BLOCK_O)
         cols = chunk * BLOCK_D + tl.arange(0, BLOCK_D)
-        i_ok, col_ok = i < n, cols < d
-        base = batch.to(tl.int64) * n
-        s, inv_var = _widths(s_ptr, base, i, i_ok)
-        acc = tl.zeros((BLOCK_I, BLOCK_D), dtype=s.dtype)
-        total = tl.zeros((BLOCK_I,), dtype=s.dtype)
-        for j0 in range(block * BLOCK_I - radius, block * BLOCK_I + BLOCK_I + after, BLOCK_J):
+        o_ok, col_ok = o < n_out, cols < d
+        base_in, base_out = batch.to(tl.int64) * n_in, batch.to(tl.int64) * n_out
+        s, inv_var = _widths(s_ptr, base_out, o, o_ok)
+        acc = tl.zeros((BLOCK_O, BLOCK_D), dtype=s.dtype)
+        total = tl.zeros((BLOCK_O,), dtype=s.dtype)
+        start, stop = _input_span(block * BLOCK_O, block * BLOCK_O + BLOCK_O - 1, H, W, Wo, stride, radius, after)
+        for j0 in range(start, stop, BLOCK_J):
             j = j0 + tl.arange(0, BLOCK_J)
-            j_ok = (j >= 0) & (j < n)
-            w = tl.load(w_ptr + base + j, mask=j_ok, other=0.0)
-            _, c, _ = _coefficients(i, j, inv_var, w, n, radius, CAUSAL)
-            acc += tl.dot(c, _load_tile(x_ptr, base, j, j_ok, cols, col_ok, d), input_precision="ieee")
+            j_ok = j < n_in
+            w = tl.load(w_ptr + base_in + j, mask=j_ok, other=0.0)
+            _, c, _ = _coefficients(o, j, inv_var, w, n_in, W, Wo, stride, radius, CAUSAL)
+            acc += tl.dot(c, _load_tile(x_ptr, base_in, j, j_ok, cols, col_ok, d), input_precision="ieee")
             total += tl.sum(c, axis=1)
         if NORMALIZE:
             acc = acc / (total + eps)[:, None]
-        tl.store(y_ptr + (base + i[:, None]) * d + cols[None, :], acc, mask=i_ok[:, None] & col_ok[None, :])
+        tl.store(y_ptr + (base_out + o[:, None]) * d + cols[None, :], acc, mask=o_ok[:, None] & col_ok[None, :])
         if chunk == 0:
-            tl.store(total_ptr + base + i, total, mask=i_ok)
+            tl.store(total_ptr + base_out + o, total, mask=o_ok)
 
     @triton.jit
-    def _sigma_grad_kernel(x_ptr, w_ptr, s_ptr, g_ptr, t_ptr, ds_ptr, n, d, radius, after,
-                           CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr,
-                           BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+    def _sigma_grad_kernel(x_ptr, w_ptr, s_ptr, g_ptr, t_ptr, ds_ptr, n_in, n_out, H, W, Wo, stride, d, radius,
+                           after, CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr,
+                           BLOCK_O: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
         batch, block = tl.program_id(0), tl.program_id(1)
-        i = block * BLOCK_I + tl.arange(0, BLOCK_I)
-        i_ok = i < n
-        base = batch.to(tl.int64) * n
-        s, inv_var = _widths(s_ptr, base, i, i_ok)
-        through_n = tl.zeros((BLOCK_I,), dtype=s.dtype)  # G_i . sum_j c_ij d_ij^2 x_j
-        weighted_sq = tl.zeros((BLOCK_I,), dtype=s.dtype)  # sum_j c_ij d_ij^2
-        for j0 in range(block * BLOCK_I - radius, block * BLOCK_I + BLOCK_I + after, BLOCK_J):
+        o = block * BLOCK_O + tl.arange(0, BLOCK_O)
+        o_ok = o < n_out
+        base_in, base_out = batch.to(tl.int64) * n_in, batch.to(tl.int64) * n_out
+        s, inv_var = _widths(s_ptr, base_out, o, o_ok)
+        through_n = tl.zeros((BLOCK_O,), dtype=s.dtype)  # G_o . sum_j c_oj d_oj^2 x_j
+        weighted_sq = tl.zeros((BLOCK_O,), dtype=s.dtype)  # sum_j c_oj d_oj^2
+        start, stop = _input_span(block * BLOCK_O, block * BLOCK_O + BLOCK_O - 1, H, W, Wo, stride, radius, after)
+        for j0 in range(start, stop, BLOCK_J):
             j = j0 + tl.arange(0, BLOCK_J)
-            j_ok = (j >= 0) & (j < n)
-            w = tl.load(w_ptr + base + j, mask=j_ok, other=0.0)
-            _, c, dist = _coefficients(i, j, inv_var, w, n, radius, CAUSAL)
-            c_sq = c * dist * dist
+            j_ok = j < n_in
+            w = tl.load(w_ptr + base_in + j, mask=j_ok, other=0.0)
+            _, c, dist_sq = _coefficients(o, j, inv_var, w, n_in, W, Wo, stride, radius, CAUSAL)
+            c_sq = c * dist_sq
             weighted_sq += tl.sum(c_sq, axis=1)
             for d0 in range(0, d, BLOCK_D):
                 cols = d0 + tl.arange(0, BLOCK_D)
                 col_ok = cols < d
-                x = _load_tile(x_ptr, base, j, j_ok, cols, col_ok, d)
-                g = _load_tile(g_ptr, base, i, i_ok, cols, col_ok, d)
+                x = _load_tile(x_ptr, base_in, j, j_ok, cols, col_ok, d)
+                g = _load_tile(g_ptr, base_out, o, o_ok, cols, col_ok, d)
                 through_n += tl.sum(tl.dot(c_sq, x, input_precision="ieee") * g, axis=1)
         grad = through_n
         if NORMALIZE:
-            grad += tl.load(t_ptr + base + i, mask=i_ok, other=0.0) * weighted_sq
-        tl.store(ds_ptr + base + i, grad * inv_var / s, mask=i_ok)
+            grad += tl.load(t_ptr + base_out + o, mask=o_ok, other=0.0) * weighted_sq
+        tl.store(ds_ptr + base_out + o, grad * inv_var / s, mask=o_ok)
 
     @triton.jit
-    def _input_grad_kernel(x_ptr, w_ptr, s_ptr, g_ptr, t_ptr, dx_ptr, dw_ptr, n, d, radius, after,
-                           CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr,
-                           BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
-        # one program per block of BLOCK_J inputs; the outputs reading input j lie in [j - after, j + radius]
+    def _input_grad_kernel(x_ptr, w_ptr, s_ptr, g_ptr, t_ptr, dx_ptr, dw_ptr, n_in, n_out, W, Ho, Wo, stride, d,
+                           radius, after, CAUSAL: tl.constexpr, NORMALIZE: tl.constexpr,
+                           BLOCK_O: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+        # one program per block of BLOCK_J inputs, over the band of outputs whose windows reach them
         batch, block = tl.program_id(0), tl.program_id(1)
         j = block * BLOCK_J + tl.arange(0, BLOCK_J)
-        j_ok = j < n
-        base = batch.to(tl.int64) * n
-        w = tl.load(w_ptr + base + j, mask=j_ok, other=0.0)
-        first, last = block * BLOCK_J - after, block * BLOCK_J + BLOCK_J + radius
+        j_ok = j < n_in
+        base_in, base_out = batch.to(tl.int64) * n_in, batch.to(tl.int64) * n_out
+        w = tl.load(w_ptr + base_in + j, mask=j_ok, other=0.0)
+        first, last = _output_span(block * BLOCK_J, block * BLOCK_J + BLOCK_J - 1, W, Ho, Wo, stride, radius, after)
         grad_w = tl.zeros((BLOCK_J,), dtype=w.dtype)
-        if NORMALIZE:  # sum_i gauss_ij t_i
-            for i0 in range(first, last, BLOCK_I):
-                i, i_ok, gauss = _outputs_reading(i0, j, w, s_ptr, base, n, radius, CAUSAL, BLOCK_I)
-                t = tl.load(t_ptr + base + i, mask=i_ok, other=0.0)
+        if NORMALIZE:  # sum_o gauss_oj t_o
+            for o0 in range(first, last, BLOCK_O):
+                o, o_ok, gauss = _outputs_reading(o0, j, w, s_ptr, base_out, n_in, n_out, W, Wo, stride, radius,
+                                                  CAUSAL, BLOCK_O)  # fmt: skip
+                t = tl.load(t_ptr + base_out + o, mask=o_ok, other=0.0)
                 grad_w += tl.sum(gauss * t[:, None], axis=0)
         for d0 in range(0, d, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D)
             col_ok = cols < d
-            m = tl.zeros((BLOCK_J, BLOCK_D), dtype=w.dtype)  # sum_i gauss_ij G_i
-            for i0 in range(first, last, BLOCK_I):
-                i, i_ok, gauss = _outputs_reading(i0, j, w, s_ptr, base, n, radius, CAUSAL, BLOCK_I)
-                g = _load_tile(g_ptr, base, i, i_ok, cols, col_ok, d)
+            m = tl.zeros((BLOCK_J, BLOCK_D), dtype=w.dtype)  # sum_o gauss_oj G_o
+            for o0 in range(first, last, BLOCK_O):
+                o, o_ok, gauss = _outputs_reading(o0, j, w, s_ptr, base_out, n_in, n_out, W, Wo, stride, radius,
+                                                  CAUSAL, BLOCK_O)  # fmt: skip
+                g = _load_tile(g_ptr, base_out, o, o_ok, cols, col_ok, d)
                 m += tl.dot(tl.trans(gauss), g, input_precision="ieee")
-            x = _load_tile(x_ptr, base, j, j_ok, cols, col_ok, d)
-            tl.store(dx_ptr + (base + j[:, None]) * d + cols[None, :], w[:, None] * m,
+            x = _load_tile(x_ptr, base_in, j, j_ok, cols, col_ok, d)
+            tl.store(dx_ptr + (base_in + j[:, None]) * d + cols[None, :], w[:, None] * m,
                      mask=j_ok[:, None] & col_ok[None, :])  # fmt: skip
             grad_w += tl.sum(m * x, axis=1)
-        tl.store(dw_ptr + base + j, grad_w, mask=j_ok)
+        tl.store(dw_ptr + base_in + j, grad_w, mask=j_ok)
 
 
-class _TritonPool1d(torch.autograd.Function):
-    """x (B, n, d), weights (B, n), sigma (B, n) -> pooled (B, n, d), through the kernels above."""
+class _GridShape(NamedTuple):
+    """Where the kernels' flattened positions sit: inputs H x W, outputs Ho x Wo, `stride` apart (1-D: n x 1)."""
+
+    H: int
+    W: int
+    Ho: int
+    Wo: int
+    stride: int
+
+
+class _TritonPool(torch.autograd.Function):
+    """x (B, n_in, d), weights (B, n_in), sigma (B, n_out) on a `_GridShape` -> pooled (B, n_out, d)."""
 
     @staticmethod
-    def forward(ctx, x, weights, sigma, radius, causal, normalize, eps):
+    def forward(ctx, x, weights, sigma, grid_shape, radius, causal, normalize, eps):
         x, weights, sigma = x.contiguous(), weights.contiguous(), sigma.contiguous()
-        batch, n, d = x.shape
+        batch, n_in, d = x.shape
+        n_out = sigma.shape[1]
+        H, W, _, Wo, stride = grid_shape
         after = 0 if causal else radius
-        y = torch.empty_like(x)
-        total = torch.empty_like(weights)  # S_i (B, n)
-        grid = (batch, triton.cdiv(n, _BLOCK_OUT), triton.cdiv(d, _BLOCK_FEATURES))
-        _forward_kernel[grid](x, weights, sigma, y, total, n, d, radius, after, eps, CAUSAL=causal,
-                              NORMALIZE=normalize, BLOCK_I=_BLOCK_OUT, BLOCK_J=_BLOCK_WINDOW,
+        y = x.new_empty(batch, n_out, d)
+        total = sigma.new_empty(batch, n_out)  # S_o
+        grid = (batch, triton.cdiv(n_out, _BLOCK_OUT), triton.cdiv(d, _BLOCK_FEATURES))
+        _forward_kernel[grid](x, weights, sigma, y, total, n_in, n_out, H, W, Wo, stride, d, radius, after, eps,
+                              CAUSAL=causal, NORMALIZE=normalize, BLOCK_O=_BLOCK_OUT, BLOCK_J=_BLOCK_WINDOW,
                               BLOCK_D=_BLOCK_FEATURES)  # fmt: skip
         ctx.save_for_backward(x, weights, sigma, y, total)
-        ctx.options = (radius, after, causal, normalize, eps)
+        ctx.options = (grid_shape, radius, after, causal, normalize, eps)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         x, weights, sigma, y, total = ctx.saved_tensors
-        radius, after, causal, normalize, eps = ctx.options
-        batch, n, d = x.shape
+        (H, W, Ho, Wo, stride), radius, after, causal, normalize, eps = ctx.options
+        batch, n_in, d = x.shape
+        n_out = sigma.shape[1]
         grad_n = grad_y.contiguous()  # G = dL/dN
         t = grad_n.new_zeros(())  # unread without normalisation
         if normalize:
             grad_n = grad_n / (total + eps).unsqueeze(-1)
-            t = -(grad_n * y).sum(-1)  # dL/dS (B, n)
+            t = -(grad_n * y).sum(-1)  # dL/dS (B, n_out)
         grad_x, grad_w, grad_s = torch.empty_like(x), torch.empty_like(weights), torch.empty_like(sigma)
-        blocks = dict(CAUSAL=causal, NORMALIZE=normalize, BLOCK_I=_BLOCK_OUT, BLOCK_J=_BLOCK_WINDOW,
+        blocks = dict(CAUSAL=causal, NORMALIZE=normalize, BLOCK_O=_BLOCK_OUT, BLOCK_J=_BLOCK_WINDOW,
                       BLOCK_D=_BLOCK_FEATURES)  # fmt: skip
-        _sigma_grad_kernel[(batch, triton.cdiv(n, _BLOCK_OUT))](
-            x, weights, sigma, grad_n, t, grad_s, n, d, radius, after, **blocks
+        _sigma_grad_kernel[(batch, triton.cdiv(n_out, _BLOCK_OUT))](
+            x, weights, sigma, grad_n, t, grad_s, n_in, n_out, H, W, Wo, stride, d, radius, after, **blocks
         )
-        _input_grad_kernel[(batch, triton.cdiv(n, _BLOCK_WINDOW))](
-            x, weights, sigma, grad_n, t, grad_x, grad_w, n, d, radius, after, **blocks
+        _input_grad_kernel[(batch, triton.cdiv(n_in, _BLOCK_WINDOW))](
+            x, weights, sigma, grad_n, t, grad_x, grad_w, n_in, n_out, W, Ho, Wo, stride, d, radius, after, **blocks
         )
-        return grad_x, grad_w, grad_s, None, None, None, None
+        return grad_x, grad_w, grad_s, None, None, None, None, None
+
+
+def _check_runs_here(x: torch.Tensor) -> None:
+    reason = triton_unavailable_reason(x)
+    if reason is not None:
+        raise ValueError(f"implementation='triton' cannot run here: {reason}; use implementation='fast'")
 
 
 def triton_pool_1d(x, weights, sigma, radius, causal, normalize, eps):
     """The 1-D pooling through the Triton kernels: x (B, n, d), weights and sigma (B, n) -> (B, n, d).
     Raises a ValueError naming the reason when it cannot run here (`triton_unavailable_reason`)."""
-    reason = triton_unavailable_reason(x)
-    if reason is not None:
-        raise ValueError(f"implementation='triton' cannot run here: {reason}; use implementation='fast'")
-    return _TritonPool1d.apply(x, weights, sigma, int(radius), bool(causal), bool(normalize), float(eps))
+    _check_runs_here(x)
+    n = x.shape[1]
+    return _TritonPool.apply(x, weights, sigma, _GridShape(n, 1, n, 1, 1), int(radius), bool(causal),
+                             bool(normalize), float(eps))  # fmt: skip
+
+
+def triton_pool_2d(x, weights, sigma, radius, stride, normalize, eps):
+    """The 2-D pooling through the same kernels: x (B, H, W, d), weights (B, H, W), sigma (B, Ho, Wo) ->
+    (B, Ho, Wo, d), outputs `stride` apart on the input grid."""
+    _check_runs_here(x)
+    batch, H, W, d = x.shape
+    Ho, Wo = sigma.shape[1:]
+    pooled = _TritonPool.apply(x.reshape(batch, H * W, d), weights.reshape(batch, H * W),
+                               sigma.reshape(batch, Ho * Wo), _GridShape(H, W, Ho, Wo, int(stride)), int(radius),
+                               False, bool(normalize), float(eps))  # (B, Ho * Wo, d)  # fmt: skip
+    return pooled.view(batch, Ho, Wo, d)
