@@ -108,6 +108,17 @@ if triton is not None:
         return o, o_ok, tl.where(o_ok[:, None], gauss, 0.0)
 
     @triton.jit
+    def _inputs_read(j0, o, inv_var, w_ptr, base_in, n_in, W, Wo, stride, radius, CAUSAL: tl.constexpr,
+                     BLOCK_J: tl.constexpr):  # fmt: skip
+        """Inputs j = j0 .. j0 + BLOCK_J - 1, which of them exist, and the coefficients c (len(o), BLOCK_J) and
+        squared offsets of outputs o against them."""
+        j = j0 + tl.arange(0, BLOCK_J)
+        j_ok = j < n_in
+        w = tl.load(w_ptr + base_in + j, mask=j_ok, other=0.0)
+        _, c, dist_sq = _coefficients(o, j, inv_var, w, n_in, W, Wo, stride, radius, CAUSAL)
+        return j, j_ok, c, dist_sq
+
+    @triton.jit
     def _load_tile(ptr, base, rows, rows_ok, cols, cols_ok, d):
         """The (len(rows), len(cols)) tile of a (B, positions, d) tensor at batch offset `base`, 0 outside."""
         return tl.load(ptr + (base + rows[:, None]) * d + cols[None, :], mask=rows_ok[:, None] & cols_ok[None, :],
@@ -127,10 +138,7 @@ if triton is not None:
         total = tl.zeros((BLOCK_O,), dtype=s.dtype)
         start, stop = _input_span(block * BLOCK_O, block * BLOCK_O + BLOCK_O - 1, H, W, Wo, stride, radius, after)
         for j0 in range(start, stop, BLOCK_J):
-            j = j0 + tl.arange(0, BLOCK_J)
-            j_ok = j < n_in
-            w = tl.load(w_ptr + base_in + j, mask=j_ok, other=0.0)
-            _, c, _ = _coefficients(o, j, inv_var, w, n_in, W, Wo, stride, radius, CAUSAL)
+            j, j_ok, c, _ = _inputs_read(j0, o, inv_var, w_ptr, base_in, n_in, W, Wo, stride, radius, CAUSAL, BLOCK_J)
             acc += tl.dot(c, _load_tile(x_ptr, base_in, j, j_ok, cols, col_ok, d), input_precision="ieee")
             total += tl.sum(c, axis=1)
         if NORMALIZE:
@@ -152,10 +160,8 @@ if triton is not None:
         weighted_sq = tl.zeros((BLOCK_O,), dtype=s.dtype)  # sum_j c_oj d_oj^2
         start, stop = _input_span(block * BLOCK_O, block * BLOCK_O + BLOCK_O - 1, H, W, Wo, stride, radius, after)
         for j0 in range(start, stop, BLOCK_J):
-            j = j0 + tl.arange(0, BLOCK_J)
-            j_ok = j < n_in
-            w = tl.load(w_ptr + base_in + j, mask=j_ok, other=0.0)
-            _, c, dist_sq = _coefficients(o, j, inv_var, w, n_in, W, Wo, stride, radius, CAUSAL)
+            j, j_ok, c, dist_sq = _inputs_read(j0, o, inv_var, w_ptr, base_in, n_in, W, Wo, stride, radius, CAUSAL,
+                                               BLOCK_J)  # fmt: skip
             c_sq = c * dist_sq
             weighted_sq += tl.sum(c_sq, axis=1)
             for d0 in range(0, d, BLOCK_D):
