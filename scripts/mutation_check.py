@@ -196,6 +196,12 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_triton.py", "interpreter"),
     ),
     Mutation(
+        "triton-global-not-constexpr", "a Triton kernel reads a plain Python global (the interpreter allows it, "
+        "compiled Triton does not)",
+        "        kept = inside & (exponent >= _MIN_EXPONENT_TL)", "        kept = inside & (exponent >= _MIN_EXPONENT)",
+        _k("tests/test_triton.py", "compile"),
+    ),
+    Mutation(
         "static-window-unshifted", "a static-cache decode step drops the newest pooling input instead of the oldest",
         "        ring_features = torch.cat([history[:, :, 1:], features.to(history.dtype)], dim=2)",
         "        ring_features = torch.cat([history[:, :, :-1], features.to(history.dtype)], dim=2)",

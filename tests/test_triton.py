@@ -52,3 +52,29 @@ def test_triton_on_a_cpu_grid_says_where_it_runs_too():
     x, w, s = torch.randn(1, 6, 6, 3), torch.rand(1, 6, 6), 0.5 + torch.rand(1, 3, 3)
     with pytest.raises(ValueError, match=r"implementation='triton' cannot run here: it runs on CUDA devices"):
         context_pool_2d(x, w, s, stride=2, implementation="triton")
+
+
+@pytest.mark.skipif(triton_pooling.triton is None or triton_pooling.INTERPRETED,
+                    reason="needs triton installed and its kernels not interpreted")  # fmt: skip
+def test_the_kernels_compile_for_an_h100_without_one():
+    """Every kernel variant compiles to a cubin for sm_90 (triton's bundled ptxas needs no GPU): what the
+    interpreter cannot check (types, dot shapes, loops and tuples as compiled Triton takes them)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    pointers = {
+        triton_pooling._forward_kernel: ("x_ptr", "w_ptr", "s_ptr", "y_ptr", "total_ptr"),
+        triton_pooling._sigma_grad_kernel: ("x_ptr", "w_ptr", "s_ptr", "g_ptr", "t_ptr", "ds_ptr"),
+        triton_pooling._input_grad_kernel: ("x_ptr", "w_ptr", "s_ptr", "g_ptr", "t_ptr", "dx_ptr", "dw_ptr"),
+    }
+    for kernel, names in pointers.items():
+        for causal, normalize in ((True, True), (False, False)):
+            constexprs = dict(CAUSAL=causal, NORMALIZE=normalize, BLOCK_O=triton_pooling._BLOCK_OUT,
+                              BLOCK_J=triton_pooling._BLOCK_WINDOW, BLOCK_D=triton_pooling._BLOCK_FEATURES)  # fmt: skip
+            types = {name: "*fp32" for name in names} | {"eps": "fp32"}
+            signature = {arg: "constexpr" if arg in constexprs else types.get(arg, "i32") for arg in kernel.arg_names}
+            source = ASTSource(fn=kernel, signature=signature,
+                               constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()})  # fmt: skip
+            compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+            assert compiled.asm["cubin"], (kernel.__name__, causal, normalize)

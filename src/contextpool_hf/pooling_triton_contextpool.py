@@ -104,7 +104,8 @@ if triton is not None:
         inputs j (0 for outputs past the end)."""
         o = o0 + tl.arange(0, BLOCK_O)
         o_ok = o < n_out
-        gauss, _, _ = _coefficients(o, j, _widths(s_ptr, base, o, o_ok)[1], w, n_in, W, Wo, stride, radius, CAUSAL)
+        _, inv_var = _widths(s_ptr, base, o, o_ok)
+        gauss, _, _ = _coefficients(o, j, inv_var, w, n_in, W, Wo, stride, radius, CAUSAL)
         return o, o_ok, tl.where(o_ok[:, None], gauss, 0.0)
 
     @triton.jit
