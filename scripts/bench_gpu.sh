@@ -2,12 +2,14 @@
 # Issue 15's benchmarks on an accelerator, bf16, into benchmarks/gpu/: the operator (bench_op.py), the text
 # models (bench_model.py; with BENCH_GPU_COMPILE=1 also compiled), where their steps spend the GPU's time
 # (profile_model.py: predictor, pooling forward and backward, mix, everything else) and the vision models
-# (bench_vision.py, with the 2-D crossover). Where triton is installed, implementation="triton" is timed too: against the fast path in
-# bench_op.json (triton_over_fast_*), and the causal LM with it against Llama in bench_model_triton.json.
+# (bench_vision.py, with the 2-D crossover). Where triton is installed, implementation="triton" is timed
+# too: against the fast path in bench_op.json (triton_over_fast_*), the causal LM with it against Llama in
+# bench_model_triton.json, and the vision models with it in bench_vision_triton.json.
 # Sizes are a GPU's (hidden 1024, 8 layers, n up to 8192; the CPU rows use hidden 256, 4 layers), so every
 # ratio is ContextPool against the transformers model of the same size, measured in the same run.
 #
-#   bash scripts/bench_gpu.sh                 # on a CUDA machine, from the repository root; about 5 minutes on an H100
+#   bash scripts/bench_gpu.sh                 # on a CUDA machine, from the repository root (an estimated 5 minutes
+#                                             # on an H100: never run there yet)
 #   PYTHON=.venv/bin/python bash scripts/bench_gpu.sh
 #   bash scripts/bench_gpu.sh --smoke         # tiny sizes on this machine's --device (cpu by default): checks the script
 #
