@@ -63,12 +63,13 @@ def test_the_kernels_compile_for_an_h100_without_one():
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    pointers = {
-        triton_pooling._forward_kernel: ("x_ptr", "w_ptr", "s_ptr", "y_ptr", "total_ptr"),
-        triton_pooling._sigma_grad_kernel: ("x_ptr", "w_ptr", "s_ptr", "g_ptr", "t_ptr", "ds_ptr"),
-        triton_pooling._input_grad_kernel: ("x_ptr", "w_ptr", "s_ptr", "g_ptr", "t_ptr", "dx_ptr", "dw_ptr"),
+    forward, backward = triton_pooling._FORWARD_WARPS, triton_pooling._BACKWARD_WARPS
+    pointers = {  # kernel: (its pointer arguments, the warps it is launched with)
+        triton_pooling._forward_kernel: (("x_ptr", "w_ptr", "s_ptr", "y_ptr", "total_ptr"), forward),
+        triton_pooling._sigma_grad_kernel: (("x_ptr", "w_ptr", "s_ptr", "g_ptr", "t_ptr", "ds_ptr"), backward),
+        triton_pooling._input_grad_kernel: (("x_ptr", "w_ptr", "s_ptr", "g_ptr", "t_ptr", "dx_ptr", "dw_ptr"), backward),
     }
-    for kernel, names in pointers.items():
+    for kernel, (names, warps) in pointers.items():
         for causal, normalize in ((True, True), (False, False)):
             constexprs = dict(CAUSAL=causal, NORMALIZE=normalize, BLOCK_O=triton_pooling._BLOCK_OUT,
                               BLOCK_J=triton_pooling._BLOCK_WINDOW, BLOCK_D=triton_pooling._BLOCK_FEATURES)  # fmt: skip
@@ -76,5 +77,5 @@ def test_the_kernels_compile_for_an_h100_without_one():
             signature = {arg: "constexpr" if arg in constexprs else types.get(arg, "i32") for arg in kernel.arg_names}
             source = ASTSource(fn=kernel, signature=signature,
                                constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()})  # fmt: skip
-            compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+            compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
             assert compiled.asm["cubin"], (kernel.__name__, causal, normalize)

@@ -45,6 +45,10 @@ except ImportError:  # pragma: no cover - exercised where triton is missing
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _MIN_EXPONENT = -80.0  # as pooling_contextpool._MIN_EXPONENT: smaller exponents give exactly 0
 _BLOCK_OUT, _BLOCK_WINDOW, _BLOCK_FEATURES = 64, 32, 64  # outputs per program, input chunk, feature chunk
+# Warps per program. At these blocks the backward kernels need 255 registers per thread with 4 warps and spill
+# (92 and 208 bytes per thread); with 8 they use 140 and 180 and spill nothing. The forward uses 164 with 4
+# warps, no spill. (ptxas -v on the sm_90a PTX of float32 kernels; not yet timed on a GPU.)
+_FORWARD_WARPS, _BACKWARD_WARPS = 4, 8
 
 
 def triton_unavailable_reason(x: torch.Tensor) -> str | None:
@@ -235,7 +239,7 @@ class _TritonPool(torch.autograd.Function):
         grid = (batch, triton.cdiv(n_out, _BLOCK_OUT), triton.cdiv(d, _BLOCK_FEATURES))
         _forward_kernel[grid](x, weights, sigma, y, total, n_in, n_out, H, W, Wo, stride, d, radius, after, eps,
                               CAUSAL=causal, NORMALIZE=normalize, BLOCK_O=_BLOCK_OUT, BLOCK_J=_BLOCK_WINDOW,
-                              BLOCK_D=_BLOCK_FEATURES)  # fmt: skip
+                              BLOCK_D=_BLOCK_FEATURES, num_warps=_FORWARD_WARPS)  # fmt: skip
         ctx.save_for_backward(x, weights, sigma, y, total)
         ctx.options = (grid_shape, radius, after, causal, normalize, eps)
         return y
@@ -254,7 +258,7 @@ class _TritonPool(torch.autograd.Function):
             t = -(grad_n * y).sum(-1)  # dL/dS (B, n_out)
         grad_x, grad_w, grad_s = torch.empty_like(x), torch.empty_like(weights), torch.empty_like(sigma)
         blocks = dict(CAUSAL=causal, NORMALIZE=normalize, BLOCK_O=_BLOCK_OUT, BLOCK_J=_BLOCK_WINDOW,
-                      BLOCK_D=_BLOCK_FEATURES)  # fmt: skip
+                      BLOCK_D=_BLOCK_FEATURES, num_warps=_BACKWARD_WARPS)  # fmt: skip
         _sigma_grad_kernel[(batch, triton.cdiv(n_out, _BLOCK_OUT))](
             x, weights, sigma, grad_n, t, grad_s, n_in, n_out, H, W, Wo, stride, d, radius, after, **blocks
         )
