@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import time
 
 import torch
 
@@ -27,8 +28,14 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
                              "weights, generation with the models cast to it")  # fmt: skip
 
 
-def resolve_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
-    """The torch.device `args.device` names, after checking that this machine has it (parser.error otherwise)."""
+def resolve_placement(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Set args.torch_device (the torch.device `args.device` names) and args.torch_dtype (`args.dtype`), after
+    checking that this machine has the device (parser.error otherwise)."""
+    args.torch_device = _checked_device(parser, args)
+    args.torch_dtype = DTYPES[args.dtype]
+
+
+def _checked_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
     try:
         device = torch.device(args.device)
     except (RuntimeError, ValueError):
@@ -50,6 +57,17 @@ def synchronize(device: torch.device) -> None:
     """Wait until the work queued on `device` has finished (nothing to wait for on a CPU)."""
     if device.type != "cpu":
         torch.accelerator.synchronize(device)
+
+
+def timed(fn, device: torch.device, cpu_time: bool = False) -> float:
+    """Seconds one call of fn takes: wall time (process CPU time with cpu_time, on a CPU only); on an
+    accelerator, wall time until its queued work has finished."""
+    clock = time.process_time if cpu_time and device.type == "cpu" else time.perf_counter
+    synchronize(device)
+    start = clock()
+    fn()
+    synchronize(device)
+    return clock() - start
 
 
 def mixed_precision(device: torch.device, dtype: torch.dtype):

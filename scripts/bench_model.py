@@ -131,8 +131,7 @@ def parse_args(argv=None):
     parser.add_argument("--name", default="bench_model", help="result file stem")
     bench_device.add_device_arguments(parser)
     args = parser.parse_args(argv)
-    args.torch_device = bench_device.resolve_device(parser, args)
-    args.torch_dtype = bench_device.DTYPES[args.dtype]
+    bench_device.resolve_placement(parser, args)
     if args.quick:
         args.hidden, args.layers, args.heads, args.vocab = 64, 2, 4, 512
         args.causal_sizes, args.mlm_sizes, args.repeats, args.warmup = "128x2,256x1", "128x2", 3, 1
@@ -164,7 +163,8 @@ def causal_pair(args, max_len):
                   num_attention_heads=args.heads, intermediate_size=4 * args.hidden, max_position_embeddings=max_len,
                   tie_word_embeddings=False)
     contextpool = ContextPoolForCausalLM(ContextPoolConfig(
-        **common, is_causal=True, pool_implementation=args.pool_implementation, position_embedding_type="rotary", norm_type="rmsnorm", norm_eps=1e-6,
+        **common, is_causal=True, position_embedding_type="rotary", norm_type="rmsnorm", norm_eps=1e-6,
+        pool_implementation=args.pool_implementation,
         mlp_type="gated", hidden_act="silu", attention_bias=False, mlp_bias=False, norm_position="pre",
         final_norm=True, attn_implementation="sdpa",
     ))
@@ -175,7 +175,8 @@ def causal_pair(args, max_len):
 
 def masked_pair(args, max_len):
     contextpool = ContextPoolForMaskedLM(ContextPoolConfig(
-        pool_implementation=args.pool_implementation, vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
+        vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
+        pool_implementation=args.pool_implementation,
         num_attention_heads=args.heads, intermediate_size=4 * args.hidden, max_position_embeddings=max_len,
         is_causal=False, position_embedding_type="absolute", type_vocab_size=2, norm_type="layernorm",
         norm_eps=1e-12, norm_position="post", embedding_norm=True, final_norm=False, mlp_type="gelu",

@@ -84,7 +84,7 @@ def parse_args(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192])
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--triton", action="store_true",
-                        help='also time implementation="triton" (1-D kernels; CUDA), alternated with the fast path, and '
+                        help='also time implementation="triton" (the Triton kernels; CUDA), alternated with the fast path, and '
                              "report triton/fast")  # fmt: skip
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -101,8 +101,7 @@ def parse_args(argv=None):
     )  # fmt: skip
     bench_device.add_device_arguments(parser)
     args = parser.parse_args(argv)
-    args.torch_device = bench_device.resolve_device(parser, args)
-    args.torch_dtype = bench_device.DTYPES[args.dtype]
+    bench_device.resolve_placement(parser, args)
     if args.triton:
         from contextpool_hf.pooling_triton_contextpool import triton_unavailable_reason
 
@@ -153,7 +152,7 @@ def dense_1d_crossover(repeats: int, width: int = 256, sizes=DENSE_1D_SIZES, dev
                     for plan in forced if repeat % 2 == 0 else list(forced)[::-1]:
                         pooling._DENSE_1D_MAX_COEFS = forced[plan]
                         call = functools.partial(_blocked_forward_backward, x, w, s, r, causal, grad)
-                        times[plan].append(timed(call, device, cpu_time=True))
+                        times[plan].append(bench_device.timed(call, device, cpu_time=True))
                 best = {plan: min(t[1:]) * 1000 for plan, t in times.items()}
                 ratios = [a / b for a, b in zip(times["dense"][1:], times["blocked"][1:], strict=True)]
                 row = dict(causal=causal, n=n, batch=batch, d=width, radius=r, dense_ms=round(best["dense"], 3),
@@ -252,18 +251,6 @@ def peak_extra_bytes(fn, device=None):
     return peak
 
 
-def timed(fn, device=None, cpu_time=False):
-    """Seconds one call of fn takes: wall time (process CPU time with cpu_time, on a CPU only); on an
-    accelerator, wall time until its queued work has finished."""
-    device = device or torch.device("cpu")
-    clock = time.process_time if cpu_time and device.type == "cpu" else time.perf_counter
-    bench_device.synchronize(device)
-    start = clock()
-    fn()
-    bench_device.synchronize(device)
-    return clock() - start
-
-
 # --------------------------------------------------------------------------------------
 # The sweep
 # --------------------------------------------------------------------------------------
@@ -292,8 +279,8 @@ def run_sweep(args):
                     fwd(), fwd_bwd()
                 for _ in range(args.repeats):
                     for impl, (fwd, fwd_bwd) in cases.items():
-                        times[impl][0].append(timed(fwd, args.torch_device))
-                        times[impl][1].append(timed(fwd_bwd, args.torch_device))
+                        times[impl][0].append(bench_device.timed(fwd, args.torch_device))
+                        times[impl][1].append(bench_device.timed(fwd_bwd, args.torch_device))
             for impl, (fwd, fwd_bwd) in active.items():
                 rows.append(
                     dict(

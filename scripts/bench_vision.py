@@ -93,8 +93,7 @@ def parse_args(argv=None):
     parser.add_argument("--name", default="bench_vision", help="result file stem")
     bench_device.add_device_arguments(parser)
     args = parser.parse_args(argv)
-    args.torch_device = bench_device.resolve_device(parser, args)
-    args.torch_dtype = bench_device.DTYPES[args.dtype]
+    bench_device.resolve_placement(parser, args)
     if args.profile and args.torch_device.type != "cpu":
         parser.error(f"--profile splits the step's CPU time and runs on --device cpu only, got --device {args.device}")
     if args.quick:
@@ -293,11 +292,7 @@ def crossover(repeats, shapes=CROSSOVER_SHAPES, radius=4, device=None, dtype=tor
         times = {name: [] for name in paths}
         for _ in range(repeats + 1):
             for name, fn in paths.items():
-                bench_device.synchronize(device)
-                start = time.perf_counter()
-                fn().sum().backward()
-                bench_device.synchronize(device)
-                times[name].append(time.perf_counter() - start)
+                times[name].append(bench_device.timed(lambda fn=fn: fn().sum().backward(), device))
         best = {name: min(t[1:]) * 1000 for name, t in times.items()}
         chosen = "dense" if pooling_2d.plan_tiles((side, side), (out, out), radius, stride)[0][2] == 0 else "tiled"
         rows.append(dict(batch=batch, side=side, channels=d, stride=stride, coefficients_per_image=coefs,

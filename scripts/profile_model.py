@@ -31,9 +31,9 @@ of CPU time; "everything else" is the synchronised wall time less those.
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
-import time
 from pathlib import Path
 
 import bench_device  # scripts/bench_device.py: synchronising an accelerator
@@ -128,24 +128,13 @@ def profile_call(fn, device=None) -> tuple:
     if device.type != "cpu":
         activities.append(getattr(ProfilerActivity, device.type.upper()))
     with labelled_regions(), profile(activities=activities) as prof:
-        bench_device.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        bench_device.synchronize(device)
-        wall = (time.perf_counter() - start) * 1000
+        wall = bench_device.timed(fn, device) * 1000
     return prof, wall
 
 
 def median_ms(fn, repeats: int, device=None) -> float:
     device = device or torch.device("cpu")
-    times = []
-    for _ in range(repeats):
-        bench_device.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        bench_device.synchronize(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return statistics.median(bench_device.timed(fn, device) * 1000 for _ in range(repeats))
 
 
 def decode_fns(model, batch, prompt_len, vocab, device=None, dtype=torch.float32):
@@ -177,13 +166,8 @@ def decode_row(args, repeats):
     for model, name in ((contextpool, "contextpool"), (llama, "llama")):
         prefill, step = decode_fns(model, 1, args.prompt_len, args.vocab, **placed)
         step(prefill())  # warm-up
-        times = []
-        for cache in [prefill() for _ in range(repeats * 5)]:
-            bench_device.synchronize(device)
-            start = time.perf_counter()
-            step(cache)
-            bench_device.synchronize(device)
-            times.append((time.perf_counter() - start) * 1000)
+        caches = [prefill() for _ in range(repeats * 5)]
+        times = [bench_device.timed(functools.partial(step, cache), device) * 1000 for cache in caches]
         step_ms[name] = round(statistics.median(times), 3)
     prefill, step = decode_fns(contextpool, 1, args.prompt_len, args.vocab, **placed)
     cache = prefill()
