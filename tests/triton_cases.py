@@ -4,8 +4,6 @@ Not collected by a plain `pytest` (the file name does not start with test_)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -21,7 +19,6 @@ from contextpool_hf.pooling_contextpool import context_pool, context_pool_2d
 from contextpool_hf.pooling_triton_contextpool import INTERPRETED, triton
 
 pytestmark = pytest.mark.skipif(not (INTERPRETED and triton is not None), reason="run by tests/test_triton.py")
-assert os.environ.get("TRITON_INTERPRET") == "1" or not INTERPRETED
 
 
 def _inputs(lead, d, seed, dtype=torch.float64, sigma_max=8.0):
