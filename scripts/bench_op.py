@@ -130,12 +130,13 @@ def dense_1d_crossover(repeats: int, width: int = 256, sizes=DENSE_1D_SIZES, dev
     synchronisation), both plans alternated inside every repeat (A B, B A, ...): the minimum over repeats of each
     (short calls: the least disturbed run) and the median of the per-repeat ratios dense / blocked (the steadier
     number on a shared machine)."""
+    import contextpool_hf.pooling_1d_contextpool as pooling_1d
     import contextpool_hf.pooling_contextpool as pooling
 
     device = device or torch.device("cpu")
     radius = window_radius(SIGMA_MAX, TRUNCATION)
     forced = {"dense": 1 << 40, "blocked": 0}  # _DENSE_1D_MAX_COEFS that forces each plan
-    chosen_limit = pooling._DENSE_1D_MAX_COEFS
+    chosen_limit = pooling_1d._DENSE_1D_MAX_COEFS
     rows = []
     try:
         for causal in (False, True):
@@ -150,7 +151,7 @@ def dense_1d_crossover(repeats: int, width: int = 256, sizes=DENSE_1D_SIZES, dev
                 times = {plan: [] for plan in forced}
                 for repeat in range(repeats + 1):
                     for plan in forced if repeat % 2 == 0 else list(forced)[::-1]:
-                        pooling._DENSE_1D_MAX_COEFS = forced[plan]
+                        pooling_1d._DENSE_1D_MAX_COEFS = forced[plan]
                         call = functools.partial(_blocked_forward_backward, x, w, s, r, causal, grad)
                         times[plan].append(bench_device.timed(call, device, cpu_time=True))
                 best = {plan: min(t[1:]) * 1000 for plan, t in times.items()}
@@ -164,7 +165,7 @@ def dense_1d_crossover(repeats: int, width: int = 256, sizes=DENSE_1D_SIZES, dev
                       f"blocked {row['blocked_ms']} ms, dense/blocked {row['dense_over_blocked']} "
                       f"({row['ratio_min']}-{row['ratio_max']}) -> {row['chosen']}", flush=True)  # fmt: skip
     finally:
-        pooling._DENSE_1D_MAX_COEFS = chosen_limit
+        pooling_1d._DENSE_1D_MAX_COEFS = chosen_limit
     return rows
 
 

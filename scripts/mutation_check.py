@@ -179,6 +179,19 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_ops.py", "autocast"),
     ),
     Mutation(
+        "kv-append-into-replaced-cache", "the keys/values buffer is appended to after crop or beam reordering replaced "
+        "the keys, overwriting tokens that earlier results still show",
+        "        if views is None or views[0] is not self.keys or views[1] is not self.values:\n",
+        "        if views is None:\n",
+        ("tests/test_kv_append.py",),
+    ),
+    Mutation(
+        "kv-append-with-autograd-on", "a decoding step with autograd on appends in place, into keys saved for backward",
+        "        if torch.is_grad_enabled() or torch.compiler.is_compiling() or _is_exporting():\n",
+        "        if torch.compiler.is_compiling() or _is_exporting():\n",
+        ("tests/test_kv_append.py",),
+    ),
+    Mutation(
         "triton-sigma-grad-power", "the Triton backward divides the widths' gradient by s^2 instead of s^3",
         "        tl.store(ds_ptr + base_out + o, grad * inv_var / s, mask=o_ok)",
         "        tl.store(ds_ptr + base_out + o, grad * inv_var, mask=o_ok)",

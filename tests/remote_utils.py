@@ -24,7 +24,7 @@ TEXT_MODEL_FILES = frozenset({
     "configuration_contextpool.py", "modeling_contextpool.py", "outputs_contextpool.py", "cache_contextpool.py",
     "layers_contextpool.py", "decoding_contextpool.py", "attention_contextpool.py", "inputs_contextpool.py",
     "heads_contextpool.py", "modeling_utils_contextpool.py", "pooling_contextpool.py", "checks_contextpool.py",
-    "predictor_contextpool.py", "pooling_offsets_contextpool.py", "pooling_2d_contextpool.py",
+    "predictor_contextpool.py", "pooling_1d_contextpool.py", "pooling_offsets_contextpool.py", "pooling_2d_contextpool.py",
     "generation_contextpool.py",
 })  # fmt: skip
 # The seq2seq model reuses the text model's blocks (and so its configuration file), not its models.

@@ -808,10 +808,10 @@ def _assert_fast_1d_equals_reference(x, w, s, mask, causal):
 def test_fast_chunked_1d_matches_reference(monkeypatch, block, chunk_elements, causal):
     """1-D blocks of T tokens in chunks: partial last blocks and chunks, and windows spanning
     several blocks (2R > T, so each gradient window is added back in several pieces)."""
-    import contextpool_hf.pooling_contextpool as pooling
+    import contextpool_hf.pooling_1d_contextpool as pooling_1d
 
-    monkeypatch.setattr(pooling, "_BLOCK_1D", block)
-    monkeypatch.setattr(pooling, "_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(pooling_1d, "_BLOCK_1D", block)
+    monkeypatch.setattr(pooling_1d, "_CHUNK_ELEMENTS", chunk_elements)
     gen = torch.Generator().manual_seed(3)
     n = 203
     x = torch.randn(2, n, 3, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -828,9 +828,9 @@ def test_fast_chunked_1d_matches_reference(monkeypatch, block, chunk_elements, c
 def test_fast_1d_dense_and_blocked_plans_match_reference(monkeypatch, plan, n, causal):
     """Short sequences run as one dense block (no padding, no overlap-add); both plans are exact at the
     lengths either could take, with padding, unnormalised, and a radius past the sequence."""
-    import contextpool_hf.pooling_contextpool as pooling
+    import contextpool_hf.pooling_1d_contextpool as pooling_1d
 
-    monkeypatch.setattr(pooling, "_DENSE_1D_MAX_COEFS", 1 << 40 if plan == "dense" else 0)
+    monkeypatch.setattr(pooling_1d, "_DENSE_1D_MAX_COEFS", 1 << 40 if plan == "dense" else 0)
     gen = torch.Generator().manual_seed(n)
     x = torch.randn(3, n, 4, dtype=torch.float64, generator=gen, requires_grad=True)
     w = torch.rand(3, n, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -842,12 +842,12 @@ def test_fast_1d_dense_and_blocked_plans_match_reference(monkeypatch, plan, n, c
 
 def test_1d_plan_is_dense_up_to_the_threshold():
     """n * n <= _DENSE_1D_MAX_COEFS runs as one block over the whole sequence, longer ones in T-token blocks."""
-    import contextpool_hf.pooling_contextpool as pooling
+    import contextpool_hf.pooling_1d_contextpool as pooling_1d
 
-    longest = int(pooling._DENSE_1D_MAX_COEFS**0.5)
-    assert pooling._plan_1d(longest, 24, False) == (longest, 0, longest, longest)
-    block, left, window, rows = pooling._plan_1d(longest + 1, 24, True)
-    assert (block, left, window) == (min(pooling._BLOCK_1D, longest + 1), 24, block + 24)
+    longest = int(pooling_1d._DENSE_1D_MAX_COEFS**0.5)
+    assert pooling_1d._plan_1d(longest, 24, False) == (longest, 0, longest, longest)
+    block, left, window, rows = pooling_1d._plan_1d(longest + 1, 24, True)
+    assert (block, left, window) == (min(pooling_1d._BLOCK_1D, longest + 1), 24, block + 24)
     assert rows >= left + longest + 1
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticCache, StaticLayer
 
+from .checks_contextpool import _is_exporting
+
 
 class ContextPoolCacheLayer(DynamicLayer):
     """A DynamicLayer that also keeps what a causal ContextPool needs to continue a sequence.
@@ -34,9 +36,15 @@ class ContextPoolCacheLayer(DynamicLayer):
     _POOL_STATE = ("pool_features", "pool_weights", "conv_state")
     # Rollback (assisted decoding): how many forwards back `crop` can reach once recording is on.
     _MAX_RECORDED = 64
+    # Room for new tokens in the keys/values buffer: at least this many tokens, or this fraction of the
+    # length, whichever is more (see `update`).
+    _KV_MIN_ROOM = 64
+    _KV_ROOM_FRACTION = 8
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        # keys/values buffers with room for more tokens, and the views of them `update` last returned
+        self._kv_buffers = self._kv_views = None
         self.pool_features = self.pool_weights = self.conv_state = None
         self.pool_next = 0
         # (features, weights): the ring a decoding step made, which later steps may overwrite in place
@@ -45,6 +53,56 @@ class ContextPoolCacheLayer(DynamicLayer):
         self.record_past = False
         self.past_log = []  # per forward: (length before, ring, ring weights, ring slot, conv state, inputs)
         self.pending_replay = None  # (log entry, m): replay its first m tokens on the next forward
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """DynamicLayer.update: append (B, Hkv, n, dh) keys/values, return all of them so far.
+
+        DynamicLayer concatenates, copying the whole cache on every decoding step: at batch 8 and a prompt of
+        128 that copy cost more than the step's pooling (fresh memory each time, its pages faulted in). Here a
+        step writes its tokens into a buffer with room for more, and the keys/values are views of the buffer's
+        filled part; the buffer grows by at least `_KV_MIN_ROOM` tokens or 1/`_KV_ROOM_FRACTION` of the
+        length, so a token is copied O(1) times on average and at most about 1/8 of the buffer is unused.
+
+        Only where nothing can see the write (`_may_append_in_place`): tensors handed out earlier are views of
+        the filled part, which an append leaves alone. Anything else (the prompt, autograd on, a cache that
+        crop, beam reordering or a caller replaced, torch.compile) concatenates as DynamicLayer does.
+        """
+        if not self._may_append_in_place(key_states, value_states):
+            self._kv_buffers = None
+            keys, values = super().update(key_states, value_states, *args, **kwargs)
+            self._kv_views = (keys, values)
+            return keys, values
+        length, new_length = self.keys.shape[-2], self.keys.shape[-2] + key_states.shape[-2]
+        if self._kv_buffers is None or self._kv_buffers[0].shape[-2] < new_length:
+            capacity = new_length + max(self._KV_MIN_ROOM, new_length // self._KV_ROOM_FRACTION)
+            self._kv_buffers = tuple(_buffer_with_room(t, capacity) for t in (self.keys, self.values))
+        key_buffer, value_buffer = self._kv_buffers  # (B, Hkv, capacity, dh)
+        key_buffer[..., length:new_length, :].copy_(key_states)
+        value_buffer[..., length:new_length, :].copy_(value_states)
+        self.keys, self.values = key_buffer[..., :new_length, :], value_buffer[..., :new_length, :]
+        self._kv_views = (self.keys, self.values)
+        return self.keys, self.values
+
+    def _may_append_in_place(self, key_states: torch.Tensor, value_states: torch.Tensor) -> bool:
+        """Whether `update` may write into its buffer: the keys/values are still the views it returned (not
+        replaced by crop, reordering, a prefix or a caller), nothing records for autograd (a write must not
+        touch a tensor saved for backward), outside torch.compile and export (a Python-side size check), the
+        new tokens fit the buffer's shape, dtype and device, and an inference-mode buffer is written only in
+        inference mode (elsewhere torch refuses)."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or _is_exporting():
+            return False
+        views = self._kv_views
+        if views is None or views[0] is not self.keys or views[1] is not self.values:
+            return False
+        keys = self.keys
+        if (key_states.requires_grad or value_states.requires_grad or keys.requires_grad
+                or key_states.shape[:-2] != keys.shape[:-2] or key_states.shape[-1] != keys.shape[-1]
+                or value_states.shape[:-2] != self.values.shape[:-2] or value_states.shape[-1] != self.values.shape[-1]
+                or key_states.dtype != keys.dtype or value_states.dtype != self.values.dtype
+                or key_states.device != keys.device or value_states.device != self.values.device):  # fmt: skip
+            return False
+        buffer = self._kv_buffers[0] if self._kv_buffers is not None else keys
+        return not buffer.is_inference() or torch.is_inference_mode_enabled()
 
     def activate_past_recording(self, **kwargs) -> None:
         """Keep, per forward, the pooling state it started from and its inputs (references: a step
@@ -123,6 +181,14 @@ class ContextPoolCacheLayer(DynamicLayer):
         self.pool_features = self.pool_weights = self.conv_state = self.owned_ring = None
         self.pool_next = 0
         self.past_log, self.pending_replay = [], None
+        self._kv_buffers = self._kv_views = None
+
+
+def _buffer_with_room(filled: torch.Tensor, capacity: int) -> torch.Tensor:
+    """A (B, Hkv, capacity, dh) buffer whose first tokens are a copy of filled (B, Hkv, length, dh)."""
+    buffer = filled.new_empty(filled.shape[:-2] + (capacity, filled.shape[-1]))
+    buffer[..., : filled.shape[-2], :].copy_(filled)
+    return buffer
 
 
 class ContextPoolCache(DynamicCache):

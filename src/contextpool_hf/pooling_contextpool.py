@@ -3,9 +3,10 @@
 Flat, Hub-shipped file: it imports only torch (and its flat siblings, relatively), so a
 checkpoint saved with `save_pretrained` carries it next to the modeling files. Split by job:
 checks_contextpool.py (input checks), predictor_contextpool.py (the predictor and its fused
-1-D function), pooling_offsets_contextpool.py (the offset loop), pooling_2d_contextpool.py
-(the 2-D matmul paths); this file keeps the 1-D blocked op, the reference, the public
-functions and the ContextPool module, and re-exports the others' names.
+1-D function), pooling_1d_contextpool.py (the 1-D blocked op), pooling_offsets_contextpool.py
+(the offset loop), pooling_2d_contextpool.py (the 2-D matmul paths); this file keeps the
+reference, the dispatch, the public functions and the ContextPool module, and re-exports the
+others' names.
 
 For output position i with width sigma_i and input weights w_j (spec items 2-5):
 
@@ -17,7 +18,7 @@ with R = ceil(truncation * sigma_max); causal 1-D pooling also drops j > i.
 Three implementations:
 - "reference": dense (batch, n_out, n_in) coefficient matrix. Obviously correct, any
   dtype (float64 for the oracle), O(n^2) memory. Used by tests only.
-- "fast": in 1-D, blocked banded matmuls (`_BlockedPool1d`); in 2-D, dense or tiled
+- "fast": in 1-D, blocked banded matmuls (`_BlockedPool1d`, `pooling_1d_contextpool.py`); in 2-D, dense or tiled
   coefficient matmuls (`pooling_2d_contextpool.py`). Extra memory O(n d) (2-D: plus a
   dense n_out x n_in only on small maps); hand-written backwards recompute the Gaussian
   coefficients instead of storing them. The offset loop (`_FastContextPool`, one shifted
@@ -32,7 +33,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .checks_contextpool import (  # noqa: F401  (re-exported: the public and test-facing names)
@@ -54,6 +54,21 @@ from .checks_contextpool import (  # noqa: F401  (re-exported: the public and te
     _is_exporting,
     _is_real,
     _mask_as_weights,
+)
+from .pooling_1d_contextpool import (  # noqa: F401  (re-exported: the test-facing names)
+    _BLOCK_1D,
+    _CHUNK_ELEMENTS,
+    _CHUNK_ELEMENTS_ACCELERATOR,
+    _DENSE_1D_MAX_COEFS,
+    _MIN_EXPONENT,
+    _OUTSIDE_Q,
+    _block_tables,
+    _BlockedPool1d,
+    _chunk_coefficients,
+    _overlap_add_,
+    _pad_rows,
+    _plan_1d,
+    _pool_1d_export,
 )
 from .pooling_2d_contextpool import tiled_pool_2d
 from .pooling_offsets_contextpool import (  # noqa: F401
@@ -88,214 +103,6 @@ def clamped_radius(radius: int, in_sizes: Sequence[int]) -> int:
     """
     largest = max(in_sizes, default=0)
     return max(0, min(int(radius), largest - 1))
-
-
-# 1-D outputs are processed in blocks of this many tokens (see _BlockedPool1d) ...
-_BLOCK_1D = 64
-# ... except sequences with at most this many (output x input) coefficients, which run dense: one block
-# of all n outputs against all n inputs, with no padded copy of x and no overlap-add (n <= 160 here,
-# e.g. a translation batch; the crossover, between 160 and 192 at R = 24, is measured by
-# `python scripts/bench_op.py --dense-1d`).
-_DENSE_1D_MAX_COEFS = 160 * 160
-# ... and the blocks in chunks of about this many elements per temporary, so that the
-# temporaries stay cache-sized and are reused from chunk to chunk: whole-sequence temporaries
-# are fresh memory on every call, and the page faults then cost more than the arithmetic.
-_CHUNK_ELEMENTS = 1 << 18
-# Accelerators keep freed memory in a caching allocator (no page faults to avoid) and want few,
-# large kernels, so there the chunks are much larger.
-_CHUNK_ELEMENTS_ACCELERATOR = 1 << 26
-
-
-# exp() of -inf, or of an argument whose result is subnormal or 0 (below about -87 in float32),
-# takes a slow path on CPUs: 18x (-inf) to 150x (-100) slower per element, measured. So no such
-# argument reaches exp: exponents below -80 are clamped there and their results set to exactly 0.
-# Such a term is below exp(-80) = 1.8e-35, under the rounding of any sum it enters (the output's
-# own term has exp(0) = 1), and the reference's own exp underflows to (nearly) 0 there too; a
-# zero-weight token whose neighbours are all that far still pools exactly 0.
-_MIN_EXPONENT = -80.0
-# q outside the window: finite (the sigma gradient multiplies by q, and 0 * inf would be NaN) and
-# so negative that q / s^2 is below _MIN_EXPONENT for every s (s <= sigma_max, finite).
-_OUTSIDE_Q = -1e30
-
-
-def _plan_1d(n: int, radius: int, causal: bool) -> tuple[int, int, int, int]:
-    """(block, left, window, rows) of `_BlockedPool1d`: T outputs per block, each reading W = T + left (+ R
-    when not causal) inputs that start `left` before it, from x padded to `rows` (every window inside,
-    and whole blocks for the overlap-add). A short sequence is one dense block: T = W = rows = n."""
-    if n * n <= _DENSE_1D_MAX_COEFS:
-        return n, 0, n, n
-    block = min(_BLOCK_1D, n)
-    n_blocks = -(-n // block)
-    window = block + radius + (0 if causal else radius)
-    return block, radius, window, (n_blocks + -(-window // block) - 1) * block
-
-
-def _pad_rows(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
-    """t (B, n[, d]) zero-padded along n (zero weight: padding adds nothing); t itself when nothing is added."""
-    if before == after == 0:
-        return t
-    return F.pad(t, (0, 0, before, after) if t.dim() == 3 else (before, after))
-
-
-def _block_tables(block, window, left, radius, causal, device, dtype):
-    """(T, W) table q_ij = -dist^2 / 2 between output i and window input j of a block
-    (_OUTSIDE_Q outside the window)."""
-    out_pos = torch.arange(block, device=device).view(block, 1)
-    in_pos = torch.arange(window, device=device).view(1, window) - left
-    dist = (in_pos - out_pos).to(dtype)  # (T, W): input position minus output position
-    inside = dist.abs() <= radius
-    if causal:
-        inside = inside & (dist <= 0)
-    return torch.where(inside, dist * dist * -0.5, torch.full((), _OUTSIDE_Q, dtype=dtype, device=device))
-
-
-def _chunk_coefficients(w_win, s_pad, q):
-    """gauss_ij = exp(-dist^2 / (2 s_i^2)) and c_ij = w_j gauss_ij, both (B, kc, T, W)."""
-    inv_var = (s_pad * s_pad).reciprocal_()  # (B, kc, T, 1)
-    exponent = torch.mul(q, inv_var)
-    kept = exponent >= _MIN_EXPONENT  # False outside the window and where the term is < 1.8e-35
-    gauss = exponent.clamp_min_(_MIN_EXPONENT).exp_().mul_(kept)  # exactly 0 where not kept
-    return gauss, gauss * w_win
-
-
-def _overlap_add_(out: torch.Tensor, windows: torch.Tensor, first: int, block: int) -> None:
-    """out[:, (first + k) * T + j] += windows[:, k, j]: the adjoint of unfold(1, W, T).
-
-    out (B, rows, ...); windows (B, kc, W, ...). Done as ceil(W / T) strided adds of whole
-    blocks rather than one add per window.
-    """
-    n_windows, window = windows.shape[1:3]
-    chunks = -(-window // block)
-    region = out[:, first * block : (first + n_windows + chunks - 1) * block]
-    region = region.unflatten(1, (n_windows + chunks - 1, block))  # (B, kc + C - 1, T, ...), a view
-    for c in range(chunks):
-        rows = min(block, window - c * block)
-        region[:, c : c + n_windows, :rows] += windows[:, :, c * block : c * block + rows]
-
-
-class _BlockedPool1d(torch.autograd.Function):
-    """1-D pooling as small banded matmuls, in cache-sized chunks, with a hand-written backward.
-
-    Outputs are cut into blocks of T tokens; block b only reads the inputs
-    [bT - R, bT + T + R) (causal: up to bT + T), a window of W = T + 2R tokens, so each block
-    is one (T, W) x (W, d) matmul: no n x n and no n x (2R+1) x d tensor. On a CPU one BLAS
-    call per chunk beats 2R+1 elementwise passes over x (2-8x, scripts/bench_op.py). The
-    coefficients are recomputed in the backward rather than saved, so the extra memory is
-    O(n d) plus one chunk's temporaries.
-    """
-
-    @staticmethod
-    @_autocast_off
-    def forward(ctx, x, weights, sigma, radius, causal, normalize, eps):
-        batch, n, d = x.shape
-        block, left, window, rows = _plan_1d(n, radius, causal)
-        n_blocks = -(-n // block)
-        x_pad = _pad_rows(x, left, rows - n - left)  # (B, rows, d)
-        w_pad = _pad_rows(weights, left, rows - n - left)  # zero weight: padding adds nothing
-        s_pad = sigma if n == n_blocks * block else F.pad(sigma, (0, n_blocks * block - n), value=1.0)
-        s_pad = s_pad.view(batch, n_blocks, block, 1)
-        x_win = x_pad.unfold(1, window, block)  # (B, nb, d, W), a view
-        w_win = w_pad.unfold(1, window, block).unsqueeze(2)  # (B, nb, 1, W)
-        q_table = _block_tables(block, window, left, radius, causal, x.device, x.dtype)
-        y = x.new_empty(batch, n_blocks, block, d)
-        denom = x.new_empty(batch, n_blocks, block, 1) if normalize else None
-        chunk_elements = _CHUNK_ELEMENTS if x.device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
-        step = max(1, chunk_elements // (batch * block * max(window, d)))  # blocks per chunk
-        for k0 in range(0, n_blocks, step):
-            k = slice(k0, k0 + step)
-            _, coef = _chunk_coefficients(w_win[:, k], s_pad[:, k], q_table)
-            y_k = torch.matmul(coef, x_win[:, k].transpose(-1, -2))  # (B, kc, T, d)
-            if normalize:
-                total = coef.sum(-1, keepdim=True).add_(eps)  # (B, kc, T, 1)
-                y_k.div_(total)
-                denom[:, k] = total
-            y[:, k] = y_k
-        # x, not x_pad: x is usually alive anyway (the layer's input), the padded copy is not
-        ctx.save_for_backward(x, w_pad, s_pad, y, denom, q_table)
-        ctx.layout = (n, block, window, left, step, rows)
-        y = y.view(batch, n_blocks * block, d)
-        return y if n == n_blocks * block else y[:, :n]  # a slice would copy its gradient back
-
-    @staticmethod
-    @_autocast_off
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        x, w_pad, s_pad, y, denom, q_table = ctx.saved_tensors
-        n, block, window, left, step, rows = ctx.layout
-        x_pad = _pad_rows(x, left, rows - n - left)  # (B, rows, d), as in the forward
-        batch, n_blocks, _, d = y.shape
-        dense = rows == n  # one block reading the whole sequence: its window gradients are the gradients
-        need_x, need_w, need_sigma = ctx.needs_input_grad[:3]
-        if n == n_blocks * block:
-            grad = grad_out.reshape(batch, n_blocks, block, d)
-        else:
-            grad = grad_out.new_zeros(batch, n_blocks * block, d)
-            grad[:, :n] = grad_out
-            grad = grad.view(batch, n_blocks, block, d)
-        x_win = x_pad.unfold(1, window, block)  # (B, nb, d, W)
-        w_win = w_pad.unfold(1, window, block).unsqueeze(2)  # (B, nb, 1, W)
-        grad_x_pad = torch.zeros_like(x_pad) if need_x and not dense else None
-        grad_w_pad = torch.zeros_like(w_pad) if need_w and not dense else None
-        grad_inv_var = s_pad.new_empty(batch, n_blocks, block) if need_sigma else None
-        for k0 in range(0, n_blocks, step):
-            k = slice(k0, k0 + step)
-            gauss, coef = _chunk_coefficients(w_win[:, k], s_pad[:, k], q_table)
-            grad_num = grad[:, k]  # dL/d(sum_j c_ij x_j)
-            grad_total = None
-            if denom is not None:
-                grad_num = grad_num / denom[:, k]
-                grad_total = torch.linalg.vecdot(grad_num, y[:, k]).neg_().unsqueeze(-1)  # dL/d(sum_j c_ij)
-            if need_x:
-                grad_x_win = torch.matmul(coef.transpose(-1, -2), grad_num)  # (B, kc, W, d)
-                if dense:
-                    grad_x_pad = grad_x_win.view(batch, n, d)
-                else:
-                    _overlap_add_(grad_x_pad, grad_x_win, k0, block)
-            if need_w or need_sigma:
-                grad_coef = torch.matmul(grad_num, x_win[:, k])  # (B, kc, T, W): dL/dc_ij
-                if grad_total is not None:
-                    grad_coef.add_(grad_total)
-                if need_w:
-                    grad_w_win = (grad_coef * gauss).sum(2)  # (B, kc, W)
-                    if dense:
-                        grad_w_pad = grad_w_win.view(batch, n)
-                    else:
-                        _overlap_add_(grad_w_pad, grad_w_win, k0, block)
-                if need_sigma:  # c_ij = w_j exp(q_ij / s_i^2), q = -dist^2 / 2
-                    grad_inv_var[:, k] = torch.linalg.vecdot(grad_coef.mul_(coef), q_table)
-        grad_x = grad_x_pad[:, left : left + n] if need_x else None
-        grad_w = grad_w_pad[:, left : left + n] if need_w else None
-        grad_sigma = None
-        if need_sigma:  # d(1/s^2)/ds = -2/s^3
-            s = s_pad.squeeze(-1)
-            grad_sigma = (grad_inv_var * -2.0 / (s * s * s)).view(batch, -1)[:, :n]
-        return grad_x, grad_w, grad_sigma, None, None, None, None
-
-
-def _pool_1d_export(x, weights, sigma, radius, causal, normalize, eps):
-    """1-D pooling as plain tensor ops for `torch.export` / ONNX with a dynamic length.
-
-    The blocked path decides block counts with `//` on the length, and export cannot carry such
-    shapes without guards that fix n. Here every shape is linear in n: the (B, n, K) band of
-    coefficients for the K = 2R + 1 (causal: R + 1) offsets, computed as in `_chunk_coefficients`
-    (same clamp, same exact zeros), and the output as K shifted multiply-adds of x (O(n d) memory,
-    no (n, K, d) tensor). The radius is not clamped to n - 1: a radius past the input selects
-    the same pairs. Autograd runs through the ops (export is for inference anyway).
-    """
-    n = x.shape[1]
-    right = 0 if causal else radius
-    offsets = torch.arange(-radius, right + 1, device=x.device, dtype=x.dtype)  # (K,)
-    x_pad = F.pad(x, (0, 0, radius, right))  # (B, R + n + right, d): zero weight outside
-    w_band = F.pad(weights, (radius, right)).unfold(1, offsets.numel(), 1)  # (B, n, K), a view
-    exponent = (sigma * sigma).reciprocal().unsqueeze(-1) * (offsets * offsets * -0.5)  # (B, n, K)
-    gauss = exponent.clamp_min(_MIN_EXPONENT).exp() * (exponent >= _MIN_EXPONENT)
-    coef = gauss * w_band  # (B, n, K)
-    y = coef[..., 0:1] * x_pad[:, 0:n]
-    for c in range(1, offsets.numel()):
-        y = y + coef[..., c : c + 1] * x_pad[:, c : c + n]  # (B, n, d)
-    if normalize:
-        y = y / (coef.sum(-1, keepdim=True) + eps)
-    return y
 
 
 def _pool_fast(x, weights, sigma, radius, stride, causal, normalize, eps):

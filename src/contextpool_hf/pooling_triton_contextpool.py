@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - exercised where triton is missing
 # Triton decides at import (at each kernel's decoration) whether kernels run on the GPU or in its
 # interpreter (numpy, on the CPU): the tests set TRITON_INTERPRET=1 before importing the package.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_MIN_EXPONENT = -80.0  # as pooling_contextpool._MIN_EXPONENT: smaller exponents give exactly 0
+_MIN_EXPONENT = -80.0  # as pooling_1d_contextpool._MIN_EXPONENT: smaller exponents give exactly 0
 _BLOCK_OUT, _BLOCK_WINDOW, _BLOCK_FEATURES = 64, 32, 64  # outputs per program, input chunk, feature chunk
 # Warps per program. At these blocks the backward kernels need 255 registers per thread with 4 warps and spill
 # (92 and 208 bytes per thread); with 8 they use 140 and 180 and spill nothing. The forward uses 164 with 4
