@@ -353,22 +353,6 @@ def write_results(output_dir, name: str, payload: dict, rows: list[dict]) -> Non
         writer.writerows(rows)
 
 
-def peak_step_memory(fn, device=None) -> int:
-    """Peak bytes of tensor memory allocated during one call, above the level before it (on `device`)."""
-    if device is not None and device.type != "cpu":
-        return bench_device.accelerator_peak_bytes(fn, device)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    # kineto's [memory] records: nbytes > 0 for an allocation, < 0 for a free, with a timestamp
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e.start_ns())
-    running = peak = 0
-    for event in events:
-        running += event.nbytes()
-        peak = max(peak, running)
-    return peak
-
-
 # --------------------------------------------------------------------------------------
 # Rows
 # --------------------------------------------------------------------------------------
@@ -407,8 +391,8 @@ def train_rows(args, task, make_pair, sizes, max_len):
             # twice each, alternated: the allocator's state after the other model's step must not decide
             mem_cp, mem_v = [], []
             for _ in range(2):
-                mem_cp.append(peak_step_memory(step_cp, device) / 2**20)
-                mem_v.append(peak_step_memory(step_v, device) / 2**20)
+                mem_cp.append(bench_device.peak_bytes(step_cp, device) / 2**20)
+                mem_v.append(bench_device.peak_bytes(step_v, device) / 2**20)
             rows.append(make_row("peak_memory", task, task, names, seq_len, batch, mem_cp, mem_v, "MiB",
                                  [a / b for a, b in zip(mem_cp, mem_v, strict=True)], **common))
             print(_row_text(rows[-1]), flush=True)

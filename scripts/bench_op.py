@@ -67,7 +67,6 @@ from pathlib import Path
 import bench_device  # scripts/bench_device.py: --device / --dtype
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 
 from contextpool_hf.pooling_contextpool import context_pool, window_radius
 from contextpool_hf.study_results import refuse_other_settings
@@ -235,23 +234,6 @@ def reference_bytes(batch, n):
     return 8 * batch * n * n * 4
 
 
-def peak_extra_bytes(fn, device=None):
-    """Peak of the running sum of allocator events while fn runs (see the module docstring); on an
-    accelerator, its allocator's peak above what it held before."""
-    if device is not None and device.type != "cpu":
-        return bench_device.accelerator_peak_bytes(fn, device)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-    )
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return peak
-
-
 # --------------------------------------------------------------------------------------
 # The sweep
 # --------------------------------------------------------------------------------------
@@ -291,8 +273,8 @@ def run_sweep(args):
                         status="ok",
                         fwd_s=statistics.median(times[impl][0]),
                         fwd_bwd_s=statistics.median(times[impl][1]),
-                        fwd_mib=peak_extra_bytes(fwd, args.torch_device) / 2**20,
-                        fwd_bwd_mib=peak_extra_bytes(fwd_bwd, args.torch_device) / 2**20,
+                        fwd_mib=bench_device.peak_bytes(fwd, args.torch_device) / 2**20,
+                        fwd_bwd_mib=bench_device.peak_bytes(fwd_bwd, args.torch_device) / 2**20,
                     )
                 )
             print(f"  measured d={d} n={n}", file=sys.stderr, flush=True)
