@@ -179,3 +179,27 @@ def test_decoding_from_a_deep_copy_leaves_the_original_cache_alone():
             assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
         logits = [model(input_ids[:, i : i + 1], cache=cache, use_cache=True).logits for i in range(11, 20)]
     torch.testing.assert_close(torch.cat(logits, 1), full[:, 11:], atol=1e-5, rtol=1e-5)
+
+
+def test_a_transformers_model_decodes_on_the_cache_as_on_dynamic_cache():
+    """Any model that calls `cache.update` may use it (bench_model's generate_same_cache rows time Llama on it):
+    Llama's greedy tokens and scores equal those on its own DynamicCache, and the buffer was used."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from contextpool_hf import ContextPoolCache
+
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=256, attn_implementation="sdpa",
+    )).eval()  # fmt: skip
+    input_ids = torch.randint(1, 60, (3, 9), generator=torch.Generator().manual_seed(4))
+    kwargs = dict(attention_mask=torch.ones_like(input_ids), max_new_tokens=90, do_sample=False, pad_token_id=0,
+                  eos_token_id=None, output_scores=True, return_dict_in_generate=True)  # fmt: skip
+    with torch.no_grad():
+        plain = llama.generate(input_ids, **kwargs)
+        cache = ContextPoolCache()
+        ours = llama.generate(input_ids, cache=cache, **kwargs)
+    assert torch.equal(ours.sequences, plain.sequences)
+    torch.testing.assert_close(torch.stack(ours.scores), torch.stack(plain.scores), atol=1e-6, rtol=1e-6)
+    assert all(layer._kv_buffers is not None for layer in cache.layers)
