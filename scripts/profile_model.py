@@ -143,12 +143,12 @@ def decode_fns(model, batch, prompt_len, vocab, device=None, dtype=torch.float32
     device = device or torch.device("cpu")
     model.to(device=device, dtype=dtype).eval()
     ids = torch.randint(3, vocab, (batch, prompt_len + 1), generator=torch.Generator().manual_seed(2)).to(device)
-    ours = isinstance(model, bench_model.ContextPoolForCausalLM)
 
     @torch.no_grad()
     def prefill():
         out = model(ids[:, :-1], use_cache=True)
-        return out.cache if ours else out.past_key_values  # transformers' output keeps the old name
+        # transformers >= 5.25 names it `cache` (reading `past_key_values` there warns); earlier 5.x `past_key_values`
+        return out.cache if "cache" in out else out.past_key_values
 
     @torch.no_grad()
     def step(cache):
