@@ -29,10 +29,10 @@ def _merged(adapted):
 def _cached_step_logits(model, input_ids, steps=3):
     """Logits of the last `steps` tokens fed one at a time after a cached prefix: (B, steps, V)."""
     n = input_ids.shape[1]
-    cache, logits = model(input_ids=input_ids[:, : n - steps], use_cache=True).past_key_values, []
+    cache, logits = model(input_ids=input_ids[:, : n - steps], use_cache=True).cache, []
     for t in range(n - steps, n):
-        out = model(input_ids=input_ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(input_ids=input_ids[:, t : t + 1], cache=cache, use_cache=True)
+        cache = out.cache
         logits.append(out.logits)
     return torch.cat(logits, dim=1)
 
