@@ -2,7 +2,8 @@
 and its export form (`_pool_1d_export`).
 
 Flat, Hub-shipped file: imports only torch and its flat sibling checks file (relatively). Split out of
-pooling_contextpool.py, which dispatches to it and re-exports these names. The definition it computes
+pooling_contextpool.py, which dispatches to it and re-exports the two entry points (the tuning constants
+below live here only: patch them here). The definition it computes
 is in that file's docstring; its float64 oracle is `pooling_contextpool._pool_reference`.
 """
 
