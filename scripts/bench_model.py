@@ -76,6 +76,7 @@ from contextpool_hf import (
     ContextPoolForMaskedLM,
     ContextPoolSeq2SeqConfig,
 )
+from contextpool_hf.pooling_contextpool import IMPLEMENTATIONS
 from contextpool_hf.study_results import command_history, refuse_other_settings
 
 # issue 15's targets: (comparison, bound); time ratios are ContextPool / vanilla, generation
@@ -130,7 +131,7 @@ def parse_args(argv=None):
                         help="both models under torch.compile (inductor): the train steps, and generation decoding on a "
                              "static cache (plus ContextPool's compiled / eager speed-up); the warm-up compiles")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--pool-implementation", default="fast", choices=["fast", "reference", "triton"],
+    parser.add_argument("--pool-implementation", default="fast", choices=IMPLEMENTATIONS,
                         help="the ContextPool models' pool_implementation (triton: CUDA kernels, opt-in)")
     parser.add_argument("--output-dir", default="benchmarks")
     parser.add_argument("--name", default="bench_model", help="result file stem")

@@ -451,8 +451,8 @@ def main(argv=None):
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    config = {k: (str(v) if isinstance(v, (Path, torch.device, torch.dtype)) else v) for k, v in vars(args).items()
-              if k not in ("torch_device", "torch_dtype")}
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+              if k not in ("torch_device", "torch_dtype")}  # the device and dtype are there as names
     config.update(sigma_max=SIGMA_MAX, truncation=TRUNCATION, heads=HEADS, causal=False)
     payload = dict(
         machine=info,

@@ -67,7 +67,7 @@ from contextpool_hf import (
     ContextPoolViTConfig,
     ContextPoolViTForImageClassification,
 )
-from contextpool_hf.pooling_contextpool import ContextPool, _FastContextPool, strided_size
+from contextpool_hf.pooling_contextpool import IMPLEMENTATIONS, ContextPool, _FastContextPool, strided_size
 from contextpool_hf.study_results import command_history, refuse_other_settings
 
 TARGETS = {"vit": 1.2, "resnet": 1.5}
@@ -87,7 +87,7 @@ def parse_args(argv=None):
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (inductor) steps")
     parser.add_argument("--profile", action="store_true", help="profiler breakdown of the ContextPool steps")
     parser.add_argument("--crossover", action="store_true", help="time the 2-D operator's paths on growing maps")
-    parser.add_argument("--pool-implementation", default="fast", choices=["fast", "reference", "triton"],
+    parser.add_argument("--pool-implementation", default="fast", choices=IMPLEMENTATIONS,
                         help="the ContextPool models' pool_implementation (triton: CUDA kernels, opt-in)")
     parser.add_argument("--output-dir", default="benchmarks")
     parser.add_argument("--name", default="bench_vision", help="result file stem")

@@ -2,13 +2,15 @@
 decoding step), yet equal to transformers' DynamicLayer after any sequence of cache operations, and never
 writing into a tensor it handed out earlier."""
 
+import copy
 import random
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicLayer
 
-from contextpool_hf import ContextPoolConfig, ContextPoolForCausalLM
+from contextpool_hf import ContextPoolCache, ContextPoolConfig, ContextPoolForCausalLM
 from contextpool_hf.cache_contextpool import ContextPoolCacheLayer
 
 BATCH, HEADS, HEAD_DIM = 3, 2, 4
@@ -158,8 +160,6 @@ def test_long_decoding_through_buffer_growth_equals_the_full_forward():
 def test_decoding_from_a_deep_copy_leaves_the_original_cache_alone():
     """Prompt reuse (transformers' pattern: deepcopy a filled cache per continuation): the copy appends into its own
     buffer, and the original continues exactly."""
-    import copy
-
     torch.manual_seed(0)
     model = ContextPoolForCausalLM(ContextPoolConfig(
         vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -184,10 +184,6 @@ def test_decoding_from_a_deep_copy_leaves_the_original_cache_alone():
 def test_a_transformers_model_decodes_on_the_cache_as_on_dynamic_cache():
     """Any model that calls `cache.update` may use it (bench_model's generate_same_cache rows time Llama on it):
     Llama's greedy tokens and scores equal those on its own DynamicCache, and the buffer was used."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from contextpool_hf import ContextPoolCache
-
     torch.manual_seed(0)
     llama = LlamaForCausalLM(LlamaConfig(
         vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

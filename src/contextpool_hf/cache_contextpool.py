@@ -94,14 +94,9 @@ class ContextPoolCacheLayer(DynamicLayer):
         views = self._kv_views
         if views is None or views[0] is not self.keys or views[1] is not self.values:
             return False
-        keys = self.keys
-        if (key_states.requires_grad or value_states.requires_grad or keys.requires_grad
-                or key_states.shape[:-2] != keys.shape[:-2] or key_states.shape[-1] != keys.shape[-1]
-                or value_states.shape[:-2] != self.values.shape[:-2] or value_states.shape[-1] != self.values.shape[-1]
-                or key_states.dtype != keys.dtype or value_states.dtype != self.values.dtype
-                or key_states.device != keys.device or value_states.device != self.values.device):  # fmt: skip
+        if self.keys.requires_grad or not (_appendable(key_states, self.keys) and _appendable(value_states, self.values)):
             return False
-        buffer = self._kv_buffers[0] if self._kv_buffers is not None else keys
+        buffer = self._kv_buffers[0] if self._kv_buffers is not None else self.keys
         return not buffer.is_inference() or torch.is_inference_mode_enabled()
 
     def activate_past_recording(self, **kwargs) -> None:
@@ -182,6 +177,13 @@ class ContextPoolCacheLayer(DynamicLayer):
         self.pool_next = 0
         self.past_log, self.pending_replay = [], None
         self._kv_buffers = self._kv_views = None
+
+
+def _appendable(new: torch.Tensor, filled: torch.Tensor) -> bool:
+    """Whether new (B, Hkv, n, dh) states can be written after filled (B, Hkv, length, dh) in its buffer: the same
+    batch, heads, head size, dtype and device, and no gradient to record."""
+    return (not new.requires_grad and new.shape[:-2] == filled.shape[:-2] and new.shape[-1] == filled.shape[-1]
+            and new.dtype == filled.dtype and new.device == filled.device)  # fmt: skip
 
 
 def _buffer_with_room(filled: torch.Tensor, capacity: int) -> torch.Tensor:

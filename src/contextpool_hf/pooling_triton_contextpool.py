@@ -1,7 +1,7 @@
 """The pooling (spec items 4-5) as Triton kernels: `implementation="triton"`, opt-in, for CUDA devices.
 
-Flat, Hub-shipped file: imports torch, and triton when it is installed (the optional accelerator; without
-it this implementation refuses to run and says why). `pooling_contextpool` dispatches to it for 1-D
+Flat, Hub-shipped file: imports torch, its flat sibling pooling_1d_contextpool (relatively), and triton
+when it is installed (the optional accelerator; without it this implementation refuses to run and says why). `pooling_contextpool` dispatches to it for 1-D
 sequences (x (B, n, d), stride 1) and 2-D grids (x (B, H, W, d), any stride); the other cases (a strided
 1-D pooling) keep the fast path.
 
@@ -34,6 +34,8 @@ from typing import NamedTuple
 
 import torch
 
+from .pooling_1d_contextpool import _MIN_EXPONENT  # smaller exponents give exactly 0, as in the fast path
+
 try:  # the optional accelerator: everything else in the package runs without it
     import triton
     import triton.language as tl
@@ -43,7 +45,6 @@ except ImportError:  # pragma: no cover - exercised where triton is missing
 # Triton decides at import (at each kernel's decoration) whether kernels run on the GPU or in its
 # interpreter (numpy, on the CPU): the tests set TRITON_INTERPRET=1 before importing the package.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_MIN_EXPONENT = -80.0  # as pooling_1d_contextpool._MIN_EXPONENT: smaller exponents give exactly 0
 _BLOCK_OUT, _BLOCK_WINDOW, _BLOCK_FEATURES = 64, 32, 64  # outputs per program, input chunk, feature chunk
 # Warps per program. At these blocks the backward kernels need 255 registers per thread with 4 warps and spill
 # (92 and 208 bytes per thread); with 8 they use 140 and 180 and spill nothing. The forward uses 164 with 4
