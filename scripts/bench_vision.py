@@ -164,7 +164,7 @@ _REGIONS = ("predictor", "pool", "mix")
 
 def _instrument():
     """Wrap the predictor, the pooling call and the mix in record_function regions (undo: call the result)."""
-    originals = (ContextPool.predict, ContextPool.pool, vision._mix, vision_layers._mix)
+    originals = (ContextPool.predict, ContextPool.pool, vision._mix_pooled, vision_layers._mix_pooled)
 
     def wrap(fn, region):
         def wrapped(*args, **kwargs):
@@ -175,11 +175,11 @@ def _instrument():
 
     ContextPool.predict = wrap(originals[0], "predictor")
     ContextPool.pool = wrap(originals[1], "pool")
-    vision._mix = wrap(originals[2], "mix")  # the ViT's
-    vision_layers._mix = wrap(originals[3], "mix")  # the ResNet's
+    vision._mix_pooled = wrap(originals[2], "mix")  # the ViT's
+    vision_layers._mix_pooled = wrap(originals[3], "mix")  # the ResNet's
 
     def undo():
-        ContextPool.predict, ContextPool.pool, vision._mix, vision_layers._mix = originals
+        ContextPool.predict, ContextPool.pool, vision._mix_pooled, vision_layers._mix_pooled = originals
 
     return undo
 

@@ -8,6 +8,7 @@ which re-exports these names.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 
 import torch
@@ -193,3 +194,20 @@ def _autocast_off(fn):
             return fn(*args)
 
     return wrapper
+
+
+def _op_namespace(module_name: str) -> str:
+    """The torch.library namespace of a flat file's custom operators: one per module, so that the package's copy
+    and a checkpoint's remote-code copy (another module name, maybe another version) never share an operator."""
+    return "contextpool_" + hashlib.sha1(module_name.encode()).hexdigest()[:12]
+
+
+def _define_op(namespace: str, name: str, fn, fake, setup_context=None, backward=None):
+    """torch.library.custom_op `namespace::name` running fn, with its fake (shape) function and, given one, its
+    autograd formula. Defining it again (importlib.reload of the module) replaces it: the module's newest code
+    runs."""
+    op = torch.library.custom_op(f"{namespace}::{name}", mutates_args=())(fn)
+    op.register_fake(fake)
+    if backward is not None:
+        op.register_autograd(backward, setup_context=setup_context)
+    return op

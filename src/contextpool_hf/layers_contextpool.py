@@ -29,7 +29,7 @@ from .cache_contextpool import ContextPoolCache, ContextPoolStaticLayer, cache_l
 from .configuration_contextpool import ContextPoolConfig, rope_stand_in
 from .decoding_contextpool import CausalPoolDecoding
 from .inputs_contextpool import _PackedLayout
-from .modeling_utils_contextpool import _is_compiling, _linear_without_bias, _pool_from_config
+from .modeling_utils_contextpool import _is_compiling, _linear_without_bias, _mix_pooled, _pool_from_config
 
 
 class ContextPoolRMSNorm(nn.Module):
@@ -300,7 +300,7 @@ class ContextPoolSelfAttention(CausalPoolDecoding, nn.Module):
             pooled, sigma = self._pool(hidden, features, keep, layer_cache)
             # hidden + mix * (pooled - hidden), kept (B, 1, n, d): the projections take any leading dims, and a
             # decoding step at batch 1 pays for a squeeze call
-            mixed = torch.lerp(features, pooled, self.pool_mix)
+            mixed = _mix_pooled(features, pooled, self.pool_mix)
             query_source = mixed if self.pool_target == "qkv" else hidden
             return self.q_proj(query_source), self.k_proj(mixed), self.v_proj(mixed), sigma
         batch, n, _ = hidden.shape
@@ -309,9 +309,11 @@ class ContextPoolSelfAttention(CausalPoolDecoding, nn.Module):
         # heads are contiguous in the projection outputs, so group g owns a contiguous block
         parts = [q, k, v] if self.pool_target == "qkv" else [k, v]
         sizes = [p.shape[-1] // groups for p in parts]
-        features = torch.cat([p.view(batch, n, groups, -1) for p in parts], dim=-1).transpose(1, 2)  # (B, G, n, C)
+        # written group-major by the cat itself: the pooling then reads (and saves) this very tensor, which the mix
+        # saves too, where a (B, n, G, C) cat's transposed view would be copied into a second saved tensor
+        features = torch.cat([p.view(batch, n, groups, -1).transpose(1, 2) for p in parts], dim=-1)  # (B, G, n, C)
         pooled, sigma = self._pool(hidden, features, keep, layer_cache)
-        mixed = features + self.pool_mix.view(1, groups, 1, 1) * (pooled - features)
+        mixed = _mix_pooled(features, pooled, self.pool_mix.view(1, groups, 1, 1))
         mixed_parts = mixed.transpose(1, 2).split(sizes, dim=-1)  # each (B, n, G, c)
         mixed_parts = [p.reshape(batch, n, -1) for p in mixed_parts]
         if self.pool_target == "kv":
@@ -327,7 +329,7 @@ class ContextPoolSelfAttention(CausalPoolDecoding, nn.Module):
         (the layer's normalised input). residual (B, n, d) -> (B, n, d), sigma (B, 1, n)."""
         layer_cache = cache_layer(cache, self.layer_idx) if cache is not None else None
         pooled, sigma = self._pool(predictor_input, residual.unsqueeze(1), keep, layer_cache)
-        return torch.lerp(residual, pooled.squeeze(1), self.pool_mix), sigma
+        return _mix_pooled(residual, pooled.squeeze(1), self.pool_mix), sigma
 
     # -- forward ---------------------------------------------------------------------------
 

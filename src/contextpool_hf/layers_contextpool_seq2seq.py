@@ -21,7 +21,7 @@ from .attention_contextpool import ATTENTION_FUNCTIONS, sdpa_attention_forward
 from .configuration_contextpool_seq2seq import ContextPoolSeq2SeqConfig
 from .inputs_contextpool import _check_inputs_embeds, _check_token_ids
 from .layers_contextpool import ContextPoolSelfAttention
-from .modeling_utils_contextpool import _linear_without_bias, _pool_from_config
+from .modeling_utils_contextpool import _linear_without_bias, _mix_pooled, _pool_from_config
 
 
 def sinusoidal_positions(position_ids: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -110,15 +110,15 @@ class ContextPoolCrossAttention(nn.Module):
             weights, sigma, _ = self.pool.predict(memory, keep)
             if self.groups == 1:
                 pooled = self.pool.pool(memory.unsqueeze(1), weights, sigma).squeeze(1)
-                mixed = torch.lerp(memory, pooled, self.pool_mix)  # memory + mix * (pooled - memory), one op
+                mixed = _mix_pooled(memory, pooled, self.pool_mix)
                 k, v = self.k_proj(mixed), self.v_proj(mixed)
             else:
                 groups = self.groups
                 k = _linear_without_bias(self.k_proj, memory).view(batch, m, groups, -1)
                 v = _linear_without_bias(self.v_proj, memory).view(batch, m, groups, -1)
-                features = torch.cat([k, v], dim=-1).transpose(1, 2)  # (B, G, m, 2 d / G)
+                features = torch.cat([k.transpose(1, 2), v.transpose(1, 2)], dim=-1)  # (B, G, m, 2 d / G), group-major
                 pooled = self.pool.pool(features, weights, sigma)
-                mixed = features + self.pool_mix.view(1, groups, 1, 1) * (pooled - features)
+                mixed = _mix_pooled(features, pooled, self.pool_mix.view(1, groups, 1, 1))
                 k, v = (p.reshape(batch, m, -1) for p in mixed.transpose(1, 2).chunk(2, dim=-1))
                 if self.k_proj.bias is not None:
                     k, v = k + self.k_proj.bias, v + self.v_proj.bias

@@ -14,17 +14,12 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .configuration_contextpool_vision import ContextPoolResNetConfig
-from .modeling_utils_contextpool import _pool_from_config
+from .modeling_utils_contextpool import _mix_pooled, _pool_from_config
 from .pooling_contextpool import ContextPool
 
 
 def _make_pool(config, channels: int, stride: int) -> ContextPool:
     return _pool_from_config(config, channels, causal=False, spatial_dims=2, stride=stride)
-
-
-def _mix(original: torch.Tensor, pooled: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """original + gate * (pooled - original), as one op (exactly `original` at gate 0)."""
-    return torch.lerp(original, pooled, gate.to(original.dtype))
 
 
 def _check_channels(pixel_values: torch.Tensor, expected: int) -> None:
@@ -82,7 +77,7 @@ class ContextPoolDownsample(nn.Module):
         pooled = self.pool.pool(feats, weights, sigma)  # (B, G, H', W', C/G)
         pooled = pooled.permute(0, 1, 4, 2, 3).reshape(batch, channels, *pooled.shape[2:4])
         self.last_sigma = sigma.detach()
-        return _mix(orig, pooled, self.pool_mix)
+        return _mix_pooled(orig, pooled, self.pool_mix)
 
 
 def _shared_downsample(config, in_channels: int, stride: int, replace: bool):

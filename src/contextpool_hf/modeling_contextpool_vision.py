@@ -32,9 +32,13 @@ from .layers_contextpool_vision import (
     ContextPoolResNetEncoder,
     _check_channels,
     _make_pool,
-    _mix,
 )
-from .modeling_utils_contextpool import ContextPoolHubMixin, _classification_loss, _linear_without_bias
+from .modeling_utils_contextpool import (
+    ContextPoolHubMixin,
+    _classification_loss,
+    _linear_without_bias,
+    _mix_pooled,
+)
 from .predictor_contextpool import _is_plain_layer
 
 # --------------------------------------------------------------------------------------
@@ -198,7 +202,7 @@ class ContextPoolViTAttention(nn.Module):
         patches = patches.contiguous().view(batch, rows, cols, d)
         weights, sigma, _ = self.pool.predict(patches)  # (B, 1, rows, cols) each
         pooled = self.pool.pool(patches.unsqueeze(1), weights, sigma).view(batch, n - 1, d)
-        mixed = _mix(patches.view(batch, n - 1, d), pooled, self.pool_mix)
+        mixed = _mix_pooled(patches.view(batch, n - 1, d), pooled, self.pool_mix)
         return torch.cat([cls, mixed], dim=1), sigma  # the CLS token is not pooled
 
     def _pool_projections(self, hidden, projected, grid):
@@ -212,7 +216,7 @@ class ContextPoolViTAttention(nn.Module):
         nf, c = width // d, d // groups
         feats = projected[:, 1:].reshape(batch, rows * cols, nf, groups, c).permute(0, 3, 1, 2, 4)
         feats = feats.reshape(batch, groups, rows, cols, nf * c)  # (B, G, r, c, F*d/G)
-        mixed = _mix(feats, self.pool.pool(feats, weights, sigma), self.pool_mix)
+        mixed = _mix_pooled(feats, self.pool.pool(feats, weights, sigma), self.pool_mix)
         mixed = mixed.view(batch, groups, rows * cols, nf, c).permute(0, 2, 3, 1, 4)
         mixed = mixed.reshape(batch, rows * cols, width)  # (B, rows*cols, F*d)
         return torch.cat([projected[:, :1], mixed], dim=1), sigma  # the CLS token is not pooled

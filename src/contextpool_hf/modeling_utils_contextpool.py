@@ -33,6 +33,25 @@ class ContextPoolHubMixin:
         return push_model(self, repo_id, **kwargs)
 
 
+def _mix_pooled(original: torch.Tensor, pooled: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """original + mix * (pooled - original): the learnable mix between features and their pooled context
+    (exactly `original` at mix 0, the identity start). mix broadcasts against both (a scalar, or one value per
+    group viewed as (1, G, 1, ...)).
+
+    Eager, one lerp: its backward reads its inputs, which the layer keeps anyway, where `mix * (pooled -
+    original)` saves the difference for mix's gradient, one more tensor the size of the features per layer.
+    Compiled, the same sum as two products: traced, lerp decomposes into that difference, which the
+    partitioner then saves (measured: one (B, n, d) tensor per pooled layer of the causal LM step), while
+    each product saves only its inputs; inductor fuses the products into one kernel either way. In bf16/fp16
+    the products would round three times where lerp computes in float32 and rounds once, so there it stays
+    lerp (the difference it saves is then half the size).
+    """
+    mix = mix.to(original.dtype)
+    if _is_compiling() and original.dtype in (torch.float32, torch.float64):
+        return original * (1 - mix) + pooled * mix
+    return torch.lerp(original, pooled, mix)
+
+
 def _pool_from_config(config, channels: int, causal: bool, **kwargs) -> ContextPool:
     """A ContextPool from a config's `pool_*` fields (the same names in every family).
 

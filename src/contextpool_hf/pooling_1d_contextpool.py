@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .checks_contextpool import _autocast_off
+from .checks_contextpool import _autocast_off, _define_op, _op_namespace
 
 # 1-D outputs are processed in blocks of this many tokens (see _BlockedPool1d) ...
 _BLOCK_1D = 64
@@ -97,6 +97,123 @@ def _overlap_add_(out: torch.Tensor, windows: torch.Tensor, first: int, block: i
         region[:, c : c + n_windows, :rows] += windows[:, :, c * block : c * block + rows]
 
 
+def _pool_1d_forward(x, weights, sigma, radius, causal, normalize, eps):
+    """The forward of `_BlockedPool1d`: x (B, n, d), weights and sigma (B, n) -> the output in blocks
+    y (B, nb, T, d) (rows past n are padding) and the normalisers denom (B, nb, T, 1) (None without
+    normalisation); both are what the backward reads."""
+    batch, n, d = x.shape
+    block, left, window, rows = _plan_1d(n, radius, causal)
+    n_blocks = -(-n // block)
+    x_pad = _pad_rows(x, left, rows - n - left)  # (B, rows, d)
+    w_pad = _pad_rows(weights, left, rows - n - left)  # zero weight: padding adds nothing
+    s_pad = _pad_sigma(sigma, n_blocks, block)
+    x_win = x_pad.unfold(1, window, block)  # (B, nb, d, W), a view
+    w_win = w_pad.unfold(1, window, block).unsqueeze(2)  # (B, nb, 1, W)
+    q_table = _block_tables(block, window, left, radius, causal, x.device, x.dtype)
+    step = _blocks_per_chunk(x, block, window)
+    if step >= n_blocks:  # one chunk (a dense sequence, or a short one): no copy into a preallocated y
+        _, coef = _chunk_coefficients(w_win, s_pad, q_table)
+        y = torch.matmul(coef, x_win.transpose(-1, -2))  # (B, nb, T, d)
+        if not normalize:
+            return y, None
+        denom = coef.sum(-1, keepdim=True).add_(eps)  # (B, nb, T, 1)
+        return y.div_(denom), denom
+    y = x.new_empty(batch, n_blocks, block, d)
+    denom = x.new_empty(batch, n_blocks, block, 1) if normalize else None
+    for k0 in range(0, n_blocks, step):
+        k = slice(k0, k0 + step)
+        _, coef = _chunk_coefficients(w_win[:, k], s_pad[:, k], q_table)
+        y_k = torch.matmul(coef, x_win[:, k].transpose(-1, -2))  # (B, kc, T, d)
+        if normalize:
+            total = coef.sum(-1, keepdim=True).add_(eps)  # (B, kc, T, 1)
+            y_k.div_(total)
+            denom[:, k] = total
+        y[:, k] = y_k
+    return y, denom
+
+
+def _pool_1d_backward(grad, x, weights, sigma, y, denom, radius, causal, need_x, need_w, need_sigma):
+    """The backward of `_BlockedPool1d`: grad (B, nb, T, d), the gradient of the blocked output y (zero on
+    its padding rows); x, weights, sigma, y, denom as in `_pool_1d_forward`. -> (grad_x (B, n, d),
+    grad_weights (B, n), grad_sigma (B, n)), each None where not needed. The coefficients are recomputed."""
+    batch, n, d = x.shape
+    block, left, window, rows = _plan_1d(n, radius, causal)
+    n_blocks = y.shape[1]
+    x_pad = _pad_rows(x, left, rows - n - left)  # (B, rows, d), as in the forward
+    w_pad = _pad_rows(weights, left, rows - n - left)
+    s_pad = _pad_sigma(sigma, n_blocks, block)
+    q_table = _block_tables(block, window, left, radius, causal, x.device, x.dtype)
+    step = _blocks_per_chunk(x, block, window)
+    dense = rows == n  # one block reading the whole sequence: its window gradients are the gradients
+    x_win = x_pad.unfold(1, window, block)  # (B, nb, d, W)
+    w_win = w_pad.unfold(1, window, block).unsqueeze(2)  # (B, nb, 1, W)
+    grad_x_pad = torch.zeros_like(x_pad) if need_x and not dense else None
+    grad_w_pad = torch.zeros_like(w_pad) if need_w and not dense else None
+    grad_inv_var = s_pad.new_empty(batch, n_blocks, block) if need_sigma else None
+    for k0 in range(0, n_blocks, step):
+        k = slice(k0, k0 + step)
+        gauss, coef = _chunk_coefficients(w_win[:, k], s_pad[:, k], q_table)
+        grad_num = grad[:, k]  # dL/d(sum_j c_ij x_j)
+        grad_total = None
+        if denom is not None:
+            grad_num = grad_num / denom[:, k]
+            grad_total = torch.linalg.vecdot(grad_num, y[:, k]).neg_().unsqueeze(-1)  # dL/d(sum_j c_ij)
+        if need_x:
+            grad_x_win = torch.matmul(coef.transpose(-1, -2), grad_num)  # (B, kc, W, d)
+            if dense:
+                grad_x_pad = grad_x_win.view(batch, n, d)
+            else:
+                _overlap_add_(grad_x_pad, grad_x_win, k0, block)
+        if need_w or need_sigma:
+            grad_coef = torch.matmul(grad_num, x_win[:, k])  # (B, kc, T, W): dL/dc_ij
+            if grad_total is not None:
+                grad_coef.add_(grad_total)
+            if need_w:
+                grad_w_win = (grad_coef * gauss).sum(2)  # (B, kc, W)
+                if dense:
+                    grad_w_pad = grad_w_win.view(batch, n)
+                else:
+                    _overlap_add_(grad_w_pad, grad_w_win, k0, block)
+            if need_sigma:  # c_ij = w_j exp(q_ij / s_i^2), q = -dist^2 / 2
+                grad_inv_var[:, k] = torch.linalg.vecdot(grad_coef.mul_(coef), q_table)
+    grad_x = grad_x_pad[:, left : left + n] if need_x else None
+    grad_w = grad_w_pad[:, left : left + n] if need_w else None
+    grad_sigma = None
+    if need_sigma:  # d(1/s^2)/ds = -2/s^3
+        s = s_pad.squeeze(-1)
+        grad_sigma = (grad_inv_var * -2.0 / (s * s * s)).view(batch, -1)[:, :n]
+    return grad_x, grad_w, grad_sigma
+
+
+def _pad_sigma(sigma, n_blocks, block):
+    """sigma (B, n) -> (B, nb, T, 1), padded with 1 (any finite width: those outputs are dropped)."""
+    batch, n = sigma.shape
+    s_pad = sigma if n == n_blocks * block else F.pad(sigma, (0, n_blocks * block - n), value=1.0)
+    return s_pad.view(batch, n_blocks, block, 1)
+
+
+def _blocks_per_chunk(x, block, window) -> int:
+    chunk_elements = _CHUNK_ELEMENTS if x.device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
+    return max(1, chunk_elements // (x.shape[0] * block * max(window, x.shape[-1])))
+
+
+def _blocked_grad(grad_out, n, n_blocks, block):
+    """grad_out (B, n, d) -> (B, nb, T, d), zero on the padding rows."""
+    batch, _, d = grad_out.shape
+    if n == n_blocks * block:
+        return grad_out.reshape(batch, n_blocks, block, d)
+    grad = grad_out.new_zeros(batch, n_blocks * block, d)
+    grad[:, :n] = grad_out
+    return grad.view(batch, n_blocks, block, d)
+
+
+def _unblocked(y, n):
+    """y (B, nb, T, d) -> its first n rows, (B, n, d)."""
+    batch, n_blocks, block, d = y.shape
+    y = y.view(batch, n_blocks * block, d)
+    return y if n == n_blocks * block else y[:, :n]  # a slice would copy its gradient back
+
+
 class _BlockedPool1d(torch.autograd.Function):
     """1-D pooling as small banded matmuls, in cache-sized chunks, with a hand-written backward.
 
@@ -105,95 +222,94 @@ class _BlockedPool1d(torch.autograd.Function):
     is one (T, W) x (W, d) matmul: no n x n and no n x (2R+1) x d tensor. On a CPU one BLAS
     call per chunk beats 2R+1 elementwise passes over x (2-8x, scripts/bench_op.py). The
     coefficients are recomputed in the backward rather than saved, so the extra memory is
-    O(n d) plus one chunk's temporaries.
+    O(n d) plus one chunk's temporaries. Under torch.compile the same two functions run as
+    custom operators (`pool_1d_compiled`), which save the same tensors.
     """
 
     @staticmethod
     @_autocast_off
     def forward(ctx, x, weights, sigma, radius, causal, normalize, eps):
-        batch, n, d = x.shape
-        block, left, window, rows = _plan_1d(n, radius, causal)
-        n_blocks = -(-n // block)
-        x_pad = _pad_rows(x, left, rows - n - left)  # (B, rows, d)
-        w_pad = _pad_rows(weights, left, rows - n - left)  # zero weight: padding adds nothing
-        s_pad = sigma if n == n_blocks * block else F.pad(sigma, (0, n_blocks * block - n), value=1.0)
-        s_pad = s_pad.view(batch, n_blocks, block, 1)
-        x_win = x_pad.unfold(1, window, block)  # (B, nb, d, W), a view
-        w_win = w_pad.unfold(1, window, block).unsqueeze(2)  # (B, nb, 1, W)
-        q_table = _block_tables(block, window, left, radius, causal, x.device, x.dtype)
-        y = x.new_empty(batch, n_blocks, block, d)
-        denom = x.new_empty(batch, n_blocks, block, 1) if normalize else None
-        chunk_elements = _CHUNK_ELEMENTS if x.device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
-        step = max(1, chunk_elements // (batch * block * max(window, d)))  # blocks per chunk
-        for k0 in range(0, n_blocks, step):
-            k = slice(k0, k0 + step)
-            _, coef = _chunk_coefficients(w_win[:, k], s_pad[:, k], q_table)
-            y_k = torch.matmul(coef, x_win[:, k].transpose(-1, -2))  # (B, kc, T, d)
-            if normalize:
-                total = coef.sum(-1, keepdim=True).add_(eps)  # (B, kc, T, 1)
-                y_k.div_(total)
-                denom[:, k] = total
-            y[:, k] = y_k
+        y, denom = _pool_1d_forward(x, weights, sigma, radius, causal, normalize, eps)
         # x, not x_pad: x is usually alive anyway (the layer's input), the padded copy is not
-        ctx.save_for_backward(x, w_pad, s_pad, y, denom, q_table)
-        ctx.layout = (n, block, window, left, step, rows)
-        y = y.view(batch, n_blocks * block, d)
-        return y if n == n_blocks * block else y[:, :n]  # a slice would copy its gradient back
+        ctx.save_for_backward(x, weights, sigma, y, denom)
+        ctx.options = (radius, causal)
+        return _unblocked(y, x.shape[1])
 
     @staticmethod
     @_autocast_off
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x, w_pad, s_pad, y, denom, q_table = ctx.saved_tensors
-        n, block, window, left, step, rows = ctx.layout
-        x_pad = _pad_rows(x, left, rows - n - left)  # (B, rows, d), as in the forward
-        batch, n_blocks, _, d = y.shape
-        dense = rows == n  # one block reading the whole sequence: its window gradients are the gradients
-        need_x, need_w, need_sigma = ctx.needs_input_grad[:3]
-        if n == n_blocks * block:
-            grad = grad_out.reshape(batch, n_blocks, block, d)
-        else:
-            grad = grad_out.new_zeros(batch, n_blocks * block, d)
-            grad[:, :n] = grad_out
-            grad = grad.view(batch, n_blocks, block, d)
-        x_win = x_pad.unfold(1, window, block)  # (B, nb, d, W)
-        w_win = w_pad.unfold(1, window, block).unsqueeze(2)  # (B, nb, 1, W)
-        grad_x_pad = torch.zeros_like(x_pad) if need_x and not dense else None
-        grad_w_pad = torch.zeros_like(w_pad) if need_w and not dense else None
-        grad_inv_var = s_pad.new_empty(batch, n_blocks, block) if need_sigma else None
-        for k0 in range(0, n_blocks, step):
-            k = slice(k0, k0 + step)
-            gauss, coef = _chunk_coefficients(w_win[:, k], s_pad[:, k], q_table)
-            grad_num = grad[:, k]  # dL/d(sum_j c_ij x_j)
-            grad_total = None
-            if denom is not None:
-                grad_num = grad_num / denom[:, k]
-                grad_total = torch.linalg.vecdot(grad_num, y[:, k]).neg_().unsqueeze(-1)  # dL/d(sum_j c_ij)
-            if need_x:
-                grad_x_win = torch.matmul(coef.transpose(-1, -2), grad_num)  # (B, kc, W, d)
-                if dense:
-                    grad_x_pad = grad_x_win.view(batch, n, d)
-                else:
-                    _overlap_add_(grad_x_pad, grad_x_win, k0, block)
-            if need_w or need_sigma:
-                grad_coef = torch.matmul(grad_num, x_win[:, k])  # (B, kc, T, W): dL/dc_ij
-                if grad_total is not None:
-                    grad_coef.add_(grad_total)
-                if need_w:
-                    grad_w_win = (grad_coef * gauss).sum(2)  # (B, kc, W)
-                    if dense:
-                        grad_w_pad = grad_w_win.view(batch, n)
-                    else:
-                        _overlap_add_(grad_w_pad, grad_w_win, k0, block)
-                if need_sigma:  # c_ij = w_j exp(q_ij / s_i^2), q = -dist^2 / 2
-                    grad_inv_var[:, k] = torch.linalg.vecdot(grad_coef.mul_(coef), q_table)
-        grad_x = grad_x_pad[:, left : left + n] if need_x else None
-        grad_w = grad_w_pad[:, left : left + n] if need_w else None
-        grad_sigma = None
-        if need_sigma:  # d(1/s^2)/ds = -2/s^3
-            s = s_pad.squeeze(-1)
-            grad_sigma = (grad_inv_var * -2.0 / (s * s * s)).view(batch, -1)[:, :n]
-        return grad_x, grad_w, grad_sigma, None, None, None, None
+        x, weights, sigma, y, denom = ctx.saved_tensors
+        grad = _blocked_grad(grad_out, x.shape[1], y.shape[1], y.shape[2])
+        grads = _pool_1d_backward(grad, x, weights, sigma, y, denom, *ctx.options, *ctx.needs_input_grad[:3])
+        return (*grads, None, None, None, None)
+
+
+# --------------------------------------------------------------------------------------
+# The same pooling as custom operators, for torch.compile
+# --------------------------------------------------------------------------------------
+# Traced through, `_BlockedPool1d` is inlined into the compiled graph, and the partitioner then saves
+# whatever intermediates it likes for the backward (measured: the unfolded windows and chunks of
+# coefficients, about 3.5 more (B, n, d) tensors per pooled layer than the eager step). As operators,
+# the forward and backward are opaque calls of the functions above, and the compiled step saves what
+# the eager one does.
+
+
+def _empty_if_none(t, like):
+    return like.new_empty(0) if t is None else t
+
+
+def _pool_1d_op_impl(x: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor, radius: int, causal: bool,
+                     normalize: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    y, denom = _pool_1d_forward(x, weights, sigma, radius, causal, normalize, eps)
+    return y, _empty_if_none(denom, y)  # an operator returns tensors: an empty denom means "not normalised"
+
+
+def _pool_1d_op_fake(x, weights, sigma, radius, causal, normalize, eps):
+    batch, n, d = x.shape
+    block = _plan_1d(n, radius, causal)[0]
+    n_blocks = -(-n // block)
+    return x.new_empty(batch, n_blocks, block, d), x.new_empty((batch, n_blocks, block, 1) if normalize else (0,))
+
+
+def _pool_1d_backward_op_impl(grad: torch.Tensor, x: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor,
+                              y: torch.Tensor, denom: torch.Tensor, radius: int, causal: bool
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    grads = _pool_1d_backward(grad, x, weights, sigma, y, denom if denom.numel() else None, radius, causal,
+                              True, True, True)  # fmt: skip
+    return tuple(g.contiguous() for g in grads)  # the fake's layout (slices of padded buffers are not)
+
+
+def _pool_1d_backward_op_fake(grad, x, weights, sigma, y, denom, radius, causal):
+    return torch.empty_like(x), torch.empty_like(weights), torch.empty_like(sigma)
+
+
+_OPS = _op_namespace(__name__)
+_pool_1d_backward_op = _define_op(_OPS, "pool_1d_backward", _pool_1d_backward_op_impl, _pool_1d_backward_op_fake)
+
+
+def _pool_1d_op_setup(ctx, inputs, output):
+    x, weights, sigma, radius, causal, _, _ = inputs
+    y, denom = output
+    ctx.save_for_backward(x, weights, sigma, y, denom)
+    ctx.options = (radius, causal)
+
+
+def _pool_1d_op_backward(ctx, grad_y, grad_denom):
+    x, weights, sigma, y, denom = ctx.saved_tensors
+    grad = grad_y if grad_y is not None else torch.zeros_like(y)
+    grad_x, grad_w, grad_sigma = _pool_1d_backward_op(grad, x, weights, sigma, y, denom, *ctx.options)
+    return grad_x, grad_w, grad_sigma, None, None, None, None
+
+
+_pool_1d_op = _define_op(_OPS, "pool_1d", _pool_1d_op_impl, _pool_1d_op_fake, _pool_1d_op_setup,
+                         _pool_1d_op_backward)  # fmt: skip
+
+
+def _pool_1d_compiled(x, weights, sigma, radius, causal, normalize, eps):
+    """`_BlockedPool1d.apply` for torch.compile: the same functions as two custom operators."""
+    y, _ = _pool_1d_op(x, weights, sigma, radius, causal, normalize, eps)
+    return _unblocked(y, x.shape[1])
 
 
 def _pool_1d_export(x, weights, sigma, radius, causal, normalize, eps):

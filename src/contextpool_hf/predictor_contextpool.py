@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks_contextpool import _autocast_off, _check_module_options, _is_exporting
+from .checks_contextpool import (
+    _autocast_off,
+    _check_module_options,
+    _define_op,
+    _is_compiling,
+    _is_exporting,
+    _op_namespace,
+)
 
 # --------------------------------------------------------------------------------------
 # Fused 1-D predictor: depthwise conv -> GELU -> projection -> sigmoid
@@ -48,6 +55,48 @@ def _depthwise_conv_1d_unpadded(h, weight, bias, pad_left):
     return out
 
 
+def _predictor_1d_forward(h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left):
+    """The forward of `_FusedPredictor1d`: h (B, n, C); conv_weight (C, k); proj_weight (2G, C) -> the gates
+    channel-major (2G, B, n) (the caller's (B, 2G, n) is its transposed view) and the conv output (B, n, C)."""
+    if _is_exporting():  # shifted slices would decide on n (|shift| < n): pad instead
+        n, kernel = h.shape[1], conv_weight.shape[1]
+        h_pad = F.pad(h, (0, 0, pad_left, kernel - 1 - pad_left))  # (B, n + k - 1, C)
+        conv = _depthwise_conv_1d(h_pad, conv_weight, conv_bias, n)
+    else:
+        conv = _depthwise_conv_1d_unpadded(h, conv_weight, conv_bias, pad_left)
+    gates = _project_channels_first(F.gelu(conv), proj_weight, proj_bias).sigmoid_()  # (B, 2G, n)
+    return gates.transpose(0, 1), conv
+
+
+def _predictor_1d_backward(grad_gates, h, conv_weight, conv, proj_weight, gates, pad_left, has_conv_bias,
+                           has_proj_bias):
+    """The backward of `_FusedPredictor1d`: grad_gates and gates (B, 2G, n) -> the gradients of h, the conv
+    weight and bias, the projection weight and bias (a bias's None when it has none). The GELU is recomputed."""
+    n, kernel = h.shape[1], conv_weight.shape[1]
+    grad_logits = torch.ops.aten.sigmoid_backward(grad_gates, gates)  # (B, 2G, n)
+    act = F.gelu(conv)  # recomputed: (B, n, C)
+    flat_grad = grad_logits.transpose(0, 1).reshape(grad_logits.shape[1], -1)  # (2G, B*n)
+    grad_proj_weight = flat_grad @ act.reshape(-1, act.shape[-1])  # (2G, C)
+    grad_proj_bias = flat_grad.sum(1) if has_proj_bias else None
+    grad_conv = torch.ops.aten.gelu_backward((flat_grad.t() @ proj_weight).view(conv.shape), conv)  # (B, n, C)
+    grad_conv_bias = grad_conv.sum((0, 1)) if has_conv_bias else None
+    # the adjoint of the shifted multiply-adds: out[t] += w_j h[t + s]  =>  grad_h[t + s] += w_j grad_conv[t]
+    grad_h = grad_conv * conv_weight[:, pad_left]
+    grad_conv_weight = torch.zeros_like(conv_weight)  # (C, k); taps that reach nothing stay 0
+    grad_conv_weight[:, pad_left] = torch.linalg.vecdot(grad_conv, h, dim=1).sum(0)
+    for j, shift in _tap_shifts(kernel, pad_left, n):
+        if shift < 0:
+            g, x = grad_conv[:, -shift:], h[:, : n + shift]
+            grad_h[:, : n + shift].addcmul_(g, conv_weight[:, j])
+        elif shift > 0:
+            g, x = grad_conv[:, : n - shift], h[:, shift:]
+            grad_h[:, shift:].addcmul_(g, conv_weight[:, j])
+        else:
+            continue
+        grad_conv_weight[:, j] = torch.linalg.vecdot(g, x, dim=1).sum(0)
+    return grad_h, grad_conv_weight, grad_conv_bias, grad_proj_weight, grad_proj_bias
+
+
 class _FusedPredictor1d(torch.autograd.Function):
     """sigmoid(proj(gelu(depthwise_conv(h)))) for 1-D sequences, with a hand-written backward.
 
@@ -55,53 +104,85 @@ class _FusedPredictor1d(torch.autograd.Function):
     cost more than the pooling, and the layout changes around nn.Conv1d ((B, n, C) <-> (B, C, n))
     copied the input twice. The conv runs on shifted slices of h (no padded copy). Saved: the
     input, the conv output (B, n, C) and the (B, 2G, n) gates, O(n C); the GELU is recomputed.
+    Under torch.compile the same two functions run as custom operators (`predictor_1d_compiled`).
     """
 
     @staticmethod
     @_autocast_off
     def forward(ctx, h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left):
         # h (B, n, C); conv_weight (C, k); proj_weight (2G, C) -> gates (B, 2G, n)
-        if _is_exporting():  # shifted slices would decide on n (|shift| < n): pad instead
-            n, kernel = h.shape[1], conv_weight.shape[1]
-            h_pad = F.pad(h, (0, 0, pad_left, kernel - 1 - pad_left))  # (B, n + k - 1, C)
-            conv = _depthwise_conv_1d(h_pad, conv_weight, conv_bias, n)
-        else:
-            conv = _depthwise_conv_1d_unpadded(h, conv_weight, conv_bias, pad_left)
-        gates = _project_channels_first(F.gelu(conv), proj_weight, proj_bias).sigmoid_()  # (B, 2G, n)
+        gates, conv = _predictor_1d_forward(h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left)
+        gates = gates.transpose(0, 1)  # (B, 2G, n), a view
         ctx.save_for_backward(h, conv_weight, conv, proj_weight, gates)
-        ctx.pad_left = pad_left
-        ctx.has_proj_bias, ctx.has_conv_bias = proj_bias is not None, conv_bias is not None
+        ctx.options = (pad_left, conv_bias is not None, proj_bias is not None)
         return gates
 
     @staticmethod
     @_autocast_off
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_gates):
-        h, conv_weight, conv, proj_weight, gates = ctx.saved_tensors
-        n, kernel = h.shape[1], conv_weight.shape[1]
-        grad_logits = torch.ops.aten.sigmoid_backward(grad_gates, gates)  # (B, 2G, n)
-        act = F.gelu(conv)  # recomputed: (B, n, C)
-        flat_grad = grad_logits.transpose(0, 1).reshape(grad_logits.shape[1], -1)  # (2G, B*n)
-        grad_proj_weight = flat_grad @ act.reshape(-1, act.shape[-1])  # (2G, C)
-        grad_proj_bias = flat_grad.sum(1) if ctx.has_proj_bias else None
-        grad_conv = torch.ops.aten.gelu_backward((flat_grad.t() @ proj_weight).view(conv.shape), conv)  # (B, n, C)
-        grad_conv_bias = grad_conv.sum((0, 1)) if ctx.has_conv_bias else None
-        # the adjoint of the shifted multiply-adds: out[t] += w_j h[t + s]  =>  grad_h[t + s] += w_j grad_conv[t]
-        pad_left = ctx.pad_left
-        grad_h = grad_conv * conv_weight[:, pad_left]
-        grad_conv_weight = torch.zeros_like(conv_weight)  # (C, k); taps that reach nothing stay 0
-        grad_conv_weight[:, pad_left] = torch.linalg.vecdot(grad_conv, h, dim=1).sum(0)
-        for j, shift in _tap_shifts(kernel, pad_left, n):
-            if shift < 0:
-                g, x = grad_conv[:, -shift:], h[:, : n + shift]
-                grad_h[:, : n + shift].addcmul_(g, conv_weight[:, j])
-            elif shift > 0:
-                g, x = grad_conv[:, : n - shift], h[:, shift:]
-                grad_h[:, shift:].addcmul_(g, conv_weight[:, j])
-            else:
-                continue
-            grad_conv_weight[:, j] = torch.linalg.vecdot(g, x, dim=1).sum(0)
-        return grad_h, grad_conv_weight, grad_conv_bias, grad_proj_weight, grad_proj_bias, None
+        return (*_predictor_1d_backward(grad_gates, *ctx.saved_tensors, *ctx.options), None)
+
+
+# The same predictor as custom operators for torch.compile: traced through, the function above is inlined and
+# the compiled step saves more than the eager one (see pooling_1d_contextpool's operators).
+
+
+def _predictor_1d_op_impl(h: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,
+                          proj_weight: torch.Tensor, proj_bias: torch.Tensor | None, pad_left: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    return _predictor_1d_forward(h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left)
+
+
+def _predictor_1d_op_fake(h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left):
+    return h.new_empty(proj_weight.shape[0], h.shape[0], h.shape[1]), torch.empty_like(h)
+
+
+def _predictor_1d_backward_op_impl(grad_gates: torch.Tensor, h: torch.Tensor, conv_weight: torch.Tensor,
+                                   conv: torch.Tensor, proj_weight: torch.Tensor, gates: torch.Tensor, pad_left: int
+                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    # both biases' gradients (unused ones are dropped by the caller): an operator returns tensors, never None
+    grads = _predictor_1d_backward(grad_gates.transpose(0, 1), h, conv_weight, conv, proj_weight,
+                                   gates.transpose(0, 1), pad_left, True, True)  # fmt: skip
+    return tuple(g.contiguous() for g in grads)
+
+
+def _predictor_1d_backward_op_fake(grad_gates, h, conv_weight, conv, proj_weight, gates, pad_left):
+    channels, groups2 = conv_weight.shape[0], proj_weight.shape[0]
+    return (torch.empty_like(h), torch.empty_like(conv_weight), h.new_empty(channels), torch.empty_like(proj_weight),
+            h.new_empty(groups2))  # fmt: skip
+
+
+_OPS = _op_namespace(__name__)
+_predictor_1d_backward_op = _define_op(_OPS, "predictor_1d_backward", _predictor_1d_backward_op_impl,
+                                       _predictor_1d_backward_op_fake)  # fmt: skip
+
+
+def _predictor_1d_op_setup(ctx, inputs, output):
+    h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left = inputs
+    gates, conv = output
+    ctx.save_for_backward(h, conv_weight, conv, proj_weight, gates)
+    ctx.options = (pad_left, conv_bias is not None, proj_bias is not None)
+
+
+def _predictor_1d_op_backward(ctx, grad_gates, grad_conv):
+    h, conv_weight, conv, proj_weight, gates = ctx.saved_tensors
+    pad_left, has_conv_bias, has_proj_bias = ctx.options
+    grad_h, grad_conv_weight, grad_conv_bias, grad_proj_weight, grad_proj_bias = _predictor_1d_backward_op(
+        grad_gates, h, conv_weight, conv, proj_weight, gates, pad_left
+    )
+    return (grad_h, grad_conv_weight, grad_conv_bias if has_conv_bias else None, grad_proj_weight,
+            grad_proj_bias if has_proj_bias else None, None)  # fmt: skip
+
+
+_predictor_1d_op = _define_op(_OPS, "predictor_1d", _predictor_1d_op_impl, _predictor_1d_op_fake,
+                              _predictor_1d_op_setup, _predictor_1d_op_backward)  # fmt: skip
+
+
+def _predictor_1d_compiled(h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left):
+    """`_FusedPredictor1d.apply` for torch.compile: the same functions as two custom operators."""
+    gates, _ = _predictor_1d_op(h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left)
+    return gates.transpose(0, 1)  # (B, 2G, n)
 
 
 _PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -261,7 +342,7 @@ class ContextPoolPredictor(nn.Module):
                 tail = h[:, max(0, h.shape[1] - self.state_size) :]
                 new_state = F.pad(tail, (0, 0, self.state_size - tail.shape[1], 0))
         pad_left = self.kernel_size - 1 if self.causal else self.kernel_size // 2
-        gates = _FusedPredictor1d.apply(
-            h, self.conv.weight.squeeze(1), self.conv.bias, self.proj.weight, self.proj.bias, pad_left
-        )
+        # opaque to the compiler (not to export: an exported graph must consist of ops ONNX and others know)
+        fused = _predictor_1d_compiled if _is_compiling() and not _is_exporting() else _FusedPredictor1d.apply
+        gates = fused(h, self.conv.weight.squeeze(1), self.conv.bias, self.proj.weight, self.proj.bias, pad_left)
         return gates, new_state

@@ -1,0 +1,133 @@
+"""The 1-D pooling and the fused predictor as torch.library custom operators, which torch.compile runs
+in place of the autograd Functions (traced through, those were inlined and the compiled step saved
+about twice the eager step's extra tensors):
+
+- `torch.library.opcheck`: schema, fake (shape) functions, autograd registration, and the operators
+  under AOT dispatch;
+- compiled == the float64 reference, outputs and every gradient;
+- the compiled graph calls the operators rather than their insides;
+- the compiled causal LM step saves at most three (B, n, d) tensors per pooled layer more than the
+  same model without pooling (the eager step's count: the normalised input, the conv output, the
+  pooled output).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from contextpool_hf import ContextPoolConfig, ContextPoolForCausalLM
+from contextpool_hf.pooling_1d_contextpool import _pool_1d_op
+from contextpool_hf.pooling_contextpool import context_pool
+from contextpool_hf.predictor_contextpool import _predictor_1d_op
+
+# the partitioner inductor uses (min-cut rematerialisation) and its decompositions, without generating C++
+PARTITIONING_BACKEND = "aot_eager_decomp_partition"
+
+
+def _pool_inputs(n, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, n, 5, generator=g, dtype=dtype).requires_grad_()
+    w = torch.rand(2, n, generator=g, dtype=dtype).requires_grad_()
+    s = (0.5 + 3.5 * torch.rand(2, n, generator=g, dtype=dtype)).requires_grad_()
+    return x, w, s
+
+
+# dense (n * n <= 160 * 160), blocked with whole blocks, blocked with a ragged last block
+@pytest.mark.parametrize("n", [7, 256, 300])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_pool_operator_passes_opcheck(n, causal, normalize):
+    x, w, s = _pool_inputs(n)
+    torch.library.opcheck(_pool_1d_op, (x, w, s, 12, causal, normalize, 1e-6))
+
+
+@pytest.mark.parametrize("pad_left", [2, 1])  # causal kernel 3, centred kernel 3
+@pytest.mark.parametrize("biases", [True, False])
+def test_predictor_operator_passes_opcheck(pad_left, biases):
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(2, 9, 6, generator=g, dtype=torch.float64).requires_grad_()
+    conv_w = torch.randn(6, 3, generator=g, dtype=torch.float64).requires_grad_()
+    proj_w = torch.randn(4, 6, generator=g, dtype=torch.float64).requires_grad_()
+    conv_b = torch.randn(6, generator=g, dtype=torch.float64).requires_grad_() if biases else None
+    proj_b = torch.randn(4, generator=g, dtype=torch.float64).requires_grad_() if biases else None
+    torch.library.opcheck(_predictor_1d_op, (h, conv_w, conv_b, proj_w, proj_b, pad_left))
+
+
+@pytest.mark.parametrize("n", [7, 300])
+@pytest.mark.parametrize("causal", [True, False])
+def test_compiled_pooling_equals_the_float64_reference(n, causal):
+    torch._dynamo.reset()
+    x, w, s = _pool_inputs(n, seed=3)
+    mask = torch.ones(2, n, dtype=torch.bool)
+    mask[1, n - n // 3 :] = False  # right padding in the second row
+
+    def fn(x, w, s, implementation):
+        return context_pool(x, w, s, attention_mask=mask, causal=causal, sigma_max=4.0, implementation=implementation)
+
+    grad_out = torch.randn(2, n, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    results = []
+    for f, implementation in ((fn, "reference"), (torch.compile(fn, backend=PARTITIONING_BACKEND, fullgraph=True), "fast")):
+        y = f(x, w, s, implementation)
+        results.append((y,) + torch.autograd.grad(y, (x, w, s), grad_out))
+    for name, want, got in zip(("y", "dx", "dw", "dsigma"), *results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-11, msg=name)
+
+
+def _graph_targets(model, *args, **kwargs) -> set[str]:
+    """The call targets of the graph(s) dynamo hands the backend (fullgraph: exactly one)."""
+    targets = set()
+
+    def backend(gm, example_inputs):
+        targets.update(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(model, backend=backend, fullgraph=True)(*args, **kwargs)
+    return targets
+
+
+def _tiny_causal_lm(pool=True, layers=2):
+    config = ContextPoolConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=256, is_causal=True, position_embedding_type="rotary", norm_type="rmsnorm",
+        mlp_type="gated", hidden_act="silu", norm_position="pre", final_norm=True, attn_implementation="sdpa",
+        pool_layers=None if pool else [],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return ContextPoolForCausalLM(config).train()
+
+
+def test_the_compiled_graph_calls_the_operators():
+    model = _tiny_causal_lm()
+    ids = torch.randint(0, 64, (2, 40))
+    targets = _graph_targets(model, input_ids=ids, labels=ids)
+    assert any(t.endswith(".pool_1d.default") for t in targets), sorted(targets)
+    assert any(t.endswith(".predictor_1d.default") for t in targets), sorted(targets)
+
+
+def _saved_elements(model, ids) -> int:
+    """Elements of every tensor the compiled step keeps for its backward (each storage counted once)."""
+    storages = {}
+
+    def pack(t):
+        storages.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes() // t.element_size())
+        return t
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=PARTITIONING_BACKEND, fullgraph=True)
+    compiled(input_ids=ids, labels=ids).loss.backward()  # compiles forward and backward
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        compiled(input_ids=ids, labels=ids).loss
+    return sum(storages.values())
+
+
+def test_compiled_step_saves_three_tensors_per_pooled_layer():
+    batch, n, layers = 2, 96, 2
+    ids = torch.randint(0, 64, (batch, n), generator=torch.Generator().manual_seed(5))
+    pooled = _saved_elements(_tiny_causal_lm(pool=True, layers=layers), ids)
+    plain = _saved_elements(_tiny_causal_lm(pool=False, layers=layers), ids)
+    per_layer = (pooled - plain) / (layers * batch * n * 32)
+    # 3 (normalised input, conv output, pooled output) plus the (B, n) weights, widths and normalisers;
+    # inlined Functions and a traced lerp saved about 7
+    assert per_layer <= 3.5, per_layer
