@@ -192,6 +192,18 @@ MUTATIONS: list[Mutation] = [
         ("tests/test_kv_append.py",),
     ),
     Mutation(
+        "compiled-pool-backward-unnormalised", "the compiled pooling's backward forgets the normalisers",
+        "    grads = _pool_1d_backward(grad, x, weights, sigma, y, denom if denom.numel() else None, radius, causal,\n",
+        "    grads = _pool_1d_backward(grad, x, weights, sigma, y, None, radius, causal,\n",
+        ("tests/test_compiled_ops.py",),
+    ),
+    Mutation(
+        "compiled-mix-swapped", "under torch.compile the mix weighs the features by mix and their pooled context by 1 - mix",
+        "        return original * (1 - mix) + pooled * mix\n",
+        "        return original * mix + pooled * (1 - mix)\n",
+        _k("tests/test_modeling.py", "torch_compile"),
+    ),
+    Mutation(
         "triton-sigma-grad-power", "the Triton backward divides the widths' gradient by s^2 instead of s^3",
         "        tl.store(ds_ptr + base_out + o, grad * inv_var / s, mask=o_ok)",
         "        tl.store(ds_ptr + base_out + o, grad * inv_var, mask=o_ok)",
