@@ -1,11 +1,10 @@
-"""The 1-D pooling and the fused predictor as torch.library custom operators, which torch.compile runs
-in place of the autograd Functions (traced through, those were inlined and the compiled step saved
-about twice the eager step's extra tensors):
+"""Under torch.compile the backwards of the 1-D pooling and of the fused predictor are torch.library custom
+operators (traced through, they were inlined, and the compiled step kept forward intermediates for them:
+about 5 (B, n, d) tensors per pooled layer where the eager step keeps 3):
 
-- `torch.library.opcheck`: schema, fake (shape) functions, autograd registration, and the operators
-  under AOT dispatch;
+- `torch.library.opcheck`: schema, fake (shape) functions, and the operators under AOT dispatch;
 - compiled == the float64 reference, outputs and every gradient;
-- the compiled graph calls the operators rather than their insides;
+- the compiled backward graph calls the operators rather than their insides;
 - the compiled causal LM step saves at most three (B, n, d) tensors per pooled layer more than the
   same model without pooling (the eager step's count: the normalised input, the conv output, the
   pooled output).
@@ -15,11 +14,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._dynamo.backends.common import aot_autograd
 
 from contextpool_hf import ContextPoolConfig, ContextPoolForCausalLM
-from contextpool_hf.pooling_1d_contextpool import _pool_1d_op
+from contextpool_hf.pooling_1d_contextpool import _blocked_grad, _pool_1d_backward_op, _pool_1d_forward
 from contextpool_hf.pooling_contextpool import context_pool
-from contextpool_hf.predictor_contextpool import _predictor_1d_op
+from contextpool_hf.predictor_contextpool import _predictor_1d_backward_op, _predictor_1d_forward
 
 # the partitioner inductor uses (min-cut rematerialisation) and its decompositions, without generating C++
 PARTITIONING_BACKEND = "aot_eager_decomp_partition"
@@ -37,21 +37,23 @@ def _pool_inputs(n, dtype=torch.float64, seed=0):
 @pytest.mark.parametrize("n", [7, 256, 300])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("normalize", [True, False])
-def test_pool_operator_passes_opcheck(n, causal, normalize):
-    x, w, s = _pool_inputs(n)
-    torch.library.opcheck(_pool_1d_op, (x, w, s, 12, causal, normalize, 1e-6))
+def test_pool_backward_operator_passes_opcheck(n, causal, normalize):
+    x, w, s = (t.detach() for t in _pool_inputs(n))
+    y, denom = _pool_1d_forward(x, w, s, 12, causal, normalize, 1e-6)
+    denom = y.new_empty(0) if denom is None else denom
+    grad = _blocked_grad(torch.randn(2, n, 5, dtype=torch.float64), n, y.shape[1], y.shape[2])
+    torch.library.opcheck(_pool_1d_backward_op, (grad, x, w, s, y, denom, 12, causal))
 
 
 @pytest.mark.parametrize("pad_left", [2, 1])  # causal kernel 3, centred kernel 3
-@pytest.mark.parametrize("biases", [True, False])
-def test_predictor_operator_passes_opcheck(pad_left, biases):
+def test_predictor_backward_operator_passes_opcheck(pad_left):
     g = torch.Generator().manual_seed(1)
-    h = torch.randn(2, 9, 6, generator=g, dtype=torch.float64).requires_grad_()
-    conv_w = torch.randn(6, 3, generator=g, dtype=torch.float64).requires_grad_()
-    proj_w = torch.randn(4, 6, generator=g, dtype=torch.float64).requires_grad_()
-    conv_b = torch.randn(6, generator=g, dtype=torch.float64).requires_grad_() if biases else None
-    proj_b = torch.randn(4, generator=g, dtype=torch.float64).requires_grad_() if biases else None
-    torch.library.opcheck(_predictor_1d_op, (h, conv_w, conv_b, proj_w, proj_b, pad_left))
+    h = torch.randn(2, 9, 6, generator=g, dtype=torch.float64)
+    conv_w, conv_b = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    proj_w, proj_b = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    gates, conv = _predictor_1d_forward(h, conv_w, conv_b, proj_w, proj_b, pad_left)
+    grad = torch.randn(2, 4, 9, generator=g, dtype=torch.float64)
+    torch.library.opcheck(_predictor_1d_backward_op, (grad, h, conv_w, conv, proj_w, gates.transpose(0, 1), pad_left))
 
 
 @pytest.mark.parametrize("n", [7, 300])
@@ -74,16 +76,18 @@ def test_compiled_pooling_equals_the_float64_reference(n, causal):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-11, msg=name)
 
 
-def _graph_targets(model, *args, **kwargs) -> set[str]:
-    """The call targets of the graph(s) dynamo hands the backend (fullgraph: exactly one)."""
+def _backward_targets(model, *args, **kwargs) -> set[str]:
+    """The call targets of the compiled backward graph (fullgraph: exactly one)."""
     targets = set()
 
-    def backend(gm, example_inputs):
+    def record(gm, example_inputs):
         targets.update(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
         return gm.forward
 
     torch._dynamo.reset()
-    torch.compile(model, backend=backend, fullgraph=True)(*args, **kwargs)
+    compiled = torch.compile(model, backend=aot_autograd(fw_compiler=lambda gm, _: gm.forward, bw_compiler=record),
+                             fullgraph=True)  # fmt: skip
+    compiled(*args, **kwargs).loss.backward()
     return targets
 
 
@@ -98,12 +102,12 @@ def _tiny_causal_lm(pool=True, layers=2):
     return ContextPoolForCausalLM(config).train()
 
 
-def test_the_compiled_graph_calls_the_operators():
+def test_the_compiled_backward_calls_the_operators():
     model = _tiny_causal_lm()
     ids = torch.randint(0, 64, (2, 40))
-    targets = _graph_targets(model, input_ids=ids, labels=ids)
-    assert any(t.endswith(".pool_1d.default") for t in targets), sorted(targets)
-    assert any(t.endswith(".predictor_1d.default") for t in targets), sorted(targets)
+    targets = _backward_targets(model, input_ids=ids, labels=ids)
+    assert any(t.endswith(".pool_1d_backward.default") for t in targets), sorted(targets)
+    assert any(t.endswith(".predictor_1d_backward.default") for t in targets), sorted(targets)
 
 
 def _saved_elements(model, ids) -> int:
@@ -118,7 +122,7 @@ def _saved_elements(model, ids) -> int:
     compiled = torch.compile(model, backend=PARTITIONING_BACKEND, fullgraph=True)
     compiled(input_ids=ids, labels=ids).loss.backward()  # compiles forward and backward
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        compiled(input_ids=ids, labels=ids).loss
+        compiled(input_ids=ids, labels=ids)  # the forward saves; its backward is not run
     return sum(storages.values())
 
 
@@ -129,5 +133,5 @@ def test_compiled_step_saves_three_tensors_per_pooled_layer():
     plain = _saved_elements(_tiny_causal_lm(pool=False, layers=layers), ids)
     per_layer = (pooled - plain) / (layers * batch * n * 32)
     # 3 (normalised input, conv output, pooled output) plus the (B, n) weights, widths and normalisers;
-    # inlined Functions and a traced lerp saved about 7
+    # inlined backwards and a traced lerp kept about 5
     assert per_layer <= 3.5, per_layer

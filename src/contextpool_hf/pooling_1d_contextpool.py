@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .checks_contextpool import _autocast_off, _define_op, _op_namespace
+from .checks_contextpool import _autocast_off, _define_op, _is_compiling, _op_namespace
 
 # 1-D outputs are processed in blocks of this many tokens (see _BlockedPool1d) ...
 _BLOCK_1D = 64
@@ -214,6 +214,38 @@ def _unblocked(y, n):
     return y if n == n_blocks * block else y[:, :n]  # a slice would copy its gradient back
 
 
+# --------------------------------------------------------------------------------------
+# The backward as a custom operator, for torch.compile
+# --------------------------------------------------------------------------------------
+# Traced through, the whole Function is inlined into the compiled graph, and the partitioner then
+# keeps whatever forward intermediates the traced backward reads (measured: the unfolded windows and
+# chunks of coefficients, about two more (B, n, d) tensors per pooled layer than the eager step). With
+# the backward an opaque operator, the backward reads only what the forward saved, as in eager,
+# while the forward is still traced and fused by the compiler.
+
+
+def _empty_if_none(t, like):
+    return like.new_empty(0) if t is None else t
+
+
+def _pool_1d_backward_op_impl(grad: torch.Tensor, x: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor,
+                              y: torch.Tensor, denom: torch.Tensor, radius: int, causal: bool
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_pool_1d_backward` with every gradient; an empty denom means "not normalised" (an operator takes
+    tensors, never None)."""
+    grads = _pool_1d_backward(grad, x, weights, sigma, y, denom if denom.numel() else None, radius, causal,
+                              True, True, True)  # fmt: skip
+    return tuple(g.contiguous() for g in grads)  # the fake's layout (slices of padded buffers are not)
+
+
+def _pool_1d_backward_op_fake(grad, x, weights, sigma, y, denom, radius, causal):
+    return torch.empty_like(x), torch.empty_like(weights), torch.empty_like(sigma)
+
+
+_pool_1d_backward_op = _define_op(_op_namespace(__name__), "pool_1d_backward", _pool_1d_backward_op_impl,
+                                  _pool_1d_backward_op_fake)  # fmt: skip
+
+
 class _BlockedPool1d(torch.autograd.Function):
     """1-D pooling as small banded matmuls, in cache-sized chunks, with a hand-written backward.
 
@@ -222,8 +254,8 @@ class _BlockedPool1d(torch.autograd.Function):
     is one (T, W) x (W, d) matmul: no n x n and no n x (2R+1) x d tensor. On a CPU one BLAS
     call per chunk beats 2R+1 elementwise passes over x (2-8x, scripts/bench_op.py). The
     coefficients are recomputed in the backward rather than saved, so the extra memory is
-    O(n d) plus one chunk's temporaries. Under torch.compile the same two functions run as
-    custom operators (`pool_1d_compiled`), which save the same tensors.
+    O(n d) plus one chunk's temporaries. Under torch.compile the backward is a custom operator
+    (`_pool_1d_backward_op`), so that the compiled step saves these same tensors.
     """
 
     @staticmethod
@@ -241,75 +273,12 @@ class _BlockedPool1d(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weights, sigma, y, denom = ctx.saved_tensors
         grad = _blocked_grad(grad_out, x.shape[1], y.shape[1], y.shape[2])
-        grads = _pool_1d_backward(grad, x, weights, sigma, y, denom, *ctx.options, *ctx.needs_input_grad[:3])
+        if _is_compiling():
+            denom = _empty_if_none(denom, y)
+            grads = _pool_1d_backward_op(grad, x, weights, sigma, y, denom, *ctx.options)
+        else:
+            grads = _pool_1d_backward(grad, x, weights, sigma, y, denom, *ctx.options, *ctx.needs_input_grad[:3])
         return (*grads, None, None, None, None)
-
-
-# --------------------------------------------------------------------------------------
-# The same pooling as custom operators, for torch.compile
-# --------------------------------------------------------------------------------------
-# Traced through, `_BlockedPool1d` is inlined into the compiled graph, and the partitioner then saves
-# whatever intermediates it likes for the backward (measured: the unfolded windows and chunks of
-# coefficients, about 3.5 more (B, n, d) tensors per pooled layer than the eager step). As operators,
-# the forward and backward are opaque calls of the functions above, and the compiled step saves what
-# the eager one does.
-
-
-def _empty_if_none(t, like):
-    return like.new_empty(0) if t is None else t
-
-
-def _pool_1d_op_impl(x: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor, radius: int, causal: bool,
-                     normalize: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    y, denom = _pool_1d_forward(x, weights, sigma, radius, causal, normalize, eps)
-    return y, _empty_if_none(denom, y)  # an operator returns tensors: an empty denom means "not normalised"
-
-
-def _pool_1d_op_fake(x, weights, sigma, radius, causal, normalize, eps):
-    batch, n, d = x.shape
-    block = _plan_1d(n, radius, causal)[0]
-    n_blocks = -(-n // block)
-    return x.new_empty(batch, n_blocks, block, d), x.new_empty((batch, n_blocks, block, 1) if normalize else (0,))
-
-
-def _pool_1d_backward_op_impl(grad: torch.Tensor, x: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor,
-                              y: torch.Tensor, denom: torch.Tensor, radius: int, causal: bool
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    grads = _pool_1d_backward(grad, x, weights, sigma, y, denom if denom.numel() else None, radius, causal,
-                              True, True, True)  # fmt: skip
-    return tuple(g.contiguous() for g in grads)  # the fake's layout (slices of padded buffers are not)
-
-
-def _pool_1d_backward_op_fake(grad, x, weights, sigma, y, denom, radius, causal):
-    return torch.empty_like(x), torch.empty_like(weights), torch.empty_like(sigma)
-
-
-_OPS = _op_namespace(__name__)
-_pool_1d_backward_op = _define_op(_OPS, "pool_1d_backward", _pool_1d_backward_op_impl, _pool_1d_backward_op_fake)
-
-
-def _pool_1d_op_setup(ctx, inputs, output):
-    x, weights, sigma, radius, causal, _, _ = inputs
-    y, denom = output
-    ctx.save_for_backward(x, weights, sigma, y, denom)
-    ctx.options = (radius, causal)
-
-
-def _pool_1d_op_backward(ctx, grad_y, grad_denom):
-    x, weights, sigma, y, denom = ctx.saved_tensors
-    grad = grad_y if grad_y is not None else torch.zeros_like(y)
-    grad_x, grad_w, grad_sigma = _pool_1d_backward_op(grad, x, weights, sigma, y, denom, *ctx.options)
-    return grad_x, grad_w, grad_sigma, None, None, None, None
-
-
-_pool_1d_op = _define_op(_OPS, "pool_1d", _pool_1d_op_impl, _pool_1d_op_fake, _pool_1d_op_setup,
-                         _pool_1d_op_backward)  # fmt: skip
-
-
-def _pool_1d_compiled(x, weights, sigma, radius, causal, normalize, eps):
-    """`_BlockedPool1d.apply` for torch.compile: the same functions as two custom operators."""
-    y, _ = _pool_1d_op(x, weights, sigma, radius, causal, normalize, eps)
-    return _unblocked(y, x.shape[1])
 
 
 def _pool_1d_export(x, weights, sigma, radius, causal, normalize, eps):

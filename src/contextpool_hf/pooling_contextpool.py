@@ -56,9 +56,9 @@ from .checks_contextpool import (  # noqa: F401  (re-exported: the public and te
     _mask_as_weights,
 )
 
-# Only the entry points: the 1-D tuning constants live (and are patched, by tests and bench_op) in
+# Only the two entry points: the 1-D tuning constants live (and are patched, by tests and bench_op) in
 # pooling_1d_contextpool alone, so that a patch here cannot silently miss the code that reads them.
-from .pooling_1d_contextpool import _BlockedPool1d, _pool_1d_compiled, _pool_1d_export
+from .pooling_1d_contextpool import _BlockedPool1d, _pool_1d_export
 from .pooling_2d_contextpool import tiled_pool_2d
 from .pooling_offsets_contextpool import (  # noqa: F401
     _FastContextPool,
@@ -97,8 +97,6 @@ def clamped_radius(radius: int, in_sizes: Sequence[int]) -> int:
 def _pool_fast(x, weights, sigma, radius, stride, causal, normalize, eps):
     if x.dim() == 3 and stride == 1 and _is_exporting():
         return _pool_1d_export(x, weights, sigma, radius, causal, normalize, eps)
-    if x.dim() == 3 and stride == 1 and _is_compiling():  # opaque to the compiler: see _pool_1d_compiled
-        return _pool_1d_compiled(x, weights, sigma, radius, causal, normalize, eps)
     if x.dim() == 3 and stride == 1:
         return _BlockedPool1d.apply(x, weights, sigma, radius, causal, normalize, eps)
     if x.dim() == 4 and not causal:  # 2-D: dense or tiled coefficient matmuls (pooling_2d_contextpool)

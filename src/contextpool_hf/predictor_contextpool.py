@@ -97,6 +97,29 @@ def _predictor_1d_backward(grad_gates, h, conv_weight, conv, proj_weight, gates,
     return grad_h, grad_conv_weight, grad_conv_bias, grad_proj_weight, grad_proj_bias
 
 
+# Under torch.compile the backward below is a custom operator, as the pooling's is (see pooling_1d_contextpool):
+# traced through, the compiled step kept more forward intermediates than the eager one.
+
+
+def _predictor_1d_backward_op_impl(grad_gates: torch.Tensor, h: torch.Tensor, conv_weight: torch.Tensor,
+                                   conv: torch.Tensor, proj_weight: torch.Tensor, gates: torch.Tensor, pad_left: int
+                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_predictor_1d_backward` with both biases' gradients (the caller drops a bias's it has not): an operator
+    returns tensors, never None."""
+    grads = _predictor_1d_backward(grad_gates, h, conv_weight, conv, proj_weight, gates, pad_left, True, True)
+    return tuple(g.contiguous() for g in grads)
+
+
+def _predictor_1d_backward_op_fake(grad_gates, h, conv_weight, conv, proj_weight, gates, pad_left):
+    channels, logits = conv_weight.shape[0], proj_weight.shape[0]
+    return (torch.empty_like(h), torch.empty_like(conv_weight), h.new_empty(channels), torch.empty_like(proj_weight),
+            h.new_empty(logits))  # fmt: skip
+
+
+_predictor_1d_backward_op = _define_op(_op_namespace(__name__), "predictor_1d_backward", _predictor_1d_backward_op_impl,
+                                       _predictor_1d_backward_op_fake)  # fmt: skip
+
+
 class _FusedPredictor1d(torch.autograd.Function):
     """sigmoid(proj(gelu(depthwise_conv(h)))) for 1-D sequences, with a hand-written backward.
 
@@ -104,7 +127,7 @@ class _FusedPredictor1d(torch.autograd.Function):
     cost more than the pooling, and the layout changes around nn.Conv1d ((B, n, C) <-> (B, C, n))
     copied the input twice. The conv runs on shifted slices of h (no padded copy). Saved: the
     input, the conv output (B, n, C) and the (B, 2G, n) gates, O(n C); the GELU is recomputed.
-    Under torch.compile the same two functions run as custom operators (`predictor_1d_compiled`).
+    Under torch.compile the backward is a custom operator (`_predictor_1d_backward_op`).
     """
 
     @staticmethod
@@ -121,68 +144,14 @@ class _FusedPredictor1d(torch.autograd.Function):
     @_autocast_off
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_gates):
-        return (*_predictor_1d_backward(grad_gates, *ctx.saved_tensors, *ctx.options), None)
-
-
-# The same predictor as custom operators for torch.compile: traced through, the function above is inlined and
-# the compiled step saves more than the eager one (see pooling_1d_contextpool's operators).
-
-
-def _predictor_1d_op_impl(h: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,
-                          proj_weight: torch.Tensor, proj_bias: torch.Tensor | None, pad_left: int
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _predictor_1d_forward(h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left)
-
-
-def _predictor_1d_op_fake(h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left):
-    return h.new_empty(proj_weight.shape[0], h.shape[0], h.shape[1]), torch.empty_like(h)
-
-
-def _predictor_1d_backward_op_impl(grad_gates: torch.Tensor, h: torch.Tensor, conv_weight: torch.Tensor,
-                                   conv: torch.Tensor, proj_weight: torch.Tensor, gates: torch.Tensor, pad_left: int
-                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    # both biases' gradients (unused ones are dropped by the caller): an operator returns tensors, never None
-    grads = _predictor_1d_backward(grad_gates.transpose(0, 1), h, conv_weight, conv, proj_weight,
-                                   gates.transpose(0, 1), pad_left, True, True)  # fmt: skip
-    return tuple(g.contiguous() for g in grads)
-
-
-def _predictor_1d_backward_op_fake(grad_gates, h, conv_weight, conv, proj_weight, gates, pad_left):
-    channels, groups2 = conv_weight.shape[0], proj_weight.shape[0]
-    return (torch.empty_like(h), torch.empty_like(conv_weight), h.new_empty(channels), torch.empty_like(proj_weight),
-            h.new_empty(groups2))  # fmt: skip
-
-
-_OPS = _op_namespace(__name__)
-_predictor_1d_backward_op = _define_op(_OPS, "predictor_1d_backward", _predictor_1d_backward_op_impl,
-                                       _predictor_1d_backward_op_fake)  # fmt: skip
-
-
-def _predictor_1d_op_setup(ctx, inputs, output):
-    h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left = inputs
-    gates, conv = output
-    ctx.save_for_backward(h, conv_weight, conv, proj_weight, gates)
-    ctx.options = (pad_left, conv_bias is not None, proj_bias is not None)
-
-
-def _predictor_1d_op_backward(ctx, grad_gates, grad_conv):
-    h, conv_weight, conv, proj_weight, gates = ctx.saved_tensors
-    pad_left, has_conv_bias, has_proj_bias = ctx.options
-    grad_h, grad_conv_weight, grad_conv_bias, grad_proj_weight, grad_proj_bias = _predictor_1d_backward_op(
-        grad_gates, h, conv_weight, conv, proj_weight, gates, pad_left
-    )
-    return (grad_h, grad_conv_weight, grad_conv_bias if has_conv_bias else None, grad_proj_weight,
-            grad_proj_bias if has_proj_bias else None, None)  # fmt: skip
-
-
-_predictor_1d_op = _define_op(_OPS, "predictor_1d", _predictor_1d_op_impl, _predictor_1d_op_fake,
-                              _predictor_1d_op_setup, _predictor_1d_op_backward)  # fmt: skip
-
-
-def _predictor_1d_compiled(h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left):
-    """`_FusedPredictor1d.apply` for torch.compile: the same functions as two custom operators."""
-    gates, _ = _predictor_1d_op(h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left)
-    return gates.transpose(0, 1)  # (B, 2G, n)
+        if not _is_compiling():
+            return (*_predictor_1d_backward(grad_gates, *ctx.saved_tensors, *ctx.options), None)
+        pad_left, has_conv_bias, has_proj_bias = ctx.options
+        grad_h, grad_conv_weight, grad_conv_bias, grad_proj_weight, grad_proj_bias = _predictor_1d_backward_op(
+            grad_gates, *ctx.saved_tensors, pad_left
+        )
+        return (grad_h, grad_conv_weight, grad_conv_bias if has_conv_bias else None, grad_proj_weight,
+                grad_proj_bias if has_proj_bias else None, None)  # fmt: skip
 
 
 _PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -342,7 +311,7 @@ class ContextPoolPredictor(nn.Module):
                 tail = h[:, max(0, h.shape[1] - self.state_size) :]
                 new_state = F.pad(tail, (0, 0, self.state_size - tail.shape[1], 0))
         pad_left = self.kernel_size - 1 if self.causal else self.kernel_size // 2
-        # opaque to the compiler (not to export: an exported graph must consist of ops ONNX and others know)
-        fused = _predictor_1d_compiled if _is_compiling() and not _is_exporting() else _FusedPredictor1d.apply
-        gates = fused(h, self.conv.weight.squeeze(1), self.conv.bias, self.proj.weight, self.proj.bias, pad_left)
+        gates = _FusedPredictor1d.apply(
+            h, self.conv.weight.squeeze(1), self.conv.bias, self.proj.weight, self.proj.bias, pad_left
+        )
         return gates, new_state
