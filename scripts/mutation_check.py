@@ -204,6 +204,12 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_modeling.py", "torch_compile"),
     ),
     Mutation(
+        "compiled-radius-clamp-graph-break", "the radius clamp takes max(sizes, default=0), which breaks a compiled graph",
+        "    largest = 0\n    for size in in_sizes:\n        if size > largest:\n            largest = size\n",
+        "    largest = max(in_sizes, default=0)\n",
+        _k("tests/test_compiled_ops.py", "sequence_length"),
+    ),
+    Mutation(
         "triton-sigma-grad-power", "the Triton backward divides the widths' gradient by s^2 instead of s^3",
         "        tl.store(ds_ptr + base_out + o, grad * inv_var / s, mask=o_ok)",
         "        tl.store(ds_ptr + base_out + o, grad * inv_var, mask=o_ok)",

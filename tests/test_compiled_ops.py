@@ -135,3 +135,25 @@ def test_compiled_step_saves_three_tensors_per_pooled_layer():
     # 3 (normalised input, conv output, pooled output) plus the (B, n) weights, widths and normalisers;
     # inlined backwards and a traced lerp kept about 5
     assert per_layer <= 3.5, per_layer
+
+
+def test_compiled_training_follows_the_sequence_length_without_a_graph_break():
+    """Trainer(torch_compile=True) with dynamic padding: each batch has its own length, and after the second one
+    torch.compile retraces with a symbolic length. Before, `max(sizes, default=0)` in the radius clamp broke the
+    graph there, and then a symbolic `is_causal` reached sdpa; now every length (dense and blocked plans, and
+    shorter than the window) compiles as one graph and matches the eager step."""
+    torch._dynamo.reset()
+    model = _tiny_causal_lm()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    for n in (40, 57, 200, 13):
+        ids = torch.randint(0, 64, (2, n), generator=torch.Generator().manual_seed(n))
+        results = []
+        for forward in (model, compiled):
+            model.zero_grad()
+            loss = forward(input_ids=ids, labels=ids).loss
+            loss.backward()
+            results.append((loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}))
+        (eager_loss, eager_grads), (loss, grads) = results
+        torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-6, msg=f"n={n}")
+        for key, grad in grads.items():
+            torch.testing.assert_close(grad, eager_grads[key], rtol=1e-4, atol=1e-6, msg=f"n={n} {key}")

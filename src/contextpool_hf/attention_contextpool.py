@@ -56,8 +56,9 @@ def sdpa_attention_forward(module, query, key, value, attention_bias, scaling, d
         attn_mask=attention_bias,
         dropout_p=dropout if module.training else 0.0,
         # torch aligns is_causal top-left; only valid without a cache offset (q_len == k_len). A plain
-        # bool: under torch.export the shape comparison is a symbolic bool, which sdpa cannot take.
-        is_causal=bool(is_causal and attention_bias is None and query.shape[2] == key.shape[2]),
+        # bool: with symbolic lengths (torch.export, torch.compile's dynamic shapes) the comparison is a
+        # symbolic bool, which sdpa cannot take; branching on it makes the tracer decide it (a guard).
+        is_causal=True if is_causal and attention_bias is None and query.shape[2] == key.shape[2] else False,
         scale=scaling,
     )
     return output.transpose(1, 2).contiguous(), None

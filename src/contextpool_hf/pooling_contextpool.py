@@ -90,8 +90,17 @@ def clamped_radius(radius: int, in_sizes: Sequence[int]) -> int:
     so a larger R selects the same (j, i) pairs. It keeps every path's cost bounded by the
     input (a window of R = 9000 on 8 tokens would otherwise cost 9000 tokens' work).
     """
-    largest = max(in_sizes, default=0)
-    return max(0, min(int(radius), largest - 1))
+    # Comparisons, not max()/min() of the sizes: under torch.compile with symbolic sizes, max(sizes, default=0)
+    # broke the graph (and `dynamic=True` then failed), and min(R, n - 1) would make R symbolic everywhere
+    # downstream. A comparison becomes one guard (n - 1 >= R in any real training step), and R stays an int.
+    largest = 0
+    for size in in_sizes:
+        if size > largest:
+            largest = size
+    radius = int(radius)
+    if largest - 1 < radius:
+        return max(0, largest - 1)
+    return radius
 
 
 def _pool_fast(x, weights, sigma, radius, stride, causal, normalize, eps):
