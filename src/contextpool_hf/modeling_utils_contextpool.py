@@ -46,7 +46,8 @@ def _mix_pooled(original: torch.Tensor, pooled: torch.Tensor, mix: torch.Tensor)
     the products would round three times where lerp computes in float32 and rounds once, so there it stays
     lerp (the difference it saves is then half the size).
     """
-    mix = mix.to(original.dtype)
+    if mix.dtype != original.dtype:  # a decoding step pays for every call, a no-op .to() included
+        mix = mix.to(original.dtype)
     if _is_compiling() and original.dtype in (torch.float32, torch.float64):
         return original * (1 - mix) + pooled * mix
     return torch.lerp(original, pooled, mix)
