@@ -45,6 +45,15 @@ def test_pool_backward_operator_passes_opcheck(n, causal, normalize):
     torch.library.opcheck(_pool_1d_backward_op, (grad, x, w, s, y, denom, 12, causal))
 
 
+def test_pool_backward_operator_passes_opcheck_on_a_transposed_input():
+    """The gradients come back contiguous, as the fake function says, whatever the input's strides."""
+    x = torch.randn(2, 5, 300, dtype=torch.float64).transpose(1, 2)  # (B, n, d), d not the inner dim
+    _, w, s = (t.detach() for t in _pool_inputs(300))
+    y, denom = _pool_1d_forward(x, w, s, 12, False, True, 1e-6)
+    grad = _blocked_grad(torch.randn(2, 300, 5, dtype=torch.float64), 300, y.shape[1], y.shape[2])
+    torch.library.opcheck(_pool_1d_backward_op, (grad, x, w, s, y, denom, 12, False))
+
+
 @pytest.mark.parametrize("pad_left", [2, 1])  # causal kernel 3, centred kernel 3
 def test_predictor_backward_operator_passes_opcheck(pad_left):
     g = torch.Generator().manual_seed(1)

@@ -202,12 +202,9 @@ def _op_namespace(module_name: str) -> str:
     return "contextpool_" + hashlib.sha1(module_name.encode()).hexdigest()[:12]
 
 
-def _define_op(namespace: str, name: str, fn, fake, setup_context=None, backward=None):
-    """torch.library.custom_op `namespace::name` running fn, with its fake (shape) function and, given one, its
-    autograd formula. Defining it again (importlib.reload of the module) replaces it: the module's newest code
-    runs."""
+def _define_op(namespace: str, name: str, fn, fake):
+    """torch.library.custom_op `namespace::name` running fn, with its fake (shape) function. Defining it again
+    (importlib.reload of the module) replaces it: the module's newest code runs."""
     op = torch.library.custom_op(f"{namespace}::{name}", mutates_args=())(fn)
     op.register_fake(fake)
-    if backward is not None:
-        op.register_autograd(backward, setup_context=setup_context)
     return op

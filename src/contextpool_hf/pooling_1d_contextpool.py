@@ -239,7 +239,8 @@ def _pool_1d_backward_op_impl(grad: torch.Tensor, x: torch.Tensor, weights: torc
 
 
 def _pool_1d_backward_op_fake(grad, x, weights, sigma, y, denom, radius, causal):
-    return torch.empty_like(x), torch.empty_like(weights), torch.empty_like(sigma)
+    # contiguous, as the operator returns them (empty_like would copy a permuted input's strides)
+    return x.new_empty(x.shape), weights.new_empty(weights.shape), sigma.new_empty(sigma.shape)
 
 
 _pool_1d_backward_op = _define_op(_op_namespace(__name__), "pool_1d_backward", _pool_1d_backward_op_impl,

@@ -111,8 +111,9 @@ def _predictor_1d_backward_op_impl(grad_gates: torch.Tensor, h: torch.Tensor, co
 
 
 def _predictor_1d_backward_op_fake(grad_gates, h, conv_weight, conv, proj_weight, gates, pad_left):
+    # contiguous, as the operator returns them (empty_like would copy a permuted input's strides)
     channels, logits = conv_weight.shape[0], proj_weight.shape[0]
-    return (torch.empty_like(h), torch.empty_like(conv_weight), h.new_empty(channels), torch.empty_like(proj_weight),
+    return (h.new_empty(h.shape), h.new_empty(conv_weight.shape), h.new_empty(channels), h.new_empty(proj_weight.shape),
             h.new_empty(logits))  # fmt: skip
 
 
