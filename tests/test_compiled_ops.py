@@ -42,16 +42,17 @@ def test_pool_backward_operator_passes_opcheck(n, causal, normalize):
     y, denom = _pool_1d_forward(x, w, s, 12, causal, normalize, 1e-6)
     denom = y.new_empty(0) if denom is None else denom
     grad = _blocked_grad(torch.randn(2, n, 5, dtype=torch.float64), n, y.shape[1], y.shape[2])
-    torch.library.opcheck(_pool_1d_backward_op, (grad, x, w, s, y, denom, 12, causal))
+    torch.library.opcheck(_pool_1d_backward_op, (grad, x, w, s, y, denom, 12, causal, True, True, True))
 
 
 def test_pool_backward_operator_passes_opcheck_on_a_transposed_input():
-    """The gradients come back contiguous, as the fake function says, whatever the input's strides."""
+    """The gradients come back contiguous, as the fake function says, whatever the input's strides; one not
+    needed (here x's) comes back empty, in the fake as in the operator."""
     x = torch.randn(2, 5, 300, dtype=torch.float64).transpose(1, 2)  # (B, n, d), d not the inner dim
     _, w, s = (t.detach() for t in _pool_inputs(300))
     y, denom = _pool_1d_forward(x, w, s, 12, False, True, 1e-6)
     grad = _blocked_grad(torch.randn(2, 300, 5, dtype=torch.float64), 300, y.shape[1], y.shape[2])
-    torch.library.opcheck(_pool_1d_backward_op, (grad, x, w, s, y, denom, 12, False))
+    torch.library.opcheck(_pool_1d_backward_op, (grad, x, w, s, y, denom, 12, False, False, True, True))
 
 
 @pytest.mark.parametrize("pad_left", [2, 1])  # causal kernel 3, centred kernel 3
@@ -62,7 +63,7 @@ def test_predictor_backward_operator_passes_opcheck(pad_left):
     proj_w, proj_b = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
     gates, conv = _predictor_1d_forward(h, conv_w, conv_b, proj_w, proj_b, pad_left)
     grad = torch.randn(2, 4, 9, generator=g, dtype=torch.float64)
-    torch.library.opcheck(_predictor_1d_backward_op, (grad, h, conv_w, conv, proj_w, gates.transpose(0, 1), pad_left))
+    torch.library.opcheck(_predictor_1d_backward_op, (grad, h, conv_w, conv, proj_w, gates, pad_left))
 
 
 @pytest.mark.parametrize("n", [7, 300])
@@ -83,6 +84,20 @@ def test_compiled_pooling_equals_the_float64_reference(n, causal):
         results.append((y,) + torch.autograd.grad(y, (x, w, s), grad_out))
     for name, want, got in zip(("y", "dx", "dw", "dsigma"), *results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-11, msg=name)
+
+
+def test_compiled_pooling_of_an_input_without_gradient():
+    """A frozen input (the first layer under PEFT): the compiled backward leaves out x's gradient and still gives
+    the weights' and widths' of the float64 reference."""
+    torch._dynamo.reset()
+    x, w, s = _pool_inputs(300, seed=6)
+    x = x.detach()
+    grad_out = torch.randn(2, 300, 5, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    compiled = torch.compile(context_pool, backend=PARTITIONING_BACKEND, fullgraph=True)
+    got = torch.autograd.grad(compiled(x, w, s, sigma_max=4.0), (w, s), grad_out)
+    want = torch.autograd.grad(context_pool(x, w, s, sigma_max=4.0, implementation="reference"), (w, s), grad_out)
+    for name, a, b in zip(("dw", "dsigma"), got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=name)
 
 
 def _backward_targets(model, *args, **kwargs) -> set[str]:

@@ -111,24 +111,22 @@ def _pool_1d_forward(x, weights, sigma, radius, causal, normalize, eps):
     w_win = w_pad.unfold(1, window, block).unsqueeze(2)  # (B, nb, 1, W)
     q_table = _block_tables(block, window, left, radius, causal, x.device, x.dtype)
     step = _blocks_per_chunk(x, block, window)
-    if step >= n_blocks:  # one chunk (a dense sequence, or a short one): no copy into a preallocated y
-        _, coef = _chunk_coefficients(w_win, s_pad, q_table)
-        y = torch.matmul(coef, x_win.transpose(-1, -2))  # (B, nb, T, d)
-        if not normalize:
-            return y, None
-        denom = coef.sum(-1, keepdim=True).add_(eps)  # (B, nb, T, 1)
-        return y.div_(denom), denom
-    y = x.new_empty(batch, n_blocks, block, d)
-    denom = x.new_empty(batch, n_blocks, block, 1) if normalize else None
+    y = denom = None
     for k0 in range(0, n_blocks, step):
         k = slice(k0, k0 + step)
         _, coef = _chunk_coefficients(w_win[:, k], s_pad[:, k], q_table)
         y_k = torch.matmul(coef, x_win[:, k].transpose(-1, -2))  # (B, kc, T, d)
+        total = coef.sum(-1, keepdim=True).add_(eps) if normalize else None  # (B, kc, T, 1)
         if normalize:
-            total = coef.sum(-1, keepdim=True).add_(eps)  # (B, kc, T, 1)
             y_k.div_(total)
-            denom[:, k] = total
+        if step >= n_blocks:  # one chunk (a dense sequence, or a short one): no copy into a full-size buffer
+            return y_k, total
+        if y is None:
+            y = x.new_empty(batch, n_blocks, block, d)
+            denom = x.new_empty(batch, n_blocks, block, 1) if normalize else None
         y[:, k] = y_k
+        if normalize:
+            denom[:, k] = total
     return y, denom
 
 
@@ -224,23 +222,21 @@ def _unblocked(y, n):
 # while the forward is still traced and fused by the compiler.
 
 
-def _empty_if_none(t, like):
-    return like.new_empty(0) if t is None else t
-
-
 def _pool_1d_backward_op_impl(grad: torch.Tensor, x: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor,
-                              y: torch.Tensor, denom: torch.Tensor, radius: int, causal: bool
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`_pool_1d_backward` with every gradient; an empty denom means "not normalised" (an operator takes
-    tensors, never None)."""
+                              y: torch.Tensor, denom: torch.Tensor, radius: int, causal: bool, need_x: bool,
+                              need_w: bool, need_sigma: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_pool_1d_backward` as an operator, which takes and returns tensors, never None: an empty denom means
+    "not normalised", and a gradient not needed comes back empty."""
     grads = _pool_1d_backward(grad, x, weights, sigma, y, denom if denom.numel() else None, radius, causal,
-                              True, True, True)  # fmt: skip
-    return tuple(g.contiguous() for g in grads)  # the fake's layout (slices of padded buffers are not)
+                              need_x, need_w, need_sigma)  # fmt: skip
+    # contiguous: the fake's layout (slices of padded buffers are not)
+    return tuple(x.new_empty(0) if g is None else g.contiguous() for g in grads)
 
 
-def _pool_1d_backward_op_fake(grad, x, weights, sigma, y, denom, radius, causal):
+def _pool_1d_backward_op_fake(grad, x, weights, sigma, y, denom, radius, causal, need_x, need_w, need_sigma):
     # contiguous, as the operator returns them (empty_like would copy a permuted input's strides)
-    return x.new_empty(x.shape), weights.new_empty(weights.shape), sigma.new_empty(sigma.shape)
+    return tuple(t.new_empty(t.shape if needed else (0,))
+                 for t, needed in ((x, need_x), (weights, need_w), (sigma, need_sigma)))  # fmt: skip
 
 
 _pool_1d_backward_op = _define_op(_op_namespace(__name__), "pool_1d_backward", _pool_1d_backward_op_impl,
@@ -274,12 +270,13 @@ class _BlockedPool1d(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weights, sigma, y, denom = ctx.saved_tensors
         grad = _blocked_grad(grad_out, x.shape[1], y.shape[1], y.shape[2])
-        if _is_compiling():
-            denom = _empty_if_none(denom, y)
-            grads = _pool_1d_backward_op(grad, x, weights, sigma, y, denom, *ctx.options)
-        else:
-            grads = _pool_1d_backward(grad, x, weights, sigma, y, denom, *ctx.options, *ctx.needs_input_grad[:3])
-        return (*grads, None, None, None, None)
+        needs = ctx.needs_input_grad[:3]
+        if not _is_compiling():
+            grads = _pool_1d_backward(grad, x, weights, sigma, y, denom, *ctx.options, *needs)
+            return (*grads, None, None, None, None)
+        denom = y.new_empty(0) if denom is None else denom
+        grads = _pool_1d_backward_op(grad, x, weights, sigma, y, denom, *ctx.options, *needs)
+        return (*(g if needed else None for g, needed in zip(grads, needs, strict=True)), None, None, None, None)
 
 
 def _pool_1d_export(x, weights, sigma, radius, causal, normalize, eps):

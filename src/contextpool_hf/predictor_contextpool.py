@@ -57,7 +57,7 @@ def _depthwise_conv_1d_unpadded(h, weight, bias, pad_left):
 
 def _predictor_1d_forward(h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left):
     """The forward of `_FusedPredictor1d`: h (B, n, C); conv_weight (C, k); proj_weight (2G, C) -> the gates
-    channel-major (2G, B, n) (the caller's (B, 2G, n) is its transposed view) and the conv output (B, n, C)."""
+    (B, 2G, n) and the conv output (B, n, C)."""
     if _is_exporting():  # shifted slices would decide on n (|shift| < n): pad instead
         n, kernel = h.shape[1], conv_weight.shape[1]
         h_pad = F.pad(h, (0, 0, pad_left, kernel - 1 - pad_left))  # (B, n + k - 1, C)
@@ -65,7 +65,7 @@ def _predictor_1d_forward(h, conv_weight, conv_bias, proj_weight, proj_bias, pad
     else:
         conv = _depthwise_conv_1d_unpadded(h, conv_weight, conv_bias, pad_left)
     gates = _project_channels_first(F.gelu(conv), proj_weight, proj_bias).sigmoid_()  # (B, 2G, n)
-    return gates.transpose(0, 1), conv
+    return gates, conv
 
 
 def _predictor_1d_backward(grad_gates, h, conv_weight, conv, proj_weight, gates, pad_left, has_conv_bias,
@@ -136,7 +136,6 @@ class _FusedPredictor1d(torch.autograd.Function):
     def forward(ctx, h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left):
         # h (B, n, C); conv_weight (C, k); proj_weight (2G, C) -> gates (B, 2G, n)
         gates, conv = _predictor_1d_forward(h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left)
-        gates = gates.transpose(0, 1)  # (B, 2G, n), a view
         ctx.save_for_backward(h, conv_weight, conv, proj_weight, gates)
         ctx.options = (pad_left, conv_bias is not None, proj_bias is not None)
         return gates
