@@ -210,6 +210,18 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_compiled_ops.py", "sequence_length"),
     ),
     Mutation(
+        "2d-gates-keep-gelu-output", "the 2-D predictor's gates go through autograd's own nodes, which keep the GELU output",
+        "            _is_plain_layer(proj)\n            and conv.dtype == proj.weight.dtype\n",
+        "            False\n            and conv.dtype == proj.weight.dtype\n",
+        _k("tests/test_predictor_layouts.py", "keep_the_conv"),
+    ),
+    Mutation(
+        "predictor-gelu-grad-at-output", "the predictor's backward takes GELU's derivative at the GELU output, not its input",
+        "gelu_backward.grad_input(grad_act, conv, grad_input=grad_act)",
+        "gelu_backward.grad_input(grad_act, F.gelu(conv), grad_input=grad_act)",
+        _k("tests/test_predictor_layouts.py", "functional_definition"),
+    ),
+    Mutation(
         "triton-sigma-grad-power", "the Triton backward divides the widths' gradient by s^2 instead of s^3",
         "        tl.store(ds_ptr + base_out + o, grad * inv_var / s, mask=o_ok)",
         "        tl.store(ds_ptr + base_out + o, grad * inv_var, mask=o_ok)",

@@ -122,3 +122,25 @@ def test_stem_site_is_max_pooling_at_gate_zero_with_its_gradient():
     grad = torch.randn(expected.shape, dtype=torch.float64)
     torch.testing.assert_close(torch.autograd.grad(got, x, grad)[0], torch.autograd.grad(expected, x, grad)[0],
                                rtol=0, atol=0)
+
+
+def test_2d_gates_keep_the_conv_output_not_the_gelu_output():
+    """`_GeluProjectionGates` recomputes the GELU in the backward: the graph of the 2-D gates keeps two tensors of
+    the input's size (the conv's input and the conv output GELU's backward reads), where autograd's own nodes
+    keep a third, the GELU output the projection's weight gradient reads."""
+    torch.manual_seed(0)
+    predictor = ContextPoolPredictor(16, 1, 3, False, None, 2)
+    hidden = torch.randn(2, 6, 6, 16, requires_grad=True)  # row-major: the conv output is, too
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        gates, _ = predictor.gates(hidden)
+    parameters = {p.untyped_storage().data_ptr() for p in predictor.parameters()}
+    input_sized = [n for ptr, n in saved.items() if ptr not in parameters and n >= hidden.numel() * 4]
+    assert len(input_sized) == 2, input_sized
+    grad = torch.autograd.grad(gates.sum(), hidden)[0]
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0

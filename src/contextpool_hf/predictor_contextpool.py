@@ -55,6 +55,24 @@ def _depthwise_conv_1d_unpadded(h, weight, bias, pad_left):
     return out
 
 
+def _gelu_projection_backward(grad_gates, conv, proj_weight, gates, has_proj_bias):
+    """The backward of gates = sigmoid(proj(gelu(conv))), the GELU recomputed from the saved conv output.
+
+    grad_gates and gates (B, 2G, *spatial); conv (B, *spatial, C), row-major -> (grad_conv (B, *spatial, C),
+    grad_proj_weight (2G, C), grad_proj_bias (2G,) or None)."""
+    grad_logits = torch.ops.aten.sigmoid_backward(grad_gates, gates)  # (B, 2G, *spatial)
+    act = F.gelu(conv)  # recomputed: (B, *spatial, C)
+    flat_grad = grad_logits.transpose(0, 1).reshape(grad_logits.shape[1], -1)  # (2G, B*positions)
+    grad_proj_weight = flat_grad @ act.reshape(-1, act.shape[-1])  # (2G, C)
+    grad_proj_bias = flat_grad.sum(1) if has_proj_bias else None
+    # into act's memory, free now, and the GELU gradient in place: fresh buffers of this size cost the CPU page
+    # faults (measured: the 2-D predictor's backward 1.29x -> 1.10x the autograd nodes' time at ViT sizes)
+    reuse = {"out": act.view(-1, act.shape[-1])} if act.is_contiguous() else {}
+    grad_act = torch.mm(flat_grad.t(), proj_weight, **reuse).view(conv.shape)  # (B, *spatial, C)
+    grad_conv = torch.ops.aten.gelu_backward.grad_input(grad_act, conv, grad_input=grad_act)
+    return grad_conv, grad_proj_weight, grad_proj_bias
+
+
 def _predictor_1d_forward(h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left):
     """The forward of `_FusedPredictor1d`: h (B, n, C); conv_weight (C, k); proj_weight (2G, C) -> the gates
     (B, 2G, n) and the conv output (B, n, C)."""
@@ -73,12 +91,8 @@ def _predictor_1d_backward(grad_gates, h, conv_weight, conv, proj_weight, gates,
     """The backward of `_FusedPredictor1d`: grad_gates and gates (B, 2G, n) -> the gradients of h, the conv
     weight and bias, the projection weight and bias (a bias's None when it has none). The GELU is recomputed."""
     n, kernel = h.shape[1], conv_weight.shape[1]
-    grad_logits = torch.ops.aten.sigmoid_backward(grad_gates, gates)  # (B, 2G, n)
-    act = F.gelu(conv)  # recomputed: (B, n, C)
-    flat_grad = grad_logits.transpose(0, 1).reshape(grad_logits.shape[1], -1)  # (2G, B*n)
-    grad_proj_weight = flat_grad @ act.reshape(-1, act.shape[-1])  # (2G, C)
-    grad_proj_bias = flat_grad.sum(1) if has_proj_bias else None
-    grad_conv = torch.ops.aten.gelu_backward((flat_grad.t() @ proj_weight).view(conv.shape), conv)  # (B, n, C)
+    grad_conv, grad_proj_weight, grad_proj_bias = _gelu_projection_backward(grad_gates, conv, proj_weight, gates,
+                                                                            has_proj_bias)  # fmt: skip
     grad_conv_bias = grad_conv.sum((0, 1)) if has_conv_bias else None
     # the adjoint of the shifted multiply-adds: out[t] += w_j h[t + s]  =>  grad_h[t + s] += w_j grad_conv[t]
     grad_h = grad_conv * conv_weight[:, pad_left]
@@ -152,6 +166,29 @@ class _FusedPredictor1d(torch.autograd.Function):
         )
         return (grad_h, grad_conv_weight, grad_conv_bias if has_conv_bias else None, grad_proj_weight,
                 grad_proj_bias if has_proj_bias else None, None)  # fmt: skip
+
+
+class _GeluProjectionGates(torch.autograd.Function):
+    """sigmoid(proj(gelu(conv))) of the predictor's conv output (B, *spatial, C), row-major -> (B, 2G, *spatial).
+
+    Autograd's own nodes keep the GELU output for the projection's weight gradient: one more tensor as large as
+    the pooling site's input, at every site. This function keeps the conv output only (GELU's backward needs it
+    anyway) and recomputes the GELU in the backward. The 2-D predictor and 1-D predictors outside the fused
+    function (a carried conv state) take it.
+    """
+
+    @staticmethod
+    def forward(ctx, conv, proj_weight, proj_bias):
+        gates = _project_channels_first(F.gelu(conv), proj_weight, proj_bias).sigmoid_()  # (B, 2G, *spatial)
+        ctx.save_for_backward(conv, proj_weight, gates)
+        ctx.has_proj_bias = proj_bias is not None
+        return gates
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_gates):
+        conv, proj_weight, gates = ctx.saved_tensors
+        return _gelu_projection_backward(grad_gates, conv, proj_weight, gates, ctx.has_proj_bias)
 
 
 _PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -251,6 +288,19 @@ class ContextPoolPredictor(nn.Module):
 
     def _logits(self, hidden, keep, conv_state):
         """(logits (B, 2G, n) / (B, 2G, H, W), new conv state): conv -> GELU -> projection."""
+        conv, new_state = self._conv_output(hidden, keep, conv_state)
+        return self._project(conv), new_state
+
+    def _project(self, conv):
+        """GELU -> projection of the conv output (B, n, width) / (B, H, W, width) -> logits (B, 2G, n) / (B, 2G, H, W)."""
+        act = _gelu_dense(conv)
+        if not _is_plain_layer(self.proj):  # a wrapped projection (a PEFT adapter, ...): its own forward
+            return self.proj(act).permute((0, 2, 1) if self.spatial_dims == 1 else (0, 3, 1, 2))
+        return _project_channels_first(act, self.proj.weight, self.proj.bias)
+
+    def _conv_output(self, hidden, keep, conv_state):
+        """(the depthwise conv's output as (B, n, width) / (B, H, W, width), a view of nn.Conv's output; the new
+        conv state)."""
         h = self.in_proj(hidden) if self.in_proj is not None else hidden
         if keep is not None:  # padding must not leak into real tokens' logits
             h = h * keep.unsqueeze(-1).to(h.dtype)
@@ -266,10 +316,7 @@ class ContextPoolPredictor(nn.Module):
             # the state is token-major (B, k - 1, width), so that a decoding step appends a token without a transpose
             h = torch.cat([conv_state.to(h.dtype).transpose(1, 2), h], dim=-1)  # (B, width, k - 1 + n)
             new_state = h[..., h.shape[-1] - self.state_size :].transpose(1, 2)  # (B, k - 1, width)
-        act = _gelu_dense(self.conv(h).permute(to_last))  # (B, n, width) or (B, H, W, width)
-        if not _is_plain_layer(self.proj):  # a wrapped projection (a PEFT adapter, ...): its own forward
-            return self.proj(act).permute(to_channels), new_state
-        return _project_channels_first(act, self.proj.weight, self.proj.bias), new_state
+        return self.conv(h).permute(to_last), new_state  # (B, n, width) or (B, H, W, width)
 
     @property
     def reads_weights_directly(self) -> bool:
@@ -290,6 +337,19 @@ class ContextPoolPredictor(nn.Module):
             and not torch.is_autocast_enabled(h.device.type)
         )
 
+    def _projection_fusable(self, conv: torch.Tensor) -> bool:
+        """GELU -> projection -> sigmoid as one function (`_GeluProjectionGates`): a plain projection in the conv
+        output's dtype, outside autocast and export, on a row-major conv output (on a strided one, GELU and its
+        backward take a path twice as slow: `_gelu_dense` avoids it in the forward only)."""
+        proj = self.proj
+        return (
+            _is_plain_layer(proj)
+            and conv.dtype == proj.weight.dtype
+            and conv.is_contiguous()
+            and not torch.is_autocast_enabled(conv.device.type)
+            and not _is_exporting()
+        )
+
     def gates(self, hidden: torch.Tensor, keep: torch.Tensor | None = None, conv_state=None):
         """(sigmoid(a), sigmoid(b)) stacked as (B, 2 * groups, n) / (B, 2 * groups, H, W), and the conv state.
 
@@ -297,8 +357,10 @@ class ContextPoolPredictor(nn.Module):
         fused function (`_FusedPredictor1d`).
         """
         if not self._fusable(hidden, conv_state):
-            logits, new_state = self._logits(hidden, keep, conv_state)
-            return torch.sigmoid(logits), new_state
+            conv, new_state = self._conv_output(hidden, keep, conv_state)
+            if self._projection_fusable(conv):
+                return _GeluProjectionGates.apply(conv, self.proj.weight, self.proj.bias), new_state
+            return torch.sigmoid(self._project(conv)), new_state
         h = self.in_proj(hidden) if self.in_proj is not None else hidden
         if keep is not None:  # padding must not leak into real tokens' logits
             h = h * keep.unsqueeze(-1).to(h.dtype)
