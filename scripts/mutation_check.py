@@ -216,6 +216,12 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_predictor_layouts.py", "keep_the_conv"),
     ),
     Mutation(
+        "compiled-gelu-projection-traced", "under torch.compile the 2-D gates' backward is traced through, not the operator",
+        "        if not _is_compiling():\n            return _gelu_projection_backward(",
+        "        if True:\n            return _gelu_projection_backward(",
+        _k("tests/test_compiled_ops_2d.py", "keep_the_conv or calls_the_operators"),
+    ),
+    Mutation(
         "predictor-gelu-grad-at-output", "the predictor's backward takes GELU's derivative at the GELU output, not its input",
         "gelu_backward.grad_input(grad_act, conv, grad_input=grad_act)",
         "gelu_backward.grad_input(grad_act, F.gelu(conv), grad_input=grad_act)",

@@ -78,10 +78,16 @@ def test_compiled_pooling_equals_the_float64_reference(n, causal):
         return context_pool(x, w, s, attention_mask=mask, causal=causal, sigma_max=4.0, implementation=implementation)
 
     grad_out = torch.randn(2, n, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert_compiled_fast_equals_reference(fn, (x, w, s), grad_out)
+
+
+def assert_compiled_fast_equals_reference(fn, inputs, grad_out):
+    """fn(*inputs, implementation) compiled with the "fast" implementation == eager with the "reference" one, the
+    output and the gradients of every input (float64)."""
     results = []
     for f, implementation in ((fn, "reference"), (torch.compile(fn, backend=PARTITIONING_BACKEND, fullgraph=True), "fast")):
-        y = f(x, w, s, implementation)
-        results.append((y,) + torch.autograd.grad(y, (x, w, s), grad_out))
+        y = f(*inputs, implementation)
+        results.append((y,) + torch.autograd.grad(y, inputs, grad_out))
     for name, want, got in zip(("y", "dx", "dw", "dsigma"), *results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-11, msg=name)
 

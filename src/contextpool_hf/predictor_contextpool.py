@@ -188,7 +188,26 @@ class _GeluProjectionGates(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_gates):
         conv, proj_weight, gates = ctx.saved_tensors
-        return _gelu_projection_backward(grad_gates, conv, proj_weight, gates, ctx.has_proj_bias)
+        if not _is_compiling():
+            return _gelu_projection_backward(grad_gates, conv, proj_weight, gates, ctx.has_proj_bias)
+        grad_conv, grad_proj_weight, grad_proj_bias = _gelu_projection_backward_op(grad_gates, conv, proj_weight, gates)
+        return grad_conv, grad_proj_weight, grad_proj_bias if ctx.has_proj_bias else None
+
+
+def _gelu_projection_backward_op_impl(grad_gates: torch.Tensor, conv: torch.Tensor, proj_weight: torch.Tensor,
+                                      gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_gelu_projection_backward` with the bias's gradient (the caller drops it without a bias), for
+    torch.compile: traced through, the compiled step could keep the GELU output this function exists not to keep."""
+    grads = _gelu_projection_backward(grad_gates, conv, proj_weight, gates, True)
+    return tuple(g.contiguous() for g in grads)
+
+
+def _gelu_projection_backward_op_fake(grad_gates, conv, proj_weight, gates):
+    return conv.new_empty(conv.shape), conv.new_empty(proj_weight.shape), conv.new_empty(proj_weight.shape[0])
+
+
+_gelu_projection_backward_op = _define_op(_op_namespace(__name__), "gelu_projection_backward",
+                                          _gelu_projection_backward_op_impl, _gelu_projection_backward_op_fake)  # fmt: skip
 
 
 _PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
