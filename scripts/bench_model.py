@@ -11,7 +11,7 @@ Measured in one run, on the same machine and thread count (rows and targets: iss
   embeddings, 3 + 3 layers) vs `MarianMTModel`. Every ContextPool model uses SDPA for the attention
   product and pools in every layer with the spec defaults (sigma_max 8, truncation 3: R = 24; one
   pooling group; pool_target "qkv"; the seq2seq model also pools the cross-attention memory).
-- peak training memory of the causal LM step vs Llama's.
+- peak training memory of every trained step (causal LM, MLM, seq2seq) vs the vanilla model's.
 - generation tokens/s with the cache (greedy, fixed number of new tokens, no EOS) of
   ContextPoolForCausalLM vs LlamaForCausalLM, batch 1 and 8.
 
@@ -87,6 +87,9 @@ TARGETS = {
     ("train_step", "masked-lm", None): ("<=", 1.0),
     ("train_step", "seq2seq", None): ("<=", 1.1),
     ("peak_memory", "causal-lm", None): ("<=", 1.10),
+    # the issue states the memory limit for the causal LM; held here to every trained family
+    ("peak_memory", "masked-lm", None): ("<=", 1.10),
+    ("peak_memory", "seq2seq", None): ("<=", 1.10),
     ("generate", 1, None): (">=", 0.92),
     ("generate", 8, None): (">=", 0.95),
     # the same bounds on the pooling's own decoding cost: Llama decodes on ContextPool's cache too, whose keys/values
@@ -388,15 +391,14 @@ def train_rows(args, task, make_pair, sizes, max_len):
                              [a / b for a, b in zip(ms_cp, ms_v, strict=True)], **common,
                              **cpu_ratio_fields([a / b for a, b in zip(times.cpu_a, times.cpu_b, strict=True)], device)))
         print(_row_text(rows[-1]), flush=True)
-        if task == "causal-lm":
-            # twice each, alternated: the allocator's state after the other model's step must not decide
-            mem_cp, mem_v = [], []
-            for _ in range(2):
-                mem_cp.append(bench_device.peak_bytes(step_cp, device) / 2**20)
-                mem_v.append(bench_device.peak_bytes(step_v, device) / 2**20)
-            rows.append(make_row("peak_memory", task, task, names, seq_len, batch, mem_cp, mem_v, "MiB",
-                                 [a / b for a, b in zip(mem_cp, mem_v, strict=True)], **common))
-            print(_row_text(rows[-1]), flush=True)
+        # peak memory, twice each, alternated: the allocator's state after the other model's step must not decide
+        mem_cp, mem_v = [], []
+        for _ in range(2):
+            mem_cp.append(bench_device.peak_bytes(step_cp, device) / 2**20)
+            mem_v.append(bench_device.peak_bytes(step_v, device) / 2**20)
+        rows.append(make_row("peak_memory", task, task, names, seq_len, batch, mem_cp, mem_v, "MiB",
+                             [a / b for a, b in zip(mem_cp, mem_v, strict=True)], **common))
+        print(_row_text(rows[-1]), flush=True)
         del contextpool, vanilla, step_cp, step_v
     return rows
 

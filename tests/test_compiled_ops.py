@@ -5,9 +5,8 @@ about 5 (B, n, d) tensors per pooled layer where the eager step keeps 3):
 - `torch.library.opcheck`: schema, fake (shape) functions, and the operators under AOT dispatch;
 - compiled == the float64 reference, outputs and every gradient;
 - the compiled backward graph calls the operators rather than their insides;
-- the compiled causal LM step saves at most three (B, n, d) tensors per pooled layer more than the
-  same model without pooling (the eager step's count: the normalised input, the conv output, the
-  pooled output).
+- the compiled causal LM step saves at most 2.5 (B, n, d) tensors per pooled layer more than the
+  same model without pooling (the eager step's count: the normalised input and the pooled output).
 """
 
 from __future__ import annotations
@@ -56,14 +55,16 @@ def test_pool_backward_operator_passes_opcheck_on_a_transposed_input():
 
 
 @pytest.mark.parametrize("pad_left", [2, 1])  # causal kernel 3, centred kernel 3
-def test_predictor_backward_operator_passes_opcheck(pad_left):
+@pytest.mark.parametrize("conv_bias", [True, False])  # without one, an empty tensor stands for None
+def test_predictor_backward_operator_passes_opcheck(pad_left, conv_bias):
     g = torch.Generator().manual_seed(1)
     h = torch.randn(2, 9, 6, generator=g, dtype=torch.float64)
     conv_w, conv_b = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
     proj_w, proj_b = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
-    gates, conv = _predictor_1d_forward(h, conv_w, conv_b, proj_w, proj_b, pad_left)
+    conv_b = conv_b if conv_bias else h.new_empty(0)
+    gates = _predictor_1d_forward(h, conv_w, conv_b if conv_bias else None, proj_w, proj_b, pad_left)
     grad = torch.randn(2, 4, 9, generator=g, dtype=torch.float64)
-    torch.library.opcheck(_predictor_1d_backward_op, (grad, h, conv_w, conv, proj_w, gates, pad_left))
+    torch.library.opcheck(_predictor_1d_backward_op, (grad, h, conv_w, conv_b, proj_w, gates, pad_left))
 
 
 @pytest.mark.parametrize("n", [7, 300])
@@ -156,15 +157,15 @@ def _saved_elements(model, ids) -> int:
     return sum(storages.values())
 
 
-def test_compiled_step_saves_three_tensors_per_pooled_layer():
+def test_compiled_step_saves_two_tensors_per_pooled_layer():
     batch, n, layers = 2, 96, 2
     ids = torch.randint(0, 64, (batch, n), generator=torch.Generator().manual_seed(5))
     pooled = _saved_elements(_tiny_causal_lm(pool=True, layers=layers), ids)
     plain = _saved_elements(_tiny_causal_lm(pool=False, layers=layers), ids)
     per_layer = (pooled - plain) / (layers * batch * n * 32)
-    # 3 (normalised input, conv output, pooled output) plus the (B, n) weights, widths and normalisers;
-    # inlined backwards and a traced lerp kept about 5
-    assert per_layer <= 3.5, per_layer
+    # 2 (normalised input, pooled output) plus the (B, n) weights, widths and normalisers: 2.19 measured; with
+    # the conv output kept 3.18, and inlined backwards and a traced lerp kept about 5
+    assert per_layer <= 2.5, per_layer
 
 
 def test_compiled_training_follows_the_sequence_length_without_a_graph_break():

@@ -144,3 +144,22 @@ def test_2d_gates_keep_the_conv_output_not_the_gelu_output():
     assert len(input_sized) == 2, input_sized
     grad = torch.autograd.grad(gates.sum(), hidden)[0]
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("case", [dict(spatial_dims=1, causal=True), dict(spatial_dims=1, causal=False),
+                                  dict(spatial_dims=2, causal=False, stride=2)], ids=["causal", "1d", "2d-strided"])
+def test_reference_implementation_is_twice_differentiable(case):
+    """Second-order gradients (gradient penalties, Hessian-vector products) need autograd's own nodes: the fast
+    paths' hand-written backwards are once differentiable, so `implementation="reference"` keeps the predictor out
+    of its fused functions too. gradgradcheck: the second derivatives of the whole module (predictor included)
+    against finite differences, float64."""
+    torch.manual_seed(0)
+    pool = ContextPool(4, sigma_max=2.0, implementation="reference", **case).double()
+    spatial = (6,) if case["spatial_dims"] == 1 else (4, 5)
+    hidden = torch.randn((2,) + spatial + (4,), dtype=torch.float64, requires_grad=True)
+    params = tuple(pool.predictor.parameters())
+    assert torch.autograd.gradgradcheck(pool, (hidden,))
+    loss = pool(hidden).square().sum()
+    grads = torch.autograd.grad(loss, (hidden,) + params, create_graph=True)
+    second = torch.autograd.grad(sum(g.square().sum() for g in grads), params)  # would raise if once differentiable
+    assert all(torch.isfinite(g).all() for g in second)

@@ -415,8 +415,10 @@ class ContextPool(nn.Module):
             if self.stride > 1:
                 sigma = sigma[..., :: self.stride, :: self.stride]
             return weights, sigma, None
-        # one sigmoid over both gates (the fused 1-D predictor where it applies)
-        gates, conv_state = self.predictor.gates(hidden, keep, conv_state)  # (B, 2G, n) / (B, 2G, H, W)
+        # one sigmoid over both gates (the fused predictor functions where they apply; not for the reference
+        # implementation, which stays twice differentiable throughout)
+        fused = self.implementation != "reference"
+        gates, conv_state = self.predictor.gates(hidden, keep, conv_state, fused)  # (B, 2G, n) / (B, 2G, H, W)
         weights, sigma = gates[:, : self.groups], gates[:, self.groups :]
         if keep is not None:
             weights = weights * keep.unsqueeze(1).to(weights.dtype)

@@ -75,22 +75,24 @@ def _gelu_projection_backward(grad_gates, conv, proj_weight, gates, has_proj_bia
 
 def _predictor_1d_forward(h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left):
     """The forward of `_FusedPredictor1d`: h (B, n, C); conv_weight (C, k); proj_weight (2G, C) -> the gates
-    (B, 2G, n) and the conv output (B, n, C)."""
+    (B, 2G, n)."""
     if _is_exporting():  # shifted slices would decide on n (|shift| < n): pad instead
         n, kernel = h.shape[1], conv_weight.shape[1]
         h_pad = F.pad(h, (0, 0, pad_left, kernel - 1 - pad_left))  # (B, n + k - 1, C)
         conv = _depthwise_conv_1d(h_pad, conv_weight, conv_bias, n)
     else:
         conv = _depthwise_conv_1d_unpadded(h, conv_weight, conv_bias, pad_left)
-    gates = _project_channels_first(F.gelu(conv), proj_weight, proj_bias).sigmoid_()  # (B, 2G, n)
-    return gates, conv
+    return _project_channels_first(F.gelu(conv), proj_weight, proj_bias).sigmoid_()  # (B, 2G, n)
 
 
-def _predictor_1d_backward(grad_gates, h, conv_weight, conv, proj_weight, gates, pad_left, has_conv_bias,
-                           has_proj_bias):
+def _predictor_1d_backward(grad_gates, h, conv_weight, conv_bias, proj_weight, gates, pad_left, has_proj_bias):
     """The backward of `_FusedPredictor1d`: grad_gates and gates (B, 2G, n) -> the gradients of h, the conv
-    weight and bias, the projection weight and bias (a bias's None when it has none). The GELU is recomputed."""
+    weight and bias, the projection weight and bias (a bias's None when it has none). The conv output and its
+    GELU are recomputed (the conv is kernel_size passes over h; kept, it was one more (B, n, C) tensor per
+    pooling site for the whole forward and backward)."""
     n, kernel = h.shape[1], conv_weight.shape[1]
+    has_conv_bias = conv_bias is not None
+    conv = _depthwise_conv_1d_unpadded(h, conv_weight, conv_bias, pad_left)  # recomputed: (B, n, C)
     grad_conv, grad_proj_weight, grad_proj_bias = _gelu_projection_backward(grad_gates, conv, proj_weight, gates,
                                                                             has_proj_bias)  # fmt: skip
     grad_conv_bias = grad_conv.sum((0, 1)) if has_conv_bias else None
@@ -116,15 +118,16 @@ def _predictor_1d_backward(grad_gates, h, conv_weight, conv, proj_weight, gates,
 
 
 def _predictor_1d_backward_op_impl(grad_gates: torch.Tensor, h: torch.Tensor, conv_weight: torch.Tensor,
-                                   conv: torch.Tensor, proj_weight: torch.Tensor, gates: torch.Tensor, pad_left: int
+                                   conv_bias: torch.Tensor, proj_weight: torch.Tensor, gates: torch.Tensor, pad_left: int
                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`_predictor_1d_backward` with both biases' gradients (the caller drops a bias's it has not): an operator
-    returns tensors, never None."""
-    grads = _predictor_1d_backward(grad_gates, h, conv_weight, conv, proj_weight, gates, pad_left, True, True)
-    return tuple(g.contiguous() for g in grads)
+    takes and returns tensors, never None (an empty conv_bias: the conv has none)."""
+    grads = _predictor_1d_backward(grad_gates, h, conv_weight, conv_bias if conv_bias.numel() else None, proj_weight,
+                                   gates, pad_left, True)  # fmt: skip
+    return tuple(h.new_zeros(conv_weight.shape[0]) if g is None else g.contiguous() for g in grads)
 
 
-def _predictor_1d_backward_op_fake(grad_gates, h, conv_weight, conv, proj_weight, gates, pad_left):
+def _predictor_1d_backward_op_fake(grad_gates, h, conv_weight, conv_bias, proj_weight, gates, pad_left):
     # contiguous, as the operator returns them (empty_like would copy a permuted input's strides)
     channels, logits = conv_weight.shape[0], proj_weight.shape[0]
     return (h.new_empty(h.shape), h.new_empty(conv_weight.shape), h.new_empty(channels), h.new_empty(proj_weight.shape),
@@ -141,17 +144,18 @@ class _FusedPredictor1d(torch.autograd.Function):
     One function instead of four autograd nodes: on a CPU the depthwise conv's backward alone
     cost more than the pooling, and the layout changes around nn.Conv1d ((B, n, C) <-> (B, C, n))
     copied the input twice. The conv runs on shifted slices of h (no padded copy). Saved: the
-    input, the conv output (B, n, C) and the (B, 2G, n) gates, O(n C); the GELU is recomputed.
-    Under torch.compile the backward is a custom operator (`_predictor_1d_backward_op`).
+    input (which the pooling keeps anyway) and the (B, 2G, n) gates; the conv output and its GELU are
+    recomputed in the backward. Under torch.compile the backward is a custom operator
+    (`_predictor_1d_backward_op`).
     """
 
     @staticmethod
     @_autocast_off
     def forward(ctx, h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left):
         # h (B, n, C); conv_weight (C, k); proj_weight (2G, C) -> gates (B, 2G, n)
-        gates, conv = _predictor_1d_forward(h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left)
-        ctx.save_for_backward(h, conv_weight, conv, proj_weight, gates)
-        ctx.options = (pad_left, conv_bias is not None, proj_bias is not None)
+        gates = _predictor_1d_forward(h, conv_weight, conv_bias, proj_weight, proj_bias, pad_left)
+        ctx.save_for_backward(h, conv_weight, conv_bias, proj_weight, gates)
+        ctx.options = (pad_left, proj_bias is not None)
         return gates
 
     @staticmethod
@@ -160,11 +164,13 @@ class _FusedPredictor1d(torch.autograd.Function):
     def backward(ctx, grad_gates):
         if not _is_compiling():
             return (*_predictor_1d_backward(grad_gates, *ctx.saved_tensors, *ctx.options), None)
-        pad_left, has_conv_bias, has_proj_bias = ctx.options
+        h, conv_weight, conv_bias, proj_weight, gates = ctx.saved_tensors
+        pad_left, has_proj_bias = ctx.options
+        bias = h.new_empty(0) if conv_bias is None else conv_bias
         grad_h, grad_conv_weight, grad_conv_bias, grad_proj_weight, grad_proj_bias = _predictor_1d_backward_op(
-            grad_gates, *ctx.saved_tensors, pad_left
+            grad_gates, h, conv_weight, bias, proj_weight, gates, pad_left
         )
-        return (grad_h, grad_conv_weight, grad_conv_bias if has_conv_bias else None, grad_proj_weight,
+        return (grad_h, grad_conv_weight, None if conv_bias is None else grad_conv_bias, grad_proj_weight,
                 grad_proj_bias if has_proj_bias else None, None)  # fmt: skip
 
 
@@ -369,15 +375,17 @@ class ContextPoolPredictor(nn.Module):
             and not _is_exporting()
         )
 
-    def gates(self, hidden: torch.Tensor, keep: torch.Tensor | None = None, conv_state=None):
+    def gates(self, hidden: torch.Tensor, keep: torch.Tensor | None = None, conv_state=None, fused: bool = True):
         """(sigmoid(a), sigmoid(b)) stacked as (B, 2 * groups, n) / (B, 2 * groups, H, W), and the conv state.
 
         Equal to `forward` followed by a sigmoid; 1-D sequences without carried state take the
-        fused function (`_FusedPredictor1d`).
+        fused function (`_FusedPredictor1d`), others GELU -> projection -> sigmoid as one function
+        (`_GeluProjectionGates`). fused=False: autograd's own nodes throughout, which are twice
+        differentiable (the hand-written backwards are not); ContextPool's "reference" implementation.
         """
-        if not self._fusable(hidden, conv_state):
+        if not fused or not self._fusable(hidden, conv_state):
             conv, new_state = self._conv_output(hidden, keep, conv_state)
-            if self._projection_fusable(conv):
+            if fused and self._projection_fusable(conv):
                 return _GeluProjectionGates.apply(conv, self.proj.weight, self.proj.bias), new_state
             return torch.sigmoid(self._project(conv)), new_state
         h = self.in_proj(hidden) if self.in_proj is not None else hidden
