@@ -222,6 +222,12 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_compiled_ops_2d.py", "keep_the_conv or calls_the_operators"),
     ),
     Mutation(
+        "predictor-conv-recomputed-without-bias", "the fused 1-D predictor's backward recomputes its conv output without the bias",
+        "conv = _depthwise_conv_1d_unpadded(h, conv_weight, conv_bias, pad_left)  # recomputed: (B, n, C)",
+        "conv = _depthwise_conv_1d_unpadded(h, conv_weight, None, pad_left)  # recomputed: (B, n, C)",
+        ("tests/test_fused_predictor.py",),
+    ),
+    Mutation(
         "predictor-gelu-grad-at-output", "the predictor's backward takes GELU's derivative at the GELU output, not its input",
         "gelu_backward.grad_input(grad_act, conv, grad_input=grad_act)",
         "gelu_backward.grad_input(grad_act, F.gelu(conv), grad_input=grad_act)",
