@@ -375,6 +375,16 @@ def make_row(measure, task, key, pair_names, seq_len, batch, samples_cp, samples
     )
 
 
+def peak_mib_pair(step_a, step_b, device=None, rounds=2) -> tuple[list[float], list[float]]:
+    """Peak memory (MiB, `bench_device.peak_bytes`) of one step of each model, `rounds` times each, alternated: the
+    allocator's state after the other model's step must not decide."""
+    mem_a, mem_b = [], []
+    for _ in range(rounds):
+        mem_a.append(bench_device.peak_bytes(step_a, device) / 2**20)
+        mem_b.append(bench_device.peak_bytes(step_b, device) / 2**20)
+    return mem_a, mem_b
+
+
 def train_rows(args, task, make_pair, sizes, max_len):
     rows = []
     for seq_len, batch in sizes:
@@ -391,11 +401,7 @@ def train_rows(args, task, make_pair, sizes, max_len):
                              [a / b for a, b in zip(ms_cp, ms_v, strict=True)], **common,
                              **cpu_ratio_fields([a / b for a, b in zip(times.cpu_a, times.cpu_b, strict=True)], device)))
         print(_row_text(rows[-1]), flush=True)
-        # peak memory, twice each, alternated: the allocator's state after the other model's step must not decide
-        mem_cp, mem_v = [], []
-        for _ in range(2):
-            mem_cp.append(bench_device.peak_bytes(step_cp, device) / 2**20)
-            mem_v.append(bench_device.peak_bytes(step_v, device) / 2**20)
+        mem_cp, mem_v = peak_mib_pair(step_cp, step_v, device)
         rows.append(make_row("peak_memory", task, task, names, seq_len, batch, mem_cp, mem_v, "MiB",
                              [a / b for a, b in zip(mem_cp, mem_v, strict=True)], **common))
         print(_row_text(rows[-1]), flush=True)

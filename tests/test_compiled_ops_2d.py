@@ -15,14 +15,11 @@ from __future__ import annotations
 import pytest
 import torch
 from test_compiled_ops import PARTITIONING_BACKEND, assert_compiled_fast_equals_reference
+from test_predictor_layouts import input_sized_saved
+from test_vision import tiny_resnet_config, tiny_vit_config
 from torch._dynamo.backends.common import aot_autograd
 
-from contextpool_hf import (
-    ContextPoolResNetConfig,
-    ContextPoolResNetForImageClassification,
-    ContextPoolViTConfig,
-    ContextPoolViTForImageClassification,
-)
+from contextpool_hf import ContextPoolResNetForImageClassification, ContextPoolViTForImageClassification
 from contextpool_hf.pooling_contextpool import ContextPoolPredictor, context_pool_2d
 from contextpool_hf.predictor_contextpool import _gelu_projection_backward_op, _project_channels_first
 
@@ -67,17 +64,13 @@ def test_compiled_2d_pooling_equals_the_float64_reference(height, width, stride)
 
 def _tiny_vit():
     torch.manual_seed(0)
-    config = ContextPoolViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                                  image_size=16, patch_size=2, num_labels=3, hidden_dropout_prob=0.0,
-                                  attention_probs_dropout_prob=0.0)  # fmt: skip
+    config = tiny_vit_config(patch_size=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return ContextPoolViTForImageClassification(config).train()
 
 
 def _tiny_resnet():
     torch.manual_seed(0)
-    config = ContextPoolResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
-                                     num_labels=3)  # fmt: skip
-    return ContextPoolResNetForImageClassification(config).train()
+    return ContextPoolResNetForImageClassification(tiny_resnet_config()).train()
 
 
 def _batch(size=16):
@@ -111,14 +104,5 @@ def test_compiled_2d_gates_keep_the_conv_output_not_the_gelu_output():
     hidden = torch.randn(2, 6, 6, 16, requires_grad=True)
     compiled = torch.compile(lambda h: predictor.gates(h)[0], backend=PARTITIONING_BACKEND, fullgraph=True)
     compiled(hidden).sum().backward()  # compiles forward and backward
-    saved = {}
-
-    def pack(t):
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        compiled(hidden)
-    parameters = {p.untyped_storage().data_ptr() for p in predictor.parameters()}
-    input_sized = [n for ptr, n in saved.items() if ptr not in parameters and n >= hidden.numel() * 4]
+    input_sized = input_sized_saved(compiled, hidden, predictor)
     assert len(input_sized) == 2, input_sized

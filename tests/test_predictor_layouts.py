@@ -124,13 +124,9 @@ def test_stem_site_is_max_pooling_at_gate_zero_with_its_gradient():
                                rtol=0, atol=0)
 
 
-def test_2d_gates_keep_the_conv_output_not_the_gelu_output():
-    """`_GeluProjectionGates` recomputes the GELU in the backward: the graph of the 2-D gates keeps two tensors of
-    the input's size (the conv's input and the conv output GELU's backward reads), where autograd's own nodes
-    keep a third, the GELU output the projection's weight gradient reads."""
-    torch.manual_seed(0)
-    predictor = ContextPoolPredictor(16, 1, 3, False, None, 2)
-    hidden = torch.randn(2, 6, 6, 16, requires_grad=True)  # row-major: the conv output is, too
+def input_sized_saved(fn, hidden, module) -> list[int]:
+    """The byte sizes of the tensors fn(hidden) keeps for its backward that are at least as large as hidden (each
+    storage once; module's parameters left out)."""
     saved = {}
 
     def pack(t):
@@ -138,11 +134,21 @@ def test_2d_gates_keep_the_conv_output_not_the_gelu_output():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        gates, _ = predictor.gates(hidden)
-    parameters = {p.untyped_storage().data_ptr() for p in predictor.parameters()}
-    input_sized = [n for ptr, n in saved.items() if ptr not in parameters and n >= hidden.numel() * 4]
+        fn(hidden)
+    parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    return [n for ptr, n in saved.items() if ptr not in parameters and n >= hidden.numel() * hidden.element_size()]
+
+
+def test_2d_gates_keep_the_conv_output_not_the_gelu_output():
+    """`_GeluProjectionGates` recomputes the GELU in the backward: the graph of the 2-D gates keeps two tensors of
+    the input's size (the conv's input and the conv output GELU's backward reads), where autograd's own nodes
+    keep a third, the GELU output the projection's weight gradient reads."""
+    torch.manual_seed(0)
+    predictor = ContextPoolPredictor(16, 1, 3, False, None, 2)
+    hidden = torch.randn(2, 6, 6, 16, requires_grad=True)  # row-major: the conv output is, too
+    input_sized = input_sized_saved(lambda h: predictor.gates(h)[0], hidden, predictor)
     assert len(input_sized) == 2, input_sized
-    grad = torch.autograd.grad(gates.sum(), hidden)[0]
+    grad = torch.autograd.grad(predictor.gates(hidden)[0].sum(), hidden)[0]
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
