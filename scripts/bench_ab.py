@@ -6,13 +6,16 @@ The revision's package (`src/contextpool_hf`, flat files with relative imports) 
 so both versions and transformers' model of the same size run in the same process, alternated
 step by step (A B C, C B A, ...), on the sizes of `scripts/bench_vision.py` (vit, resnet) and
 `scripts/bench_model.py` (causal-lm: n = 1024, batch 4; seq2seq: Marian-shaped, 16 x 128; generate-b1 and
-generate-b8: greedy decoding with the cache, prompt 128, 64 new tokens, against Llama).
+generate-b8: greedy decoding with the cache, prompt 128, 64 new tokens, against Llama, timed per generate call;
+decode-b1 and decode-b8: the same decoding timed per forward, the prompt's and each new token's, the three
+models alternated call by call: far steadier on a shared machine, and without generate's own work).
 Each ratio is the median of the per-step ratios of process CPU time (the steadier estimate on a
 shared machine), with its min-max spread.
 
     python scripts/bench_ab.py --ref HEAD --models resnet vit --repeats 40
     python scripts/bench_ab.py --ref HEAD~3 --models causal-lm --repeats 8
     python scripts/bench_ab.py --ref HEAD --models generate-b1 generate-b8 --repeats 10
+    python scripts/bench_ab.py --ref HEAD --models decode-b1 decode-b8 --repeats 650
 
 `new/ref` below 1 means the working tree is faster than the revision. Nothing is written unless
 `--json PATH` is given (a file that exists is refused: pick a new name).
@@ -40,7 +43,7 @@ import bench_model
 import bench_vision
 import torch
 
-FAMILIES = ("vit", "resnet", "causal-lm", "seq2seq", "generate-b1", "generate-b8")
+FAMILIES = ("vit", "resnet", "causal-lm", "seq2seq", "generate-b1", "generate-b8", "decode-b1", "decode-b8")
 REF_PACKAGE = "contextpool_hf_ref"
 # the names each benchmark module builds its ContextPool models from
 _PATCHED = {
@@ -50,6 +53,8 @@ _PATCHED = {
     "seq2seq": (bench_model, ("ContextPoolSeq2SeqConfig", "ContextPoolForConditionalGeneration")),
     "generate-b1": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
     "generate-b8": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
+    "decode-b1": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
+    "decode-b8": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
 }
 
 
@@ -139,15 +144,15 @@ def build_steps(family, ref_package, quick):
             ref, _ = bench_vision.make_pair(family)
         return [bench_vision.train_step_fn(model, batch) for model in (new, ref, vanilla)]
     args = bench_model.parse_args(["--quick"] if quick else [])
-    if family.startswith("generate"):  # decoding: the models of the causal-LM row, timed per generate call
-        batch = int(family.removeprefix("generate-b"))
+    if family.startswith(("generate", "decode")):  # the models of the causal-LM row, per generate call / forward
+        kind, batch = family.split("-b")
         torch.manual_seed(0)
         new, vanilla = bench_model.causal_pair(args, args.prompt_len + args.new_tokens)
         with classes_from(ref_package, family):
             torch.manual_seed(0)
             ref, _ = bench_model.causal_pair(args, args.prompt_len + args.new_tokens)
-        return [bench_model.generate_fn(model, batch, args.prompt_len, args.new_tokens, args.vocab)
-                for model in (new, ref, vanilla)]  # fmt: skip
+        make = bench_model.generate_fn if kind == "generate" else bench_model.decode_step_fn
+        return [make(model, int(batch), args.prompt_len, args.new_tokens, args.vocab) for model in (new, ref, vanilla)]
     make_pair = bench_model.causal_pair if family == "causal-lm" else bench_model.seq2seq_pair
     seq_len, batch = _sizes(family, args)
     torch.manual_seed(0)
@@ -198,7 +203,7 @@ def main(argv=None):
                    "vanilla_ms": round(1e3 * statistics.median(vanilla), 2)}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\nworking tree vs {args.ref}: CPU time per training step (generate-*: per generate call), "
+    print(f"\nworking tree vs {args.ref}: CPU time per training step (generate-*: per generate call; decode-*: per forward), "
           f"{args.repeats} alternated steps, "
           f"{args.threads} thread(s){' (quick sizes)' if args.quick else ''}")
     print("| model | new/ref | new/transformers | ref/transformers | new | ref | transformers |")

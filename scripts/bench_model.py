@@ -274,6 +274,30 @@ def generate_fn(model, batch, prompt_len, new_tokens, vocab, compiled=False, dev
     return run
 
 
+def decode_step_fn(model, batch, prompt_len, new_tokens, vocab) -> Callable[[], None]:
+    """One greedy decoding forward per call on the model's own cache: the prompt's forward, then `new_tokens`
+    one-token steps, then the prompt again on a new cache. Calls of two models alternated one by one see the
+    same machine (a noise burst on a shared CPU spans many 5 ms steps, where a whole `generate` call gets
+    it alone), and the i-th calls of two models are the same position in the sequence."""
+    model.eval()
+    input_ids = torch.randint(3, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
+    state = {"cache": None, "next": None, "step": 0}
+
+    @torch.no_grad()
+    def step():
+        if state["step"] % (new_tokens + 1) == 0:  # a new sequence: the prompt, on a new cache
+            mask = torch.ones_like(input_ids)
+            out = model(input_ids=input_ids, attention_mask=mask, use_cache=True)
+        else:
+            mask = torch.ones(batch, state["length"] + 1, dtype=torch.long)
+            out = model(input_ids=state["next"], attention_mask=mask, cache=state["cache"], use_cache=True)
+        state["cache"], state["next"] = out.cache, out.logits[:, -1:].argmax(-1)
+        state["length"] = state["cache"].get_seq_length()
+        state["step"] += 1
+
+    return step
+
+
 class PairTimes(NamedTuple):
     """Seconds per call of two alternated functions: wall clock, and CPU time of this process (all threads)."""
 

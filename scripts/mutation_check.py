@@ -131,14 +131,14 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "cache-slot-off-by-one", "a decode step writes the ring slot after the oldest one",
-        '        index = tables["slot_index"][slot]\n',
-        '        index = tables["slot_index"][(slot + 1) % window]\n',
+        '        index = plan.slot_index[slot]\n',
+        '        index = plan.slot_index[(slot + 1) % window]\n',
         _k(LOGITS, "cached_equal_uncached and not seq2seq"),
     ),
     Mutation(
         "decode-ignores-padding", "a decode step gives padded positions pooling weight",
-        "        if keep is not None:\n            weights = weights * keep.unsqueeze(1).to(weights.dtype)\n",
-        "        if False:\n            weights = weights * keep.unsqueeze(1).to(weights.dtype)\n",
+        "    if keep is not None:\n        weights = weights * keep.unsqueeze(1).to(weights.dtype)\n",
+        "    if False:\n        weights = weights * keep.unsqueeze(1).to(weights.dtype)\n",
         _k(LOGITS, "left_padded"), where=f"{PACKAGE}/decoding_contextpool.py",
     ),
     # --- the call-count work of issue 15 (stop 27): exact rewrites and in-place ring writes ------------------------
@@ -262,6 +262,34 @@ MUTATIONS: list[Mutation] = [
         "        ring_features = torch.cat([history[:, :, :-1], features.to(history.dtype)], dim=2)",
         _k("tests/test_static_cache.py", "float64"),
     ),
+    # --- stop 33: the decoding plan and the one-reduction integer mask check ----------------------------------------
+    Mutation(
+        "decode-plan-kept-after-rewrap", "a decoding step keeps its plan when a predictor layer is replaced by another "
+        "wrapper (it would call the old one)",
+        "            if cached is not None and cached[1] == key and all(map(operator.is_, cached[0], sources)):\n",
+        "            if cached is not None and cached[1] == key:\n",
+        _k("tests/test_generation.py", "layers_that_are_there_now"),
+    ),
+    Mutation(
+        "decode-plan-version-ignored", "a decoding step keeps its plan after an in-place parameter update",
+        "        key = (like.shape[0], like.dtype, like.device, window, pool.sigma_min, pool.sigma_max, pool.normalize,\n"
+        "               tuple(map(_storage_key, params)))  # fmt: skip\n",
+        "        key = (like.shape[0], like.dtype, like.device, window, pool.sigma_min, pool.sigma_max, pool.normalize,\n"
+        "               tuple(p.data_ptr() for p in params if p is not None))  # fmt: skip\n",
+        _k("tests/test_generation.py", "weights_as_they_are_now"),
+    ),
+    Mutation(
+        "int-mask-zeros-ignored", "an integer attention mask with padding reads as all ones",
+        "            return None if low == 1 else attention_mask != 0\n",
+        "            return None\n",
+        _k("tests/test_bad_input.py", "every_dtype_agree"),
+    ),
+    Mutation(
+        "int-mask-range-unchecked", "an integer attention mask with values other than 0 and 1 is accepted",
+        "        if 0 <= low and high <= 1:\n",
+        "        if True:\n",
+        _k("tests/test_bad_input.py", "not_0_1"),
+    ),
     Mutation(
         "loss-no-shift", "the causal-LM loss predicts the current token instead of the next",
         "        labels = F.pad(labels[:, 1:], (0, 1), value=-100)\n",
@@ -276,8 +304,8 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "seq2seq-mask-ignored", "the seq2seq model treats every source/target token as real (padding leaks)",
-        "    if not _is_compiling() and bool(keep.all()):\n        return None\n    return keep\n",
-        "    return None\n",
+        "    keep = _keep_or_none(mask, name)\n",
+        "    keep = None\n",
         _k(LOGITS, "seq2seq_padded"),
     ),
     Mutation(

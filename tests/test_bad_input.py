@@ -104,7 +104,8 @@ def test_0_1_masks_of_every_dtype_agree():
     model = causal_lm()
     keep = left_padding_mask()
     want = model(token_ids(), attention_mask=keep.bool()).logits
-    for mask in (keep, keep.int(), keep.float(), keep.double(), keep.to(torch.bfloat16)):
+    for mask in (keep, keep.int(), keep.to(torch.uint8), keep.to(torch.int8), keep.float(), keep.double(),
+                 keep.to(torch.bfloat16)):  # fmt: skip
         torch.testing.assert_close(model(token_ids(), attention_mask=mask).logits, want, rtol=0, atol=0)
 
 

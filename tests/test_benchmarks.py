@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -188,3 +189,31 @@ def test_the_gpu_benchmark_script_runs_end_to_end_in_smoke_mode(tmp_path):
         assert (meta["device"], meta["dtype"]) == ("cpu", "bfloat16"), name
     bad = subprocess.run(["bash", "scripts/bench_gpu.sh", "--fast"], cwd=root, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown argument '--fast' (allowed: --smoke)" in bad.stderr
+
+
+def test_the_decoding_stepper_decodes_as_greedy_generate():
+    """bench_model.decode_step_fn (bench_ab's decode-b* families) times one forward per call: the prompt on a new
+    cache, then one token per call, greedy, then the prompt again. Its tokens are generate()'s, for ContextPool
+    and for Llama, and a second sequence starts afresh."""
+    args = bench_model.parse_args(["--quick"])
+    contextpool, llama = bench_model.causal_pair(args, 64)
+    for model in (contextpool, llama):
+        step = bench_model.decode_step_fn(model, 2, prompt_len=10, new_tokens=5, vocab=args.vocab)
+        seen = []
+        original = model.forward
+
+        def record(*a, __forward=original, __seen=seen, **k):
+            out = __forward(*a, **k)
+            __seen.append(out.logits[:, -1:].argmax(-1))
+            return out
+
+        model.forward = record
+        for _ in range(2 * (5 + 1)):  # two sequences: the prompt and 5 steps each
+            step()
+        del model.forward
+        input_ids = torch.randint(3, args.vocab, (2, 10), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            want = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=6,
+                                  min_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)[:, 10:]
+        for sequence in (seen[:6], seen[6:]):
+            assert torch.equal(torch.cat(sequence, 1), want), type(model).__name__

@@ -117,6 +117,43 @@ def test_decoding_reads_the_predictor_weights_as_they_are_now(conv_bias):
                         param.add_(torch.randn_like(param) * 0.5)
 
 
+class _Offset(torch.nn.Module):
+    """A wrapped predictor layer, as an adapter makes one: the decoding step must call it, not read its weights."""
+
+    def __init__(self, layer, offset: float):
+        super().__init__()
+        self.layer, self.offset = layer, offset
+
+    def forward(self, x):
+        return self.layer(x) + self.offset
+
+
+def test_decoding_reads_the_predictor_layers_that_are_there_now():
+    """The predictor's layers and parameters a decoding step reads are resolved once and kept between steps; a
+    layer wrapped, re-wrapped (another wrapper of the same kind) or unwrapped, and a parameter replaced by a
+    new one, must all reach the next step, as they reach the full forward."""
+    model = tiny_lm(pool_groups=2)
+    predictors = [layer.attention.pool.predictor for layer in model.model.layers]
+    plain_convs = [predictor.conv for predictor in predictors]
+    edits = [
+        lambda p, i: setattr(p, "proj", _Offset(p.proj, 0.5)),  # an adapter: no weights to read directly
+        lambda p, i: setattr(p, "proj", _Offset(p.proj.layer, -0.7)),  # another one, the same kind
+        lambda p, i: setattr(p, "conv", _Offset(p.conv, 0.3)),
+        lambda p, i: (setattr(p, "proj", p.proj.layer), setattr(p, "conv", plain_convs[i])),  # unwrapped
+        lambda p, i: setattr(p.proj, "weight", torch.nn.Parameter(torch.randn_like(p.proj.weight))),
+        lambda p, i: setattr(p.conv, "bias", torch.nn.Parameter(torch.randn_like(p.conv.bias))),
+    ]
+    input_ids = prompt(n=12)
+    with torch.no_grad():
+        for edit in [None] + edits:
+            if edit is not None:
+                for index, predictor in enumerate(predictors):
+                    edit(predictor, index)
+            full = model(input_ids, use_cache=False).logits
+            steps = torch.cat([o.logits for o in _in_steps(model, input_ids, [(0, 5)] + [(i, i + 1) for i in range(5, 12)])], 1)
+            torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+
+
 def test_decoding_constants_built_under_a_fake_tensor_mode_are_not_kept():
     """The decoding tables and weights are kept on the attention module between steps; ones computed under
     FakeTensorMode (shape and memory estimators) are valid only there and must not reach real steps."""
@@ -131,10 +168,10 @@ def test_decoding_constants_built_under_a_fake_tensor_mode_are_not_kept():
             like = mode.from_tensor(torch.zeros(2, 1, 32))
             attention._decode_tables(like, attention.pool.radius + 1)
             attention._decode_weights(like)
-        assert "_decode_tables_cache" not in attention.__dict__ and "_decode_weights_cache" not in attention.__dict__
+        assert "_decode_tables_cache" not in attention.__dict__ and "_decode_plan_cache" not in attention.__dict__
         steps = torch.cat([o.logits for o in _in_steps(model, input_ids, [(0, 6)] + [(i, i + 1) for i in range(6, 12)])], 1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
-    assert "_decode_tables_cache" in attention.__dict__ and "_decode_weights_cache" in attention.__dict__
+    assert "_decode_tables_cache" in attention.__dict__ and "_decode_plan_cache" in attention.__dict__
 
 
 @pytest.mark.parametrize("placement", ["attention_input", "block_output"])
@@ -306,3 +343,32 @@ def test_a_cached_decoding_step_pools_in_few_operator_calls():
     pooled = _dispatches_per_cached_step(tiny_lm())
     plain = _dispatches_per_cached_step(tiny_lm(pool_layers=[]))
     assert (pooled - plain) / 2 <= 26, (pooled, plain)
+
+
+def _module_lookups_per_cached_step(model, monkeypatch) -> int:
+    """nn.Module.__getattr__ calls (submodule and parameter look-ups) in one decoding step at batch 1."""
+    input_ids = prompt(batch=1, n=9)
+    calls = []
+    lookup = torch.nn.Module.__getattr__
+
+    def counted(self, name):
+        calls.append(name)
+        return lookup(self, name)
+
+    with torch.no_grad():
+        cache = model(input_ids[:, :7], use_cache=True).cache
+        model(input_ids[:, 7:8], cache=cache, use_cache=True)
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.nn.Module, "__getattr__", counted)
+            model(input_ids[:, 8:], cache=cache, use_cache=True)
+    return len(calls)
+
+
+def test_a_cached_decoding_step_does_not_walk_the_module_tree(monkeypatch):
+    """Each submodule or parameter look-up through nn.Module.__getattr__ costs about a microsecond on a CPU, and a
+    decoding step at batch 1 pays for every one (issue 15). The step resolves the predictor's layers and weights
+    once (`DecodePlan`): the pooling adds 2 look-ups per layer (`pool`, `pool_mix`) to the same model without
+    pooling, where it added 22 before. A deterministic count, not a timing."""
+    pooled = _module_lookups_per_cached_step(tiny_lm(), monkeypatch)
+    plain = _module_lookups_per_cached_step(tiny_lm(pool_layers=[]), monkeypatch)
+    assert (pooled - plain) / 2 <= 2, (pooled, plain)

@@ -174,6 +174,28 @@ def _mask_as_weights(attention_mask: torch.Tensor, name: str) -> torch.Tensor:
     return attention_mask != 0
 
 
+def _keep_or_none(attention_mask: torch.Tensor, name: str) -> torch.Tensor | None:
+    """`_mask_as_weights`, or None when every token is kept (nothing to mask). Under torch.compile / export never
+    None (that would read the data).
+
+    An integer mask, the kind tokenizers and `generate` make, is checked and tested for all ones in one
+    reduction and one read-back (3 calls where the general check and the all-ones test take 8: a decoding
+    step at batch 1 pays per call); anything else takes the general check, which also names a bad value.
+    """
+    compiling = _is_compiling()
+    integer = isinstance(attention_mask, torch.Tensor) and not (
+        attention_mask.dtype == torch.bool or attention_mask.is_floating_point() or attention_mask.is_complex()
+    )
+    if integer and not compiling and attention_mask.numel():
+        low, high = torch.stack(torch.aminmax(attention_mask)).tolist()
+        if 0 <= low and high <= 1:
+            return None if low == 1 else attention_mask != 0
+    keep = _mask_as_weights(attention_mask, name)
+    if not compiling and bool(keep.all()):
+        return None
+    return keep
+
+
 def _is_exporting() -> bool:
     return hasattr(torch.compiler, "is_exporting") and torch.compiler.is_exporting()
 

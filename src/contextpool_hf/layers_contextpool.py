@@ -216,7 +216,7 @@ class ContextPoolSelfAttention(CausalPoolDecoding, nn.Module):
             layer_cache.record_past = recording
         if layer_cache.record_past:
             layer_cache.record(hidden, features, keep)
-        if self.pool.predictor is not None and layer_cache.conv_state is not None and hidden.shape[1] == 1:
+        if hidden.shape[1] == 1 and layer_cache.conv_state is not None:  # a decoding step (a conv state means a predictor)
             return self._decode_step(hidden, features, keep, layer_cache)
         weights, sigma, conv_state = self.pool.predict(hidden, keep, layer_cache.conv_state)
         history = layer_cache.pool_history() if layer_cache.pool_features is not None else None

@@ -42,6 +42,7 @@ from .cache_contextpool import (  # noqa: F401
     ContextPoolStaticLayer,
     add_pool_state_layers,
 )
+from .checks_contextpool import _keep_or_none
 from .configuration_contextpool import ContextPoolConfig
 from .generation_contextpool import ContextPoolGenerationMixin
 from .heads_contextpool import ContextPoolMaskedLMHead, _lm_loss, _sequence_representation
@@ -67,7 +68,6 @@ from .layers_contextpool import (  # noqa: F401
 from .modeling_utils_contextpool import (
     ContextPoolHubMixin,
     _classification_loss,
-    _is_compiling,
     _keep_forward_signature,
 )
 from .outputs_contextpool import (  # noqa: F401
@@ -79,7 +79,7 @@ from .outputs_contextpool import (  # noqa: F401
     ContextPoolSequenceClassifierOutput,
     ContextPoolTokenClassifierOutput,
 )
-from .pooling_contextpool import ContextPool, _mask_as_weights
+from .pooling_contextpool import ContextPool
 
 logger = logging.get_logger(__name__)
 
@@ -242,17 +242,15 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
         else:
             keep_all = None
             if attention_mask is not None:
-                # 0/1 only: .bool() would read an additive (0 / -inf) mask inverted and 0.5 or -1 as "keep"
-                keep_all = _mask_as_weights(attention_mask, "attention_mask")
+                # 0/1 only: .bool() would read an additive (0 / -inf) mask inverted and 0.5 or -1 as "keep".
+                # None when nothing is masked: SDPA then uses its causal kernel and the pooling skips the mask.
+                keep_all = _keep_or_none(attention_mask, "attention_mask")
                 if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, past + n):
                     raise ValueError(
                         f"attention_mask must be (batch, past + sequence_length) = {(batch, past + n)}, "
                         f"got {tuple(attention_mask.shape)}"
                     )
             keep_new = keep_all[:, past:] if keep_all is not None else None
-            # Nothing to mask: let SDPA use its causal kernel and the pooling skip the mask.
-            if keep_all is not None and not _is_compiling() and bool(keep_all.all()):
-                keep_all = keep_new = None
             position_ids = _position_ids(config, position_ids, batch, n, past, device)
         hidden = inputs_embeds
         if self.embed_positions is not None:

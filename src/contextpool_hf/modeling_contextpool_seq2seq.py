@@ -30,6 +30,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from .attention_contextpool import _attention_bias
 from .cache_contextpool import ContextPoolCache
+from .checks_contextpool import _keep_or_none
 from .configuration_contextpool_seq2seq import ContextPoolSeq2SeqConfig
 from .heads_contextpool import _lm_loss
 from .inputs_contextpool import _check_labels
@@ -45,8 +46,7 @@ from .layers_contextpool_seq2seq import (  # noqa: F401
     _StackConfig,
     sinusoidal_positions,
 )
-from .modeling_utils_contextpool import ContextPoolHubMixin, _is_compiling, _keep_forward_signature
-from .pooling_contextpool import _mask_as_weights
+from .modeling_utils_contextpool import ContextPoolHubMixin, _keep_forward_signature
 
 logger = logging.get_logger(__name__)
 
@@ -165,11 +165,9 @@ def _keep_mask(mask, batch, length, name):
     if mask is None:
         return None
     # 0/1 only: .bool() would read an additive (0 / -inf) mask inverted and 0.5 or -1 as "keep"
-    keep = _mask_as_weights(mask, name)
+    keep = _keep_or_none(mask, name)
     if mask.dim() != 2 or tuple(mask.shape) != (batch, length):
         raise ValueError(f"{name} must be (batch, length) = {(batch, length)}, got {tuple(mask.shape)}")
-    if not _is_compiling() and bool(keep.all()):
-        return None
     return keep
 
 
