@@ -70,8 +70,8 @@ class DecodingWeights(NamedTuple):
 class DecodePlan(NamedTuple):
     """Everything a decoding step reads besides its inputs and the cache (`CausalPoolDecoding._decode_plan`):
     the predictor's modules and weights, and the step's constants, resolved once so that a step does not
-    walk the module tree (each `nn.Module.__getattr__` hop costs about a microsecond on a CPU, and a step
-    took a dozen)."""
+    walk the module tree (each `nn.Module.__getattr__` hop costs about a microsecond on a CPU; a step made 22
+    of them per layer before the plan, 2 now)."""
 
     in_proj: nn.Module | None
     conv: nn.Module  # called only when `weights` is None

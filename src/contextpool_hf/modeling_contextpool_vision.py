@@ -448,9 +448,6 @@ class ContextPoolResNetPreTrainedModel(ContextPoolHubMixin, PreTrainedModel):
         """(name, module) of every ContextPool down-sampling site, in module order (= `pooling_sizes` order)."""
         return [(name, m) for name, m in self.named_modules() if isinstance(m, ContextPoolDownsample)]
 
-    def _collect_sizes(self):
-        return tuple(m.last_sigma for _, m in self.pooling_sites() if m.last_sigma is not None)
-
 
 class ContextPoolResNetModel(ContextPoolResNetPreTrainedModel):
     def __init__(self, config: ContextPoolResNetConfig):
@@ -473,7 +470,9 @@ class ContextPoolResNetModel(ContextPoolResNetPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        for _, site in self.pooling_sites():
+        # cleared (a walk of every module) only when the sizes are asked for; each site sets its own as it runs
+        sites = self.pooling_sites() if output_pooling_sizes else ()
+        for _, site in sites:
             site.last_sigma = None
         x = self.embedder(pixel_values)
         x, hidden_states = self.encoder(x, bool(output_hidden_states))
@@ -481,7 +480,7 @@ class ContextPoolResNetModel(ContextPoolResNetPreTrainedModel):
             last_hidden_state=x,
             pooler_output=self.pooler(x),  # (B, C, 1, 1) as transformers' ResNet
             hidden_states=hidden_states,
-            pooling_sizes=self._collect_sizes() if output_pooling_sizes else None,
+            pooling_sizes=tuple(m.last_sigma for _, m in sites if m.last_sigma is not None) if output_pooling_sizes else None,
         )
         return out if return_dict else out.to_tuple()
 
