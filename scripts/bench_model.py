@@ -130,6 +130,10 @@ def parse_args(argv=None):
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--gen-batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--gen-repeats", type=int, default=None,
+                        help="alternated pairs of generate calls per decoding row (default: 4x --repeats; --quick: --repeats). A call is "
+                             "short, so a burst of load on a shared machine moves its ratio far: more pairs steady the "
+                             "median at little cost")
     parser.add_argument("--compile", action="store_true",
                         help="both models under torch.compile (inductor): the train steps, and generation decoding on a "
                              "static cache (plus ContextPool's compiled / eager speed-up); the warm-up compiles")
@@ -148,6 +152,11 @@ def parse_args(argv=None):
         args.prompt_len, args.new_tokens, args.gen_batches = 32, 16, [1, 8]
         if args.name == "bench_model":
             args.name = "bench_model_quick"
+    if args.gen_repeats is None:
+        args.gen_repeats = args.repeats if args.quick else 4 * args.repeats
+    for name in ("repeats", "gen_repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.compile and args.name.startswith("bench_model"):
         args.name += "_compiled"
     return args
@@ -453,7 +462,7 @@ def generate_rows(args, max_len):
                           pairs[0][2], generate_fn(llama, batch, args.prompt_len, args.new_tokens, args.vocab,
                                                    cache_class=ContextPoolCache, **placed)))  # fmt: skip
         for measure, pair_names, gen_a, gen_b in pairs:
-            times = timed_pair(gen_a, gen_b, args.repeats, args.warmup, args.torch_device)
+            times = timed_pair(gen_a, gen_b, args.gen_repeats, args.warmup, args.torch_device)
             times_a, times_b = times.wall_a, times.wall_b
             tokens = batch * args.new_tokens
             tps_a, tps_b = [tokens / t for t in times_a], [tokens / t for t in times_b]
@@ -483,7 +492,7 @@ def run_meta(args) -> dict:
         machine=platform.machine(), processor=platform.processor() or None, threads=torch.get_num_threads(),
         device=str(args.torch_device), dtype=args.dtype, pool_implementation=args.pool_implementation, **bench_device.device_info(args.torch_device),
         hidden=args.hidden, layers=args.layers, heads=args.heads, vocab=args.vocab,
-        seq2seq_layers=args.seq2seq_layers, compiled=args.compile, repeats=args.repeats, warmup=args.warmup, quick=args.quick,
+        seq2seq_layers=args.seq2seq_layers, compiled=args.compile, repeats=args.repeats, gen_repeats=args.gen_repeats, warmup=args.warmup, quick=args.quick,
         memory_method=("torch.profiler profile_memory: peak of the running sum of [memory] events during one step "
                        "(2 alternated samples per model)") if args.torch_device.type == "cpu" else
                       "torch.accelerator.max_memory_allocated during one step, less the allocation before it "

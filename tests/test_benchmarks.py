@@ -217,3 +217,15 @@ def test_the_decoding_stepper_decodes_as_greedy_generate():
                                   min_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)[:, 10:]
         for sequence in (seen[:6], seen[6:]):
             assert torch.equal(torch.cat(sequence, 1), want), type(model).__name__
+
+
+def test_generate_rows_take_more_pairs_and_bad_counts_are_refused(capsys):
+    """A generate call is short and noisy, so its rows take 4x --repeats pairs unless --gen-repeats says otherwise;
+    a count below 1 is refused with the flag's name (not an empty median later)."""
+    assert bench_model.parse_args(["--repeats", "12"]).gen_repeats == 48
+    assert bench_model.parse_args(["--repeats", "12", "--gen-repeats", "7"]).gen_repeats == 7
+    assert bench_model.parse_args(["--quick"]).gen_repeats == bench_model.parse_args(["--quick"]).repeats
+    for flag in ("--repeats", "--gen-repeats"):
+        with pytest.raises(SystemExit):
+            bench_model.parse_args([flag, "0"])
+        assert f"{flag} must be at least 1" in capsys.readouterr().err
