@@ -82,8 +82,8 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "causal-predictor-ignores-padding", "causal predictors ignore the padding mask (left padding leaks)",
-        "        if keep is not None:  # padding must not leak into real tokens' logits\n",
-        "        if keep is not None and not self.causal:  # padding must not leak into real tokens' logits\n",
+        "        h = _predictor_input(self.in_proj, hidden, keep)\n",
+        "        h = _predictor_input(self.in_proj, hidden, None if self.causal else keep)\n",
         _k(LOGITS, "module or text_padded"), issue_table=True, count=2,  # the plain and the fused predictor
     ),
     # --- the issue's other weak spots and the kinds it names ------------------------------------
@@ -272,10 +272,10 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "decode-plan-version-ignored", "a decoding step keeps its plan after an in-place parameter update",
-        "        key = (like.shape[0], like.dtype, like.device, window, pool.sigma_min, pool.sigma_max, pool.normalize,\n"
-        "               tuple(map(_storage_key, params)))  # fmt: skip\n",
-        "        key = (like.shape[0], like.dtype, like.device, window, pool.sigma_min, pool.sigma_max, pool.normalize,\n"
-        "               tuple(p.data_ptr() for p in params if p is not None))  # fmt: skip\n",
+        "            key = (like.shape[0], like.dtype, like.device, window, pool.sigma_min, pool.sigma_max, pool.normalize,\n"
+        "                   tuple(map(_storage_key, params)))  # fmt: skip\n",
+        "            key = (like.shape[0], like.dtype, like.device, window, pool.sigma_min, pool.sigma_max, pool.normalize,\n"
+        "                   tuple(p.data_ptr() for p in params if p is not None))  # fmt: skip\n",
         _k("tests/test_generation.py", "weights_as_they_are_now"),
     ),
     Mutation(

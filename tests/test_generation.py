@@ -167,7 +167,7 @@ def test_decoding_constants_built_under_a_fake_tensor_mode_are_not_kept():
         with FakeTensorMode(allow_non_fake_inputs=True) as mode:
             like = mode.from_tensor(torch.zeros(2, 1, 32))
             attention._decode_tables(like, attention.pool.radius + 1)
-            attention._decode_weights(like)
+            attention._decode_plan(like, attention.pool.radius + 1)
         assert "_decode_tables_cache" not in attention.__dict__ and "_decode_plan_cache" not in attention.__dict__
         steps = torch.cat([o.logits for o in _in_steps(model, input_ids, [(0, 6)] + [(i, i + 1) for i in range(6, 12)])], 1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)

@@ -24,7 +24,7 @@ from torch import nn
 
 from .modeling_utils_contextpool import _is_compiling
 from .pooling_contextpool import _SIGMA_FLOOR, DEFAULT_EPS
-from .predictor_contextpool import _is_plain_layer
+from .predictor_contextpool import _is_plain_layer, _predictor_input
 
 _SQRT_HALF = math.sqrt(0.5)
 
@@ -59,7 +59,7 @@ def _storage_key(tensor: torch.Tensor | None):
 
 
 class DecodingWeights(NamedTuple):
-    """The predictor's weights as a decoding step reads them (`CausalPoolDecoding._decode_weights`)."""
+    """The predictor's weights as a decoding step reads them (`DecodePlan.weights`, built by `_decoding_weights`)."""
 
     taps: torch.Tensor  # (kernel (+ 1 bias row), width): the depthwise conv, times 1/sqrt(2)
     ones: torch.Tensor | None  # (B, 1, width): meets the bias row of `taps`; None without a conv bias
@@ -145,7 +145,7 @@ class CausalPoolDecoding:
         (compared by identity), the parameters unchanged (storage and version counter: an optimizer step or
         `load_state_dict`, both in place, rebuild it), and for the same batch, dtype, device and window. Built
         afresh when autograd records (the weights must be the parameters' functions) and under torch.compile;
-        a plan holding FakeTensors is never kept (`_module_memo`).
+        a plan holding FakeTensors is never kept (`_plain_tensors_only`).
         """
         # the modules through their registries, not attribute hops (see DecodePlan)
         pool = self._modules["pool"]
@@ -155,11 +155,11 @@ class CausalPoolDecoding:
         direct = _is_plain_layer(conv) and _is_plain_layer(proj)
         params = (conv._parameters["weight"], conv._parameters.get("bias"),
                   proj._parameters["weight"], proj._parameters.get("bias")) if direct else ()  # fmt: skip
-        sources = (pool, predictor, in_proj, conv, proj) + params
-        key = (like.shape[0], like.dtype, like.device, window, pool.sigma_min, pool.sigma_max, pool.normalize,
-               tuple(map(_storage_key, params)))  # fmt: skip
         keep = not torch.is_grad_enabled() and not _is_compiling()
         if keep:
+            sources = (pool, predictor, in_proj, conv, proj) + params
+            key = (like.shape[0], like.dtype, like.device, window, pool.sigma_min, pool.sigma_max, pool.normalize,
+                   tuple(map(_storage_key, params)))  # fmt: skip
             cached = self.__dict__.get("_decode_plan_cache")
             # identity: the cache entry holds its sources, so no other object can have taken their ids
             if cached is not None and cached[1] == key and all(map(operator.is_, cached[0], sources)):
@@ -174,11 +174,6 @@ class CausalPoolDecoding:
         if keep and _plain_tensors_only(plan):
             self.__dict__["_decode_plan_cache"] = (sources, key, plan)
         return plan
-
-    def _decode_weights(self, like: torch.Tensor) -> DecodingWeights:
-        """The predictor's weights in decoding layout (`DecodingWeights`) for `like` (B, ..., width), through the
-        plan (and so kept between steps as it is)."""
-        return self._decode_plan(like, self.pool.radius + 1).weights
 
     def _decode_tables(self, like: torch.Tensor, window: int) -> dict:
         """Constants of a decoding step, built once per device, dtype (of `like`) and ring size R + 1.
@@ -231,9 +226,7 @@ def _decode_gates(plan: DecodePlan, hidden, keep, conv_state):
     hidden (B, 1, d), conv_state (B, kernel - 1, width) -> weights (B, G, 1), the sigma gate
     sigmoid(b) (B, G, 1), and the next conv state (B, kernel - 1, width).
     """
-    h = plan.in_proj(hidden) if plan.in_proj is not None else hidden
-    if keep is not None:
-        h = h * keep.unsqueeze(-1).to(h.dtype)
+    h = _predictor_input(plan.in_proj, hidden, keep)
     if conv_state.dtype != h.dtype:
         conv_state = conv_state.to(h.dtype)
     weights = plan.weights

@@ -216,6 +216,15 @@ _gelu_projection_backward_op = _define_op(_op_namespace(__name__), "gelu_project
                                           _gelu_projection_backward_op_impl, _gelu_projection_backward_op_fake)  # fmt: skip
 
 
+def _predictor_input(in_proj, hidden, keep):
+    """What the predictor's conv reads: hidden (B, n, d) / (B, H, W, d), through `in_proj` when there is one, with
+    padding zeroed (keep (B, n) / (B, H, W), or None): padding must not leak into real tokens' logits."""
+    h = in_proj(hidden) if in_proj is not None else hidden
+    if keep is not None:
+        h = h * keep.unsqueeze(-1).to(h.dtype)
+    return h
+
+
 _PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
@@ -326,9 +335,7 @@ class ContextPoolPredictor(nn.Module):
     def _conv_output(self, hidden, keep, conv_state):
         """(the depthwise conv's output as (B, n, width) / (B, H, W, width), a view of nn.Conv's output; the new
         conv state)."""
-        h = self.in_proj(hidden) if self.in_proj is not None else hidden
-        if keep is not None:  # padding must not leak into real tokens' logits
-            h = h * keep.unsqueeze(-1).to(h.dtype)
+        h = _predictor_input(self.in_proj, hidden, keep)
         # explicit non-negative permutations: movedim(-1, 1) exports to ONNX as a negative one,
         # which onnxruntime rejects
         to_channels = (0, 2, 1) if self.spatial_dims == 1 else (0, 3, 1, 2)
@@ -388,9 +395,7 @@ class ContextPoolPredictor(nn.Module):
             if fused and self._projection_fusable(conv):
                 return _GeluProjectionGates.apply(conv, self.proj.weight, self.proj.bias), new_state
             return torch.sigmoid(self._project(conv)), new_state
-        h = self.in_proj(hidden) if self.in_proj is not None else hidden
-        if keep is not None:  # padding must not leak into real tokens' logits
-            h = h * keep.unsqueeze(-1).to(h.dtype)
+        h = _predictor_input(self.in_proj, hidden, keep)
         new_state = None
         if self.causal:  # the last k - 1 inputs, zeros before the sequence: (B, k - 1, width)
             if _is_exporting():  # no Python max on the symbolic length: pad first, then take the tail
