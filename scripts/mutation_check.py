@@ -210,10 +210,43 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_compiled_ops.py", "sequence_length"),
     ),
     Mutation(
-        "2d-gates-keep-gelu-output", "the 2-D predictor's gates go through autograd's own nodes, which keep the GELU output",
+        "2d-gates-keep-gelu-output", "the compiled 2-D predictor's gates go through autograd's own nodes, which keep the GELU output",
         "            _is_plain_layer(proj)\n            and conv.dtype == proj.weight.dtype\n",
         "            False\n            and conv.dtype == proj.weight.dtype\n",
-        _k("tests/test_predictor_layouts.py", "keep_the_conv"),
+        _k("tests/test_compiled_ops_2d.py", "keep_the_conv"),
+    ),
+    Mutation(
+        "2d-gates-keep-conv-output", "the 2-D predictor's gates in training keep the conv output (no fused 2-D function)",
+        "            self.spatial_dims == 2\n            and self.reads_weights_directly\n",
+        "            self.spatial_dims == -2\n            and self.reads_weights_directly\n",
+        _k("tests/test_predictor_layouts.py", "keep_their_input_only"),
+    ),
+    Mutation(
+        "2d-predictor-recomputed-without-bias", "the fused 2-D predictor's backward recomputes its conv output without the bias",
+        "conv = _conv2d_rows(h, conv_weight, conv_bias)  # recomputed",
+        "conv = _conv2d_rows(h, conv_weight, None)  # recomputed",
+        _k("tests/test_predictor_layouts.py", "functional_definition"),
+    ),
+    Mutation(
+        "2d-weight-grad-before-input-grad", "the 2-D pooling's backward multiplies M by x (for the weights' gradient) "
+        "before the input's gradient reads M",
+        "            if need_x:\n                grad_halo = m[..., :d] * w_k  # (B, kc, ntw, Li, d)\n",
+        "            if need_x:\n                m[..., :d].mul_(x_halo) if need_w else None\n"
+        "                grad_halo = m[..., :d] * w_k  # (B, kc, ntw, Li, d)\n",
+        _k("tests/test_ops.py", "2d"),
+    ),
+    Mutation(
+        "mixed-projection-keeps-head-view", "the mixed projection keeps its CLS rows as a view, which keeps the whole "
+        "layer-norm output",
+        "ctx.save_for_backward(None if head is None else head.clone(), ",
+        "ctx.save_for_backward(head, ",
+        _k("tests/test_mixed_projection.py", "keeps_no_copy"),
+    ),
+    Mutation(
+        "mixed-projection-pooled-grad", "the mixed projection's backward gives the pooled tokens the original's share",
+        "grad_pooled = grad_mixed * mix if need_pooled else None",
+        "grad_pooled = grad_mixed * (1 - mix) if need_pooled else None",
+        _k("tests/test_mixed_projection.py", "plain_mix"),
     ),
     Mutation(
         "compiled-gelu-projection-traced", "under torch.compile the 2-D gates' backward is traced through, not the operator",

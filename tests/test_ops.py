@@ -464,6 +464,38 @@ def test_fast_path_2d_memory_dense_only_on_small_maps_and_linear_when_tiled():
     assert sizes[96] <= 4.5 * sizes[48], sizes
 
 
+def _peak_bytes(fn) -> int:
+    """Peak bytes allocated while fn() runs, above the level before it: the running sum of the profiler's
+    allocation and free events of PyTorch's CPU allocator (deterministic: it counts tensors, not the heap)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())  # fmt: skip
+    running = peak = 0
+    for event in events:
+        running += event.nbytes()
+        peak = max(peak, running)
+    return peak
+
+
+def test_dense_2d_backward_holds_one_coefficient_temporary_and_one_input_sized_buffer():
+    """The dense 2-D backward (a ResNet stem's shape: 16x16 -> 8x8, channels-first, more outputs than channels)
+    frees the Gaussian before it forms the input's gradient, and forms the weights' gradient inside M: at most the
+    coefficients and about two input-sized tensors are alive at once (before: the coefficients, M, the input's
+    gradient and a product of M and x, four)."""
+    torch.manual_seed(0)
+    batch, side, d = 4, 16, 32
+    x = torch.randn(batch, d, side, side).permute(0, 2, 3, 1).requires_grad_()  # channels-first memory
+    w = torch.rand(batch, side, side).requires_grad_()
+    s = (1 + torch.rand(batch, side // 2, side // 2)).requires_grad_()
+    y = context_pool_2d(x, w, s, stride=2, sigma_max=2.0, truncation=2.0)
+    grad_y = torch.randn(y.shape)
+    coefficient_bytes = batch * (side // 2) ** 2 * side**2 * 4
+    input_bytes = x.numel() * 4
+    peak = _peak_bytes(lambda: torch.autograd.grad(y, (x, w, s), grad_y))
+    assert peak <= coefficient_bytes + 2 * input_bytes, (peak, coefficient_bytes, input_bytes)
+
+
 # --------------------------------------------------------------------------------------
 # Bad input: ValueError naming the argument
 # --------------------------------------------------------------------------------------

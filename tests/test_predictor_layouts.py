@@ -139,15 +139,17 @@ def input_sized_saved(fn, hidden, module) -> list[int]:
     return [n for ptr, n in saved.items() if ptr not in parameters and n >= hidden.numel() * hidden.element_size()]
 
 
-def test_2d_gates_keep_the_conv_output_not_the_gelu_output():
-    """`_GeluProjectionGates` recomputes the GELU in the backward: the graph of the 2-D gates keeps two tensors of
-    the input's size (the conv's input and the conv output GELU's backward reads), where autograd's own nodes
-    keep a third, the GELU output the projection's weight gradient reads."""
+def test_2d_gates_keep_their_input_only():
+    """`_FusedPredictor2d` recomputes the conv and its GELU in the backward: the graph of the 2-D gates keeps one
+    tensor of the input's size (the input, which the conv's backward reads), where autograd's own nodes keep two
+    more, the conv output GELU's backward reads and the GELU output the projection's weight gradient reads."""
     torch.manual_seed(0)
     predictor = ContextPoolPredictor(16, 1, 3, False, None, 2)
     hidden = torch.randn(2, 6, 6, 16, requires_grad=True)  # row-major: the conv output is, too
     input_sized = input_sized_saved(lambda h: predictor.gates(h)[0], hidden, predictor)
-    assert len(input_sized) == 2, input_sized
+    assert len(input_sized) == 1, input_sized
+    unfused = input_sized_saved(lambda h: predictor.gates(h, fused=False)[0], hidden, predictor)
+    assert len(unfused) == 3, unfused
     grad = torch.autograd.grad(predictor.gates(hidden)[0].sum(), hidden)[0]
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 

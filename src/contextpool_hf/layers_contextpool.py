@@ -29,7 +29,13 @@ from .cache_contextpool import ContextPoolCache, ContextPoolStaticLayer, cache_l
 from .configuration_contextpool import ContextPoolConfig, rope_stand_in
 from .decoding_contextpool import CausalPoolDecoding
 from .inputs_contextpool import _PackedLayout
-from .modeling_utils_contextpool import _is_compiling, _linear_without_bias, _mix_pooled, _pool_from_config
+from .modeling_utils_contextpool import (
+    _is_compiling,
+    _linear_without_bias,
+    _mix_pooled,
+    _mixed_projection,
+    _pool_from_config,
+)
 
 
 class ContextPoolRMSNorm(nn.Module):
@@ -298,6 +304,10 @@ class ContextPoolSelfAttention(CausalPoolDecoding, nn.Module):
         if self.groups == 1:
             features = hidden.unsqueeze(1)  # (B, 1, n, d)
             pooled, sigma = self._pool(hidden, features, keep, layer_cache)
+            if torch.is_grad_enabled():  # training: the pooled projections as one function, no copy of the mix kept
+                projected = self._mixed_projections(hidden, features, pooled, sigma)
+                if projected is not None:
+                    return projected
             # hidden + mix * (pooled - hidden), kept (B, 1, n, d): the projections take any leading dims, and a
             # decoding step at batch 1 pays for a squeeze call
             mixed = _mix_pooled(features, pooled, self.pool_mix)
@@ -322,6 +332,17 @@ class ContextPoolSelfAttention(CausalPoolDecoding, nn.Module):
         if self.q_proj.bias is not None:
             q, k, v = q + self.q_proj.bias, k + self.k_proj.bias, v + self.v_proj.bias
         return q, k, v, sigma
+
+    def _mixed_projections(self, hidden, features, pooled, sigma):
+        """(q, k, v, sigma) from `_mixed_projection` (features, pooled (B, 1, n, d)), or None where it does not
+        apply; q is projected from hidden when only k and v are pooled."""
+        qkv = self.pool_target == "qkv"
+        layers = (self.q_proj, self.k_proj, self.v_proj) if qkv else (self.k_proj, self.v_proj)
+        projected = _mixed_projection(None, features, pooled, self.pool_mix, layers)  # (B, 1, n, sum of widths)
+        if projected is None:
+            return None
+        parts = projected.split([layer.out_features for layer in layers], dim=-1)
+        return (*parts, sigma) if qkv else (self.q_proj(hidden), *parts, sigma)
 
     def pool_residual(self, predictor_input, residual, keep, cache):
         """pool_placement="block_output": pool the residual stream entering the layer (the previous

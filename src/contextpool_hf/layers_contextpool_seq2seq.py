@@ -21,7 +21,12 @@ from .attention_contextpool import ATTENTION_FUNCTIONS, sdpa_attention_forward
 from .configuration_contextpool_seq2seq import ContextPoolSeq2SeqConfig
 from .inputs_contextpool import _check_inputs_embeds, _check_token_ids
 from .layers_contextpool import ContextPoolSelfAttention
-from .modeling_utils_contextpool import _linear_without_bias, _mix_pooled, _pool_from_config
+from .modeling_utils_contextpool import (
+    _linear_without_bias,
+    _mix_pooled,
+    _mixed_projection,
+    _pool_from_config,
+)
 
 
 def sinusoidal_positions(position_ids: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -110,8 +115,13 @@ class ContextPoolCrossAttention(nn.Module):
             weights, sigma, _ = self.pool.predict(memory, keep)
             if self.groups == 1:
                 pooled = self.pool.pool(memory.unsqueeze(1), weights, sigma).squeeze(1)
-                mixed = _mix_pooled(memory, pooled, self.pool_mix)
-                k, v = self.k_proj(mixed), self.v_proj(mixed)
+                # in training one function that keeps no copy of the mixed memory
+                projected = _mixed_projection(None, memory, pooled, self.pool_mix, (self.k_proj, self.v_proj))
+                if projected is not None:
+                    k, v = projected.split([self.k_proj.out_features, self.v_proj.out_features], dim=-1)
+                else:
+                    mixed = _mix_pooled(memory, pooled, self.pool_mix)
+                    k, v = self.k_proj(mixed), self.v_proj(mixed)
             else:
                 groups = self.groups
                 k = _linear_without_bias(self.k_proj, memory).view(batch, m, groups, -1)

@@ -38,6 +38,7 @@ from .modeling_utils_contextpool import (
     _classification_loss,
     _linear_without_bias,
     _mix_pooled,
+    _mixed_projection,
 )
 from .predictor_contextpool import _is_plain_layer
 
@@ -190,8 +191,19 @@ class ContextPoolViTAttention(nn.Module):
         bias = torch.cat([p.bias for p in projections]) if projections[0].bias is not None else None
         return F.linear(hidden, weight, bias)
 
+    def _project_pooled(self, hidden, grid, projections):
+        """`projections` side by side of hidden (B, N, d) with its patch tokens mixed with their pooled context,
+        (B, N, F*d), and sigma. In training one function keeps no copy of the mixed tokens (`_mixed_projection`)."""
+        cls, patches, pooled, sigma = self._pool_hidden(hidden, grid)
+        out = _mixed_projection(cls, patches, pooled, self.pool_mix, projections)
+        if out is None:
+            mixed = torch.cat([cls, _mix_pooled(patches, pooled, self.pool_mix)], dim=1)  # the CLS token is not pooled
+            out = self._fused_projection(mixed, projections)
+        return out, sigma
+
     def _pool_hidden(self, hidden, grid):
-        """hidden (B, N, d) -> the same with its patch tokens mixed with their pooled context, and sigma."""
+        """hidden (B, N, d) -> its CLS token (B, 1, d), patch tokens (B, N - 1, d), their pooled context
+        (the same shape), and sigma. The CLS token is not on the grid and is never pooled."""
         batch, n, d = hidden.shape
         rows, cols = grid
         # A contiguous copy of the patches: its (B, d, rows, cols) view is then channels-last in
@@ -202,8 +214,7 @@ class ContextPoolViTAttention(nn.Module):
         patches = patches.contiguous().view(batch, rows, cols, d)
         weights, sigma, _ = self.pool.predict(patches)  # (B, 1, rows, cols) each
         pooled = self.pool.pool(patches.unsqueeze(1), weights, sigma).view(batch, n - 1, d)
-        mixed = _mix_pooled(patches.view(batch, n - 1, d), pooled, self.pool_mix)
-        return torch.cat([cls, mixed], dim=1), sigma  # the CLS token is not pooled
+        return cls, patches.view(batch, n - 1, d), pooled, sigma
 
     def _pool_projections(self, hidden, projected, grid):
         """hidden (B, N, d) normalised input; projected (B, N, F*d): F projections without bias,
@@ -229,12 +240,13 @@ class ContextPoolViTAttention(nn.Module):
         elif self.pool_before_projection:
             # One pooling for every channel: pool the d-wide input and project it (the same linear
             # map as projecting first, at a third of the pooling work for q, k and v).
-            mixed, sigma = self._pool_hidden(hidden, grid)
             if self.config.pool_feeds == "qkv":
-                q, k, v = self._fused_projection(mixed, (self.q_proj, self.k_proj, self.v_proj)).split(d, dim=-1)
+                projected, sigma = self._project_pooled(hidden, grid, (self.q_proj, self.k_proj, self.v_proj))
+                q, k, v = projected.split(d, dim=-1)
             else:
                 q = self.q_proj(hidden)
-                k, v = self._fused_projection(mixed, (self.k_proj, self.v_proj)).split(d, dim=-1)
+                projected, sigma = self._project_pooled(hidden, grid, (self.k_proj, self.v_proj))
+                k, v = projected.split(d, dim=-1)
         else:
             # The pooled projections in one matmul (bias after pooling, see the class docstring).
             pooled = (self.q_proj, self.k_proj, self.v_proj) if self.config.pool_feeds == "qkv" else (self.k_proj, self.v_proj)

@@ -53,6 +53,73 @@ def _mix_pooled(original: torch.Tensor, pooled: torch.Tensor, mix: torch.Tensor)
     return torch.lerp(original, pooled, mix)
 
 
+class _MixedProjection(torch.autograd.Function):
+    """F.linear(cat([head, lerp(original, pooled, mix)], dim=1), weight, bias) without keeping its input.
+
+    `F.linear`'s backward keeps its input, the mixed features, for the weight's gradient: one more
+    tensor of the layer's input size per pooled layer, while `original` and `pooled` (which rebuild it
+    exactly) are kept anyway by the predictor and the pooling. This keeps those and rebuilds the input
+    in the backward (one lerp and one cat, a small part of the matmuls). `head` (B, k, d): tokens
+    before the pooled ones that are not pooled (the ViT's CLS token), or None.
+    """
+
+    @staticmethod
+    def forward(ctx, head, original, pooled, mix, weight, bias):
+        # head (B, k, d) or None; original, pooled (..., n, d); weight (out, d) -> (..., k + n, out)
+        out = F.linear(_mixed_input(head, original, pooled, mix), weight, bias)
+        # head is a copy: a few rows viewed out of a larger tensor would keep all of it
+        ctx.save_for_backward(None if head is None else head.clone(), original, pooled, mix, weight)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        head, original, pooled, mix, weight = ctx.saved_tensors
+        need_head, need_original, need_pooled, need_mix, need_weight, need_bias = ctx.needs_input_grad
+        grad_in = grad_out.matmul(weight)  # (B, N, d)
+        grad_weight = grad_bias = None
+        if need_weight:  # the forward's input, rebuilt by the same ops (the same values)
+            mixed = _mixed_input(head, original, pooled, mix)
+            grad_weight = grad_out.flatten(0, -2).transpose(0, 1).matmul(mixed.flatten(0, -2))  # (out, d)
+            del mixed
+        if need_bias and ctx.has_bias:
+            grad_bias = grad_out.flatten(0, -2).sum(0)
+        skip = 0 if head is None else head.shape[1]
+        grad_head = grad_in[:, :skip] if need_head and head is not None else None
+        grad_mixed = grad_in[:, skip:]  # (B, n, d): lerp's backward
+        grad_original = grad_mixed * (1 - mix) if need_original else None
+        grad_pooled = grad_mixed * mix if need_pooled else None
+        grad_mix = (pooled - original).mul_(grad_mixed).sum_to_size(mix.shape) if need_mix else None
+        return grad_head, grad_original, grad_pooled, grad_mix, grad_weight, grad_bias
+
+
+def _mixed_input(head, original, pooled, mix):
+    mixed = torch.lerp(original, pooled, mix)
+    return mixed if head is None else torch.cat([head, mixed], dim=1)
+
+
+def _mixed_projection(head, original, pooled, mix, layers) -> torch.Tensor | None:
+    """`layers` (nn.Linear) side by side as one matmul of cat([head, the mix of original and pooled]), through
+    `_MixedProjection`, which keeps no copy of the mixed input; None where that does not apply (the caller mixes
+    and projects as usual).
+
+    head (B, k, d) or None, original and pooled (..., n, d), mix broadcasting against them -> (..., k + n, sum of
+    the layers' out_features). Applies while autograd records, eager, outside autocast, with plain nn.Linear
+    layers (a PEFT adapter's own forward must run).
+    """
+    if not torch.is_grad_enabled() or _is_compiling() or torch.is_autocast_enabled(original.device.type):
+        return None
+    if not all(_is_plain_layer(layer) for layer in layers):
+        return None
+    mix = mix if mix.dtype == original.dtype else mix.to(original.dtype)
+    weight = torch.cat([layer.weight for layer in layers]) if len(layers) > 1 else layers[0].weight
+    bias = None
+    if layers[0].bias is not None:
+        bias = torch.cat([layer.bias for layer in layers]) if len(layers) > 1 else layers[0].bias
+    return _MixedProjection.apply(head, original, pooled, mix, weight, bias)
+
+
 def _pool_from_config(config, channels: int, causal: bool, **kwargs) -> ContextPool:
     """A ContextPool from a config's `pool_*` fields (the same names in every family).
 

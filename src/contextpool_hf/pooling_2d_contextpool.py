@@ -327,30 +327,35 @@ class _TiledPool2d(torch.autograd.Function):
                 if lay.dense:
                     grad_x_pad, grad_w_pad = dense
                 continue
+            m = None
             if need_x or need_w:
                 # M = gauss^T [G, t]: t rides along as one more column of the same matmul
                 cols = (grad_num,) if grad_total is None or not need_w else (grad_num, grad_total)
                 m = _gauss_t_times(gauss, cols, x_pad.stride(-1) != 1)  # (B, kc, ntw, Li, d or d + 1)
-                if need_x:
-                    grad_halo = m[..., :d] * w_k  # (B, kc, ntw, Li, d)
-                    if lay.dense:
-                        grad_x_pad = grad_halo
-                    else:
-                        lay.fold_add_(grad_x_pad, grad_halo, k0)
-                if need_w:
-                    grad_w_halo = torch.linalg.vecdot(m[..., :d], x_halo)  # (B, kc, ntw, Li)
-                    if m.shape[-1] > d:
-                        grad_w_halo = grad_w_halo + m[..., d]
-                    if lay.dense:
-                        grad_w_pad = grad_w_halo.view(x_pad.shape[:3])
-                    else:
-                        lay.fold_add_(grad_w_pad, grad_w_halo, k0)
             if need_sigma:  # c_oj = w_j exp(q_oj / s_o^2): dc_oj / d(1/s_o^2) = c_oj q_oj
+                # before M is used, so that gauss (the chunk's largest temporary) is freed first
                 cq = gauss.mul_(w_k.transpose(-1, -2)).mul_(q)  # (B, kc, ntw, To, Li), gauss is not used after
                 grad_iv = torch.linalg.vecdot(grad_num, _matmul_like_x(cq, x_halo, lay))  # (B, kc, ntw, To)
                 if grad_total is not None:
                     grad_iv = grad_iv + grad_total.squeeze(-1) * cq.sum(-1)
                 grad_inv_var[:, k] = grad_iv
+                del cq
+            del gauss
+            if need_x:
+                grad_halo = m[..., :d] * w_k  # (B, kc, ntw, Li, d)
+                if lay.dense:
+                    grad_x_pad = grad_halo
+                else:
+                    lay.fold_add_(grad_x_pad, grad_halo, k0)
+                del grad_halo
+            if need_w:  # x_j . M_j[:d], multiplied into M itself (it is not read after): no temporary of x's size
+                grad_w_halo = m[..., :d].mul_(x_halo).sum(-1)  # (B, kc, ntw, Li)
+                if m.shape[-1] > d:
+                    grad_w_halo += m[..., d]
+                if lay.dense:
+                    grad_w_pad = grad_w_halo.view(x_pad.shape[:3])
+                else:
+                    lay.fold_add_(grad_w_pad, grad_w_halo, k0)
         h, w = lay.in_sizes
         rows_in, cols_in = slice(lay.left_h, lay.left_h + h), slice(lay.left_w, lay.left_w + w)
         grad_x = grad_wts = grad_sigma = None

@@ -179,8 +179,8 @@ class _GeluProjectionGates(torch.autograd.Function):
 
     Autograd's own nodes keep the GELU output for the projection's weight gradient: one more tensor as large as
     the pooling site's input, at every site. This function keeps the conv output only (GELU's backward needs it
-    anyway) and recomputes the GELU in the backward. The 2-D predictor and 1-D predictors outside the fused
-    function (a carried conv state) take it.
+    anyway) and recomputes the GELU in the backward. The 2-D predictor under torch.compile or autocast and 1-D
+    predictors outside the fused function (a carried conv state) take it.
     """
 
     @staticmethod
@@ -198,6 +198,49 @@ class _GeluProjectionGates(torch.autograd.Function):
             return _gelu_projection_backward(grad_gates, conv, proj_weight, gates, ctx.has_proj_bias)
         grad_conv, grad_proj_weight, grad_proj_bias = _gelu_projection_backward_op(grad_gates, conv, proj_weight, gates)
         return grad_conv, grad_proj_weight, grad_proj_bias if ctx.has_proj_bias else None
+
+
+class _FusedPredictor2d(torch.autograd.Function):
+    """sigmoid(proj(gelu(depthwise_conv2d(h)))) for 2-D maps, keeping neither the conv output nor its GELU.
+
+    `_GeluProjectionGates` keeps the conv output (GELU's backward reads it): one tensor as large as the site's
+    input, at every site, for the whole forward and backward (in a ViT, a quarter of what a pooled layer keeps
+    beyond transformers' layer). Here the conv is recomputed in the backward from h, which the conv's backward
+    reads anyway (and the pooling keeps), as the 1-D function does. h (B, H, W, C), any memory layout (the
+    conv runs on its (B, C, H, W) view); conv_weight (C, 1, k, k).
+    """
+
+    @staticmethod
+    def forward(ctx, h, conv_weight, conv_bias, proj_weight, proj_bias):
+        conv = _conv2d_rows(h, conv_weight, conv_bias)  # (B, H, W, C)
+        gates = _project_channels_first(_gelu_dense(conv), proj_weight, proj_bias).sigmoid_()  # (B, 2G, H, W)
+        ctx.save_for_backward(h, conv_weight, conv_bias, proj_weight, gates)
+        ctx.has_proj_bias = proj_bias is not None
+        return gates
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_gates):
+        h, conv_weight, conv_bias, proj_weight, gates = ctx.saved_tensors
+        conv = _conv2d_rows(h, conv_weight, conv_bias)  # recomputed, the forward's values: (B, H, W, C)
+        grad_conv, grad_proj_weight, grad_proj_bias = _gelu_projection_backward(grad_gates, conv, proj_weight, gates,
+                                                                                ctx.has_proj_bias)  # fmt: skip
+        del conv
+        need_h, need_conv_weight, need_conv_bias = ctx.needs_input_grad[:3]
+        kernel = conv_weight.shape[-1]
+        grad_h, grad_conv_weight, grad_conv_bias = torch.ops.aten.convolution_backward(
+            grad_conv.permute(0, 3, 1, 2), h.permute(0, 3, 1, 2), conv_weight,
+            None if conv_bias is None else list(conv_bias.shape), [1, 1], [kernel // 2] * 2, [1, 1], False, [0, 0],
+            conv_weight.shape[0], [need_h, need_conv_weight, need_conv_bias and conv_bias is not None],
+        )  # fmt: skip
+        grad_h = None if grad_h is None else grad_h.permute(0, 2, 3, 1)  # (B, H, W, C)
+        return grad_h, grad_conv_weight, grad_conv_bias, grad_proj_weight, grad_proj_bias
+
+
+def _conv2d_rows(h, weight, bias):
+    """The predictor's depthwise conv of h (B, H, W, C) as nn.Conv2d computes it, returned as (B, H, W, C)."""
+    kernel = weight.shape[-1]
+    return F.conv2d(h.permute(0, 3, 1, 2), weight, bias, padding=kernel // 2, groups=weight.shape[0]).permute(0, 2, 3, 1)
 
 
 def _gelu_projection_backward_op_impl(grad_gates: torch.Tensor, conv: torch.Tensor, proj_weight: torch.Tensor,
@@ -369,6 +412,22 @@ class ContextPoolPredictor(nn.Module):
             and not torch.is_autocast_enabled(h.device.type)
         )
 
+    def _fusable_2d(self, h: torch.Tensor) -> bool:
+        """The 2-D function (`_FusedPredictor2d`) covers an odd square kernel with plain conv and projection layers,
+        in their dtype, eager and outside autocast (under torch.compile the GELU-projection function's operator
+        keeps what it must; inductor decides the rest)."""
+        conv = self.conv
+        return (
+            self.spatial_dims == 2
+            and self.reads_weights_directly
+            and self.kernel_size % 2 == 1
+            and h.dtype == conv.weight.dtype == self.proj.weight.dtype
+            and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled(h.device.type)
+            and not _is_compiling()
+            and not _is_exporting()
+        )
+
     def _projection_fusable(self, conv: torch.Tensor) -> bool:
         """GELU -> projection -> sigmoid as one function (`_GeluProjectionGates`): a plain projection in the conv
         output's dtype, outside autocast and export, on a row-major conv output (on a strided one, GELU and its
@@ -386,16 +445,19 @@ class ContextPoolPredictor(nn.Module):
         """(sigmoid(a), sigmoid(b)) stacked as (B, 2 * groups, n) / (B, 2 * groups, H, W), and the conv state.
 
         Equal to `forward` followed by a sigmoid; 1-D sequences without carried state take the
-        fused function (`_FusedPredictor1d`), others GELU -> projection -> sigmoid as one function
-        (`_GeluProjectionGates`). fused=False: autograd's own nodes throughout, which are twice
+        fused function (`_FusedPredictor1d`), 2-D maps in training `_FusedPredictor2d`, others
+        GELU -> projection -> sigmoid as one function (`_GeluProjectionGates`). fused=False: autograd's own nodes throughout, which are twice
         differentiable (the hand-written backwards are not); ContextPool's "reference" implementation.
         """
-        if not fused or not self._fusable(hidden, conv_state):
+        fused_2d = fused and self._fusable_2d(hidden)
+        if not fused_2d and (not fused or not self._fusable(hidden, conv_state)):
             conv, new_state = self._conv_output(hidden, keep, conv_state)
             if fused and self._projection_fusable(conv):
                 return _GeluProjectionGates.apply(conv, self.proj.weight, self.proj.bias), new_state
             return torch.sigmoid(self._project(conv)), new_state
         h = _predictor_input(self.in_proj, hidden, keep)
+        if fused_2d:
+            return _FusedPredictor2d.apply(h, self.conv.weight, self.conv.bias, self.proj.weight, self.proj.bias), None
         new_state = None
         if self.causal:  # the last k - 1 inputs, zeros before the sequence: (B, k - 1, width)
             if _is_exporting():  # no Python max on the symbolic length: pad first, then take the tail
