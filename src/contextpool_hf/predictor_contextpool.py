@@ -228,7 +228,7 @@ class _FusedPredictor2d(torch.autograd.Function):
         del conv
         need_h, need_conv_weight, need_conv_bias = ctx.needs_input_grad[:3]
         kernel = conv_weight.shape[-1]
-        grad_h, grad_conv_weight, grad_conv_bias = torch.ops.aten.convolution_backward(
+        grad_h, grad_conv_weight, grad_conv_bias = torch.ops.aten.convolution_backward.default(
             grad_conv.permute(0, 3, 1, 2), h.permute(0, 3, 1, 2), conv_weight,
             None if conv_bias is None else list(conv_bias.shape), [1, 1], [kernel // 2] * 2, [1, 1], False, [0, 0],
             conv_weight.shape[0], [need_h, need_conv_weight, need_conv_bias and conv_bias is not None],
