@@ -61,6 +61,7 @@ from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, 
 
 import contextpool_hf.layers_contextpool_vision as vision_layers
 import contextpool_hf.modeling_contextpool_vision as vision
+import contextpool_hf.modeling_utils_contextpool as modeling_utils
 import contextpool_hf.pooling_2d_contextpool as pooling_2d
 from contextpool_hf import (
     ContextPoolResNetConfig,
@@ -177,7 +178,8 @@ _REGIONS = ("predictor", "pool", "mix")
 
 def _instrument():
     """Wrap the predictor, the pooling call and the mix in record_function regions (undo: call the result)."""
-    originals = (ContextPool.predict, ContextPool.pool, vision._mix_pooled, vision_layers._mix_pooled)
+    originals = (ContextPool.predict, ContextPool.pool, vision._mix_pooled, vision_layers._mix_pooled,
+                 modeling_utils._mixed_input)  # fmt: skip
 
     def wrap(fn, region):
         def wrapped(*args, **kwargs):
@@ -190,9 +192,12 @@ def _instrument():
     ContextPool.pool = wrap(originals[1], "pool")
     vision._mix_pooled = wrap(originals[2], "mix")  # the ViT's
     vision_layers._mix_pooled = wrap(originals[3], "mix")  # the ResNet's
+    # the ViT's in training: inside the pooled q/k/v projections' function, forward and the backward's rebuild
+    modeling_utils._mixed_input = wrap(originals[4], "mix")
 
     def undo():
-        ContextPool.predict, ContextPool.pool, vision._mix_pooled, vision_layers._mix_pooled = originals
+        (ContextPool.predict, ContextPool.pool, vision._mix_pooled, vision_layers._mix_pooled,
+         modeling_utils._mixed_input) = originals  # fmt: skip
 
     return undo
 

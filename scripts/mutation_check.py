@@ -230,10 +230,22 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "2d-weight-grad-before-input-grad", "the 2-D pooling's backward multiplies M by x (for the weights' gradient) "
         "before the input's gradient reads M",
-        "            if need_x:\n                grad_halo = m[..., :d] * w_k  # (B, kc, ntw, Li, d)\n",
-        "            if need_x:\n                m[..., :d].mul_(x_halo) if need_w else None\n"
-        "                grad_halo = m[..., :d] * w_k  # (B, kc, ntw, Li, d)\n",
+        "    if need_x:\n        dense_x = chunk.put_x(lay, m[..., :d] * w_k)",
+        "    if need_x:\n        m[..., :d].mul_(x_halo) if need_w else None\n"
+        "        dense_x = chunk.put_x(lay, m[..., :d] * w_k)",
         _k("tests/test_ops.py", "2d"),
+    ),
+    Mutation(
+        "2d-chunk-writes-first-images", "the 2-D pooling's forward writes every chunk of images into the first images",
+        "                y_t[b, k] = y_k\n",
+        "                y_t[: y_k.shape[0], k] = y_k\n",
+        _k("tests/test_vision.py", "operator_forms and image-chunks"),
+    ),
+    Mutation(
+        "2d-dense-batch-unchunked", "the 2-D pooling takes a dense map's whole batch at once, whatever its size",
+        "    return max(1, limit // per_image_row), 1\n",
+        "    return batch, 1\n",
+        _k("tests/test_ops.py", "do_not_grow"),
     ),
     Mutation(
         "mixed-projection-keeps-head-view", "the mixed projection keeps its CLS rows as a view, which keeps the whole "

@@ -7,7 +7,9 @@ after a warm-up step, and its CPU time is split into:
 - predictor: `ContextPool.predict` (conv, GELU, projection, sigmoids) forward, and the backward
   nodes its forward ops created;
 - pooling forward / pooling backward: `ContextPool.pool` (the blocked operator and its reshapes);
-- mix: `torch.lerp` (token vs pooled context) forward and backward;
+- mix: `torch.lerp` (token vs pooled context) forward and backward; where the pooled q/k/v projections are one
+  function (`_MixedProjection`, training), its lerp and the backward's rebuild of it (the mix's gradient arithmetic
+  in that backward falls under everything else);
 - everything else: the step's wall time minus the above (attention, MLP, embeddings, loss, AdamW).
 
 Backward time is attributed through the autograd sequence number the profiler records on every
@@ -75,6 +77,16 @@ def _top_level(events):
     return [e for e in events if e.cpu_parent is None]
 
 
+def _inside(event, name_prefix: str) -> bool:
+    """Whether one of the event's enclosing events is named with `name_prefix`."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith(name_prefix):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
 def _event_ms(event, on_device: bool) -> float:
     """An event's time in ms: its CPU time, or on an accelerator the device time of the kernels it launched."""
     return (event.device_time_total if on_device else event.cpu_time_total) / 1000
@@ -94,7 +106,8 @@ def breakdown(prof, wall_ms: float, on_device: bool = False) -> dict:
             if e.sequence_nr >= 0 and e.thread == region.thread and start <= e.time_range.start <= end:
                 seq_label.setdefault(e.sequence_nr, label)
     backward_ms = {label: 0.0 for label in REGIONS}
-    mix_ms = 0.0
+    # the mix inside the pooled projections' function (training: its forward, and its backward's rebuild)
+    mix_ms = sum(_event_ms(e, on_device) for e in events if e.name == "aten::lerp" and _inside(e, "_MixedProjection"))
     for e in _top_level(events):
         if e.name == "aten::lerp":
             mix_ms += _event_ms(e, on_device)

@@ -464,6 +464,19 @@ def test_fast_path_2d_memory_dense_only_on_small_maps_and_linear_when_tiled():
     assert sizes[96] <= 4.5 * sizes[48], sizes
 
 
+def test_fast_path_2d_dense_temporaries_do_not_grow_with_the_batch():
+    """A dense map's coefficients are about _CHUNK_ELEMENTS per temporary at any batch: past that the batch is
+    pooled in chunks of images (here 16 images of a 16x16 -> 8x8 map's 16384 coefficients), not all at once."""
+    import contextpool_hf.pooling_2d_contextpool as pooling_2d
+
+    per_image = 64 * 256
+    for batch in (8, 64):
+        x, w, s = make_inputs((batch, 16, 16), 4, dtype=torch.float32, out_lead=(batch, 8, 8), sigma_max=2.0)
+        largest = _largest_tensor(context_pool_2d, x, w, s, stride=2, sigma_max=2.0, truncation=2.0)
+        assert largest <= max(pooling_2d._CHUNK_ELEMENTS, per_image), (batch, largest)
+    assert 64 * per_image > 2 * pooling_2d._CHUNK_ELEMENTS  # the larger batch is chunked
+
+
 def _peak_bytes(fn) -> int:
     """Peak bytes allocated while fn() runs, above the level before it: the running sum of the profiler's
     allocation and free events of PyTorch's CPU allocator (deterministic: it counts tensors, not the heap)."""

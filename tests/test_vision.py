@@ -537,18 +537,22 @@ def test_saved_resnet_keeps_its_placement_and_outputs(tmp_path, placement):
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["one-chunk", "image-chunks"])
 @pytest.mark.parametrize("separable", [True, False])
 @pytest.mark.parametrize("d", [3, 40])  # tile outputs > d: gradient via x/y-sized matmuls; <= d: via dL/dc
 @pytest.mark.parametrize("dense_max,stride,normalize", [(None, 1, True), (None, 2, False), (0, 1, True),
                                                         (0, 2, True)])
-def test_2d_operator_forms_match_reference(monkeypatch, separable, d, dense_max, stride, normalize):
+def test_2d_operator_forms_match_reference(monkeypatch, separable, d, dense_max, stride, normalize, chunked):
     """Outputs and the gradients of x, weights and sigma, float64, for each Gaussian build (row x
     column factors or one exp per coefficient) and each backward form, dense and tiled, both
-    memory layouts of x (channels-last; channels-first as a ConvNet's permuted view)."""
+    memory layouts of x (channels-last; channels-first as a ConvNet's permuted view), with the whole
+    batch in one chunk and with one image per chunk (the chunk limit at 1 coefficient)."""
     import contextpool_hf.pooling_2d_contextpool as p2
     from contextpool_hf.pooling_contextpool import _pool_reference
 
     monkeypatch.setattr(p2, "_SEPARABLE_MIN_HALO", 0 if separable else 10**9)
+    if chunked:
+        monkeypatch.setattr(p2, "_CHUNK_ELEMENTS", 1)
     if dense_max == 0:
         monkeypatch.setattr(p2, "_TILE_SIDE", 3)
         monkeypatch.setattr(p2, "_TILE_SIDE_STRIDED", 2)
@@ -556,11 +560,11 @@ def test_2d_operator_forms_match_reference(monkeypatch, separable, d, dense_max,
     h, w, radius = 9, 7, 3
     out = ((h - 1) // stride + 1, (w - 1) // stride + 1)
     for channels_first in (False, True):
-        x = torch.randn(2, d, h, w, generator=g, dtype=torch.float64).permute(0, 2, 3, 1) if channels_first else (
-            torch.randn(2, h, w, d, generator=g, dtype=torch.float64))
-        wts = 0.05 + 0.95 * torch.rand(2, h, w, generator=g, dtype=torch.float64)
-        sig = 0.5 + 1.5 * torch.rand(2, *out, generator=g, dtype=torch.float64)
-        grad_y = torch.randn(2, *out, d, generator=g, dtype=torch.float64)
+        x = torch.randn(3, d, h, w, generator=g, dtype=torch.float64).permute(0, 2, 3, 1) if channels_first else (
+            torch.randn(3, h, w, d, generator=g, dtype=torch.float64))
+        wts = 0.05 + 0.95 * torch.rand(3, h, w, generator=g, dtype=torch.float64)
+        sig = 0.5 + 1.5 * torch.rand(3, *out, generator=g, dtype=torch.float64)
+        grad_y = torch.randn(3, *out, d, generator=g, dtype=torch.float64)
         results = []
         for fn in (lambda a, b, c: p2.tiled_pool_2d(a, b, c, radius, stride, normalize, 1e-6, dense_max=dense_max),
                    lambda a, b, c: _pool_reference(a, b, c, radius, stride, False, normalize, 1e-6)):
@@ -571,3 +575,5 @@ def test_2d_operator_forms_match_reference(monkeypatch, separable, d, dense_max,
             results.append((y, *torch.autograd.grad(y, inputs, grad_y)))
         for name, got, expected in zip(("y", "dx", "dw", "dsigma"), *results, strict=True):
             torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10, msg=name)
+        if channels_first and dense_max is None:  # the dense form keeps a ConvNet's layout: its permute back is a view
+            assert results[0][0].permute(0, 3, 1, 2).is_contiguous()

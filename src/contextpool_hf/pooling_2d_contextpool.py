@@ -18,10 +18,13 @@ of elementwise ops. On large maps the dense matrix would be O(n^2), so the map i
 are processed in cache-sized chunks.
 
 Memory: the saved tensors are x, weights, sigma, y and the denominator (O(n d)); the
-coefficient temporaries of one chunk hold about _CHUNK_ELEMENTS elements (at least one row
-of tiles of the whole batch). The dense form is used only while one image's n_out x n_in
-coefficients are at most _DENSE_MAX_COEFS, so its temporaries are at most
-batch x _DENSE_MAX_COEFS elements each (256 KiB per float32 image).
+coefficient temporaries of one chunk hold about _CHUNK_ELEMENTS elements: whole rows of tiles
+of the whole batch while one row fits, else one row of as many images as fit (`_chunk_steps`;
+a dense map is one row). The dense form is used only while one image's n_out x n_in
+coefficients are at most _DENSE_MAX_COEFS (256 KiB per float32 image), so a chunk holds at
+least one image. The backward frees each chunk's Gaussian before it forms the input's gradient
+and forms the weights' gradient inside M, so a chunk holds the coefficients and about two
+tensors of the chunk's input size at once.
 
 The coefficients are recomputed in the backward rather than saved. Per shape (measured,
 `bench_vision.py --crossover` and the op timings in the README):
@@ -268,26 +271,30 @@ class _TiledPool2d(torch.autograd.Function):
         tables = _cached_tile_tables(lay, x.device, x.dtype)
         inv_var = (s_t * s_t).reciprocal_()  # (B, nth, ntw, To)
         w_halo = lay.halos(w_pad)  # (B, nth, ntw, Li): no feature dim, so one copy for all chunks
-        step = _rows_per_chunk(x, lay)
+        batch_step, step = _chunk_steps(x, lay)
+        one_chunk = batch_step >= batch and step >= lay.nth
         y_t = denom = None
-        for k0 in range(0, lay.nth, step):
-            k, kc = slice(k0, k0 + step), min(step, lay.nth - k0)
-            coef = _gauss(inv_var[:, k], tables, lay).mul_(w_halo[:, k].unsqueeze(-2))  # (B, kc, ntw, To, Li)
-            y_k = _matmul_like_x(coef, lay.halos(x_pad, k0, kc), lay)  # (B, kc, ntw, To, d)
-            total = coef.sum(-1, keepdim=True).add_(eps) if normalize else None  # (B, kc, ntw, To, 1)
-            if normalize:
-                y_k.div_(total)
-            if kc == lay.nth:  # one chunk: no copy into a full-size buffer
-                y_t, denom = y_k, total
-                break
-            if y_t is None:
-                y_t = x.new_empty(batch, lay.nth, lay.ntw, lay.th * lay.tw, d)
-                denom = x.new_empty(batch, lay.nth, lay.ntw, lay.th * lay.tw, 1) if normalize else None
-            y_t[:, k] = y_k
-            if normalize:
-                denom[:, k] = total
+        for b0 in range(0, batch, batch_step):
+            b = slice(b0, b0 + batch_step)
+            for k0 in range(0, lay.nth, step):
+                k, kc = slice(k0, k0 + step), min(step, lay.nth - k0)
+                coef = _gauss(inv_var[b, k], tables, lay).mul_(w_halo[b, k].unsqueeze(-2))  # (b, kc, ntw, To, Li)
+                y_k = _matmul_like_x(coef, lay.halos(x_pad[b], k0, kc), lay)  # (b, kc, ntw, To, d)
+                total = coef.sum(-1, keepdim=True).add_(eps) if normalize else None  # (b, kc, ntw, To, 1)
+                del coef
+                if normalize:
+                    y_k.div_(total)
+                if one_chunk:  # no copy into a full-size buffer
+                    y_t, denom = y_k, total
+                    break
+                if y_t is None:  # in the chunk's memory layout (channels-first stays channels-first)
+                    y_t = _empty_like_layout(y_k, (batch, lay.nth, lay.ntw, lay.th * lay.tw, d))
+                    denom = x.new_empty(batch, lay.nth, lay.ntw, lay.th * lay.tw, 1) if normalize else None
+                y_t[b, k] = y_k
+                if normalize:
+                    denom[b, k] = total
         ctx.save_for_backward(x_pad, w_halo, inv_var, y_t, denom, sigma)
-        ctx.layout, ctx.step, ctx.tables = lay, step, tables
+        ctx.layout, ctx.steps, ctx.tables = lay, (batch_step, step), tables
         return lay.from_tiles(y_t)
 
     @staticmethod
@@ -295,72 +302,42 @@ class _TiledPool2d(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         x_pad, w_halo, inv_var, y_t, denom, sigma = ctx.saved_tensors
-        lay, step, tables = ctx.layout, ctx.step, ctx.tables
-        q = tables[1]
+        lay, (batch_step, step), tables = ctx.layout, ctx.steps, ctx.tables
         # Which gradient form (measured): through dL/dc (a To x Li matmul output, two passes over it)
         # while a tile has at most as many outputs as features (ViT grids), else the form whose
         # matmul outputs are of the size of x and y (ResNet maps: few channels, large halos).
         via_coef_grad = lay.th * lay.tw <= x_pad.shape[-1]
         need_x, need_w, need_sigma = ctx.needs_input_grad[:3]
-        d = x_pad.shape[-1]
+        batch = x_pad.shape[0]
+        one_chunk = batch_step >= batch and step >= lay.nth
         g_t = lay.to_tiles(grad_y)  # (B, nth, ntw, To, d)
         grad_x_pad = grad_w_pad = grad_inv_var = None
         if need_x and not lay.dense:
             grad_x_pad = x_pad.new_zeros(x_pad.shape)
+        elif need_x and not one_chunk:  # dense, the batch in chunks: each writes its images (in x's layout)
+            grad_x_pad = _empty_like_layout(x_pad, x_pad.shape)
         if need_w and not lay.dense:
             grad_w_pad = x_pad.new_zeros(x_pad.shape[:3])
+        elif need_w and not one_chunk:
+            grad_w_pad = x_pad.new_empty(x_pad.shape[:3])
         if need_sigma:
             grad_inv_var = torch.empty_like(inv_var)  # (B, nth, ntw, To)
-        for k0 in range(0, lay.nth, step):
-            k, kc = slice(k0, k0 + step), min(step, lay.nth - k0)
-            gauss = _gauss(inv_var[:, k], tables, lay)  # (B, kc, ntw, To, Li)
-            w_k = w_halo[:, k].unsqueeze(-1)  # (B, kc, ntw, Li, 1)
-            grad_num = g_t[:, k]  # G = dL/dN, (B, kc, ntw, To, d)
-            grad_total = None
-            if denom is not None:
-                grad_num = grad_num / denom[:, k]
-                grad_total = torch.linalg.vecdot(grad_num, y_t[:, k]).neg_().unsqueeze(-1)  # t = dL/dS, (.., To, 1)
-            x_halo = lay.halos(x_pad, k0, kc) if (need_w or need_sigma) else None  # (B, kc, ntw, Li, d)
-            if via_coef_grad:
-                dense = _backward_via_coef_grad(lay, k, k0, gauss, w_k, grad_num, grad_total, x_halo, q,
-                                                grad_x_pad, grad_w_pad, grad_inv_var, need_x, need_w, need_sigma)
-                if lay.dense:
+        for b0 in range(0, batch, batch_step):
+            b = slice(b0, b0 + batch_step)
+            for k0 in range(0, lay.nth, step):
+                k, kc = slice(k0, k0 + step), min(step, lay.nth - k0)
+                chunk = _Chunk(b, k, k0, kc, grad_x_pad, grad_w_pad)
+                dense = _backward_chunk(lay, chunk, via_coef_grad, tables, x_pad, w_halo, inv_var, y_t, denom, g_t,
+                                        grad_inv_var, need_x, need_w, need_sigma)  # fmt: skip
+                if one_chunk and lay.dense:
                     grad_x_pad, grad_w_pad = dense
-                continue
-            m = None
-            if need_x or need_w:
-                # M = gauss^T [G, t]: t rides along as one more column of the same matmul
-                cols = (grad_num,) if grad_total is None or not need_w else (grad_num, grad_total)
-                m = _gauss_t_times(gauss, cols, x_pad.stride(-1) != 1)  # (B, kc, ntw, Li, d or d + 1)
-            if need_sigma:  # c_oj = w_j exp(q_oj / s_o^2): dc_oj / d(1/s_o^2) = c_oj q_oj
-                # before M is used, so that gauss (the chunk's largest temporary) is freed first
-                cq = gauss.mul_(w_k.transpose(-1, -2)).mul_(q)  # (B, kc, ntw, To, Li), gauss is not used after
-                grad_iv = torch.linalg.vecdot(grad_num, _matmul_like_x(cq, x_halo, lay))  # (B, kc, ntw, To)
-                if grad_total is not None:
-                    grad_iv = grad_iv + grad_total.squeeze(-1) * cq.sum(-1)
-                grad_inv_var[:, k] = grad_iv
-                del cq
-            del gauss
-            if need_x:
-                grad_halo = m[..., :d] * w_k  # (B, kc, ntw, Li, d)
-                if lay.dense:
-                    grad_x_pad = grad_halo
-                else:
-                    lay.fold_add_(grad_x_pad, grad_halo, k0)
-                del grad_halo
-            if need_w:  # x_j . M_j[:d], multiplied into M itself (it is not read after): no temporary of x's size
-                grad_w_halo = m[..., :d].mul_(x_halo).sum(-1)  # (B, kc, ntw, Li)
-                if m.shape[-1] > d:
-                    grad_w_halo += m[..., d]
-                if lay.dense:
-                    grad_w_pad = grad_w_halo.view(x_pad.shape[:3])
-                else:
-                    lay.fold_add_(grad_w_pad, grad_w_halo, k0)
         h, w = lay.in_sizes
         rows_in, cols_in = slice(lay.left_h, lay.left_h + h), slice(lay.left_w, lay.left_w + w)
         grad_x = grad_wts = grad_sigma = None
-        if need_x:  # dense: (B, 1, 1, H*W, d) -> (B, H, W, d), a view keeping the matmul's memory layout
-            grad_x = grad_x_pad.squeeze(2).squeeze(1).unflatten(1, (h, w)) if lay.dense else grad_x_pad[:, rows_in, cols_in]
+        if need_x and lay.dense and one_chunk:  # (B, 1, 1, H*W, d) -> (B, H, W, d), a view in the matmul's layout
+            grad_x = grad_x_pad.squeeze(2).squeeze(1).unflatten(1, (h, w))
+        elif need_x:
+            grad_x = grad_x_pad[:, rows_in, cols_in]
         if need_w:
             grad_wts = grad_w_pad[:, rows_in, cols_in]
         if need_sigma:  # d(1/s^2)/ds = -2/s^3
@@ -370,30 +347,93 @@ class _TiledPool2d(torch.autograd.Function):
         return grad_x, grad_wts, grad_sigma, None, None, None, None, None
 
 
-def _backward_via_coef_grad(lay, k, k0, gauss, w_k, grad_num, grad_total, x_halo, q,
-                            grad_x_pad, grad_w_pad, grad_inv_var, need_x, need_w, need_sigma):
-    """One chunk of the backward through dL/dc_oj = G_o . x_j + t_o, (B, kc, ntw, To, Li).
-    Tiled maps add into grad_x_pad / grad_w_pad; dense maps return (grad_x halos, grad_w) instead."""
-    coef = gauss * w_k.transpose(-1, -2)  # (B, kc, ntw, To, Li)
+class _Chunk:
+    """One chunk of the backward: images b (a slice), tile rows k (a slice from k0, kc rows), and the full-size
+    gradient buffers it adds (tiled) or writes (dense, batch in chunks) into; None: the chunk returns its part."""
+
+    def __init__(self, b, k, k0, kc, grad_x_pad, grad_w_pad):
+        self.b, self.k, self.k0, self.kc = b, k, k0, kc
+        self.grad_x_pad, self.grad_w_pad = grad_x_pad, grad_w_pad
+
+    def put_x(self, lay, grad_halo):
+        """Adds (tiled) or writes (dense) the chunk's input-gradient halos; returns them when there is no buffer."""
+        if self.grad_x_pad is None:
+            return grad_halo
+        if lay.dense:  # a view (it raises rather than copy where the layout would not allow one)
+            images = self.grad_x_pad[self.b]
+            images.view(images.shape[0], lay.lh * lay.lw, images.shape[-1]).copy_(grad_halo.reshape(images.shape[0], lay.lh * lay.lw, -1))
+        else:
+            lay.fold_add_(self.grad_x_pad[self.b], grad_halo, self.k0)
+        return None
+
+    def put_w(self, lay, grad_w_halo):
+        """The same for the weights' gradient (B, kc, ntw, Li); dense without a buffer: returned as (b, H, W)."""
+        if self.grad_w_pad is None:
+            return grad_w_halo.reshape(grad_w_halo.shape[0], *lay.in_sizes)
+        if lay.dense:
+            self.grad_w_pad[self.b].copy_(grad_w_halo.reshape(grad_w_halo.shape[0], *lay.in_sizes))
+        else:
+            lay.fold_add_(self.grad_w_pad[self.b], grad_w_halo, self.k0)
+        return None
+
+
+def _backward_chunk(lay, chunk, via_coef_grad, tables, x_pad, w_halo, inv_var, y_t, denom, g_t, grad_inv_var,
+                    need_x, need_w, need_sigma):
+    """One chunk of `_TiledPool2d.backward`; returns the dense (grad_x halos, grad_w) where there are no buffers."""
+    b, k, k0, kc = chunk.b, chunk.k, chunk.k0, chunk.kc
+    q, d = tables[1], x_pad.shape[-1]
+    gauss = _gauss(inv_var[b, k], tables, lay)  # (b, kc, ntw, To, Li)
+    w_k = w_halo[b, k].unsqueeze(-1)  # (b, kc, ntw, Li, 1)
+    grad_num = g_t[b, k]  # G = dL/dN, (b, kc, ntw, To, d)
+    grad_total = None
+    if denom is not None:
+        grad_num = grad_num / denom[b, k]
+        grad_total = torch.linalg.vecdot(grad_num, y_t[b, k]).neg_().unsqueeze(-1)  # t = dL/dS, (.., To, 1)
+    x_halo = lay.halos(x_pad[b], k0, kc) if (need_w or need_sigma) else None  # (b, kc, ntw, Li, d)
+    if via_coef_grad:
+        return _backward_via_coef_grad(lay, chunk, gauss, w_k, grad_num, grad_total, x_halo, q, grad_inv_var,
+                                       need_x, need_w, need_sigma)  # fmt: skip
+    m = None
+    if need_x or need_w:
+        # M = gauss^T [G, t]: t rides along as one more column of the same matmul
+        cols = (grad_num,) if grad_total is None or not need_w else (grad_num, grad_total)
+        m = _gauss_t_times(gauss, cols, x_pad.stride(-1) != 1)  # (b, kc, ntw, Li, d or d + 1)
+    if need_sigma:  # c_oj = w_j exp(q_oj / s_o^2): dc_oj / d(1/s_o^2) = c_oj q_oj
+        # before M is used, so that gauss (the chunk's largest temporary) is freed first
+        cq = gauss.mul_(w_k.transpose(-1, -2)).mul_(q)  # (b, kc, ntw, To, Li), gauss is not used after
+        grad_iv = torch.linalg.vecdot(grad_num, _matmul_like_x(cq, x_halo, lay))  # (b, kc, ntw, To)
+        if grad_total is not None:
+            grad_iv = grad_iv + grad_total.squeeze(-1) * cq.sum(-1)
+        grad_inv_var[b, k] = grad_iv
+        del cq
+    del gauss
     dense_x = dense_w = None
     if need_x:
-        grad_halo = _matmul_like_x(coef.transpose(-1, -2), grad_num, lay)  # (B, kc, ntw, Li, d)
-        if lay.dense:
-            dense_x = grad_halo
-        else:
-            lay.fold_add_(grad_x_pad, grad_halo, k0)
+        dense_x = chunk.put_x(lay, m[..., :d] * w_k)  # (b, kc, ntw, Li, d)
+    if need_w:  # x_j . M_j[:d], multiplied into M itself (it is not read after): no temporary of x's size
+        grad_w_halo = m[..., :d].mul_(x_halo).sum(-1)  # (b, kc, ntw, Li)
+        if m.shape[-1] > d:
+            grad_w_halo += m[..., d]
+        dense_w = chunk.put_w(lay, grad_w_halo)
+    return dense_x, dense_w
+
+
+def _backward_via_coef_grad(lay, chunk, gauss, w_k, grad_num, grad_total, x_halo, q, grad_inv_var,
+                            need_x, need_w, need_sigma):
+    """One chunk of the backward through dL/dc_oj = G_o . x_j + t_o, (b, kc, ntw, To, Li). Adds or writes into the
+    chunk's buffers; where there are none (dense, one chunk), returns (grad_x halos, grad_w) instead."""
+    coef = gauss * w_k.transpose(-1, -2)  # (b, kc, ntw, To, Li)
+    dense_x = dense_w = None
+    if need_x:
+        dense_x = chunk.put_x(lay, _matmul_like_x(coef.transpose(-1, -2), grad_num, lay))  # (b, kc, ntw, Li, d)
     if need_w or need_sigma:
-        grad_coef = torch.matmul(grad_num, x_halo.transpose(-1, -2))  # (B, kc, ntw, To, Li): dL/dc_oj
+        grad_coef = torch.matmul(grad_num, x_halo.transpose(-1, -2))  # (b, kc, ntw, To, Li): dL/dc_oj
         if grad_total is not None:
             grad_coef.add_(grad_total)
         if need_w:
-            grad_w_halo = torch.linalg.vecdot(grad_coef, gauss, dim=-2)  # (B, kc, ntw, Li)
-            if lay.dense:
-                dense_w = grad_w_halo.view(grad_w_halo.shape[0], *lay.in_sizes)
-            else:
-                lay.fold_add_(grad_w_pad, grad_w_halo, k0)
+            dense_w = chunk.put_w(lay, torch.linalg.vecdot(grad_coef, gauss, dim=-2))  # (b, kc, ntw, Li)
         if need_sigma:  # c_oj = w_j exp(q_oj / s_o^2), q = -dist^2 / 2
-            grad_inv_var[:, k] = torch.linalg.vecdot(grad_coef.mul_(coef), q)
+            grad_inv_var[chunk.b, chunk.k] = torch.linalg.vecdot(grad_coef.mul_(coef), q)
     return dense_x, dense_w
 
 
@@ -422,11 +462,23 @@ def _matmul_like_x(coef, features, lay):
     return torch.matmul(coef, features)
 
 
-def _rows_per_chunk(x, lay) -> int:
-    """Tile rows per chunk so that one coefficient temporary holds about _CHUNK_ELEMENTS."""
+def _chunk_steps(x, lay) -> tuple[int, int]:
+    """(images, tile rows) per chunk, so that one coefficient temporary holds about _CHUNK_ELEMENTS: whole tile
+    rows of the whole batch while one row fits, else one row of as many images as fit (a dense map is one row)."""
     limit = _CHUNK_ELEMENTS if x.device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
-    per_row = x.shape[0] * lay.ntw * lay.th * lay.tw * max(lay.lh * lay.lw, x.shape[-1])
-    return max(1, min(lay.nth, limit // max(1, per_row)))
+    batch = x.shape[0]
+    per_image_row = max(1, lay.ntw * lay.th * lay.tw * max(lay.lh * lay.lw, x.shape[-1]))
+    if batch * per_image_row <= limit:
+        return batch, max(1, min(lay.nth, limit // (batch * per_image_row)))
+    return max(1, limit // per_image_row), 1
+
+
+def _empty_like_layout(chunk: torch.Tensor, shape) -> torch.Tensor:
+    """An empty tensor of `shape` whose dims are in memory in the order of `chunk`'s (same rank): a chunk computed
+    channels-first (a transposed matmul result) gets a channels-first full buffer."""
+    order = sorted(range(chunk.dim()), key=lambda i: (-chunk.stride(i), i))  # outermost dim first
+    inverse = sorted(range(chunk.dim()), key=lambda i: order[i])
+    return chunk.new_empty([shape[i] for i in order]).permute(inverse)
 
 
 def tiled_pool_2d(x, weights, sigma, radius, stride, normalize, eps, dense_max=None):
