@@ -10,6 +10,8 @@ Layers of checking:
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -478,17 +480,14 @@ def test_fast_path_2d_dense_temporaries_do_not_grow_with_the_batch():
 
 
 def _peak_bytes(fn) -> int:
-    """Peak bytes allocated while fn() runs, above the level before it: the running sum of the profiler's
-    allocation and free events of PyTorch's CPU allocator (deterministic: it counts tensors, not the heap)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())  # fmt: skip
-    running = peak = 0
-    for event in events:
-        running += event.nbytes()
-        peak = max(peak, running)
-    return peak
+    """Peak bytes allocated while fn() runs, above the level before it: the benchmarks' measure
+    (`scripts/bench_device.peak_bytes`: the profiler's allocation events of PyTorch's CPU allocator, deterministic)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import bench_device
+    finally:
+        sys.path.pop(0)
+    return bench_device.peak_bytes(fn)
 
 
 def test_dense_2d_backward_holds_one_coefficient_temporary_and_one_input_sized_buffer():

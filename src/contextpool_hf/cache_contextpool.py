@@ -347,6 +347,24 @@ def add_pool_state_layers(cache: StaticCache) -> StaticCache:
     return cache
 
 
+def resolve_cache(cache: Cache | None, use_cache: bool, record_past: bool = False) -> tuple[Cache | None, bool]:
+    """(the cache a causal forward uses, whether it is static).
+
+    A `StaticCache` (compiled decoding) gains the pooling-state layers; any other transformers cache becomes a
+    `ContextPoolCache` holding its keys/values (None when empty); use_cache without a cache starts a new one, which
+    records its past when `record_past` (an assistant model's cache gets cropped)."""
+    static = isinstance(cache, StaticCache)  # fixed-size keys/values
+    if static:
+        add_pool_state_layers(cache)
+    elif cache is not None and not isinstance(cache, ContextPoolCache):
+        cache = ContextPoolCache.from_prefix(cache) if cache.get_seq_length() > 0 else None
+    if use_cache and cache is None:
+        cache = ContextPoolCache()
+        if record_past:
+            cache.activate_past_recording()
+    return cache, static
+
+
 def cache_layer(cache: Cache, layer_idx: int):
     """The layer of `cache` that holds layer `layer_idx`'s keys/values and pooling state."""
     if isinstance(cache, ContextPoolCache):

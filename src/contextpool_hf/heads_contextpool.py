@@ -16,6 +16,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .configuration_contextpool import ContextPoolConfig
+from .inputs_contextpool import _check_labels
 from .layers_contextpool import _make_norm
 
 
@@ -55,6 +56,31 @@ class ContextPoolMaskedLMHead(nn.Module):
         if self.dense is not None:
             hidden = self.norm(self.act(self.dense(hidden)))
         return self.decoder(hidden) + self.bias
+
+    def resize_bias(self, vocab_size: int) -> None:
+        """The output bias for a resized vocabulary: kept values, zeros for new tokens (its own parameter, which
+        `resize_token_embeddings` does not know)."""
+        old = self.bias
+        if old.shape[0] == vocab_size:
+            return
+        bias = old.new_zeros(vocab_size)
+        keep = min(vocab_size, old.shape[0])
+        with torch.no_grad():
+            bias[:keep] = old[:keep]
+        self.bias = nn.Parameter(bias, requires_grad=old.requires_grad)
+
+
+def _causal_lm_loss(logits, labels, shift_labels, vocab_size, num_items_in_batch):
+    """The causal LM's loss, or None: from shift_labels (already shifted) when given, else from labels (shifted
+    here). labels are checked even when shift_labels replace them: a bad one is a bug upstream."""
+    if labels is not None:
+        _check_labels("labels", labels, tuple(logits.shape[:2]), vocab_size)
+    if shift_labels is not None:
+        _check_labels("shift_labels", shift_labels, tuple(logits.shape[:2]), vocab_size)
+        return _lm_loss(logits, shift_labels, vocab_size, num_items_in_batch)
+    if labels is not None:
+        return _lm_loss(logits, labels, vocab_size, num_items_in_batch, shift=True)
+    return None
 
 
 def _sequence_representation(config, hidden, attention_mask, input_ids):

@@ -42,6 +42,32 @@ def _check_inputs_embeds(inputs_embeds, weight: torch.Tensor, name: str = "input
         )
 
 
+def _embedded_inputs(input_ids, inputs_embeds, embedding: torch.nn.Embedding, vocab_size: int, width: int,
+                     prefix: str = "", scale: float = 1.0) -> torch.Tensor:
+    """(B, n, width) embeddings from exactly one of input_ids (B, n) (looked up in `embedding`, times `scale`) or
+    inputs_embeds (B, n, width), each checked, with an error naming the argument (`prefix`: "decoder_" for the
+    seq2seq decoder's). Empty batches and sequences are refused: the attention reshapes (B, n, -1), undefined on
+    0 elements (as in Llama and BART)."""
+    ids_name, embeds_name = f"{prefix}input_ids", f"{prefix}inputs_embeds"
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError(f"Pass exactly one of {ids_name} or {embeds_name}")
+    if input_ids is not None:
+        _check_token_ids(input_ids, vocab_size, ids_name)
+        if input_ids.dim() != 2:
+            raise ValueError(f"{ids_name} must be (batch, sequence_length), got shape {tuple(input_ids.shape)}")
+        inputs_embeds = embedding(input_ids)
+        inputs_embeds = inputs_embeds * scale if scale != 1.0 else inputs_embeds
+    else:
+        _check_inputs_embeds(inputs_embeds, embedding.weight, embeds_name)
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != width:
+            raise ValueError(f"{embeds_name} must be (batch, sequence_length, {width}), got {tuple(inputs_embeds.shape)}")
+    batch, n = inputs_embeds.shape[:2]
+    if batch == 0 or n == 0:
+        name = ids_name if input_ids is not None else embeds_name
+        raise ValueError(f"{name} must hold at least one sequence of at least one token, got batch {batch}, length {n}")
+    return inputs_embeds
+
+
 def _check_labels(name: str, labels, shape: tuple[int, ...], vocab_size: int) -> None:
     """(B, n) target ids in [0, vocab_size) or -100 (ignored); else a ValueError naming `name`."""
     if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex():

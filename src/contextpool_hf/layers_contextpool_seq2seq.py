@@ -19,7 +19,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .attention_contextpool import ATTENTION_FUNCTIONS, sdpa_attention_forward
 from .configuration_contextpool_seq2seq import ContextPoolSeq2SeqConfig
-from .inputs_contextpool import _check_inputs_embeds, _check_token_ids
+from .inputs_contextpool import _embedded_inputs
 from .layers_contextpool import ContextPoolSelfAttention
 from .modeling_utils_contextpool import (
     _linear_without_bias,
@@ -244,21 +244,9 @@ class _Embeddings(nn.Module):
 
     def forward(self, input_ids, inputs_embeds, past: int, what: str):
         config = self.config
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError(f"Pass exactly one of {what}input_ids or {what}inputs_embeds")
-        if input_ids is not None:
-            _check_token_ids(input_ids, config.vocab_size, f"{what}input_ids")
-            if input_ids.dim() != 2:
-                raise ValueError(f"{what}input_ids must be (batch, sequence_length), got shape {tuple(input_ids.shape)}")
-            inputs_embeds = self._shared(input_ids) * self.scale
-        else:
-            _check_inputs_embeds(inputs_embeds, self._shared.weight, f"{what}inputs_embeds")
-            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.d_model:
-                raise ValueError(f"{what}inputs_embeds must be (batch, n, {config.d_model}), got {tuple(inputs_embeds.shape)}")
+        inputs_embeds = _embedded_inputs(input_ids, inputs_embeds, self._shared, config.vocab_size, config.d_model,
+                                         what, self.scale)  # fmt: skip
         batch, n = inputs_embeds.shape[:2]
-        if batch == 0 or n == 0:  # the attention reshapes (B, n, -1), undefined on 0 elements, as in BART
-            name = f"{what}input_ids" if input_ids is not None else f"{what}inputs_embeds"
-            raise ValueError(f"{name} must hold at least one sequence of at least one token, got batch {batch}, length {n}")
         if past + n > config.max_position_embeddings:
             raise ValueError(
                 f"{what or 'source '}sequence length {past + n} is longer than max_position_embeddings "

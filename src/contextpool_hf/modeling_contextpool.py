@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.cache_utils import Cache, StaticCache
+from transformers.cache_utils import Cache
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
@@ -41,15 +41,16 @@ from .cache_contextpool import (  # noqa: F401
     ContextPoolStaticCache,
     ContextPoolStaticLayer,
     add_pool_state_layers,
+    resolve_cache,
 )
 from .checks_contextpool import _keep_or_none
 from .configuration_contextpool import ContextPoolConfig
 from .generation_contextpool import ContextPoolGenerationMixin
-from .heads_contextpool import ContextPoolMaskedLMHead, _lm_loss, _sequence_representation
+from .heads_contextpool import ContextPoolMaskedLMHead, _causal_lm_loss, _lm_loss, _sequence_representation
 from .inputs_contextpool import (
-    _check_inputs_embeds,
     _check_labels,
     _check_token_ids,
+    _embedded_inputs,
     _packed_layout,
     _position_ids,
     _static_cache_positions,
@@ -197,24 +198,9 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = config.return_dict if return_dict is None else return_dict
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
-        if input_ids is not None:
-            _check_token_ids(input_ids, config.vocab_size)
-            if input_ids.dim() != 2:
-                raise ValueError(f"input_ids must be (batch, sequence_length), got shape {tuple(input_ids.shape)}")
-            batch, n = input_ids.shape
-            inputs_embeds = self.embed_tokens(input_ids)
-        else:
-            _check_inputs_embeds(inputs_embeds, self.embed_tokens.weight)
-            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
-                raise ValueError(
-                    f"inputs_embeds must be (batch, sequence_length, {config.hidden_size}), got {tuple(inputs_embeds.shape)}"
-                )
-            batch, n = inputs_embeds.shape[:2]
-        if batch == 0 or n == 0:  # the attention reshapes (B, n, -1), undefined on 0 elements, as in Llama
-            name = "input_ids" if input_ids is not None else "inputs_embeds"
-            raise ValueError(f"{name} must hold at least one sequence of at least one token, got batch {batch}, length {n}")
+        inputs_embeds = _embedded_inputs(input_ids, inputs_embeds, self.embed_tokens, config.vocab_size,
+                                         config.hidden_size)  # fmt: skip
+        batch, n = inputs_embeds.shape[:2]
         device = inputs_embeds.device
 
         cache = cache if cache is not None else past_key_values
@@ -223,15 +209,8 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
             cache = None  # a bidirectional encoder has nothing to continue
         if self.gradient_checkpointing and self.training and use_cache:
             use_cache = False
-        static = isinstance(cache, StaticCache)  # fixed-size keys/values: compiled decoding
-        if static:
-            add_pool_state_layers(cache)
-        elif cache is not None and not isinstance(cache, ContextPoolCache):
-            cache = ContextPoolCache.from_prefix(cache) if cache.get_seq_length() > 0 else None
-        if use_cache and cache is None:
-            cache = ContextPoolCache()
-            if getattr(self, "_record_cache_past", False):  # an assistant model: its cache gets cropped
-                cache.activate_past_recording()
+        # static: fixed-size keys/values (compiled decoding); an assistant model's cache records its past
+        cache, static = resolve_cache(cache, use_cache, record_past=getattr(self, "_record_cache_past", False))
         past = cache.get_seq_length() if cache is not None else 0
 
         position_ids_given = position_ids is not None and not static
@@ -379,15 +358,7 @@ class ContextPoolForCausalLM(ContextPoolPreTrainedModel, ContextPoolGenerationMi
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
-        loss = None
-        vocab_size = self.config.vocab_size
-        if labels is not None:  # checked even when shift_labels replace them: a bad one is a bug upstream
-            _check_labels("labels", labels, tuple(logits.shape[:2]), vocab_size)
-        if shift_labels is not None:
-            _check_labels("shift_labels", shift_labels, tuple(logits.shape[:2]), vocab_size)
-            loss = _lm_loss(logits, shift_labels, vocab_size, num_items_in_batch)
-        elif labels is not None:
-            loss = _lm_loss(logits, labels, vocab_size, num_items_in_batch, shift=True)
+        loss = _causal_lm_loss(logits, labels, shift_labels, self.config.vocab_size, num_items_in_batch)
         output = ContextPoolCausalLMOutput(
             loss=loss,
             logits=logits,
@@ -416,13 +387,7 @@ class ContextPoolForMaskedLM(ContextPoolPreTrainedModel):
     def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
         """Also resize the MLM head's output bias (a separate parameter, unknown to the base method)."""
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
-        old_bias, new_size = self.cls.bias, embeddings.weight.shape[0]
-        if old_bias.shape[0] != new_size:
-            bias = old_bias.new_zeros(new_size)
-            keep = min(new_size, old_bias.shape[0])
-            with torch.no_grad():
-                bias[:keep] = old_bias[:keep]
-            self.cls.bias = nn.Parameter(bias, requires_grad=old_bias.requires_grad)
+        self.cls.resize_bias(embeddings.weight.shape[0])
         return embeddings
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
