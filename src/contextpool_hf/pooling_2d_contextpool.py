@@ -360,8 +360,9 @@ class _Chunk:
         if self.grad_x_pad is None:
             return grad_halo
         if lay.dense:  # a view (it raises rather than copy where the layout would not allow one)
-            images = self.grad_x_pad[self.b]
-            images.view(images.shape[0], lay.lh * lay.lw, images.shape[-1]).copy_(grad_halo.reshape(images.shape[0], lay.lh * lay.lw, -1))
+            images = self.grad_x_pad[self.b]  # (b, H, W, d)
+            flat = images.view(images.shape[0], lay.lh * lay.lw, images.shape[-1])  # (b, H*W, d)
+            flat.copy_(grad_halo.reshape(flat.shape))
         else:
             lay.fold_add_(self.grad_x_pad[self.b], grad_halo, self.k0)
         return None
