@@ -237,8 +237,8 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "2d-chunk-writes-first-images", "the 2-D pooling's forward writes every chunk of images into the first images",
-        "                y_t[b, k] = y_k\n",
-        "                y_t[: y_k.shape[0], k] = y_k\n",
+        "            y_t[b, k] = y_k\n",
+        "            y_t[: y_k.shape[0], k] = y_k\n",
         _k("tests/test_vision.py", "operator_forms and image-chunks"),
     ),
     Mutation(

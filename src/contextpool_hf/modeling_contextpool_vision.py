@@ -39,6 +39,7 @@ from .modeling_utils_contextpool import (
     _linear_without_bias,
     _mix_pooled,
     _mixed_projection,
+    _stacked_linear,
 )
 from .predictor_contextpool import _is_plain_layer
 
@@ -187,9 +188,7 @@ class ContextPoolViTAttention(nn.Module):
         when one is not a plain nn.Linear, e.g. a PEFT adapter, whose update reading `.weight` would skip)."""
         if not all(_is_plain_layer(p) for p in projections):
             return torch.cat([p(hidden) for p in projections], dim=-1)
-        weight = torch.cat([p.weight for p in projections])
-        bias = torch.cat([p.bias for p in projections]) if projections[0].bias is not None else None
-        return F.linear(hidden, weight, bias)
+        return F.linear(hidden, *_stacked_linear(projections))
 
     def _project_pooled(self, hidden, grid, projections):
         """`projections` side by side of hidden (B, N, d) with its patch tokens mixed with their pooled context,

@@ -113,11 +113,16 @@ def _mixed_projection(head, original, pooled, mix, layers) -> torch.Tensor | Non
     if not all(_is_plain_layer(layer) for layer in layers):
         return None
     mix = mix if mix.dtype == original.dtype else mix.to(original.dtype)
-    weight = torch.cat([layer.weight for layer in layers]) if len(layers) > 1 else layers[0].weight
-    bias = None
-    if layers[0].bias is not None:
-        bias = torch.cat([layer.bias for layer in layers]) if len(layers) > 1 else layers[0].bias
-    return _MixedProjection.apply(head, original, pooled, mix, weight, bias)
+    return _MixedProjection.apply(head, original, pooled, mix, *_stacked_linear(layers))
+
+
+def _stacked_linear(layers) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of plain nn.Linear `layers` side by side: one matmul computes all their outputs,
+    concatenated along the last dim. One layer's own tensors need no copy; bias None when they have none."""
+    if len(layers) == 1:
+        return layers[0].weight, layers[0].bias
+    bias = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
+    return torch.cat([layer.weight for layer in layers]), bias
 
 
 def _pool_from_config(config, channels: int, causal: bool, **kwargs) -> ContextPool:

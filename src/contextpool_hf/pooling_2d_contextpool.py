@@ -271,30 +271,27 @@ class _TiledPool2d(torch.autograd.Function):
         tables = _cached_tile_tables(lay, x.device, x.dtype)
         inv_var = (s_t * s_t).reciprocal_()  # (B, nth, ntw, To)
         w_halo = lay.halos(w_pad)  # (B, nth, ntw, Li): no feature dim, so one copy for all chunks
-        batch_step, step = _chunk_steps(x, lay)
-        one_chunk = batch_step >= batch and step >= lay.nth
+        steps = _chunk_steps(x, lay)
+        one_chunk = _is_one_chunk(batch, lay, steps)
         y_t = denom = None
-        for b0 in range(0, batch, batch_step):
-            b = slice(b0, b0 + batch_step)
-            for k0 in range(0, lay.nth, step):
-                k, kc = slice(k0, k0 + step), min(step, lay.nth - k0)
-                coef = _gauss(inv_var[b, k], tables, lay).mul_(w_halo[b, k].unsqueeze(-2))  # (b, kc, ntw, To, Li)
-                y_k = _matmul_like_x(coef, lay.halos(x_pad[b], k0, kc), lay)  # (b, kc, ntw, To, d)
-                total = coef.sum(-1, keepdim=True).add_(eps) if normalize else None  # (b, kc, ntw, To, 1)
-                del coef
-                if normalize:
-                    y_k.div_(total)
-                if one_chunk:  # no copy into a full-size buffer
-                    y_t, denom = y_k, total
-                    break
-                if y_t is None:  # in the chunk's memory layout (channels-first stays channels-first)
-                    y_t = _empty_like_layout(y_k, (batch, lay.nth, lay.ntw, lay.th * lay.tw, d))
-                    denom = x.new_empty(batch, lay.nth, lay.ntw, lay.th * lay.tw, 1) if normalize else None
-                y_t[b, k] = y_k
-                if normalize:
-                    denom[b, k] = total
+        for b, k, k0, kc in _chunks(batch, lay, steps):
+            coef = _gauss(inv_var[b, k], tables, lay).mul_(w_halo[b, k].unsqueeze(-2))  # (b, kc, ntw, To, Li)
+            y_k = _matmul_like_x(coef, lay.halos(x_pad[b], k0, kc), lay)  # (b, kc, ntw, To, d)
+            total = coef.sum(-1, keepdim=True).add_(eps) if normalize else None  # (b, kc, ntw, To, 1)
+            del coef
+            if normalize:
+                y_k.div_(total)
+            if one_chunk:  # no copy into a full-size buffer
+                y_t, denom = y_k, total
+                break
+            if y_t is None:  # in the chunk's memory layout (channels-first stays channels-first)
+                y_t = _empty_like_layout(y_k, (batch, lay.nth, lay.ntw, lay.th * lay.tw, d))
+                denom = x.new_empty(batch, lay.nth, lay.ntw, lay.th * lay.tw, 1) if normalize else None
+            y_t[b, k] = y_k
+            if normalize:
+                denom[b, k] = total
         ctx.save_for_backward(x_pad, w_halo, inv_var, y_t, denom, sigma)
-        ctx.layout, ctx.steps, ctx.tables = lay, (batch_step, step), tables
+        ctx.layout, ctx.steps, ctx.tables = lay, steps, tables
         return lay.from_tiles(y_t)
 
     @staticmethod
@@ -302,14 +299,14 @@ class _TiledPool2d(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         x_pad, w_halo, inv_var, y_t, denom, sigma = ctx.saved_tensors
-        lay, (batch_step, step), tables = ctx.layout, ctx.steps, ctx.tables
+        lay, steps, tables = ctx.layout, ctx.steps, ctx.tables
         # Which gradient form (measured): through dL/dc (a To x Li matmul output, two passes over it)
         # while a tile has at most as many outputs as features (ViT grids), else the form whose
         # matmul outputs are of the size of x and y (ResNet maps: few channels, large halos).
         via_coef_grad = lay.th * lay.tw <= x_pad.shape[-1]
         need_x, need_w, need_sigma = ctx.needs_input_grad[:3]
         batch = x_pad.shape[0]
-        one_chunk = batch_step >= batch and step >= lay.nth
+        one_chunk = _is_one_chunk(batch, lay, steps)
         g_t = lay.to_tiles(grad_y)  # (B, nth, ntw, To, d)
         grad_x_pad = grad_w_pad = grad_inv_var = None
         if need_x and not lay.dense:
@@ -322,15 +319,12 @@ class _TiledPool2d(torch.autograd.Function):
             grad_w_pad = x_pad.new_empty(x_pad.shape[:3])
         if need_sigma:
             grad_inv_var = torch.empty_like(inv_var)  # (B, nth, ntw, To)
-        for b0 in range(0, batch, batch_step):
-            b = slice(b0, b0 + batch_step)
-            for k0 in range(0, lay.nth, step):
-                k, kc = slice(k0, k0 + step), min(step, lay.nth - k0)
-                chunk = _Chunk(b, k, k0, kc, grad_x_pad, grad_w_pad)
-                dense = _backward_chunk(lay, chunk, via_coef_grad, tables, x_pad, w_halo, inv_var, y_t, denom, g_t,
-                                        grad_inv_var, need_x, need_w, need_sigma)  # fmt: skip
-                if one_chunk and lay.dense:
-                    grad_x_pad, grad_w_pad = dense
+        for b, k, k0, kc in _chunks(batch, lay, steps):
+            chunk = _Chunk(b, k, k0, kc, grad_x_pad, grad_w_pad)
+            dense = _backward_chunk(lay, chunk, via_coef_grad, tables, x_pad, w_halo, inv_var, y_t, denom, g_t,
+                                    grad_inv_var, need_x, need_w, need_sigma)  # fmt: skip
+            if one_chunk and lay.dense:
+                grad_x_pad, grad_w_pad = dense
         h, w = lay.in_sizes
         rows_in, cols_in = slice(lay.left_h, lay.left_h + h), slice(lay.left_w, lay.left_w + w)
         grad_x = grad_wts = grad_sigma = None
@@ -472,6 +466,19 @@ def _chunk_steps(x, lay) -> tuple[int, int]:
     if batch * per_image_row <= limit:
         return batch, max(1, min(lay.nth, limit // (batch * per_image_row)))
     return max(1, limit // per_image_row), 1
+
+
+def _chunks(batch: int, lay, steps):
+    """(images b, tile rows k, first row k0, rows kc) of each chunk, `steps` = `_chunk_steps`'s (images, rows)."""
+    batch_step, step = steps
+    for b0 in range(0, batch, batch_step):
+        for k0 in range(0, lay.nth, step):
+            yield slice(b0, b0 + batch_step), slice(k0, k0 + step), k0, min(step, lay.nth - k0)
+
+
+def _is_one_chunk(batch: int, lay, steps) -> bool:
+    """Whether the whole batch and every tile row are one chunk (its results need no full-size buffer)."""
+    return steps[0] >= batch and steps[1] >= lay.nth
 
 
 def _empty_like_layout(chunk: torch.Tensor, shape) -> torch.Tensor:

@@ -446,8 +446,9 @@ class ContextPoolPredictor(nn.Module):
 
         Equal to `forward` followed by a sigmoid; 1-D sequences without carried state take the
         fused function (`_FusedPredictor1d`), 2-D maps in training `_FusedPredictor2d`, others
-        GELU -> projection -> sigmoid as one function (`_GeluProjectionGates`). fused=False: autograd's own nodes throughout, which are twice
-        differentiable (the hand-written backwards are not); ContextPool's "reference" implementation.
+        GELU -> projection -> sigmoid as one function (`_GeluProjectionGates`). fused=False:
+        autograd's own nodes throughout, which are twice differentiable (the hand-written backwards
+        are not); ContextPool's "reference" implementation.
         """
         fused_2d = fused and self._fusable_2d(hidden)
         if not fused_2d and (not fused or not self._fusable(hidden, conv_state)):
