@@ -261,6 +261,49 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_mixed_projection.py", "plain_mix"),
     ),
     Mutation(
+        "max-pool-mix-gate-grad-sign", "the stem's max-pool mix gives the gate the gradient of orig - pooled",
+        "grad_mix = (pooled - orig).mul_(grad).sum_to_size(mix.shape)",
+        "grad_mix = (orig - pooled).mul_(grad).sum_to_size(mix.shape)",
+        _k("tests/test_predictor_layouts.py", "max_pool_mix_equals"),
+    ),
+    Mutation(
+        "max-pool-mix-input-share", "the stem's max-pool mix routes the pooled share of the gradient to x",
+        "max_pool2d_with_indices_backward.grad_input(\n                grad * (1 - mix),",
+        "max_pool2d_with_indices_backward.grad_input(\n                grad * mix,",
+        _k("tests/test_predictor_layouts.py", "max_pool_mix_equals"),
+    ),
+    Mutation(
+        "max-pool-mix-grad-a-view", "the stem's max-pool mix returns x's gradient as a view, so autograd adds the "
+        "site's other gradients of x out of place",
+        "grad_input=grad_hidden.permute(0, 3, 1, 2)\n            )  # fmt: skip\n",
+        "grad_input=grad_hidden.permute(0, 3, 1, 2)\n            )  # fmt: skip\n            grad_hidden = grad_hidden.view(grad_hidden.shape)\n",
+        _k("tests/test_predictor_layouts.py", "adds_the_gradients"),
+    ),
+    Mutation(
+        "stem-conv-channels-first", "the stem conv writes channels-first, so the stem site copies the map",
+        "            self.embedder.channels_last_output = self.embedder.downsample is None\n",
+        "            self.embedder.channels_last_output = False\n",
+        _k("tests/test_predictor_layouts.py", "stem_conv_writes"),
+    ),
+    Mutation(
+        "downsample-layout-always-channels-last", "small maps with many channels stay channels-last after a site",
+        "        if 9 * channels > out_positions and mixed.device.type == \"cpu\":\n",
+        "        if False:\n",
+        _k("tests/test_predictor_layouts.py", "layout_follows"),
+    ),
+    Mutation(
+        "2d-backward-chunks-as-forward", "the 2-D backward through M takes the forward's chunk size",
+        "        limit = _CHUNK_ELEMENTS_BACKWARD if backward else _CHUNK_ELEMENTS\n",
+        "        limit = _CHUNK_ELEMENTS\n",
+        _k("tests/test_ops.py", "smaller_chunks"),
+    ),
+    Mutation(
+        "2d-backward-chunks-write-first-images", "the 2-D backward's chunks all write the first images' gradients",
+        "            self.grad_w_pad[self.b].copy_(grad_w_halo.reshape(grad_w_halo.shape[0], *lay.in_sizes))",
+        "            self.grad_w_pad[: grad_w_halo.shape[0]].copy_(grad_w_halo.reshape(grad_w_halo.shape[0], *lay.in_sizes))",
+        _k("tests/test_vision.py", "operator_forms"),
+    ),
+    Mutation(
         "compiled-gelu-projection-traced", "under torch.compile the 2-D gates' backward is traced through, not the operator",
         "        if not _is_compiling():\n            return _gelu_projection_backward(",
         "        if True:\n            return _gelu_projection_backward(",

@@ -479,6 +479,22 @@ def test_fast_path_2d_dense_temporaries_do_not_grow_with_the_batch():
     assert 64 * per_image > 2 * pooling_2d._CHUNK_ELEMENTS  # the larger batch is chunked
 
 
+def test_fast_path_2d_backward_through_m_takes_smaller_chunks():
+    """The backward through M (few channels against a large halo: a ResNet stem's 16x16 -> 8x8 map) holds about
+    _CHUNK_ELEMENTS_BACKWARD coefficients per temporary, a quarter of the forward's chunk: its temporaries sit beside
+    the input's full-size gradient, where a ResNet step's memory peaks."""
+    import contextpool_hf.pooling_2d_contextpool as pooling_2d
+
+    per_image, batch = 64 * 256, 32
+    x, w, s = make_inputs((batch, 16, 16), 4, dtype=torch.float32, out_lead=(batch, 8, 8), sigma_max=2.0)
+    x, w, s = (t.detach().clone().requires_grad_() for t in (x, w, s))
+    y = context_pool_2d(x, w, s, stride=2, sigma_max=2.0, truncation=2.0)
+    with _LargestOutput() as probe:
+        y.backward(torch.ones_like(y))
+    assert probe.largest <= max(pooling_2d._CHUNK_ELEMENTS_BACKWARD, per_image, x.numel()), probe.largest
+    assert pooling_2d._CHUNK_ELEMENTS_BACKWARD < batch * per_image  # the backward is chunked here
+
+
 def _peak_bytes(fn) -> int:
     """Peak bytes allocated while fn() runs, above the level before it: the benchmarks' measure
     (`scripts/bench_device.peak_bytes`: the profiler's allocation events of PyTorch's CPU allocator, deterministic)."""

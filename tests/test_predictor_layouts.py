@@ -171,3 +171,127 @@ def test_reference_implementation_is_twice_differentiable(case):
     grads = torch.autograd.grad(loss, (hidden,) + params, create_graph=True)
     second = torch.autograd.grad(sum(g.square().sum() for g in grads), params)  # would raise if once differentiable
     assert all(torch.isfinite(g).all() for g in second)
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.35, 1.0])
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels-last-x", "row-major-x"])
+def test_max_pool_mix_equals_lerp_of_max_pooling(mix, channels_last):
+    """`_MaxPoolMix` (the stem's max pooling inside its mix, the max-pooled map recomputed in the backward) against
+    torch.lerp(F.max_pool2d(x), pooled, mix) in autograd's own nodes: output and the gradients of x, pooled and
+    the gate, float64, odd map sizes (the padded edge), at the gate's ends and between them."""
+    from contextpool_hf.layers_contextpool_vision import _MaxPoolMix
+
+    g = torch.Generator().manual_seed(int(mix * 100) + channels_last)
+    x = torch.randn(2, 5, 9, 10, generator=g, dtype=torch.float64)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    pooled = torch.randn(2, 5, 5, 5, generator=g, dtype=torch.float64)
+    gate = torch.tensor(mix, dtype=torch.float64)
+    grad = torch.randn(2, 5, 5, 5, generator=g, dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, pooled, gate)]
+        hidden = leaves[0].permute(0, 2, 3, 1)  # (B, H, W, C)
+        if fused:
+            out = _MaxPoolMix.apply(hidden, leaves[1], leaves[2], 2)
+        else:
+            out = torch.lerp(F.max_pool2d(hidden.permute(0, 3, 1, 2), 3, 2, 1), leaves[1], leaves[2])
+        results.append((out, *torch.autograd.grad(out, leaves, grad)))
+    for name, got, expected in zip(("out", "dx", "dpooled", "dmix"), *results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def _stem_site(mix=0.4):
+    config = ContextPoolResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], pool_mix_init=mix)
+    torch.manual_seed(0)
+    return ContextPoolDownsample(config, 8, 2, original="max").double()
+
+
+def test_stem_site_keeps_no_max_pooled_map(monkeypatch):
+    """In training the stem site's graph keeps x and the max pooling's indices, not the max-pooled map (a quarter of
+    x) that lerp's backward would read: its saved tensors are one such map smaller than the two-node path's, with
+    the same output and gradients (all parameters), float64."""
+    from contextpool_hf import layers_contextpool_vision as layers
+
+    x = torch.randn(4, 8, 12, 12, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    pooled_map_bytes = 4 * 8 * 6 * 6 * 8
+    runs = {}
+    for fused in (True, False):
+        site = _stem_site()
+        if not fused:
+            monkeypatch.setattr(layers._MaxPoolMix, "applies", staticmethod(lambda *a: False))
+        leaf = x.detach().clone().requires_grad_()
+        saved = {}
+
+        def pack(t, saved=saved):
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = site(leaf)
+        params = {p.untyped_storage().data_ptr() for p in site.parameters()}
+        kept = sum(n for ptr, n in saved.items() if ptr not in params)
+        grads = torch.autograd.grad(out.square().sum(), [leaf, *site.parameters()])
+        runs[fused] = (kept, out, grads)
+        monkeypatch.undo()
+    assert runs[False][0] - runs[True][0] >= pooled_map_bytes, (runs[False][0], runs[True][0])
+    torch.testing.assert_close(runs[True][1], runs[False][1], rtol=1e-12, atol=1e-12)
+    for got, expected in zip(runs[True][2], runs[False][2], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_stem_site_adds_the_gradients_of_its_input_in_place():
+    """x's three gradients at the stem site (the max pooling, the pooling, the predictor) are summed into the first
+    to arrive, which `_MaxPoolMix` writes into a tensor of its own: no addition allocates a tensor of x's size
+    (each would be one more at a ResNet step's peak)."""
+    site = _stem_site().float()
+    x = torch.randn(4, 8, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    loss = site(x).square().sum()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        loss.backward()
+    x_bytes = x.numel() * x.element_size()
+    adds = [e.cpu_memory_usage for e in prof.events() if e.name == "aten::add" and e.cpu_memory_usage >= x_bytes]
+    assert adds == [], adds
+
+
+def test_stem_conv_writes_channels_last_for_the_stem_site():
+    """With ContextPool at the stem's max pooling, the stem conv writes its output channels-last (its weight is
+    passed channels-last), so the site's channels-last view needs no copy; the values are the conv's, float64,
+    gradients included. A wrapped conv (not a plain nn.Conv2d) runs its own forward."""
+    from contextpool_hf.layers_contextpool_vision import ContextPoolResNetEmbeddings
+
+    config = ContextPoolResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])
+    torch.manual_seed(0)
+    stem = ContextPoolResNetEmbeddings(config).double().embedder
+    assert stem.channels_last_output
+    pixels = torch.randn(2, 3, 20, 20, dtype=torch.float64, requires_grad=True)
+    out = stem._convolve(pixels)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    expected = stem.convolution(pixels)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn(out.shape, dtype=torch.float64)
+    inputs = [pixels, stem.convolution.weight]
+    for got, want in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(expected, inputs, grad), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+    class WrappedConv(torch.nn.Conv2d):  # e.g. an adapter's layer: its forward must run
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    wrapped = WrappedConv(3, 8, 7, stride=2, padding=3, bias=False).double()
+    wrapped.load_state_dict(stem.convolution.state_dict())
+    stem.convolution = wrapped
+    torch.testing.assert_close(stem._convolve(pixels), expected + 1.0, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels,side,layout", [(8, 16, "channels-last"), (64, 4, "channels-first")])
+def test_downsample_output_layout_follows_the_map_size(channels, side, layout):
+    """A site's output stays channels-last on maps with more positions than 9x its channels, and is made
+    channels-first on small maps with many channels (a ResNet's last stages), where the CPU conv backward would
+    copy the next conv's weight into channels-last."""
+    config = ContextPoolResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])
+    site = ContextPoolDownsample(config, channels, 2)
+    x = torch.randn(4, channels, side, side).contiguous(memory_format=torch.channels_last)
+    out = site(x)
+    assert out.is_contiguous() == (layout == "channels-first"), out.stride()
+    if layout == "channels-last":
+        assert out.is_contiguous(memory_format=torch.channels_last)

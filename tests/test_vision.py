@@ -537,7 +537,7 @@ def test_saved_resnet_keeps_its_placement_and_outputs(tmp_path, placement):
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("chunked", [False, True], ids=["one-chunk", "image-chunks"])
+@pytest.mark.parametrize("chunked", [False, True, "backward"], ids=["one-chunk", "image-chunks", "backward-chunks"])
 @pytest.mark.parametrize("separable", [True, False])
 @pytest.mark.parametrize("d", [3, 40])  # tile outputs > d: gradient via x/y-sized matmuls; <= d: via dL/dc
 @pytest.mark.parametrize("dense_max,stride,normalize", [(None, 1, True), (None, 2, False), (0, 1, True),
@@ -546,13 +546,16 @@ def test_2d_operator_forms_match_reference(monkeypatch, separable, d, dense_max,
     """Outputs and the gradients of x, weights and sigma, float64, for each Gaussian build (row x
     column factors or one exp per coefficient) and each backward form, dense and tiled, both
     memory layouts of x (channels-last; channels-first as a ConvNet's permuted view), with the whole
-    batch in one chunk and with one image per chunk (the chunk limit at 1 coefficient)."""
+    batch in one chunk, with one image per chunk (the chunk limits at 1 coefficient), and with the
+    forward in one chunk and the backward in one image per chunk."""
     import contextpool_hf.pooling_2d_contextpool as p2
     from contextpool_hf.pooling_contextpool import _pool_reference
 
     monkeypatch.setattr(p2, "_SEPARABLE_MIN_HALO", 0 if separable else 10**9)
-    if chunked:
+    if chunked is True:
         monkeypatch.setattr(p2, "_CHUNK_ELEMENTS", 1)
+    if chunked:  # "backward": the forward in one chunk, the backward one image per chunk
+        monkeypatch.setattr(p2, "_CHUNK_ELEMENTS_BACKWARD", 1)
     if dense_max == 0:
         monkeypatch.setattr(p2, "_TILE_SIDE", 3)
         monkeypatch.setattr(p2, "_TILE_SIDE_STRIDED", 2)

@@ -15,7 +15,8 @@ from transformers.activations import ACT2FN
 
 from .configuration_contextpool_vision import ContextPoolResNetConfig
 from .modeling_utils_contextpool import _mix_pooled, _pool_from_config
-from .pooling_contextpool import ContextPool
+from .pooling_contextpool import ContextPool, _is_compiling
+from .predictor_contextpool import _is_plain_layer
 
 
 def _make_pool(config, channels: int, stride: int) -> ContextPool:
@@ -65,11 +66,12 @@ class ContextPoolDownsample(nn.Module):
         # The predictor reads a channels-last copy: its depthwise conv and projection are 1.5-2x
         # faster there (measured) than on channels-first memory, copy included.
         hidden_last = hidden.contiguous()  # (B, H, W, C)
-        if self.original == "max":
+        orig = None
+        if self.original == "max" and not _MaxPoolMix.applies(hidden_last, self.pool_mix):
             # on the channels-last copy (x's values, channels-last memory): CPU max pooling is 3-4x
             # faster there than on channels-first memory (measured at ResNet stem shapes)
             orig = F.max_pool2d(hidden_last.permute(0, 3, 1, 2), kernel_size=3, stride=s, padding=1)
-        else:
+        elif self.original != "max":
             orig = x[:, :, ::s, ::s]
         weights, sigma, _ = self.pool.predict(hidden_last)  # (B, G, H, W), (B, G, H', W')
         feats = hidden.unflatten(-1, (groups, channels // groups)).permute(0, 3, 1, 2, 4)  # (B, G, H, W, C/G), a view
@@ -77,7 +79,69 @@ class ContextPoolDownsample(nn.Module):
         pooled = self.pool.pool(feats, weights, sigma)  # (B, G, H', W', C/G)
         pooled = pooled.permute(0, 1, 4, 2, 3).reshape(batch, channels, *pooled.shape[2:4])
         self.last_sigma = sigma.detach()
-        return _mix_pooled(orig, pooled, self.pool_mix)
+        if orig is None:  # the max pooling inside the mix: it keeps no copy of the max-pooled map
+            mixed = _MaxPoolMix.apply(hidden_last, pooled, self.pool_mix.to(pooled.dtype), s)
+        else:
+            mixed = _mix_pooled(orig, pooled, self.pool_mix)  # x's channels-last memory
+        out_positions = batch * mixed.shape[2] * mixed.shape[3]
+        if 9 * channels > out_positions and mixed.device.type == "cpu":
+            # A small map with many channels (a ResNet's last stages) continues channels-first: the CPU conv
+            # backward on channels-last memory copies the next conv's weight (out x C x 3 x 3, at least 9 C^2
+            # numbers) into channels-last, several times, where this copy is B * H' * W' * C (measured: the
+            # ResNet step's peak memory was such a copy, at its last stage).
+            mixed = mixed.contiguous()
+        return mixed
+
+
+class _MaxPoolMix(torch.autograd.Function):
+    """lerp(max_pool2d(x, 3, stride, 1), pooled, mix) keeping x and the max pooling's indices, not the max-pooled map.
+
+    lerp's backward reads its start for the gate's gradient: as two nodes, the max-pooled map (a quarter of x) is
+    kept from the forward to the end of the backward. Here it is recomputed from x (which the ReLU before and the
+    pooling keep anyway) when the gate's gradient is formed. hidden (B, H, W, C) is x row-major (x's channels-last
+    view, where the max pooling is fastest); pooled (B, C, H', W'); mix 0-dim in pooled's dtype.
+
+    The input's gradient is written into a tensor of its own (not a view of one): it is the first of the site's
+    three gradients of x to arrive (this node is created last), and autograd adds the others into it in place only
+    if it is not a view (measured: otherwise each addition allocates a new tensor of x's size).
+    """
+
+    @staticmethod
+    def applies(hidden: torch.Tensor, mix: torch.Tensor) -> bool:
+        """Eager training outside autocast (elsewhere the two nodes, which compile and autocast handle)."""
+        return (
+            torch.is_grad_enabled()
+            and (hidden.requires_grad or mix.requires_grad)
+            and not _is_compiling()
+            and not torch.is_autocast_enabled(hidden.device.type)
+        )
+
+    @staticmethod
+    def forward(ctx, hidden, pooled, mix, stride):
+        orig, indices = F.max_pool2d(hidden.permute(0, 3, 1, 2), 3, stride, 1, return_indices=True)  # (B, C, H', W')
+        ctx.save_for_backward(hidden, indices, pooled, mix)
+        ctx.stride = stride
+        return torch.lerp(orig, pooled, mix)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        hidden, indices, pooled, mix = ctx.saved_tensors
+        need_hidden, need_pooled, need_mix = ctx.needs_input_grad[:3]
+        x, s = hidden.permute(0, 3, 1, 2), ctx.stride  # (B, C, H, W), channels-last memory
+        grad_hidden = grad_pooled = grad_mix = None
+        if need_mix:  # the forward's max-pooled map, recomputed
+            orig = F.max_pool2d(x, 3, s, 1)
+            grad_mix = (pooled - orig).mul_(grad).sum_to_size(mix.shape)
+            del orig
+        if need_pooled:
+            grad_pooled = grad * mix
+        if need_hidden:
+            grad_hidden = torch.empty_like(hidden, memory_format=torch.contiguous_format)  # (B, H, W, C), not a view
+            torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
+                grad * (1 - mix), x, [3, 3], [s, s], [1, 1], [1, 1], False, indices, grad_input=grad_hidden.permute(0, 3, 1, 2)
+            )  # fmt: skip
+        return grad_hidden, grad_pooled, grad_mix, None
 
 
 def _shared_downsample(config, in_channels: int, stride: int, replace: bool):
@@ -113,11 +177,28 @@ class ContextPoolResNetConvLayer(nn.Module):
         )
         self.normalization = nn.BatchNorm2d(out_channels)
         self.activation = ACT2FN[activation] if activation is not None else nn.Identity()
+        # set by the stem when a ContextPoolDownsample reads this layer's output (see `_convolve`)
+        self.channels_last_output = False
+
+    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution; with `channels_last_output`, its output in channels-last memory (the same values).
+
+        A ContextPoolDownsample reads its input channels-last (the predictor's conv and the max pooling are
+        1.5-4x faster there), so a channels-first map costs it a copy of the map, kept for the backward: at the
+        stem the largest tensor of a ResNet step. A conv whose weight is channels-last writes its output
+        channels-last (oneDNN), so the copy never exists; the weight's copy is small (3 x 7 x 7 per output
+        channel) and autograd keeps the input the layer keeps anyway.
+        """
+        conv = self.convolution
+        if not self.channels_last_output or not _is_plain_layer(conv) or x.dim() != 4:
+            return conv(x)
+        weight = conv.weight.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample is not None and self.downsample_first:
             x = self.downsample(x)
-        x = self.convolution(x)
+        x = self._convolve(x)
         if self.downsample is not None and not self.downsample_first:
             x = self.downsample(x)
         return self.activation(self.normalization(x))
@@ -133,6 +214,7 @@ class ContextPoolResNetEmbeddings(nn.Module):
         )
         if "stem_pool" in sites:
             self.pooler = ContextPoolDownsample(config, config.embedding_size, 2, original="max")
+            self.embedder.channels_last_output = self.embedder.downsample is None
         else:
             self.pooler = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.num_channels = config.num_channels

@@ -53,6 +53,12 @@ _TILE_SIDE = 8
 _TILE_SIDE_STRIDED = 4
 # About this many coefficient elements per chunk temporary (cache-sized, reused across chunks).
 _CHUNK_ELEMENTS = 1 << 18
+# The backward through M (few channels, large halos: ResNet maps) takes smaller chunks: gauss and M sit beside the
+# input's full-size gradient and the other gradients the step holds by then (measured: a ResNet step's peak
+# memory was its stem site's backward, gauss and M of 16 images, 1.5 MiB; 4 images per chunk: 1.10x -> 1.07x
+# transformers' peak). The form through dL/dc (ViT grids) keeps _CHUNK_ELEMENTS: a second chunk there cost about
+# 2% of a ViT step and its peak is elsewhere.
+_CHUNK_ELEMENTS_BACKWARD = 1 << 16
 _CHUNK_ELEMENTS_ACCELERATOR = 1 << 26
 
 
@@ -291,7 +297,7 @@ class _TiledPool2d(torch.autograd.Function):
             if normalize:
                 denom[b, k] = total
         ctx.save_for_backward(x_pad, w_halo, inv_var, y_t, denom, sigma)
-        ctx.layout, ctx.steps, ctx.tables = lay, steps, tables
+        ctx.layout, ctx.tables = lay, tables
         return lay.from_tiles(y_t)
 
     @staticmethod
@@ -299,11 +305,12 @@ class _TiledPool2d(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         x_pad, w_halo, inv_var, y_t, denom, sigma = ctx.saved_tensors
-        lay, steps, tables = ctx.layout, ctx.steps, ctx.tables
+        lay, tables = ctx.layout, ctx.tables
         # Which gradient form (measured): through dL/dc (a To x Li matmul output, two passes over it)
         # while a tile has at most as many outputs as features (ViT grids), else the form whose
         # matmul outputs are of the size of x and y (ResNet maps: few channels, large halos).
         via_coef_grad = lay.th * lay.tw <= x_pad.shape[-1]
+        steps = _chunk_steps(x_pad, lay, backward=not via_coef_grad)
         need_x, need_w, need_sigma = ctx.needs_input_grad[:3]
         batch = x_pad.shape[0]
         one_chunk = _is_one_chunk(batch, lay, steps)
@@ -457,10 +464,14 @@ def _matmul_like_x(coef, features, lay):
     return torch.matmul(coef, features)
 
 
-def _chunk_steps(x, lay) -> tuple[int, int]:
-    """(images, tile rows) per chunk, so that one coefficient temporary holds about _CHUNK_ELEMENTS: whole tile
-    rows of the whole batch while one row fits, else one row of as many images as fit (a dense map is one row)."""
-    limit = _CHUNK_ELEMENTS if x.device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
+def _chunk_steps(x, lay, backward: bool = False) -> tuple[int, int]:
+    """(images, tile rows) per chunk, so that one coefficient temporary holds about _CHUNK_ELEMENTS
+    (_CHUNK_ELEMENTS_BACKWARD for the backward through M): whole tile rows of the whole batch while one row fits,
+    else one row of as many images as fit (a dense map is one row)."""
+    if x.device.type != "cpu":
+        limit = _CHUNK_ELEMENTS_ACCELERATOR
+    else:
+        limit = _CHUNK_ELEMENTS_BACKWARD if backward else _CHUNK_ELEMENTS
     batch = x.shape[0]
     per_image_row = max(1, lay.ntw * lay.th * lay.tw * max(lay.lh * lay.lw, x.shape[-1]))
     if batch * per_image_row <= limit:
