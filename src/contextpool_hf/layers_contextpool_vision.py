@@ -84,11 +84,12 @@ class ContextPoolDownsample(nn.Module):
         else:
             mixed = _mix_pooled(orig, pooled, self.pool_mix)  # x's channels-last memory
         out_positions = batch * mixed.shape[2] * mixed.shape[3]
-        if 9 * channels > out_positions and mixed.device.type == "cpu":
+        if 9 * channels > out_positions and mixed.device.type == "cpu" and not _is_compiling():
             # A small map with many channels (a ResNet's last stages) continues channels-first: the CPU conv
             # backward on channels-last memory copies the next conv's weight (out x C x 3 x 3, at least 9 C^2
             # numbers) into channels-last, several times, where this copy is B * H' * W' * C (measured: the
-            # ResNet step's peak memory was such a copy, at its last stage).
+            # ResNet step's peak memory was such a copy, at its last stage). Eager only: compiled, inductor
+            # chooses the layouts.
             mixed = mixed.contiguous()
         return mixed
 
@@ -190,7 +191,8 @@ class ContextPoolResNetConvLayer(nn.Module):
         channel) and autograd keeps the input the layer keeps anyway.
         """
         conv = self.convolution
-        if not self.channels_last_output or not _is_plain_layer(conv) or x.dim() != 4:
+        # compiled, inductor chooses the layouts (measured: this made the compiled ResNet step slower)
+        if not self.channels_last_output or not _is_plain_layer(conv) or x.dim() != 4 or _is_compiling():
             return conv(x)
         weight = conv.weight.contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
