@@ -255,21 +255,23 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_mixed_projection.py", "keeps_no_copy"),
     ),
     Mutation(
-        "mixed-projection-pooled-grad", "the mixed projection's backward gives the pooled tokens the original's share",
-        "grad_pooled = grad_mixed * mix if need_pooled else None",
-        "grad_pooled = grad_mixed * (1 - mix) if need_pooled else None",
+        "mixed-projection-pooled-grad", "the mixed projection's backward gives the pooled tokens the original's share "
+        "(in `_lerp_grads`, which the stem's max-pool mix shares)",
+        "    grad_end = grad * weight if need_end else None",
+        "    grad_end = grad * (1 - weight) if need_end else None",
         _k("tests/test_mixed_projection.py", "plain_mix"),
     ),
     Mutation(
-        "max-pool-mix-gate-grad-sign", "the stem's max-pool mix gives the gate the gradient of orig - pooled",
-        "grad_mix = (pooled - orig).mul_(grad).sum_to_size(mix.shape)",
-        "grad_mix = (orig - pooled).mul_(grad).sum_to_size(mix.shape)",
+        "max-pool-mix-gate-grad-sign", "the stem's max-pool mix gives the gate the gradient of orig - pooled (in "
+        "`_lerp_grads`, which the mixed projection shares)",
+        "    grad_weight = (end - start).mul_(grad).sum_to_size(weight.shape) if need_weight else None",
+        "    grad_weight = (start - end).mul_(grad).sum_to_size(weight.shape) if need_weight else None",
         _k("tests/test_predictor_layouts.py", "max_pool_mix_equals"),
     ),
     Mutation(
         "max-pool-mix-input-share", "the stem's max-pool mix routes the pooled share of the gradient to x",
-        "max_pool2d_with_indices_backward.grad_input(\n                grad * (1 - mix),",
-        "max_pool2d_with_indices_backward.grad_input(\n                grad * mix,",
+        "max_pool2d_with_indices_backward.grad_input(\n                grad_orig, x,",
+        "max_pool2d_with_indices_backward.grad_input(\n                grad * mix, x,",
         _k("tests/test_predictor_layouts.py", "max_pool_mix_equals"),
     ),
     Mutation(

@@ -1,4 +1,4 @@
-"""Shared test builders: a tiny ContextPool causal LM and random token ids for it.
+"""Shared test builders: a tiny ContextPool causal LM and random token ids for it, and what a graph keeps.
 
 Small enough to run many variants on CPU; a narrow pooling window (sigma <= 2, truncation 2) so
 that short sequences and generation run well past it, and a wide initialisation so that greedy
@@ -37,3 +37,16 @@ def tiny_causal_lm(seed: int = 0, **overrides) -> ContextPoolForCausalLM:
 def random_ids(batch: int = 2, n: int = 7, seed: int = 1, vocab_size: int = TINY_VOCAB) -> torch.Tensor:
     """(batch, n) token ids in [1, vocab_size): never 0, the pad id."""
     return torch.randint(1, vocab_size, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def saved_storages(fn):
+    """(fn(), {storage address: bytes} of every tensor fn's autograd graph keeps for its backward, each storage once)."""
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()
+    return result, saved

@@ -5,7 +5,7 @@ function and in every model family that uses it, and what the graph keeps."""
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import random_ids, tiny_causal_lm
+from helpers import random_ids, saved_storages, tiny_causal_lm
 from test_seq2seq import batch as seq2seq_batch
 from test_seq2seq import tiny_model as tiny_seq2seq
 from torch import nn
@@ -137,14 +137,7 @@ def test_models_with_the_fused_projection_equal_the_plain_one(family, monkeypatc
 def _token_sized_saved(fn, like) -> list[int]:
     """Byte sizes of the tensors (each storage once, parameters left out) that fn() keeps for its backward and that
     are at least `like`'s size."""
-    saved = {}
-
-    def pack(t):
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
+    _, saved = saved_storages(fn)
     return sorted(n for n in saved.values() if n >= like.numel() * like.element_size())
 
 

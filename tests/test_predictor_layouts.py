@@ -5,6 +5,7 @@ ResNet stem's max pooling on its channels-last copy against F.max_pool2d: float6
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import saved_storages
 
 from contextpool_hf import ContextPoolResNetConfig
 from contextpool_hf.layers_contextpool_vision import ContextPoolDownsample
@@ -127,14 +128,7 @@ def test_stem_site_is_max_pooling_at_gate_zero_with_its_gradient():
 def input_sized_saved(fn, hidden, module) -> list[int]:
     """The byte sizes of the tensors fn(hidden) keeps for its backward that are at least as large as hidden (each
     storage once; module's parameters left out)."""
-    saved = {}
-
-    def pack(t):
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(hidden)
+    _, saved = saved_storages(lambda: fn(hidden))
     parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
     return [n for ptr, n in saved.items() if ptr not in parameters and n >= hidden.numel() * hidden.element_size()]
 
@@ -220,14 +214,7 @@ def test_stem_site_keeps_no_max_pooled_map(monkeypatch):
         if not fused:
             monkeypatch.setattr(layers._MaxPoolMix, "applies", staticmethod(lambda *a: False))
         leaf = x.detach().clone().requires_grad_()
-        saved = {}
-
-        def pack(t, saved=saved):
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = site(leaf)
+        out, saved = saved_storages(lambda site=site, leaf=leaf: site(leaf))
         params = {p.untyped_storage().data_ptr() for p in site.parameters()}
         kept = sum(n for ptr, n in saved.items() if ptr not in params)
         grads = torch.autograd.grad(out.square().sum(), [leaf, *site.parameters()])

@@ -14,7 +14,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .configuration_contextpool_vision import ContextPoolResNetConfig
-from .modeling_utils_contextpool import _mix_pooled, _pool_from_config
+from .modeling_utils_contextpool import _lerp_grads, _mix_pooled, _pool_from_config
 from .pooling_contextpool import ContextPool, _is_compiling
 from .predictor_contextpool import _is_plain_layer
 
@@ -130,17 +130,14 @@ class _MaxPoolMix(torch.autograd.Function):
         hidden, indices, pooled, mix = ctx.saved_tensors
         need_hidden, need_pooled, need_mix = ctx.needs_input_grad[:3]
         x, s = hidden.permute(0, 3, 1, 2), ctx.stride  # (B, C, H, W), channels-last memory
-        grad_hidden = grad_pooled = grad_mix = None
-        if need_mix:  # the forward's max-pooled map, recomputed
-            orig = F.max_pool2d(x, 3, s, 1)
-            grad_mix = (pooled - orig).mul_(grad).sum_to_size(mix.shape)
-            del orig
-        if need_pooled:
-            grad_pooled = grad * mix
+        orig = F.max_pool2d(x, 3, s, 1) if need_mix else None  # the forward's max-pooled map, recomputed
+        grad_orig, grad_pooled, grad_mix = _lerp_grads(grad, orig, pooled, mix, need_hidden, need_pooled, need_mix)
+        del orig
+        grad_hidden = None
         if need_hidden:
             grad_hidden = torch.empty_like(hidden, memory_format=torch.contiguous_format)  # (B, H, W, C), not a view
             torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
-                grad * (1 - mix), x, [3, 3], [s, s], [1, 1], [1, 1], False, indices, grad_input=grad_hidden.permute(0, 3, 1, 2)
+                grad_orig, x, [3, 3], [s, s], [1, 1], [1, 1], False, indices, grad_input=grad_hidden.permute(0, 3, 1, 2)
             )  # fmt: skip
         return grad_hidden, grad_pooled, grad_mix, None
 
@@ -191,7 +188,7 @@ class ContextPoolResNetConvLayer(nn.Module):
         channel) and autograd keeps the input the layer keeps anyway.
         """
         conv = self.convolution
-        # compiled, inductor chooses the layouts (measured: this made the compiled ResNet step slower)
+        # eager only, as the sites' other layout choices: compiled, inductor chooses the layouts
         if not self.channels_last_output or not _is_plain_layer(conv) or x.dim() != 4 or _is_compiling():
             return conv(x)
         weight = conv.weight.contiguous(memory_format=torch.channels_last)

@@ -87,11 +87,18 @@ class _MixedProjection(torch.autograd.Function):
             grad_bias = grad_out.flatten(0, -2).sum(0)
         skip = 0 if head is None else head.shape[1]
         grad_head = grad_in[:, :skip] if need_head and head is not None else None
-        grad_mixed = grad_in[:, skip:]  # (B, n, d): lerp's backward
-        grad_original = grad_mixed * (1 - mix) if need_original else None
-        grad_pooled = grad_mixed * mix if need_pooled else None
-        grad_mix = (pooled - original).mul_(grad_mixed).sum_to_size(mix.shape) if need_mix else None
+        grad_original, grad_pooled, grad_mix = _lerp_grads(grad_in[:, skip:], original, pooled, mix,
+                                                           need_original, need_pooled, need_mix)  # fmt: skip
         return grad_head, grad_original, grad_pooled, grad_mix, grad_weight, grad_bias
+
+
+def _lerp_grads(grad, start, end, weight, need_start, need_end, need_weight):
+    """The gradients of lerp(start, end, weight) = start + weight * (end - start) for the hand-written backwards
+    that rebuild or recompute lerp's inputs (None where not needed; start and end are read only for the weight's)."""
+    grad_start = grad * (1 - weight) if need_start else None
+    grad_end = grad * weight if need_end else None
+    grad_weight = (end - start).mul_(grad).sum_to_size(weight.shape) if need_weight else None
+    return grad_start, grad_end, grad_weight
 
 
 def _mixed_input(head, original, pooled, mix):

@@ -360,25 +360,27 @@ class _Chunk:
         """Adds (tiled) or writes (dense) the chunk's input-gradient halos; returns them when there is no buffer."""
         if self.grad_x_pad is None:
             return grad_halo
-        if lay.dense:  # a view (it raises rather than copy where the layout would not allow one)
-            images = self.grad_x_pad[self.b]  # (b, H, W, d)
-            flat = images.view(images.shape[0], lay.lh * lay.lw, images.shape[-1])  # (b, H*W, d)
+        if lay.dense:
+            flat = self._dense_rows(lay)
             flat.copy_(grad_halo.reshape(flat.shape))
         else:
             lay.fold_add_(self.grad_x_pad[self.b], grad_halo, self.k0)
         return None
 
     def put_x_product(self, lay, m, w):
-        """`put_x(m * w)` (broadcasting); into a dense buffer the product is written directly, with no temporary of
-        the chunk's input size (measured: a quarter of the stem site's backward transient at 8 images per chunk).
-        Traced by torch.compile, the plain product (measured: the out= write made the compiled ResNet step 1.25x
-        slower)."""
+        """`put_x(m * w)` (broadcasting); into a dense buffer the product is written directly: no temporary of the
+        chunk's input size and no copy. Traced by torch.compile, the plain product (measured: the out= write made
+        the compiled ResNet step 1.25x slower)."""
         if self.grad_x_pad is None or not lay.dense or torch.compiler.is_compiling():
             return self.put_x(lay, m * w)
-        images = self.grad_x_pad[self.b]  # (b, H, W, d)
-        flat = images.view(images.shape[0], lay.lh * lay.lw, images.shape[-1])  # (b, H*W, d), a view
-        torch.mul(m, w, out=flat.view(m.shape))
+        torch.mul(m, w, out=self._dense_rows(lay).view(m.shape))
         return None
+
+    def _dense_rows(self, lay) -> torch.Tensor:
+        """The chunk's images of the dense input-gradient buffer as (b, H*W, d): a view (it raises rather than copy
+        where the layout would not allow one)."""
+        images = self.grad_x_pad[self.b]  # (b, H, W, d)
+        return images.view(images.shape[0], lay.lh * lay.lw, images.shape[-1])
 
     def put_w(self, lay, grad_w_halo):
         """The same for the weights' gradient (B, kc, ntw, Li); dense without a buffer: returned as (b, H, W)."""
