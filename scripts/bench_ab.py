@@ -39,6 +39,7 @@ import types
 from pathlib import Path
 
 # the benchmarks whose model sizes and steps are compared (scripts/ is on sys.path when run as a script)
+import bench_device
 import bench_model
 import bench_vision
 import torch
@@ -66,6 +67,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--quick", action="store_true", help="small batches and sizes (smoke test)")
     parser.add_argument("--json", default=None, help="also write the results to this new file")
+    parser.add_argument("--malloc", default="default", choices=bench_device.MALLOC_CHOICES,
+                        help="the C allocator's policy, as in the bench scripts (scripts/bench_device.py)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
@@ -73,6 +76,7 @@ def parse_args(argv=None):
         parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.json is not None and Path(args.json).exists():
         parser.error(f"--json {args.json} exists: give a new file name (results are never overwritten)")
+    bench_device.apply_malloc(parser, args.malloc)
     return args
 
 
@@ -205,7 +209,7 @@ def main(argv=None):
             print(json.dumps(row), flush=True)
     print(f"\nworking tree vs {args.ref}: CPU time per training step (generate-*: per generate call; decode-*: per forward), "
           f"{args.repeats} alternated steps, "
-          f"{args.threads} thread(s){' (quick sizes)' if args.quick else ''}")
+          f"{args.threads} thread(s){' (quick sizes)' if args.quick else ''}, malloc {args.malloc}")
     print("| model | new/ref | new/transformers | ref/transformers | new | ref | transformers |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:
@@ -214,7 +218,7 @@ def main(argv=None):
         print(f"| {row['family']} | " + " | ".join(cells) + f" | {row['new_ms']} ms | {row['ref_ms']} ms | {row['vanilla_ms']} ms |")
     if args.json is not None:
         meta = {"command": "python scripts/bench_ab.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                "ref": args.ref, "repeats": args.repeats, "threads": args.threads, "quick": args.quick,
+                "ref": args.ref, "repeats": args.repeats, "threads": args.threads, "quick": args.quick, "malloc": args.malloc,
                 "torch": torch.__version__, "timing": "process CPU time per step, alternated A B C, C B A"}
         with open(args.json, "x") as handle:
             json.dump({"meta": meta, "rows": rows}, handle, indent=2)

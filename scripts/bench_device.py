@@ -7,17 +7,29 @@ training steps keep float32 weights under `torch.autocast` (as `Trainer(bf16=Tru
 runs a model cast to the dtype (as `from_pretrained(dtype=torch.bfloat16)` gives).
 
     python scripts/bench_model.py --device cuda --dtype bfloat16 --output-dir benchmarks/gpu
+
+`--malloc retain` (CPU, glibc): the C allocator keeps the memory PyTorch frees for its next allocations instead of
+returning it to the system. By default glibc serves large tensors with fresh mappings and trims its heap, so a
+training step touches tens of thousands of new pages, each a page fault (measured: 20-25% of a text model's step
+on this 2-core CPU, for both models of a pair). Retained memory is what jemalloc or tcmalloc (LD_PRELOAD), or the
+environment variables MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_, give a CPU training run; the README's
+"CPU allocator" section has the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import time
 
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MALLOC_CHOICES = ("default", "retain")
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +38,10 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
                         help="float32 (default); bfloat16 / float16: training steps under torch.autocast with float32 "
                              "weights, generation with the models cast to it")  # fmt: skip
+    parser.add_argument("--malloc", default="default", choices=MALLOC_CHOICES,
+                        help="the C allocator's policy (CPU): default (glibc's: fresh pages for large tensors, the heap "
+                             "trimmed) or retain (freed memory kept for reuse: no page faults on fresh memory; glibc "
+                             "only)")  # fmt: skip
 
 
 def resolve_placement(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -33,6 +49,30 @@ def resolve_placement(parser: argparse.ArgumentParser, args: argparse.Namespace)
     checking that this machine has the device (parser.error otherwise)."""
     args.torch_device = _checked_device(parser, args)
     args.torch_dtype = DTYPES[args.dtype]
+    apply_malloc(parser, getattr(args, "malloc", "default"))
+
+
+def apply_malloc(parser: argparse.ArgumentParser, policy: str) -> None:
+    """Put `--malloc`'s policy in force (parser.error where the C library cannot)."""
+    if policy == "retain":
+        error = retain_freed_memory()
+        if error:
+            parser.error(f"--malloc retain: {error}; use --malloc default")
+
+
+def retain_freed_memory() -> str | None:
+    """Make glibc keep freed memory for reuse, from now on in this process: no mmap for large blocks
+    (M_MMAP_MAX 0) and no heap trimming (M_TRIM_THRESHOLD at its maximum). -> None, or why it could not."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return f"this C library ({name or 'not found'}) has no mallopt (glibc only)"
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    if not (mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)):
+        return "mallopt refused the settings"
+    return None
 
 
 def _checked_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:

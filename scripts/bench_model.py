@@ -351,7 +351,7 @@ def cpu_ratio_fields(ratios: list[float], device=None) -> dict:
 
 # what a results file's rows depend on besides the family: a partial run merges only into a file that agrees
 MERGE_SETTINGS = ("hidden", "layers", "heads", "vocab", "seq2seq_layers", "compiled", "quick", "threads", "device",
-                  "dtype", "pool_implementation")
+                  "dtype", "pool_implementation", "malloc")
 
 
 def row_family(row: dict) -> str:
@@ -490,7 +490,7 @@ def run_meta(args) -> dict:
         command="python scripts/bench_model.py " + " ".join(__import__("sys").argv[1:]),
         torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
         machine=platform.machine(), processor=platform.processor() or None, threads=torch.get_num_threads(),
-        device=str(args.torch_device), dtype=args.dtype, pool_implementation=args.pool_implementation, **bench_device.device_info(args.torch_device),
+        device=str(args.torch_device), dtype=args.dtype, malloc=args.malloc, pool_implementation=args.pool_implementation, **bench_device.device_info(args.torch_device),
         hidden=args.hidden, layers=args.layers, heads=args.heads, vocab=args.vocab,
         seq2seq_layers=args.seq2seq_layers, compiled=args.compile, repeats=args.repeats, gen_repeats=args.gen_repeats, warmup=args.warmup, quick=args.quick,
         memory_method=("torch.profiler profile_memory: peak of the running sum of [memory] events during one step "

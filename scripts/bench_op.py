@@ -180,7 +180,7 @@ def run_dense_1d(args) -> None:
     clock = "process CPU time" if args.torch_device.type == "cpu" else "wall time to synchronisation"
     meta = dict(command="python scripts/bench_op.py " + " ".join(sys.argv[1:]), repeats=args.repeats,
                 threads=args.threads, machine=machine_info(args.torch_device), device=str(args.torch_device),
-                dtype=args.dtype, measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                dtype=args.dtype, malloc=args.malloc, measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 timing=f"forward + backward of _BlockedPool1d, {args.dtype}, {clock}, plans alternated; *_ms: minimum "
                        "over repeats; dense_over_blocked: median of the per-repeat ratios (ratio_min-ratio_max)")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -408,7 +408,7 @@ def machine_info(device=None):
 
 
 # a run replaces a results file whole: only one made with the same sweep (a re-measurement)
-SWEEP_SETTINGS = ("sizes", "widths", "batch", "threads", "mem_cap_gib", "quick", "device", "dtype", "triton")
+SWEEP_SETTINGS = ("sizes", "widths", "batch", "threads", "mem_cap_gib", "quick", "device", "dtype", "triton", "malloc")
 
 
 def check_replaceable(args) -> None:

@@ -331,7 +331,7 @@ def run_meta(args) -> dict:
     return dict(
         command="python scripts/bench_vision.py " + " ".join(sys.argv[1:]), torch=torch.__version__,
         transformers=transformers.__version__, python=platform.python_version(), machine=platform.machine(),
-        threads=torch.get_num_threads(), device=str(args.torch_device), dtype=args.dtype,
+        threads=torch.get_num_threads(), device=str(args.torch_device), dtype=args.dtype, malloc=args.malloc,
         pool_implementation=args.pool_implementation,
         **bench_device.device_info(args.torch_device), repeats=args.repeats, warmup=args.warmup, batch=args.batch,
         quick=args.quick, vit=VIT, resnet=RESNET, dense_max_coefs=pooling_2d._DENSE_MAX_COEFS,
@@ -341,7 +341,7 @@ def run_meta(args) -> dict:
 
 
 # a run keeps the parts of the results file it does not measure only if the file agrees on these
-MERGE_SETTINGS = ("batch", "threads", "quick", "vit", "resnet", "device", "dtype", "pool_implementation")
+MERGE_SETTINGS = ("batch", "threads", "quick", "vit", "resnet", "device", "dtype", "pool_implementation", "malloc")
 
 
 def check_mergeable(path: Path, meta: dict) -> dict:

@@ -230,10 +230,30 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "2d-weight-grad-before-input-grad", "the 2-D pooling's backward multiplies M by x (for the weights' gradient) "
         "before the input's gradient reads M",
-        "    if need_x:\n        dense_x = chunk.put_x_product(lay, m[..., :d], w_k)",
-        "    if need_x:\n        m[..., :d].mul_(x_halo) if need_w else None\n"
-        "        dense_x = chunk.put_x_product(lay, m[..., :d], w_k)",
-        _k("tests/test_ops.py", "2d"),
+        "        dense_x = chunk.put_x(lay, m[..., :d] * w_k)",
+        "        m[..., :d].mul_(x_halo) if need_w else None\n"
+        "        dense_x = chunk.put_x(lay, m[..., :d] * w_k)",
+        _k("tests/test_vision.py", "operator_forms"),
+    ),
+    Mutation(
+        "2d-rows-without-weights", "the dense 2-D backward leaves M in the input's gradient, not scaled by the weights",
+        "    rows.mul_(w_k.squeeze(2).squeeze(1))",
+        "    rows.mul_(1.0)",
+        _k("tests/test_vision.py", "operator_forms"),
+    ),
+    Mutation(
+        "2d-rows-weight-grad-without-sum-column", "the dense 2-D backward drops the denominator's share of the "
+        "weights' gradient (M's last column)",
+        "            grad_w_halo += grad_w_t.squeeze(1)",
+        "            pass",
+        _k("tests/test_vision.py", "operator_forms"),
+    ),
+    Mutation(
+        "2d-rows-keep-gauss", "the dense 2-D backward keeps the Gaussian while it forms the weights' gradient",
+        "    _sigma_grad(chunk, lay, gauss, w_k, grad_num, grad_total, x_halo, tables[1], grad_inv_var, need_sigma)\n"
+        "    del gauss\n",
+        "    _sigma_grad(chunk, lay, gauss, w_k, grad_num, grad_total, x_halo, tables[1], grad_inv_var, need_sigma)\n",
+        _k("tests/test_ops.py", "one_coefficient_temporary"),
     ),
     Mutation(
         "2d-chunk-writes-first-images", "the 2-D pooling's forward writes every chunk of images into the first images",

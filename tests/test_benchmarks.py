@@ -170,6 +170,63 @@ def test_a_bfloat16_run_records_its_dtype_and_never_merges_into_float32_rows(tmp
         bench_model.check_mergeable(out / "bench_model_quick.json", _meta(threads=1))
 
 
+# --------------------------------------------------------------------------------------
+# --malloc (scripts/bench_device.py)
+# --------------------------------------------------------------------------------------
+
+# In a child process (the policy holds for the rest of a process): how far the heap's end (sbrk(0)) moves, in MiB,
+# when a 64 MiB tensor is allocated and when it is freed again. glibc maps a block that large on its own by default
+# (every use of such a fresh mapping page-faults); retained, it comes from the heap and stays there for reuse.
+_HEAP_GROWTH_OF_A_LARGE_BLOCK = """
+import ctypes, ctypes.util, sys, torch
+sys.path.insert(0, {scripts!r})
+import bench_device
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, (ctypes.c_long,)
+if {retain}:
+    assert bench_device.retain_freed_memory() is None
+start = libc.sbrk(0)
+block = torch.empty(16 * 2**20).fill_(1.0)
+allocated = libc.sbrk(0)
+del block
+print((allocated - start) / 2**20, (libc.sbrk(0) - start) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_malloc_retain_serves_large_blocks_from_the_heap_and_keeps_them():
+    import subprocess
+
+    growth = {}
+    for retain in (False, True):
+        code = _HEAP_GROWTH_OF_A_LARGE_BLOCK.format(scripts=str(SCRIPTS), retain=retain)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        growth[retain] = tuple(float(value) for value in done.stdout.split()[-2:])
+    assert max(growth[False]) < 8, growth  # the default: a mapping of its own, outside the heap
+    allocated, after_free = growth[True]
+    assert allocated > 56 and after_free == allocated, growth  # from the heap, and not trimmed when freed
+
+
+def test_malloc_policy_is_recorded_and_runs_under_another_never_merge(tmp_path, capsys):
+    import bench_vision
+
+    assert bench_model.parse_args(["--quick"]).malloc == "default"
+    with pytest.raises(SystemExit):
+        bench_model.parse_args(["--quick", "--malloc", "jemalloc"])
+    assert "--malloc: invalid choice: 'jemalloc'" in capsys.readouterr().err
+    path = tmp_path / "bench.json"
+    _saved(path, dict(_meta(threads=1, malloc="retain"), command="python scripts/bench_model.py --malloc retain"),
+           [_row("masked-lm", 0.6)])  # fmt: skip
+    with pytest.raises(SystemExit, match=r"malloc: 'retain' there, 'default' now"):
+        bench_model.check_mergeable(path, _meta(threads=1))
+    vision = tmp_path / "bench_vision.json"
+    vision.write_text(json.dumps({"meta": dict(_vision_meta(malloc="retain"), command="x"), "results": []}))
+    with pytest.raises(SystemExit, match=r"malloc: 'retain' there, 'default' now"):
+        bench_vision.merged_payload(vision, _vision_meta(), [], {}, [])
+    assert _vision_meta()["malloc"] == "default"
+
+
 def test_the_gpu_benchmark_script_runs_end_to_end_in_smoke_mode(tmp_path):
     """scripts/bench_gpu.sh --smoke: every script it calls, with its device and dtype options, at tiny sizes on the
     CPU, without the package installed (PYTHONPATH=src, as on a bare GPU machine)."""

@@ -481,7 +481,7 @@ def test_fast_path_2d_dense_temporaries_do_not_grow_with_the_batch():
 
 def test_fast_path_2d_backward_through_m_takes_smaller_chunks():
     """The backward through M (few channels against a large halo: a ResNet stem's 16x16 -> 8x8 map) holds about
-    _CHUNK_ELEMENTS_BACKWARD coefficients per temporary, a quarter of the forward's chunk: its temporaries sit beside
+    _CHUNK_ELEMENTS_BACKWARD coefficients per temporary, half the forward's chunk: its temporaries sit beside
     the input's full-size gradient, where a ResNet step's memory peaks."""
     import contextpool_hf.pooling_2d_contextpool as pooling_2d
 

@@ -23,8 +23,8 @@ of the whole batch while one row fits, else one row of as many images as fit (`_
 a dense map is one row). The dense form is used only while one image's n_out x n_in
 coefficients are at most _DENSE_MAX_COEFS (256 KiB per float32 image), so a chunk holds at
 least one image. The backward frees each chunk's Gaussian before it forms the input's gradient
-and forms the weights' gradient inside M, so a chunk holds the coefficients and about two
-tensors of the chunk's input size at once.
+and forms the weights' gradient inside M (on dense maps M is computed straight into the input's
+gradient), so a chunk holds the coefficients and about two tensors of the chunk's input size at once.
 
 The coefficients are recomputed in the backward rather than saved. Per shape (measured,
 `bench_vision.py --crossover` and the op timings in the README):
@@ -53,12 +53,13 @@ _TILE_SIDE = 8
 _TILE_SIDE_STRIDED = 4
 # About this many coefficient elements per chunk temporary (cache-sized, reused across chunks).
 _CHUNK_ELEMENTS = 1 << 18
-# The backward through M (few channels, large halos: ResNet maps) takes smaller chunks: gauss and M sit beside the
+# The backward through M (few channels, large halos: ResNet maps) takes smaller chunks: gauss sits beside the
 # input's full-size gradient and the other gradients the step holds by then (measured: a ResNet step's peak
-# memory was its stem site's backward, gauss and M of 16 images, 1.5 MiB; 4 images per chunk: 1.10x -> 1.07x
-# transformers' peak). The form through dL/dc (ViT grids) keeps _CHUNK_ELEMENTS: a second chunk there cost about
-# 2% of a ViT step and its peak is elsewhere.
-_CHUNK_ELEMENTS_BACKWARD = 1 << 16
+# memory was its stem site's backward, gauss and M of 16 images, 1.5 MiB). With M written into the input's
+# gradient (dense maps), 8 images per chunk: a ResNet step's peak 1.087x transformers' (4 images: 1.074x, 1.8%
+# slower; 16 images: 1.20x). The form through dL/dc (ViT grids) keeps _CHUNK_ELEMENTS: a second chunk there cost
+# about 2% of a ViT step and its peak is elsewhere.
+_CHUNK_ELEMENTS_BACKWARD = 1 << 17
 _CHUNK_ELEMENTS_ACCELERATOR = 1 << 26
 
 
@@ -367,14 +368,17 @@ class _Chunk:
             lay.fold_add_(self.grad_x_pad[self.b], grad_halo, self.k0)
         return None
 
-    def put_x_product(self, lay, m, w):
-        """`put_x(m * w)` (broadcasting); into a dense buffer the product is written directly: no temporary of the
-        chunk's input size and no copy. Traced by torch.compile, the plain product (measured: the out= write made
-        the compiled ResNet step 1.25x slower)."""
-        if self.grad_x_pad is None or not lay.dense or torch.compiler.is_compiling():
-            return self.put_x(lay, m * w)
-        torch.mul(m, w, out=self._dense_rows(lay).view(m.shape))
-        return None
+    def dense_x_rows(self, lay, x_pad):
+        """Where M's first d columns (the chunk's input gradient before the weights) can be computed straight into
+        the input's gradient: (b, H*W, d) in x's memory layout, a view of the dense buffer or a new tensor that the
+        chunk returns; None on tiled maps (their halos overlap) and under torch.compile (measured: writing into the
+        buffer with out= made the compiled ResNet step 1.25x slower)."""
+        if not lay.dense or torch.compiler.is_compiling():
+            return None
+        if self.grad_x_pad is not None:
+            return self._dense_rows(lay)
+        like = x_pad[self.b].flatten(1, 2)  # (b, H*W, d), a view in x's layout
+        return _empty_like_layout(like, like.shape)
 
     def _dense_rows(self, lay) -> torch.Tensor:
         """The chunk's images of the dense input-gradient buffer as (b, H*W, d): a view (it raises rather than copy
@@ -398,7 +402,6 @@ def _backward_chunk(lay, chunk, via_coef_grad, tables, x_pad, w_halo, inv_var, y
     """One chunk of `_TiledPool2d.backward`; returns the dense (grad_x halos, grad_w) where there are no buffers."""
     b, k, k0, kc = chunk.b, chunk.k, chunk.k0, chunk.kc
     q, d = tables[1], x_pad.shape[-1]
-    gauss = _gauss(inv_var[b, k], tables, lay)  # (b, kc, ntw, To, Li)
     w_k = w_halo[b, k].unsqueeze(-1)  # (b, kc, ntw, Li, 1)
     grad_num = g_t[b, k]  # G = dL/dN, (b, kc, ntw, To, d)
     grad_total = None
@@ -406,6 +409,11 @@ def _backward_chunk(lay, chunk, via_coef_grad, tables, x_pad, w_halo, inv_var, y
         grad_num = grad_num / denom[b, k]
         grad_total = torch.linalg.vecdot(grad_num, y_t[b, k]).neg_().unsqueeze(-1)  # t = dL/dS, (.., To, 1)
     x_halo = lay.halos(x_pad[b], k0, kc) if (need_w or need_sigma) else None  # (b, kc, ntw, Li, d)
+    rows = chunk.dense_x_rows(lay, x_pad) if need_x and not via_coef_grad else None  # (b, Li, d) or None
+    if rows is not None:  # builds the Gaussian itself: a reference held here would keep it to the chunk's end
+        return _backward_into_rows(chunk, lay, rows, (inv_var[b, k], tables), w_k, grad_num, grad_total, x_halo,
+                                   grad_inv_var, need_w, need_sigma)  # fmt: skip
+    gauss = _gauss(inv_var[b, k], tables, lay)  # (b, kc, ntw, To, Li)
     if via_coef_grad:
         return _backward_via_coef_grad(lay, chunk, gauss, w_k, grad_num, grad_total, x_halo, q, grad_inv_var,
                                        need_x, need_w, need_sigma)  # fmt: skip
@@ -414,24 +422,65 @@ def _backward_chunk(lay, chunk, via_coef_grad, tables, x_pad, w_halo, inv_var, y
         # M = gauss^T [G, t]: t rides along as one more column of the same matmul
         cols = (grad_num,) if grad_total is None or not need_w else (grad_num, grad_total)
         m = _gauss_t_times(gauss, cols, x_pad.stride(-1) != 1)  # (b, kc, ntw, Li, d or d + 1)
-    if need_sigma:  # c_oj = w_j exp(q_oj / s_o^2): dc_oj / d(1/s_o^2) = c_oj q_oj
-        # before M is used, so that gauss (the chunk's largest temporary) is freed first
-        cq = gauss.mul_(w_k.transpose(-1, -2)).mul_(q)  # (b, kc, ntw, To, Li), gauss is not used after
-        grad_iv = torch.linalg.vecdot(grad_num, _matmul_like_x(cq, x_halo, lay))  # (b, kc, ntw, To)
-        if grad_total is not None:
-            grad_iv = grad_iv + grad_total.squeeze(-1) * cq.sum(-1)
-        grad_inv_var[b, k] = grad_iv
-        del cq
+    # before M is used, so that gauss (the chunk's largest temporary) is freed first
+    _sigma_grad(chunk, lay, gauss, w_k, grad_num, grad_total, x_halo, q, grad_inv_var, need_sigma)
     del gauss
     dense_x = dense_w = None
-    if need_x:
-        dense_x = chunk.put_x_product(lay, m[..., :d], w_k)  # (b, kc, ntw, Li, d)
+    if need_x:  # tiled maps (and dense ones under torch.compile: the plain product, see `dense_x_rows`)
+        dense_x = chunk.put_x(lay, m[..., :d] * w_k)  # (b, kc, ntw, Li, d)
     if need_w:  # x_j . M_j[:d], multiplied into M itself (it is not read after): no temporary of x's size
         grad_w_halo = m[..., :d].mul_(x_halo).sum(-1)  # (b, kc, ntw, Li)
         if m.shape[-1] > d:
             grad_w_halo += m[..., d]
         dense_w = chunk.put_w(lay, grad_w_halo)
     return dense_x, dense_w
+
+
+def _backward_into_rows(chunk, lay, rows, gauss_source, w_k, grad_num, grad_total, x_halo, grad_inv_var, need_w,
+                        need_sigma):
+    """The backward through M of a dense chunk (one tile per image), M's first d columns computed into `rows`
+    (b, H*W, d), the input's gradient (`_Chunk.dense_x_rows`), then scaled by the weights there: no temporary of
+    x's size for M. gauss_source: the chunk's (inv_var, tables). Returns the chunk's (grad_x, grad_w) where it has
+    no buffers, as `_backward_chunk`."""
+    inv_var, tables = gauss_source
+    gauss = _gauss(inv_var, tables, lay)  # (b, 1, 1, To, Li)
+    # one tile per image: (b, 1, 1, P, Q) -> (b, P, Q), views
+    gauss3, grad_num3 = gauss.squeeze(2).squeeze(1), grad_num.squeeze(2).squeeze(1)
+    _bmm_into(gauss3.transpose(1, 2), grad_num3, rows)  # M[:, :d] = gauss^T G: (b, Li, d)
+    grad_w_t = None
+    if need_w and grad_total is not None:  # M[:, d] = gauss^T t, as (b, 1, Li)
+        grad_w_t = torch.bmm(grad_total.squeeze(2).squeeze(1).transpose(1, 2), gauss3)
+    del gauss3
+    _sigma_grad(chunk, lay, gauss, w_k, grad_num, grad_total, x_halo, tables[1], grad_inv_var, need_sigma)
+    del gauss
+    dense_w = None
+    if need_w:  # dL/dw_j = x_j . M_j[:d] + M_j[d], read before the weights scale M in place
+        grad_w_halo = torch.linalg.vecdot(rows, x_halo.squeeze(2).squeeze(1))  # (b, Li)
+        if grad_w_t is not None:
+            grad_w_halo += grad_w_t.squeeze(1)
+        dense_w = chunk.put_w(lay, grad_w_halo)
+    rows.mul_(w_k.squeeze(2).squeeze(1))  # dL/dx_j = w_j M_j[:d]
+    return (rows.unsqueeze(1).unsqueeze(1) if chunk.grad_x_pad is None else None), dense_w
+
+
+def _sigma_grad(chunk, lay, gauss, w_k, grad_num, grad_total, x_halo, q, grad_inv_var, need_sigma):
+    """The chunk's dL/d(1/s^2) into grad_inv_var; gauss is scaled in place into c * q (it is not read after)."""
+    if not need_sigma:  # c_oj = w_j exp(q_oj / s_o^2): dc_oj / d(1/s_o^2) = c_oj q_oj
+        return
+    cq = gauss.mul_(w_k.transpose(-1, -2)).mul_(q)  # (b, kc, ntw, To, Li)
+    grad_iv = torch.linalg.vecdot(grad_num, _matmul_like_x(cq, x_halo, lay))  # (b, kc, ntw, To)
+    if grad_total is not None:
+        grad_iv = grad_iv + grad_total.squeeze(-1) * cq.sum(-1)
+    grad_inv_var[chunk.b, chunk.k] = grad_iv
+
+
+def _bmm_into(a, b, out):
+    """a @ b (b, P, Q) @ (b, Q, d) written into out (b, P, d), whichever of its last two dims is contiguous (a
+    channels-first x gives a transposed out: b^T a^T is written into its transpose)."""
+    if out.stride(-1) == 1:
+        torch.bmm(a, b, out=out)
+    else:
+        torch.bmm(b.transpose(1, 2), a.transpose(1, 2), out=out.transpose(1, 2))
 
 
 def _backward_via_coef_grad(lay, chunk, gauss, w_k, grad_num, grad_total, x_halo, q, grad_inv_var,
