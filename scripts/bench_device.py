@@ -93,6 +93,16 @@ def _checked_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     return device
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where `resource` is missing, e.g. Windows): each first write to
+    a page the C allocator took fresh from the system (see `--malloc`)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def synchronize(device: torch.device) -> None:
     """Wait until the work queued on `device` has finished (nothing to wait for on a CPU)."""
     if device.type != "cpu":

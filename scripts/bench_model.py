@@ -308,12 +308,15 @@ def decode_step_fn(model, batch, prompt_len, new_tokens, vocab) -> Callable[[], 
 
 
 class PairTimes(NamedTuple):
-    """Seconds per call of two alternated functions: wall clock, and CPU time of this process (all threads)."""
+    """Seconds per call of two alternated functions: wall clock, and CPU time of this process (all threads); and
+    the minor page faults of each call (`bench_device.minor_faults`)."""
 
     wall_a: list[float]
     wall_b: list[float]
     cpu_a: list[float]
     cpu_b: list[float]
+    faults_a: list[int]
+    faults_b: list[int]
 
 
 def timed_pair(fn_a, fn_b, repeats, warmup, device=None) -> PairTimes:
@@ -328,25 +331,32 @@ def timed_pair(fn_a, fn_b, repeats, warmup, device=None) -> PairTimes:
     for _ in range(warmup):
         fn_a()
         fn_b()
-    times = PairTimes([], [], [], [])
+    times = PairTimes([], [], [], [], [], [])
     for i in range(repeats):
-        order = ((fn_a, times.wall_a, times.cpu_a), (fn_b, times.wall_b, times.cpu_b))
-        for fn, wall, cpu in order if i % 2 == 0 else order[::-1]:
+        order = ((fn_a, times.wall_a, times.cpu_a, times.faults_a), (fn_b, times.wall_b, times.cpu_b, times.faults_b))
+        for fn, wall, cpu, faults in order if i % 2 == 0 else order[::-1]:
             bench_device.synchronize(device)
+            start_faults = bench_device.minor_faults()
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             bench_device.synchronize(device)
             wall.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
+            faults.append(bench_device.minor_faults() - start_faults)
     return times
 
 
-def cpu_ratio_fields(ratios: list[float], device=None) -> dict:
-    """The CPU-time ratio samples of a row as its cpu_ratio (median) and spread; none on an accelerator."""
+def cpu_ratio_fields(ratios: list[float], device=None, times: PairTimes | None = None) -> dict:
+    """The CPU-time ratio samples of a row as its cpu_ratio (median) and spread, and with `times` the median minor
+    page faults per call of each model (the C allocator's fresh memory, see `--malloc`); none on an accelerator."""
     if device is not None and device.type != "cpu":
         return {}
-    return dict(cpu_ratio=round(statistics.median(ratios), 3), cpu_ratio_min=round(min(ratios), 3),
-                cpu_ratio_max=round(max(ratios), 3))  # fmt: skip
+    fields = dict(cpu_ratio=round(statistics.median(ratios), 3), cpu_ratio_min=round(min(ratios), 3),
+                  cpu_ratio_max=round(max(ratios), 3))  # fmt: skip
+    if times is not None:
+        fields.update(contextpool_faults_per_call=statistics.median(times.faults_a),
+                      vanilla_faults_per_call=statistics.median(times.faults_b))  # fmt: skip
+    return fields
 
 
 # what a results file's rows depend on besides the family: a partial run merges only into a file that agrees
@@ -432,7 +442,8 @@ def train_rows(args, task, make_pair, sizes, max_len):
                       contextpool_times_ms=[round(t, 1) for t in ms_cp], vanilla_times_ms=[round(t, 1) for t in ms_v])
         rows.append(make_row("train_step", task, task, names, seq_len, batch, ms_cp, ms_v, "ms/step",
                              [a / b for a, b in zip(ms_cp, ms_v, strict=True)], **common,
-                             **cpu_ratio_fields([a / b for a, b in zip(times.cpu_a, times.cpu_b, strict=True)], device)))
+                             **cpu_ratio_fields([a / b for a, b in zip(times.cpu_a, times.cpu_b, strict=True)], device,
+                                                times)))  # fmt: skip
         print(_row_text(rows[-1]), flush=True)
         mem_cp, mem_v = peak_mib_pair(step_cp, step_v, device)
         rows.append(make_row("peak_memory", task, task, names, seq_len, batch, mem_cp, mem_v, "MiB",
@@ -473,7 +484,7 @@ def generate_rows(args, max_len):
                 contextpool_times_ms=[round(t * 1000, 1) for t in times_a],
                 vanilla_times_ms=[round(t * 1000, 1) for t in times_b],
                 **cpu_ratio_fields([b / a for a, b in zip(times.cpu_a, times.cpu_b, strict=True)],  # tokens/s: inverse
-                                   args.torch_device),
+                                   args.torch_device, times),
             ))
             print(_row_text(rows[-1]), flush=True)
     return rows
@@ -534,7 +545,9 @@ def _row_text(row) -> str:
     return (f"{row['measure']:<11} {row['task']:<9} n={row['seq_len']:<6} B={row['batch']}: "
             f"{row['contextpool_value']} vs {row['vanilla_value']} {row['unit']}  ratio {row['ratio']} "
             f"[{row['ratio_min']}-{row['ratio_max']}] ({row['target']}: {row['status']})"
-            + (f"  CPU time {row['cpu_ratio']} [{row['cpu_ratio_min']}-{row['cpu_ratio_max']}]" if "cpu_ratio" in row else ""))
+            + (f"  CPU time {row['cpu_ratio']} [{row['cpu_ratio_min']}-{row['cpu_ratio_max']}]" if "cpu_ratio" in row else "")
+            + (f"  page faults {row['contextpool_faults_per_call']} vs {row['vanilla_faults_per_call']}"
+               if "contextpool_faults_per_call" in row else ""))  # fmt: skip
 
 
 def _placement_text(meta) -> str:

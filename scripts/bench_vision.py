@@ -165,7 +165,7 @@ def ratio_row(kind, mode, cp, vanilla, times, batch, device=None):
         target=f"<= {target}", status="PASS" if ratio <= target else "FAIL",
         contextpool_params=n_params(cp), vanilla_params=n_params(vanilla),
         contextpool_times_ms=[round(t * 1000, 1) for t in times_cp], vanilla_times_ms=[round(t * 1000, 1) for t in times_v],
-        **cpu_ratio_fields([a / b for a, b in zip(times.cpu_a, times.cpu_b, strict=True)], device),
+        **cpu_ratio_fields([a / b for a, b in zip(times.cpu_a, times.cpu_b, strict=True)], device, times),
     )  # fmt: skip
 
 
@@ -202,21 +202,21 @@ def _instrument():
     return undo
 
 
-def _minor_faults() -> int:
-    """Minor page faults of this process so far (0 where `resource` is missing, e.g. Windows)."""
-    try:
-        import resource
-    except ImportError:
-        return 0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def _faults_text(row) -> str:
+    """"; page faults per step 1314 vs 192" where the row counts them (CPU runs)."""
+    if "contextpool_faults_per_call" not in row:
+        return ""
+    return f"; page faults per step {row['contextpool_faults_per_call']} vs {row['vanilla_faults_per_call']}"
 
 
 def faults_per_step(step, steps=5) -> float:
-    """Minor page faults per step: memory the allocator returned to the system and touches again."""
-    start = _minor_faults()
+    """Minor page faults per step of one model's steps back to back (the timed rows' `*_faults_per_call` count
+    them in the alternated order, where each model's step follows the other's): memory the allocator returned to
+    the system and touches again."""
+    start = bench_device.minor_faults()
     for _ in range(steps):
         step()
-    return (_minor_faults() - start) / steps
+    return (bench_device.minor_faults() - start) / steps
 
 
 def profiled_total(step) -> float:
@@ -392,7 +392,8 @@ def main():
                   f"ratio {r['ratio']} (min {r['ratio_min']}, max {r['ratio_max']}; CPU time {r.get('cpu_ratio', '-')}; "
                   f"fastest/fastest {r['ratio_of_fastest']}; {r['target']}: {r['status']}); peak memory "
                   f"{r['contextpool_peak_mib']} vs {r['vanilla_peak_mib']} MiB, ratio {r['memory_ratio']} "
-                  f"({r['memory_target']}: {r['memory_status']})  [{time.perf_counter() - start:.0f} s]", flush=True)  # fmt: skip
+                  f"({r['memory_target']}: {r['memory_status']}){_faults_text(r)}  [{time.perf_counter() - start:.0f} s]",
+                  flush=True)  # fmt: skip
             if args.profile and mode == "eager":
                 breakdowns[kind] = profile_breakdown(step_cp)
                 # the baseline's profiled step and both models' page faults, measured alternately

@@ -91,8 +91,11 @@ def test_remote_code_fresh_process(tmp_path, which):
     result = _run_child(folder, pixel_values, tmp_path)
     assert result["class"] == type(model).__name__
     assert not result["module"].startswith("contextpool_hf")  # the dynamic module, not the package
-    assert torch.equal(torch.tensor(result["logits"]), expected.logits)
-    assert torch.equal(torch.tensor(result["base_hidden"]), base.last_hidden_state.flatten()[:32])
+    # the same weights at other addresses in the child: oneDNN's conv kernels may round 1 ulp apart (seen on an AMD
+    # EPYC host), so equal to float32 rounding, not bitwise
+    torch.testing.assert_close(torch.tensor(result["logits"]), expected.logits, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(torch.tensor(result["base_hidden"]), base.last_hidden_state.flatten()[:32], rtol=1e-6,
+                               atol=1e-7)  # fmt: skip
     assert result["n_sizes"] == len(expected.pooling_sizes)
     assert len(result["preds"]) == 2 and {p["label"] for p in result["preds"]} <= {"zero", "one", "two"}
     assert all(0.0 <= p["score"] <= 1.0 for p in result["preds"])
