@@ -10,10 +10,10 @@ runs a model cast to the dtype (as `from_pretrained(dtype=torch.bfloat16)` gives
 
 `--malloc retain` (CPU, glibc): the C allocator keeps the memory PyTorch frees for its next allocations instead of
 returning it to the system. By default glibc serves large tensors with fresh mappings and trims its heap, so a
-training step touches tens of thousands of new pages, each a page fault (measured: 20-25% of a text model's step
-on this 2-core CPU, for both models of a pair). Retained memory is what jemalloc or tcmalloc (LD_PRELOAD), or the
-environment variables MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_, give a CPU training run; the README's
-"CPU allocator" section has the numbers.
+training step touches tens of thousands of new pages, each a page fault (measured on this 2-core CPU: 2-35% of a
+text model's training step, by model and by what the process allocated before). Retained memory is what jemalloc
+or tcmalloc (LD_PRELOAD), or the environment variables MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_, give a
+CPU training run; the README's "On a CPU: the C allocator" section has the numbers.
 """
 
 from __future__ import annotations

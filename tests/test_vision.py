@@ -539,6 +539,39 @@ def test_saved_resnet_keeps_its_placement_and_outputs(tmp_path, placement):
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_2d_dense_backward_with_some_inputs_constant_matches_reference(monkeypatch, channels_first, chunked):
+    """The dense backward through M (written into the input's gradient) for every subset of x, weights and sigma that
+    requires a gradient, float64 against the reference: each branch that a missing gradient skips (the weights'
+    gradient and M's last column, the sigma gradient, the input's gradient itself)."""
+    import itertools
+
+    import contextpool_hf.pooling_2d_contextpool as p2
+    from contextpool_hf.pooling_contextpool import _pool_reference
+
+    if chunked:
+        monkeypatch.setattr(p2, "_CHUNK_ELEMENTS_BACKWARD", 1)
+    g = torch.Generator().manual_seed(5)
+    shape = (3, 5, 9, 7) if channels_first else (3, 9, 7, 5)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    x = x.permute(0, 2, 3, 1) if channels_first else x  # (B, H, W, d)
+    wts = 0.05 + 0.95 * torch.rand(3, 9, 7, generator=g, dtype=torch.float64)
+    sig = 0.5 + 1.5 * torch.rand(3, 5, 4, generator=g, dtype=torch.float64)
+    grad_y = torch.randn(3, 5, 4, 5, generator=g, dtype=torch.float64)
+    for needs in itertools.product((False, True), repeat=3):
+        if not any(needs):
+            continue
+        grads = []
+        for fn in (lambda a, b, c: p2.tiled_pool_2d(a, b, c, 3, 2, True, 1e-6),
+                   lambda a, b, c: _pool_reference(a, b, c, 3, 2, False, True, 1e-6)):  # fmt: skip
+            inputs = [t.detach().clone().requires_grad_(need) for t, need in zip((x, wts, sig), needs, strict=True)]
+            y = fn(*inputs)
+            grads.append(torch.autograd.grad(y, [t for t in inputs if t.requires_grad], grad_y))
+        for got, expected in zip(*grads, strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10, msg=str(needs))
+
+
 @pytest.mark.parametrize("chunked", [False, True, "backward"], ids=["one-chunk", "image-chunks", "backward-chunks"])
 @pytest.mark.parametrize("separable", [True, False])
 @pytest.mark.parametrize("d", [3, 40])  # tile outputs > d: gradient via x/y-sized matmuls; <= d: via dL/dc
