@@ -474,13 +474,13 @@ def _sigma_grad(chunk, lay, gauss, w_k, grad_num, grad_total, x_halo, q, grad_in
     grad_inv_var[chunk.b, chunk.k] = grad_iv
 
 
-def _bmm_into(a, b, out):
-    """a @ b (b, P, Q) @ (b, Q, d) written into out (b, P, d), whichever of its last two dims is contiguous (a
-    channels-first x gives a transposed out: b^T a^T is written into its transpose)."""
+def _bmm_into(left, right, out):
+    """left @ right, (n, P, Q) @ (n, Q, d), written into out (n, P, d), whichever of its last two dims is contiguous
+    (a channels-first x gives a transposed out: right^T left^T is written into its transpose)."""
     if out.stride(-1) == 1:
-        torch.bmm(a, b, out=out)
+        torch.bmm(left, right, out=out)
     else:
-        torch.bmm(b.transpose(1, 2), a.transpose(1, 2), out=out.transpose(1, 2))
+        torch.bmm(right.transpose(1, 2), left.transpose(1, 2), out=out.transpose(1, 2))
 
 
 def _backward_via_coef_grad(lay, chunk, gauss, w_k, grad_num, grad_total, x_halo, q, grad_inv_var,
