@@ -49,7 +49,7 @@ def resolve_placement(parser: argparse.ArgumentParser, args: argparse.Namespace)
     checking that this machine has the device (parser.error otherwise)."""
     args.torch_device = _checked_device(parser, args)
     args.torch_dtype = DTYPES[args.dtype]
-    apply_malloc(parser, getattr(args, "malloc", "default"))
+    apply_malloc(parser, args.malloc)
 
 
 def apply_malloc(parser: argparse.ArgumentParser, policy: str) -> None:

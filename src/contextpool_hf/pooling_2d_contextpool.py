@@ -411,7 +411,7 @@ def _backward_chunk(lay, chunk, via_coef_grad, tables, x_pad, w_halo, inv_var, y
     x_halo = lay.halos(x_pad[b], k0, kc) if (need_w or need_sigma) else None  # (b, kc, ntw, Li, d)
     rows = chunk.dense_x_rows(lay, x_pad) if need_x and not via_coef_grad else None  # (b, Li, d) or None
     if rows is not None:  # builds the Gaussian itself: a reference held here would keep it to the chunk's end
-        return _backward_into_rows(chunk, lay, rows, (inv_var[b, k], tables), w_k, grad_num, grad_total, x_halo,
+        return _backward_into_rows(chunk, lay, rows, inv_var[b, k], tables, w_k, grad_num, grad_total, x_halo,
                                    grad_inv_var, need_w, need_sigma)  # fmt: skip
     gauss = _gauss(inv_var[b, k], tables, lay)  # (b, kc, ntw, To, Li)
     if via_coef_grad:
@@ -436,13 +436,12 @@ def _backward_chunk(lay, chunk, via_coef_grad, tables, x_pad, w_halo, inv_var, y
     return dense_x, dense_w
 
 
-def _backward_into_rows(chunk, lay, rows, gauss_source, w_k, grad_num, grad_total, x_halo, grad_inv_var, need_w,
+def _backward_into_rows(chunk, lay, rows, inv_var, tables, w_k, grad_num, grad_total, x_halo, grad_inv_var, need_w,
                         need_sigma):
     """The backward through M of a dense chunk (one tile per image), M's first d columns computed into `rows`
     (b, H*W, d), the input's gradient (`_Chunk.dense_x_rows`), then scaled by the weights there: no temporary of
-    x's size for M. gauss_source: the chunk's (inv_var, tables). Returns the chunk's (grad_x, grad_w) where it has
-    no buffers, as `_backward_chunk`."""
-    inv_var, tables = gauss_source
+    x's size for M. inv_var: the chunk's (b, 1, 1, To); the Gaussian is built here. Returns the chunk's (grad_x,
+    grad_w) where it has no buffers, as `_backward_chunk`."""
     gauss = _gauss(inv_var, tables, lay)  # (b, 1, 1, To, Li)
     # one tile per image: (b, 1, 1, P, Q) -> (b, P, Q), views
     gauss3, grad_num3 = gauss.squeeze(2).squeeze(1), grad_num.squeeze(2).squeeze(1)
