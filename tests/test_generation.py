@@ -175,6 +175,28 @@ def test_decoding_constants_built_under_a_fake_tensor_mode_are_not_kept():
 
 
 @pytest.mark.parametrize("placement", ["attention_input", "block_output"])
+def test_decoding_goes_on_under_no_grad_after_steps_under_inference_mode(placement):
+    """Steps under torch.inference_mode make the ring an inference tensor, which torch lets no one write in place
+    outside inference_mode; a later step under no_grad on the same cache (a chat turn, a second generate call)
+    must copy it instead of failing deep in torch, as DynamicCache's concatenation does, and stay exact."""
+    model = tiny_lm(pool_groups=2 if placement == "attention_input" else 1, pool_placement=placement)
+    input_ids = prompt(n=14)
+    with torch.no_grad():
+        full = model(input_ids, use_cache=False).logits
+    with torch.inference_mode():
+        first = _in_steps(model, input_ids, [(0, 5)] + [(i, i + 1) for i in range(5, 9)])
+    cache, logits = first[-1].cache, [out.logits for out in first]
+    with torch.no_grad():
+        for i in range(9, 14):
+            out = model(input_ids[:, i : i + 1], cache=cache, use_cache=True)
+            cache = out.cache
+            logits.append(out.logits)
+    # the ring the no_grad steps write is their own copy: a normal tensor, written in place from the second step
+    assert not cache.layers[0].pool_features.is_inference()
+    torch.testing.assert_close(torch.cat(logits, 1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("placement", ["attention_input", "block_output"])
 def test_inference_steps_overwrite_only_their_own_ring(placement):
     """In inference a step writes the newest input into the ring in place (no copy of the window), but only into
     a ring an earlier step made: the prompt's ring is a view of the prompt's inputs, which with

@@ -176,6 +176,11 @@ def test_static_cache_misuse_raises_a_clear_error():
         model(input_ids, cache=used)
     with pytest.raises(ValueError, match="cache_implementation='offloaded_static' is not supported"):
         model.generate(input_ids, max_new_tokens=2, cache_implementation="offloaded_static", pad_token_id=0)
+    filled = ContextPoolStaticCache(config=model.config, max_cache_len=8)
+    with torch.inference_mode():
+        model(input_ids, cache=filled)
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"filled under torch.inference_mode\(\).*new cache"):
+        model(random_ids(n=1), cache=filled)
     flash = tiny_causal_lm()
     flash.config._attn_implementation = "flash_attention_2"  # set directly: the package is not installed here
     with pytest.raises(ValueError, match="'flash_attention_2' is not supported with a static cache"):

@@ -270,6 +270,12 @@ class ContextPoolStaticLayer(StaticLayer):
                 if not torch.compiler.is_compiling():
                     torch._dynamo.mark_static_address(buffer)
                 setattr(self, name, buffer)
+            elif not torch.compiler.is_compiling() and buffer.is_inference() and not torch.is_inference_mode_enabled():
+                raise RuntimeError(
+                    "cache: this ContextPoolStaticCache was filled under torch.inference_mode(), and its buffers are "
+                    "written in place, which torch allows only there: continue decoding on it under "
+                    "torch.inference_mode(), or start a new cache"
+                )
             with torch.no_grad():  # inference state: a static cache is for decoding, not training
                 buffer.copy_(value)
         self.pool_started = True

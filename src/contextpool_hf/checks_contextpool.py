@@ -25,8 +25,9 @@ _SIGMA_MAX_SLACK = 1e-4
 # --------------------------------------------------------------------------------------
 
 
-def _is_compiling() -> bool:
-    return hasattr(torch, "compiler") and torch.compiler.is_compiling()
+# torch.compiler.is_compiling itself (torch >= 2.4 has it), not a wrapper: the models ask on every decoding step,
+# where a wrapper's extra frame and module look-ups cost more than the answer; dynamo recognises the function.
+_is_compiling = torch.compiler.is_compiling
 
 
 # Every rejected option raises a ValueError whose message starts with the argument's name and

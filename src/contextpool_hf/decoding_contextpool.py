@@ -285,7 +285,9 @@ def _may_write_ring_in_place(layer_cache, ring_features, ring_weights) -> bool:
     inputs, which the caller may still hold, e.g. as returned hidden states), only in inference
     (a step taken with autograd on must never edit a tensor saved for backward, nor one a later
     backward reads), and not while the cache records its states for `crop` (the log holds the rings
-    by reference).
+    by reference). A ring made under torch.inference_mode only under inference_mode: torch refuses the write
+    elsewhere, and decoding may go on under no_grad after steps under inference_mode (as with transformers'
+    DynamicCache, the ring is then copied once, and that copy is written in place from then on).
     """
     return (
         layer_cache.owned_ring is not None
@@ -295,4 +297,5 @@ def _may_write_ring_in_place(layer_cache, ring_features, ring_weights) -> bool:
         and not ring_features.requires_grad
         and not ring_weights.requires_grad
         and not layer_cache.record_past
+        and (not ring_features.is_inference() or torch.is_inference_mode_enabled())
     )
