@@ -286,3 +286,25 @@ def test_generate_rows_take_more_pairs_and_bad_counts_are_refused(capsys):
         with pytest.raises(SystemExit):
             bench_model.parse_args([flag, "0"])
         assert f"{flag} must be at least 1" in capsys.readouterr().err
+
+
+def test_the_decoding_profile_times_every_part_and_puts_the_code_back(tmp_path):
+    """scripts/profile_decoding.py --quick: every part of the pooling step timed in place, warm and flushed, for
+    each batch, the forward of both models beside them; and the step's functions are the originals afterwards (it
+    wraps them while it runs)."""
+    import profile_decoding
+
+    originals = {part: getattr(owner, name) for part, (owner, name) in profile_decoding.PARTS.items()}
+    out = tmp_path / "profile.json"
+    profile_decoding.main(["--quick", "--batches", "1", "2", "--output", str(out)])
+    assert {part: getattr(owner, name) for part, (owner, name) in profile_decoding.PARTS.items()} == originals
+    saved = json.loads(out.read_text())
+    assert saved["meta"]["command"].endswith(f"--quick --batches 1 2 --output {out}")
+    assert [(row["batch"], row["part"]) for row in saved["rows"]] == [
+        (batch, part) for batch in (1, 2) for part in profile_decoding.PARTS
+    ]
+    for row in saved["rows"]:
+        assert min(row["in_place_us"], row["warm_us"], row["flushed_us"]) > 0, row
+    assert [f["batch"] for f in saved["forwards"]] == [1, 2] and all(f["ratio"] > 0 for f in saved["forwards"])
+    with pytest.raises(SystemExit):
+        profile_decoding.parse_args(["--repeats", "0"])
