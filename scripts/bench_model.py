@@ -283,11 +283,12 @@ def generate_fn(model, batch, prompt_len, new_tokens, vocab, compiled=False, dev
     return run
 
 
-def decode_step_fn(model, batch, prompt_len, new_tokens, vocab) -> Callable[[], None]:
-    """One greedy decoding forward per call on the model's own cache: the prompt's forward, then `new_tokens`
-    one-token steps, then the prompt again on a new cache. Calls of two models alternated one by one see the
-    same machine (a noise burst on a shared CPU spans many 5 ms steps, where a whole `generate` call gets
-    it alone), and the i-th calls of two models are the same position in the sequence."""
+def decode_step_fn(model, batch, prompt_len, new_tokens, vocab, cache_class=None) -> Callable[[], None]:
+    """One greedy decoding forward per call on the model's own cache (cache_class: a new one of this class for
+    each prompt instead): the prompt's forward, then `new_tokens` one-token steps, then the prompt again on a new
+    cache. Calls of two models alternated one by one see the same machine (a noise burst on a shared CPU spans
+    many 5 ms steps, where a whole `generate` call gets it alone), and the i-th calls of two models are the same
+    position in the sequence."""
     model.eval()
     input_ids = torch.randint(3, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
     state = {"cache": None, "next": None, "step": 0}
@@ -296,7 +297,8 @@ def decode_step_fn(model, batch, prompt_len, new_tokens, vocab) -> Callable[[], 
     def step():
         if state["step"] % (new_tokens + 1) == 0:  # a new sequence: the prompt, on a new cache
             mask = torch.ones_like(input_ids)
-            out = model(input_ids=input_ids, attention_mask=mask, use_cache=True)
+            cache = {"cache": cache_class()} if cache_class is not None else {}
+            out = model(input_ids=input_ids, attention_mask=mask, use_cache=True, **cache)
         else:
             mask = torch.ones(batch, state["length"] + 1, dtype=torch.long)
             out = model(input_ids=state["next"], attention_mask=mask, cache=state["cache"], use_cache=True)

@@ -16,13 +16,15 @@ with the wall clock (`time.perf_counter`) around the parts of the step, per pool
 
 each three ways:
 
-- in place: inside the decoding forwards of scripts/bench_model.py's causal LM, each alternated with one of
-  Llama's (as `scripts/bench_ab.py --models decode-b1` runs them), median over the token steps;
+- in place: inside the decoding forwards of scripts/bench_model.py's causal LM, alternated one by one with
+  Llama's on its own cache and on ContextPool's (as `scripts/bench_ab.py --models decode-b1` runs them), median
+  over the token steps;
 - warm: the same call repeated back to back on the inputs of one step (what a microbenchmark sees);
 - flushed: the same call right after reading a --flush-mib buffer, which evicts it from every cache.
 
-Each timed part carries a wrapper of a fraction of a microsecond. The rows also give both models' whole
-forward (in place) and their ratio.
+Each timed part carries a wrapper of a fraction of a microsecond. Beside the parts, each batch size gets the three
+models' whole forward, their prompt's forward (median over --sequences) and their attention call
+(`F.scaled_dot_product_attention`, per layer), in place.
 
     python scripts/profile_decoding.py                    # batch 1 and 8 at bench_model's sizes, one thread
     python scripts/profile_decoding.py --quick            # tiny sizes, seconds
@@ -43,8 +45,9 @@ from pathlib import Path
 
 import bench_model  # scripts/bench_model.py: the same models, sizes and decoding stepper
 import torch
+import torch.nn.functional as F
 
-from contextpool_hf import decoding_contextpool
+from contextpool_hf import ContextPoolCache, decoding_contextpool
 from contextpool_hf.layers_contextpool import ContextPoolSelfAttention
 
 # part -> (owner, attribute) that is timed; `_decode_step` finds the two functions in its module's globals
@@ -106,37 +109,70 @@ def timed_parts(seconds: dict):
             setattr(owner, name, originals[part])
 
 
+@contextlib.contextmanager
+def timed_attention(seconds: dict):
+    """While open, every `F.scaled_dot_product_attention` call (ContextPool's and transformers' attention read it
+    from torch.nn.functional at call time) adds its wall time to seconds["sdpa"]."""
+    original = F.scaled_dot_product_attention
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            seconds["sdpa"] = seconds.get("sdpa", 0.0) + time.perf_counter() - start
+
+    F.scaled_dot_product_attention = timed
+    try:
+        yield seconds
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+MODELS = ("contextpool", "llama", "llama_on_contextpool_cache")
+
+
 def in_place(contextpool, llama, batch, args) -> dict:
-    """Per-layer median of each part over the token steps, and both models' forward, alternated one by one."""
+    """Per-layer median of each part over the token steps, and each model's forward and attention call (per layer),
+    the models' forwards alternated one by one: ContextPool, Llama on its own DynamicCache (concatenating the
+    keys/values on every step), and Llama on ContextPool's cache (appending them in place)."""
     sizes = args.model
-    steps = {name: bench_model.decode_step_fn(model, batch, sizes.prompt_len, sizes.new_tokens, sizes.vocab)
-             for name, model in (("contextpool", contextpool), ("llama", llama))}  # fmt: skip
+    steps = {
+        name: bench_model.decode_step_fn(model, batch, sizes.prompt_len, sizes.new_tokens, sizes.vocab, cache_class)
+        for name, model, cache_class in (("contextpool", contextpool, None), ("llama", llama, None),
+                                         ("llama_on_contextpool_cache", llama, ContextPoolCache))
+    }  # fmt: skip
     per_sequence = sizes.new_tokens + 1  # the prompt's forward, then one per new token
     for _ in range(per_sequence):  # warm-up: one whole sequence each
         for step in steps.values():
             step()
     layers = sum(isinstance(m, ContextPoolSelfAttention) and m.pool is not None for m in contextpool.modules())
-    forward = {name: [] for name in steps}
+    forward = {name: [] for name in MODELS}
+    prompt = {name: [] for name in MODELS}
+    attention = {name: [] for name in MODELS}
     parts = {part: [] for part in PARTS}
     seconds = {}
-    with timed_parts(seconds):
+    with timed_parts(seconds), timed_attention(seconds):
         for call in range(args.sequences * per_sequence):
-            order = list(steps) if call % 2 == 0 else list(steps)[::-1]
+            order = MODELS[call % len(MODELS):] + MODELS[: call % len(MODELS)]  # each model first in turn
             for name in order:
                 seconds.clear()
                 start = time.perf_counter()
                 steps[name]()
                 elapsed = time.perf_counter() - start
                 if call % per_sequence == 0:  # a prompt's forward: not a decoding step
+                    prompt[name].append(elapsed)
                     continue
                 forward[name].append(elapsed)
+                attention[name].append(seconds.get("sdpa", 0.0) / sizes.layers)
                 if name == "contextpool":
                     for part in PARTS:
                         parts[part].append(seconds.get(part, 0.0) / layers)
     result = {f"{part}_us": statistics.median(values) * 1e6 for part, values in parts.items()}
-    result.update(contextpool_forward_ms=statistics.median(forward["contextpool"]) * 1e3,
-                  llama_forward_ms=statistics.median(forward["llama"]) * 1e3)  # fmt: skip
-    result["forward_ratio"] = result["contextpool_forward_ms"] / result["llama_forward_ms"]
+    for name in MODELS:
+        result[f"{name}_forward_ms"] = statistics.median(forward[name]) * 1e3
+        result[f"{name}_prompt_ms"] = statistics.median(prompt[name]) * 1e3
+        result[f"{name}_sdpa_us"] = statistics.median(attention[name]) * 1e6
     return result
 
 
@@ -205,8 +241,11 @@ def profile_batch(contextpool, llama, batch, args) -> tuple[list[dict], dict]:
         rows = [dict(batch=batch, part=part, in_place_us=round(placed[f"{part}_us"], 2),
                      warm_us=round(warm[part] * 1e6, 2), flushed_us=round(flushed[part] * 1e6, 2))
                 for part in calls]  # fmt: skip
-    forward = dict(batch=batch, contextpool_forward_ms=round(placed["contextpool_forward_ms"], 3),
-                   llama_forward_ms=round(placed["llama_forward_ms"], 3), ratio=round(placed["forward_ratio"], 3))
+    forward = dict(batch=batch, **{f"{name}_{what}": round(placed[f"{name}_{what}"], 3)
+                                   for name in MODELS for what in ("forward_ms", "prompt_ms", "sdpa_us")})  # fmt: skip
+    forward["ratio"] = round(placed["contextpool_forward_ms"] / placed["llama_forward_ms"], 3)
+    forward["ratio_same_cache"] = round(placed["contextpool_forward_ms"] / placed["llama_on_contextpool_cache_forward_ms"], 3)
+    forward["prompt_ratio"] = round(placed["contextpool_prompt_ms"] / placed["llama_prompt_ms"], 3)
     return rows, forward
 
 
@@ -224,8 +263,12 @@ def main(argv=None):
         batch_rows, forward = profile_batch(contextpool, llama, batch, args)
         rows += batch_rows
         forwards.append(forward)
-        print(f"batch {batch}: forward {forward['contextpool_forward_ms']} ms vs Llama's "
-              f"{forward['llama_forward_ms']} ms ({forward['ratio']}x); per pooled layer, us:")  # fmt: skip
+        print(f"batch {batch}: forward {forward['contextpool_forward_ms']} ms, Llama's {forward['llama_forward_ms']} ms "
+              f"({forward['ratio']}x), Llama's on ContextPool's cache {forward['llama_on_contextpool_cache_forward_ms']} "
+              f"ms ({forward['ratio_same_cache']}x); attention call per layer "
+              + ", ".join(f"{name} {forward[f'{name}_sdpa_us']} us" for name in MODELS)
+              + f"; the prompt's forward {forward['contextpool_prompt_ms']} ms against Llama's "
+              f"{forward['llama_prompt_ms']} ms ({forward['prompt_ratio']}x); per pooled layer, us:")  # fmt: skip
         print(f"  {'part':8s} {'in place':>9s} {'warm':>9s} {'flushed':>9s}")
         for row in batch_rows:
             print(f"  {row['part']:8s} {row['in_place_us']:9.1f} {row['warm_us']:9.1f} {row['flushed_us']:9.1f}")

@@ -295,9 +295,11 @@ def test_the_decoding_profile_times_every_part_and_puts_the_code_back(tmp_path):
     import profile_decoding
 
     originals = {part: getattr(owner, name) for part, (owner, name) in profile_decoding.PARTS.items()}
+    attention = torch.nn.functional.scaled_dot_product_attention
     out = tmp_path / "profile.json"
     profile_decoding.main(["--quick", "--batches", "1", "2", "--output", str(out)])
     assert {part: getattr(owner, name) for part, (owner, name) in profile_decoding.PARTS.items()} == originals
+    assert torch.nn.functional.scaled_dot_product_attention is attention
     saved = json.loads(out.read_text())
     assert saved["meta"]["command"].endswith(f"--quick --batches 1 2 --output {out}")
     assert [(row["batch"], row["part"]) for row in saved["rows"]] == [
@@ -305,6 +307,8 @@ def test_the_decoding_profile_times_every_part_and_puts_the_code_back(tmp_path):
     ]
     for row in saved["rows"]:
         assert min(row["in_place_us"], row["warm_us"], row["flushed_us"]) > 0, row
-    assert [f["batch"] for f in saved["forwards"]] == [1, 2] and all(f["ratio"] > 0 for f in saved["forwards"])
+    assert [f["batch"] for f in saved["forwards"]] == [1, 2]
+    for forward in saved["forwards"]:
+        assert min(forward[f"{name}_{what}"] for name in profile_decoding.MODELS for what in ("forward_ms", "prompt_ms", "sdpa_us")) > 0
     with pytest.raises(SystemExit):
         profile_decoding.parse_args(["--repeats", "0"])
