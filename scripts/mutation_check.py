@@ -156,6 +156,17 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_generation.py", "copy_the_ring"),
     ),
     Mutation(
+        "ring-written-across-inference-mode", "a step under no_grad writes in place a ring made under inference_mode",
+        "        and (not ring_features.is_inference() or torch.is_inference_mode_enabled())\n", "",
+        _k("tests/test_generation.py", "no_grad_after_steps_under_inference_mode"),
+    ),
+    Mutation(
+        "static-cache-inference-mode-unchecked", "a static cache filled under inference_mode fails deep in torch elsewhere",
+        "            elif not torch.compiler.is_compiling() and buffer.is_inference() and not torch.is_inference_mode_enabled():",
+        "            elif False:",
+        _k("tests/test_static_cache.py", "misuse_raises_a_clear_error"),
+    ),
+    Mutation(
         "rotary-sign-swapped", "the folded rotary sine carries its minus sign on the wrong half",
         "signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)",
         "signed_sin = torch.cat((sin[..., :half], -sin[..., half:]), dim=-1)",

@@ -23,7 +23,8 @@ each three ways:
 - flushed: the same call right after reading a --flush-mib buffer, which evicts it from every cache.
 
 Each timed part carries a wrapper of a fraction of a microsecond. Beside the parts, each batch size gets the three
-models' whole forward, their prompt's forward (median over --sequences) and their attention call
+models' whole forward, their prompt's forward and its minor page faults (medians over --sequences) and their
+attention call
 (`F.scaled_dot_product_attention`, per layer), in place.
 
     python scripts/profile_decoding.py                    # batch 1 and 8 at bench_model's sizes, one thread
@@ -43,6 +44,7 @@ import sys
 import time
 from pathlib import Path
 
+import bench_device  # scripts/bench_device.py: minor page faults
 import bench_model  # scripts/bench_model.py: the same models, sizes and decoding stepper
 import torch
 import torch.nn.functional as F
@@ -149,6 +151,7 @@ def in_place(contextpool, llama, batch, args) -> dict:
     layers = sum(isinstance(m, ContextPoolSelfAttention) and m.pool is not None for m in contextpool.modules())
     forward = {name: [] for name in MODELS}
     prompt = {name: [] for name in MODELS}
+    prompt_faults = {name: [] for name in MODELS}
     attention = {name: [] for name in MODELS}
     parts = {part: [] for part in PARTS}
     seconds = {}
@@ -157,11 +160,13 @@ def in_place(contextpool, llama, batch, args) -> dict:
             order = MODELS[call % len(MODELS):] + MODELS[: call % len(MODELS)]  # each model first in turn
             for name in order:
                 seconds.clear()
+                faults = bench_device.minor_faults()
                 start = time.perf_counter()
                 steps[name]()
                 elapsed = time.perf_counter() - start
                 if call % per_sequence == 0:  # a prompt's forward: not a decoding step
                     prompt[name].append(elapsed)
+                    prompt_faults[name].append(bench_device.minor_faults() - faults)
                     continue
                 forward[name].append(elapsed)
                 attention[name].append(seconds.get("sdpa", 0.0) / sizes.layers)
@@ -172,6 +177,7 @@ def in_place(contextpool, llama, batch, args) -> dict:
     for name in MODELS:
         result[f"{name}_forward_ms"] = statistics.median(forward[name]) * 1e3
         result[f"{name}_prompt_ms"] = statistics.median(prompt[name]) * 1e3
+        result[f"{name}_prompt_faults"] = statistics.median(prompt_faults[name])
         result[f"{name}_sdpa_us"] = statistics.median(attention[name]) * 1e6
     return result
 
@@ -242,7 +248,7 @@ def profile_batch(contextpool, llama, batch, args) -> tuple[list[dict], dict]:
                      warm_us=round(warm[part] * 1e6, 2), flushed_us=round(flushed[part] * 1e6, 2))
                 for part in calls]  # fmt: skip
     forward = dict(batch=batch, **{f"{name}_{what}": round(placed[f"{name}_{what}"], 3)
-                                   for name in MODELS for what in ("forward_ms", "prompt_ms", "sdpa_us")})  # fmt: skip
+                                   for name in MODELS for what in ("forward_ms", "prompt_ms", "prompt_faults", "sdpa_us")})  # fmt: skip
     forward["ratio"] = round(placed["contextpool_forward_ms"] / placed["llama_forward_ms"], 3)
     forward["ratio_same_cache"] = round(placed["contextpool_forward_ms"] / placed["llama_on_contextpool_cache_forward_ms"], 3)
     forward["prompt_ratio"] = round(placed["contextpool_prompt_ms"] / placed["llama_prompt_ms"], 3)
@@ -268,7 +274,8 @@ def main(argv=None):
               f"ms ({forward['ratio_same_cache']}x); attention call per layer "
               + ", ".join(f"{name} {forward[f'{name}_sdpa_us']} us" for name in MODELS)
               + f"; the prompt's forward {forward['contextpool_prompt_ms']} ms against Llama's "
-              f"{forward['llama_prompt_ms']} ms ({forward['prompt_ratio']}x); per pooled layer, us:")  # fmt: skip
+              f"{forward['llama_prompt_ms']} ms ({forward['prompt_ratio']}x), minor page faults "
+              f"{forward['contextpool_prompt_faults']} against {forward['llama_prompt_faults']}; per pooled layer, us:")  # fmt: skip
         print(f"  {'part':8s} {'in place':>9s} {'warm':>9s} {'flushed':>9s}")
         for row in batch_rows:
             print(f"  {row['part']:8s} {row['in_place_us']:9.1f} {row['warm_us']:9.1f} {row['flushed_us']:9.1f}")
