@@ -167,6 +167,11 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_static_cache.py", "misuse_raises_a_clear_error"),
     ),
     Mutation(
+        "kept-tables-made-in-inference-mode", "tables kept between calls are made as inference tensors under inference_mode",
+        "    with torch.inference_mode(False):\n        return build()\n", "    return build()\n",
+        ("tests/test_generation.py", "tests/test_ops.py", "-k", "tables_kept_from_inference_mode or tile_tables_kept"),
+    ),
+    Mutation(
         "rotary-sign-swapped", "the folded rotary sine carries its minus sign on the wrong half",
         "signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)",
         "signed_sin = torch.cat((sin[..., :half], -sin[..., half:]), dim=-1)",

@@ -196,6 +196,26 @@ def test_decoding_goes_on_under_no_grad_after_steps_under_inference_mode(placeme
     torch.testing.assert_close(torch.cat(logits, 1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("rope", [None, {"rope_type": "linear", "factor": 2.0}], ids=["rope", "rope-linear"])
+def test_tables_kept_from_inference_mode_serve_a_later_step_with_autograd(rope):
+    """The decoding tables and rotary frequencies are kept between forwards; ones made under torch.inference_mode
+    would be inference tensors, which autograd refuses to save, so decoding with gradients (or training) after a
+    generate under inference_mode failed. They are made outside inference mode: the later steps are exact and
+    their gradients are the full forward's."""
+    model = tiny_lm(pool_groups=2, **({"rope_scaling": rope} if rope else {}))
+    input_ids = prompt(n=12)
+    with torch.inference_mode():
+        model.generate(input_ids[:, :6], max_new_tokens=3, do_sample=False, pad_token_id=0)
+    full = model(input_ids, use_cache=False).logits
+    full_grads = torch.autograd.grad(full.square().sum(), list(model.parameters()), allow_unused=True)
+    stepped = torch.cat([o.logits for o in _in_steps(model, input_ids, [(0, 6)] + [(i, i + 1) for i in range(6, 12)])], 1)
+    step_grads = torch.autograd.grad(stepped.square().sum(), list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(stepped, full, atol=1e-5, rtol=1e-5)
+    for got, expected in zip(step_grads, full_grads, strict=True):
+        if expected is not None:
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("placement", ["attention_input", "block_output"])
 def test_inference_steps_overwrite_only_their_own_ring(placement):
     """In inference a step writes the newest input into the ring in place (no copy of the window), but only into

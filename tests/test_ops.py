@@ -927,6 +927,33 @@ def test_fast_tiled_2d_matches_reference(path_2d, stride):
         torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
 
 
+def test_2d_tile_tables_kept_from_inference_mode_serve_a_later_backward(monkeypatch):
+    """The tiled path keeps its tables between calls, now also from calls under torch.inference_mode (it built them
+    afresh on every such call). Built there, they would be inference tensors, which autograd refuses to save, and
+    a training step of the same geometry afterwards would fail; they are built outside inference mode, and the
+    step is exact."""
+    import contextpool_hf.pooling_2d_contextpool as pooling_2d
+
+    for name, value in PATHS_2D["tiled"].items():
+        monkeypatch.setattr(pooling_2d, name, value)
+    monkeypatch.setattr(pooling_2d, "_TABLE_CACHE", {})
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 9, 7, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.rand(2, 9, 7, dtype=torch.float64, generator=gen, requires_grad=True)
+    s = (torch.rand(2, 9, 7, dtype=torch.float64, generator=gen) * 1.5 + 0.3).requires_grad_()
+    with torch.inference_mode():
+        context_pool_2d(x.detach(), w.detach(), s.detach(), sigma_max=2.0, implementation="fast")
+    assert pooling_2d._TABLE_CACHE and not any(
+        t.is_inference() for tables in pooling_2d._TABLE_CACHE.values() for t in tables if isinstance(t, torch.Tensor)
+    )
+    results = []
+    for impl in ("fast", "reference"):
+        y = context_pool_2d(x, w, s, sigma_max=2.0, implementation=impl)
+        results.append((y, *torch.autograd.grad((y * y.cos()).sum(), (x, w, s))))
+    for fast, ref in zip(*results, strict=True):
+        torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_2d_switch_dense_to_tiled_at_the_threshold(monkeypatch, stride):
     """The plan switches from dense to tiles exactly above _DENSE_MAX_COEFS; both sides are exact."""

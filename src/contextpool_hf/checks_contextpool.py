@@ -201,6 +201,17 @@ def _is_exporting() -> bool:
     return hasattr(torch.compiler, "is_exporting") and torch.compiler.is_exporting()
 
 
+def _kept_tensors(build):
+    """build(), its tensors made outside torch.inference_mode: for what a module or a table cache keeps between
+    calls. A tensor made in inference mode can never be written in place, nor saved for backward, outside it, so a
+    table kept from an inference_mode call would break a later step that records autograd (decoding with
+    gradients, a training step after generation). Grad mode is left as it is (no_grad still applies)."""
+    if not torch.is_inference_mode_enabled():
+        return build()
+    with torch.inference_mode(False):
+        return build()
+
+
 def _autocast_off(fn):
     """fn, run with autocast off on the device of its first tensor argument: an autograd Function's forward or
     backward, or a pooling implementation (`pooling_contextpool._run`). The operators compute in float32 at

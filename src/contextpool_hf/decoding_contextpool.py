@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks_contextpool import _kept_tensors
 from .modeling_utils_contextpool import _is_compiling
 from .pooling_contextpool import _SIGMA_FLOOR, DEFAULT_EPS
 from .predictor_contextpool import _is_plain_layer, _predictor_input
@@ -41,13 +42,14 @@ def _plain_tensors_only(value) -> bool:
 def _module_memo(module: nn.Module, name: str, key, build, keep: bool = True):
     """build(), kept on `module` as the plain attribute `name` (not a buffer: never saved) and reused while `key`
     matches. Nothing is kept or read under torch.compile (the graph computes and folds it) or when `keep` is
-    False, and a result holding a tensor made under a FakeTensorMode (valid only there) is never kept."""
+    False, and a result holding a tensor made under a FakeTensorMode (valid only there) is never kept. What is kept
+    is made outside inference mode (`_kept_tensors`): a later call may record autograd."""
     keep = keep and not _is_compiling()
     if keep:
         cached = module.__dict__.get(name)
         if cached is not None and cached[0] == key:
             return cached[1]
-    value = build()
+    value = _kept_tensors(build) if keep else build()
     if keep and _plain_tensors_only(value):
         module.__dict__[name] = (key, value)
     return value

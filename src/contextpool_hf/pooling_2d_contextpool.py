@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .checks_contextpool import _autocast_off
+from .checks_contextpool import _autocast_off, _kept_tensors
 
 # A map whose n_out x n_in coefficients per image are at most this many runs dense (one tile):
 # 65536 = a 16x16 map at stride 1 (256 x 256), or 32x16 -> 16x8 at stride 2. The crossover to
@@ -199,14 +199,14 @@ _TABLE_CACHE_SIZE = 64
 def _cached_tile_tables(lay, device, dtype):
     """`_tile_tables`, remembered per geometry: a model calls the same few shapes every step, and
     building the tables is about 20 small ops per call (a quarter of the op's forward on a
-    ResNet-sized map). Not cached while torch.compile traces (the graph builds them itself) or
-    under inference_mode (inference tensors could not be saved for a later backward)."""
-    if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
+    ResNet-sized map). Not cached while torch.compile traces (the graph builds them itself); made outside
+    inference_mode (`_kept_tensors`: inference tensors could not be saved for a later backward)."""
+    if torch.compiler.is_compiling():
         return _tile_tables(lay, device, dtype)
     key = (lay.th, lay.tw, lay.lh, lay.lw, lay.left_h, lay.left_w, lay.stride, lay.radius, str(device), dtype)
     tables = _TABLE_CACHE.get(key)
     if tables is None:
-        tables = _tile_tables(lay, device, dtype)
+        tables = _kept_tensors(lambda: _tile_tables(lay, device, dtype))
         if len(_TABLE_CACHE) >= _TABLE_CACHE_SIZE:
             _TABLE_CACHE.clear()
         _TABLE_CACHE[key] = tables
