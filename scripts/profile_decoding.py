@@ -4,7 +4,7 @@
 `scripts/profile_model.py` splits a decoding step with `torch.profiler` and counts its operator calls. Those
 numbers come from the step alone or from the profiler's own events; inside a real `generate` the same calls
 cost several times more. Between two steps of one layer every other layer's weights stream through the
-caches (about 33 MB at the bench sizes, more than this machine's 32 MiB L3), so each layer's pooling step
+caches (about 33 MB at the bench sizes, more than the 32 MiB L3 of the CPU it was measured on), so each layer's pooling step
 finds its code paths, its modules, its parameters and its ring cold. This script measures that directly,
 with the wall clock (`time.perf_counter`) around the parts of the step, per pooled layer:
 
