@@ -67,8 +67,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--quick", action="store_true", help="small batches and sizes (smoke test)")
     parser.add_argument("--json", default=None, help="also write the results to this new file")
-    parser.add_argument("--malloc", default="default", choices=bench_device.MALLOC_CHOICES,
-                        help="the C allocator's policy, as in the bench scripts (scripts/bench_device.py)")
+    bench_device.add_malloc_argument(parser)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")

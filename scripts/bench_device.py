@@ -38,6 +38,11 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
                         help="float32 (default); bfloat16 / float16: training steps under torch.autocast with float32 "
                              "weights, generation with the models cast to it")  # fmt: skip
+    add_malloc_argument(parser)
+
+
+def add_malloc_argument(parser: argparse.ArgumentParser) -> None:
+    """`--malloc` alone, for a script without `--device` (scripts/bench_ab.py); `apply_malloc` puts it in force."""
     parser.add_argument("--malloc", default="default", choices=MALLOC_CHOICES,
                         help="the C allocator's policy (CPU): default (glibc's: fresh pages for large tensors, the heap "
                              "trimmed) or retain (freed memory kept for reuse: no page faults on fresh memory; glibc "

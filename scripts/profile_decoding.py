@@ -87,48 +87,34 @@ def parse_args(argv=None):
     return args
 
 
-@contextlib.contextmanager
-def timed_parts(seconds: dict):
-    """While open, every call of a part adds its wall time to seconds[part] (the originals come back on exit)."""
-    originals = {part: getattr(owner, name) for part, (owner, name) in PARTS.items()}
+# what the in-place run times besides the parts: every attention call (ContextPool's and transformers' attention
+# read it from torch.nn.functional at call time)
+ATTENTION = {"sdpa": (F, "scaled_dot_product_attention")}
 
-    def timer(part, original):
+
+@contextlib.contextmanager
+def timed_calls(seconds: dict, targets: dict):
+    """While open, every call of a target (label -> (owner, attribute)) adds its wall time to seconds[label] (the
+    originals come back on exit)."""
+    originals = {label: getattr(owner, name) for label, (owner, name) in targets.items()}
+
+    def timer(label, original):
         def timed(*args, **kwargs):
             start = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
-                seconds[part] = seconds.get(part, 0.0) + time.perf_counter() - start
+                seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - start
 
         return timed
 
     try:
-        for part, (owner, name) in PARTS.items():
-            setattr(owner, name, timer(part, originals[part]))
+        for label, (owner, name) in targets.items():
+            setattr(owner, name, timer(label, originals[label]))
         yield seconds
     finally:
-        for part, (owner, name) in PARTS.items():
-            setattr(owner, name, originals[part])
-
-
-@contextlib.contextmanager
-def timed_attention(seconds: dict):
-    """While open, every `F.scaled_dot_product_attention` call (ContextPool's and transformers' attention read it
-    from torch.nn.functional at call time) adds its wall time to seconds["sdpa"]."""
-    original = F.scaled_dot_product_attention
-
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            seconds["sdpa"] = seconds.get("sdpa", 0.0) + time.perf_counter() - start
-
-    F.scaled_dot_product_attention = timed
-    try:
-        yield seconds
-    finally:
-        F.scaled_dot_product_attention = original
+        for label, (owner, name) in targets.items():
+            setattr(owner, name, originals[label])
 
 
 MODELS = ("contextpool", "llama", "llama_on_contextpool_cache")
@@ -155,7 +141,7 @@ def in_place(contextpool, llama, batch, args) -> dict:
     attention = {name: [] for name in MODELS}
     parts = {part: [] for part in PARTS}
     seconds = {}
-    with timed_parts(seconds), timed_attention(seconds):
+    with timed_calls(seconds, {**PARTS, **ATTENTION}):
         for call in range(args.sequences * per_sequence):
             order = MODELS[call % len(MODELS):] + MODELS[: call % len(MODELS)]  # each model first in turn
             for name in order:

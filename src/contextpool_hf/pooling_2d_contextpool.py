@@ -464,8 +464,9 @@ def _backward_into_rows(chunk, lay, rows, inv_var, tables, w_k, grad_num, grad_t
 
 def _sigma_grad(chunk, lay, gauss, w_k, grad_num, grad_total, x_halo, q, grad_inv_var, need_sigma):
     """The chunk's dL/d(1/s^2) into grad_inv_var; gauss is scaled in place into c * q (it is not read after)."""
-    if not need_sigma:  # c_oj = w_j exp(q_oj / s_o^2): dc_oj / d(1/s_o^2) = c_oj q_oj
+    if not need_sigma:
         return
+    # c_oj = w_j exp(q_oj / s_o^2): dc_oj / d(1/s_o^2) = c_oj q_oj
     cq = gauss.mul_(w_k.transpose(-1, -2)).mul_(q)  # (b, kc, ntw, To, Li)
     grad_iv = torch.linalg.vecdot(grad_num, _matmul_like_x(cq, x_halo, lay))  # (b, kc, ntw, To)
     if grad_total is not None:
