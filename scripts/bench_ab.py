@@ -4,9 +4,11 @@
 The revision's package (`src/contextpool_hf`, flat files with relative imports) is extracted with
 `git archive` into a temporary folder and imported beside the working tree's under another name,
 so both versions and transformers' model of the same size run in the same process, alternated
-step by step (A B C, C B A, ...), on the sizes of `scripts/bench_vision.py` (vit, resnet) and
+step by step (A B C, A C B, ...: none twice in a row), on the sizes of `scripts/bench_vision.py` (vit, resnet) and
 `scripts/bench_model.py` (causal-lm: n = 1024, batch 4; seq2seq: Marian-shaped, 16 x 128; generate-b1 and
 generate-b8: greedy decoding with the cache, prompt 128, 64 new tokens, against Llama, timed per generate call;
+generate-compiled-b1 and generate-compiled-b8: the same with a static cache and the decoding steps compiled by
+inductor, as `bench_model.py --compile` runs them (the warm-up call compiles each model's step, a minute or so);
 decode-b1 and decode-b8: the same decoding timed per forward, the prompt's and each new token's, the three
 models alternated call by call: far steadier on a shared machine, and without generate's own work).
 Each ratio is the median of the per-step ratios of process CPU time (the steadier estimate on a
@@ -16,6 +18,7 @@ shared machine), with its min-max spread.
     python scripts/bench_ab.py --ref HEAD~3 --models causal-lm --repeats 8
     python scripts/bench_ab.py --ref HEAD --models generate-b1 generate-b8 --repeats 10
     python scripts/bench_ab.py --ref HEAD --models decode-b1 decode-b8 --repeats 650
+    python scripts/bench_ab.py --ref HEAD --models generate-compiled-b8 --repeats 30
 
 `new/ref` below 1 means the working tree is faster than the revision. Nothing is written unless
 `--json PATH` is given (a file that exists is refused: pick a new name).
@@ -44,7 +47,8 @@ import bench_model
 import bench_vision
 import torch
 
-FAMILIES = ("vit", "resnet", "causal-lm", "seq2seq", "generate-b1", "generate-b8", "decode-b1", "decode-b8")
+FAMILIES = ("vit", "resnet", "causal-lm", "seq2seq", "generate-b1", "generate-b8", "generate-compiled-b1",
+            "generate-compiled-b8", "decode-b1", "decode-b8")
 REF_PACKAGE = "contextpool_hf_ref"
 # the names each benchmark module builds its ContextPool models from
 _PATCHED = {
@@ -54,6 +58,8 @@ _PATCHED = {
     "seq2seq": (bench_model, ("ContextPoolSeq2SeqConfig", "ContextPoolForConditionalGeneration")),
     "generate-b1": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
     "generate-b8": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
+    "generate-compiled-b1": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
+    "generate-compiled-b8": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
     "decode-b1": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
     "decode-b8": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
 }
@@ -154,8 +160,11 @@ def build_steps(family, ref_package, quick):
         with classes_from(ref_package, family):
             torch.manual_seed(0)
             ref, _ = bench_model.causal_pair(args, args.prompt_len + args.new_tokens)
-        make = bench_model.generate_fn if kind == "generate" else bench_model.decode_step_fn
-        return [make(model, int(batch), args.prompt_len, args.new_tokens, args.vocab) for model in (new, ref, vanilla)]
+        if kind == "decode":
+            return [bench_model.decode_step_fn(model, int(batch), args.prompt_len, args.new_tokens, args.vocab)
+                    for model in (new, ref, vanilla)]  # fmt: skip
+        return [bench_model.generate_fn(model, int(batch), args.prompt_len, args.new_tokens, args.vocab,
+                                        compiled=kind == "generate-compiled") for model in (new, ref, vanilla)]  # fmt: skip
     make_pair = bench_model.causal_pair if family == "causal-lm" else bench_model.seq2seq_pair
     seq_len, batch = _sizes(family, args)
     torch.manual_seed(0)
@@ -173,14 +182,26 @@ def _sizes(family, args):
     return bench_model._sizes(args.causal_sizes)[0]
 
 
+def alternation_orders(count: int) -> tuple[list[int], list[int]]:
+    """The two orders the rounds of `alternated_cpu_times` take in turn: 0 1 2 ... and 0 ... 2 1 (its tail reversed).
+
+    No callable ever runs twice in a row, and with two or three (the working tree, the revision, transformers)
+    each is preceded by each of the others equally often. Reversing whole rounds
+    (A B C, C B A) ran the first and the last twice in a row at every turn, with their own code and data still in
+    the caches, and never the middle one: the working tree's first place made it read about 2% faster than the
+    same code as the revision (HEAD against itself: 0.974-0.986 at decode-b1, 1500 steps)."""
+    order = list(range(count))
+    return order, order[:1] + order[:0:-1]
+
+
 def alternated_cpu_times(steps, repeats):
-    """CPU seconds per step of each callable, run A B C, C B A, ... after one warm-up step each."""
+    """CPU seconds per step of each callable, rounds of A B C and A C B in turn, after one warm-up step each."""
     for step in steps:
         step()
     times = [[] for _ in steps]
-    order = list(range(len(steps)))
+    orders = alternation_orders(len(steps))
     for repeat in range(repeats):
-        for index in order if repeat % 2 == 0 else order[::-1]:
+        for index in orders[repeat % 2]:
             start = time.process_time()
             steps[index]()
             times[index].append(time.process_time() - start)
@@ -218,7 +239,7 @@ def main(argv=None):
     if args.json is not None:
         meta = {"command": "python scripts/bench_ab.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "ref": args.ref, "repeats": args.repeats, "threads": args.threads, "quick": args.quick, "malloc": args.malloc,
-                "torch": torch.__version__, "timing": "process CPU time per step, alternated A B C, C B A"}
+                "torch": torch.__version__, "timing": "process CPU time per step, alternated A B C, A C B"}
         with open(args.json, "x") as handle:
             json.dump({"meta": meta, "rows": rows}, handle, indent=2)
     return rows

@@ -388,6 +388,13 @@ MUTATIONS: list[Mutation] = [
         "        ring_features = torch.cat([history[:, :, :-1], features.to(history.dtype)], dim=2)",
         _k("tests/test_static_cache.py", "float64"),
     ),
+    Mutation(
+        "static-step-outside-autograd", "a static-cache decode step with autograd on pools a detached copy of its newest "
+        "weight (no gradient reaches the predictor through it)",
+        "        ring_weights = torch.cat([history_weights[:, :, 1:], weights.to(history_weights.dtype)], dim=2)",
+        "        ring_weights = torch.cat([history_weights[:, :, 1:], weights.detach().to(history_weights.dtype)], dim=2)",
+        _k("tests/test_static_cache.py", "autograd"),
+    ),
     # --- stop 33: the decoding plan and the one-reduction integer mask check ----------------------------------------
     Mutation(
         "decode-plan-kept-after-rewrap", "a decoding step keeps its plan when a predictor layer is replaced by another "

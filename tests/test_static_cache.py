@@ -235,3 +235,29 @@ def test_an_early_initialized_static_cache_keeps_its_buffers():
         expected = model(input_ids, use_cache=False).logits
     assert isinstance(cache.layers[0], ContextPoolStaticLayer) and cache.layers[0].keys is keys
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(pool_groups=2)], ids=_name)
+def test_a_step_with_autograd_on_a_static_cache_has_the_dynamic_caches_gradients(overrides):
+    """The pooling state is written outside autograd, so with autograd on a step pools its newest input as itself:
+    after a prefix and some steps (no gradients), a decoding step's logits and parameter gradients, float64, equal
+    those of the same step on the dynamic cache, at every slot of its ring (R + 1 = 5 here: the slot wraps)."""
+    model = tiny_causal_lm(**overrides).double()
+    input_ids = random_ids(n=14)
+    for t in range(6, 14):
+        results = {}
+        for name in ("static", "dynamic"):
+            cache = ContextPoolStaticCache(config=model.config, max_cache_len=16) if name == "static" else None
+            with torch.no_grad():
+                cache = model(input_ids[:, :6], cache=cache, use_cache=True).cache
+                for s in range(6, t):
+                    model(input_ids[:, s : s + 1], cache=cache, use_cache=True)
+            model.zero_grad()
+            logits = model(input_ids[:, t : t + 1], cache=cache, use_cache=True).logits
+            logits.square().sum().backward()
+            results[name] = logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        torch.testing.assert_close(results["static"][0], results["dynamic"][0], atol=1e-10, rtol=1e-10)
+        assert results["static"][1].keys() == results["dynamic"][1].keys()
+        assert any("predictor" in n for n in results["static"][1])  # the newest input's weight reached the predictor
+        for n, grad in results["static"][1].items():
+            torch.testing.assert_close(grad, results["dynamic"][1][n], atol=1e-10, rtol=1e-10, msg=n)
