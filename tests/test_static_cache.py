@@ -261,3 +261,43 @@ def test_a_step_with_autograd_on_a_static_cache_has_the_dynamic_caches_gradients
         assert any("predictor" in n for n in results["static"][1])  # the newest input's weight reached the predictor
         for n, grad in results["static"][1].items():
             torch.testing.assert_close(grad, results["dynamic"][1][n], atol=1e-10, rtol=1e-10, msg=n)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pad", "plain"),
+    [({"attn_implementation": "sdpa"}, False, True), ({"attn_implementation": "sdpa"}, True, False),
+     ({"attn_implementation": "sdpa", "attention_window": 4}, False, False),
+     ({"attn_implementation": "eager"}, False, False)],
+    ids=["sdpa", "sdpa-padded", "sdpa-window", "eager"],
+)  # fmt: skip
+def test_a_prompt_on_an_empty_static_cache_attends_over_its_own_slots(monkeypatch, overrides, pad, plain):
+    """Without padding or a shorter window, sdpa's prompt on an empty static cache takes SDPA's causal kernel over
+    its n keys (no mask), as Llama's does; otherwise the mask over every slot. Either way, and for the steps and
+    chunks that follow, the logits equal the uncached forward's (float64)."""
+    model = tiny_causal_lm(**overrides).double()
+    input_ids = random_ids(n=12)
+    attention_mask = torch.ones_like(input_ids)
+    if pad:
+        attention_mask[1, :2] = 0
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, attn_mask=None, **kwargs):
+        calls.append((query.shape[2], key.shape[2], attn_mask is None, kwargs.get("is_causal")))
+        return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        full = model(input_ids, attention_mask=attention_mask, use_cache=False).logits
+        calls.clear()
+        outputs, _ = _static_steps(model, input_ids, [(0, 6), (6, 7), (7, 10), (10, 11), (11, 12)], 16, attention_mask)
+    got = torch.cat([o.logits for o in outputs], 1)
+    rows = slice(None) if not pad else 0
+    torch.testing.assert_close(got[rows], full[rows], atol=1e-10, rtol=1e-10)
+    if pad:
+        torch.testing.assert_close(got[1, 2:], full[1, 2:], atol=1e-10, rtol=1e-10)
+    if overrides["attn_implementation"] == "sdpa":
+        prompt = calls[: model.config.num_hidden_layers]
+        later = calls[model.config.num_hidden_layers :]
+        assert all(c == ((6, 6, True, True) if plain else (6, 16, False, False)) for c in prompt), prompt
+        assert later and all(kv == 16 and not no_mask for _, kv, no_mask, _ in later)  # after the prompt: the mask

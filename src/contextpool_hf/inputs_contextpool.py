@@ -140,8 +140,8 @@ def _position_ids(config, position_ids, batch, n, past, device):
 def _static_cache_positions(config, cache, attention_mask, position_ids, batch, n, device):
     """Inputs of a forward on a fixed-size cache (a StaticCache with ContextPool layers).
 
-    -> keep_all (B, max_cache_len) bool or None, keep_new (B, n) or None, position_ids (B, n), and
-    positions (n,): the cache slots of the new tokens. All stay tensors of fixed shapes, so that a
+    -> keep_all (B, max_cache_len) bool or None, keep_new (B, n) or None (None also when all n are real tokens,
+    outside compilation), position_ids (B, n), and positions (n,): the cache slots of the new tokens. All stay tensors of fixed shapes, so that a
     compiled decoding step has no host sync and no shape that changes from step to step; the
     checks that read numbers run outside compilation only.
     """
@@ -173,6 +173,8 @@ def _static_cache_positions(config, cache, attention_mask, position_ids, batch, 
         if width != max_len:  # the slots not written yet: no token there (and in every query's future)
             keep_all = F.pad(keep_all, (0, max_len - width))
         keep_new = keep_all.gather(1, positions.unsqueeze(0).expand(batch, n))  # (B, n)
+        if not compiling and bool(keep_new.all()):
+            keep_new = None  # nothing to mask in the pooling (the attention still masks the slots not written yet)
     if compiling:
         position_ids = positions.unsqueeze(0) if position_ids is None else position_ids
         position_ids = position_ids.expand(batch, n)

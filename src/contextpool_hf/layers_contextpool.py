@@ -386,6 +386,8 @@ class ContextPoolSelfAttention(CausalPoolDecoding, nn.Module):
             q, k = _rotate(q, position_embeddings), _rotate(k, position_embeddings)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
+            if attention_bias is None and n > 1 and isinstance(layer_cache, ContextPoolStaticLayer):
+                k, v = k[:, :, :n], v[:, :, :n]  # a prompt on an empty static cache (`_plain_causal_prefill`)
         implementation = _attention_implementation(self.config, output_attentions)
         dropout = self.attention_dropout if self.training else 0.0
         if implementation in ATTENTION_FUNCTIONS:

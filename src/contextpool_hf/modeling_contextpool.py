@@ -30,6 +30,7 @@ from .attention_contextpool import (  # noqa: F401
     _attention_implementation,
     _backend_mask,
     _packed_attention_bias,
+    _plain_causal_prefill,
     _static_cache_attention_bias,
     eager_attention_forward,
     repeat_kv,
@@ -249,7 +250,9 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
                 *rotary_cos_sin(position_ids, config.head_dim, config.rope_theta, hidden.dtype, config=config)
             )
         implementation = _attention_implementation(config, output_attentions)
-        if static:
+        if static and _plain_causal_prefill(implementation, past, n, keep_new, config.attention_window):
+            attention_bias = None  # the layers attend over the prompt's own n slots (as Llama's prefill does)
+        elif static:
             attention_bias = _static_cache_attention_bias(implementation, keep_all, positions, cache.get_max_length(),
                                                           hidden.dtype, window=config.attention_window, batch=batch)  # fmt: skip
         else:
