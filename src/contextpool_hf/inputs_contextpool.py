@@ -141,9 +141,9 @@ def _static_cache_positions(config, cache, attention_mask, position_ids, batch, 
     """Inputs of a forward on a fixed-size cache (a StaticCache with ContextPool layers).
 
     -> keep_all (B, max_cache_len) bool or None, keep_new (B, n) or None (None also when all n are real tokens,
-    outside compilation), position_ids (B, n), and positions (n,): the cache slots of the new tokens. All stay tensors of fixed shapes, so that a
-    compiled decoding step has no host sync and no shape that changes from step to step; the
-    checks that read numbers run outside compilation only.
+    outside compilation), position_ids (B, n), and positions (n,): the cache slots of the new tokens. All stay
+    tensors of fixed shapes, so that a compiled decoding step has no host sync and no shape that changes from step
+    to step; the checks that read numbers run outside compilation only.
     """
     max_len = cache.get_max_length()
     past = cache.get_seq_length()  # 0 before the first forward, then the layers' 0-dim length tensor
