@@ -205,8 +205,9 @@ def _kept_tensors(build):
     """build(), its tensors made outside torch.inference_mode: for what a module or a table cache keeps between
     calls. A tensor made in inference mode can never be written in place, nor saved for backward, outside it, so a
     table kept from an inference_mode call would break a later step that records autograd (decoding with
-    gradients, a training step after generation). Grad mode is left as it is (no_grad still applies)."""
-    if not torch.is_inference_mode_enabled():
+    gradients, a training step after generation). Grad mode is left as it is (no_grad still applies). While
+    torch.compile traces, build() as it is: nothing is kept then (the graph computes and folds the tables)."""
+    if _is_compiling() or not torch.is_inference_mode_enabled():
         return build()
     with torch.inference_mode(False):
         return build()

@@ -89,11 +89,12 @@ def _plain_inv_freq(head_dim: int, theta: float, device: torch.device) -> torch.
     key, compiling = (head_dim, float(theta), device), _is_compiling()
     if not compiling and key in _PLAIN_ROPE_CACHE:
         return _PLAIN_ROPE_CACHE[key]
+
     def build():
         exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
         return 1.0 / (theta**exponent)
 
-    inv_freq = build() if compiling else _kept_tensors(build)  # kept: made outside inference_mode
+    inv_freq = _kept_tensors(build)  # kept: made outside inference_mode
     # only a plain tensor is kept: one made under a FakeTensorMode (or another tensor subclass's mode) is valid
     # only there
     if not compiling and type(inv_freq) is torch.Tensor:
@@ -117,7 +118,7 @@ def _scaled_inv_freq(config) -> tuple[torch.Tensor, float]:
             inv_freq, factor = ROPE_INIT_FUNCTIONS[stand_in.rope_parameters["rope_type"]](stand_in, "cpu")
             return inv_freq.float(), float(factor)
 
-        inv_freq, factor = build() if _is_compiling() else _kept_tensors(build)  # kept: made outside inference_mode
+        inv_freq, factor = _kept_tensors(build)  # kept: made outside inference_mode
         if type(inv_freq) is not torch.Tensor:  # made under a FakeTensorMode: valid only there (see _plain_inv_freq)
             return inv_freq, factor
         _SCALED_ROPE_CACHE[key] = (inv_freq, factor)
