@@ -401,7 +401,7 @@ MUTATIONS: list[Mutation] = [
         "wrapper (it would call the old one)",
         "            if cached is not None and cached[1] == key and all(map(operator.is_, cached[0], sources)):\n",
         "            if cached is not None and cached[1] == key:\n",
-        _k("tests/test_generation.py", "layers_that_are_there_now"),
+        _k("tests/test_generation.py", "middle_of_a_sequence"),
     ),
     Mutation(
         "decode-plan-version-ignored", "a decoding step keeps its plan after an in-place parameter update",
@@ -409,7 +409,22 @@ MUTATIONS: list[Mutation] = [
         "                   tuple(map(_storage_key, params)))  # fmt: skip\n",
         "            key = (like.shape[0], like.dtype, like.device, window, pool.sigma_min, pool.sigma_max, pool.normalize,\n"
         "                   tuple(p.data_ptr() for p in params if p is not None))  # fmt: skip\n",
-        _k("tests/test_generation.py", "weights_as_they_are_now"),
+        _k("tests/test_generation.py", "middle_of_a_sequence"),
+    ),
+    # --- stop 39: the decoding plan lives as long as its sequence -----------------------------------------------
+    Mutation(
+        "decode-plan-copied-with-the-cache", "a copy of a cache (copy.deepcopy of a prompt's cache) carries the "
+        "kept decoding plan, and with it copies of the predictor's modules",
+        '        state.pop("decode_plan", None)\n',
+        "        pass\n",
+        _k("tests/test_generation.py", "middle_of_a_sequence"),
+    ),
+    Mutation(
+        "static-plan-kept-after-reset", "a static cache reused after reset() decodes with the plan of its last "
+        "sequence (a weight edit through .data in between is never seen)",
+        "        self.pool_started = False\n        self.decode_plan = None\n",
+        "        self.pool_started = False\n",
+        _k("tests/test_static_cache.py", "reused_static_cache"),
     ),
     Mutation(
         "int-mask-zeros-ignored", "an integer attention mask with padding reads as all ones",

@@ -193,10 +193,10 @@ def captured_step(contextpool, batch, args):
 def part_calls(attention, hidden, features, keep, layer_cache) -> dict:
     """part -> a call of it alone on one step's inputs (steps and pooling write the ring: they go on decoding)."""
     window = layer_cache.pool_weights.shape[-1]
-    plan = attention._decode_plan(features, window)
+    plan = attention._decode_plan(features, window, layer_cache)
     sigma = torch.full(features.shape[:2] + (1,), attention.pool.sigma_max / 2, dtype=features.dtype)
     return {
-        "plan": lambda: attention._decode_plan(features, window),
+        "plan": lambda: attention._decode_plan(features, window, layer_cache),
         "gates": lambda: decoding_contextpool._decode_gates(plan, hidden, keep, layer_cache.conv_state),
         "pool": lambda: decoding_contextpool._decode_pool(plan, layer_cache.pool_features, layer_cache.pool_weights,
                                                           sigma, plan.neg_half_distance_sq_rows[0], features.dtype),

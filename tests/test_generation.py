@@ -96,25 +96,44 @@ def test_decoding_with_autograd_gives_the_full_forward_gradients():
             torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def _edit_in_place(param):  # as AdamW and load_state_dict do: the version counter moves
+    param.add_(torch.randn_like(param) * 0.5)
+
+
+def _edit_through_data(param):  # as initialisers and EMA / model-averaging swaps do: the version counter stays
+    param.data.add_(torch.randn_like(param) * 0.5)
+
+
+def _swap_storage(param):  # param.data = another tensor (FSDP, ZeRO): the same parameter over other memory
+    param.data = param.data + torch.randn_like(param) * 0.5
+
+
+def _edit_predictors(model, edit):
+    for layer in model.model.layers:
+        predictor = layer.attention.pool.predictor
+        for param in (predictor.conv.weight, predictor.conv.bias, predictor.proj.weight, predictor.proj.bias):
+            if param is not None:
+                edit(param)
+
+
+@pytest.mark.parametrize("edit", [_edit_in_place, _edit_through_data, _swap_storage], ids=lambda f: f.__name__[1:])
 @pytest.mark.parametrize("conv_bias", [True, False], ids=["conv-bias", "no-conv-bias"])
-def test_decoding_reads_the_predictor_weights_as_they_are_now(conv_bias):
-    """Inference decoding keeps the predictor's weights in decoding layout between steps; an in-place update
-    (an optimizer step, load_state_dict) must reach the next step, as it reaches the full forward."""
+def test_decoding_reads_the_predictor_weights_as_they_are_now(conv_bias, edit):
+    """Inference decoding keeps the predictor's weights in decoding layout for its sequence (the cache's
+    `decode_plan`); a new sequence after an update (in place, through `.data`, which leaves the version counter
+    alone, or over new storage) must read the new weights, as the full forward does. Failed through `.data`
+    while the plan was kept on the model."""
     model = tiny_lm(pool_groups=2)
     if not conv_bias:
         for layer in model.model.layers:
             layer.attention.pool.predictor.conv.bias = None
     input_ids = prompt(n=14)
     with torch.no_grad():
-        for update in range(2):
+        for update in range(3):
             full = model(input_ids, use_cache=False).logits
             steps = torch.cat([o.logits for o in _in_steps(model, input_ids, [(0, 6)] + [(i, i + 1) for i in range(6, 14)])], 1)
             torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5, msg=f"after {update} updates")
-            for layer in model.model.layers:  # in place, as AdamW does
-                predictor = layer.attention.pool.predictor
-                for param in (predictor.conv.weight, predictor.conv.bias, predictor.proj.weight):
-                    if param is not None:
-                        param.add_(torch.randn_like(param) * 0.5)
+            _edit_predictors(model, edit)
 
 
 class _Offset(torch.nn.Module):
@@ -126,6 +145,45 @@ class _Offset(torch.nn.Module):
 
     def forward(self, x):
         return self.layer(x) + self.offset
+
+
+def _wrap_projections(model, offset):
+    for layer in model.model.layers:
+        predictor = layer.attention.pool.predictor
+        predictor.proj = _Offset(getattr(predictor.proj, "layer", predictor.proj), offset)
+
+
+_MIDDLE_EDITS = {  # name -> (how the model starts, the edit between two steps)
+    "in_place": (None, lambda model: _edit_predictors(model, _edit_in_place)),
+    "swap_storage": (None, lambda model: _edit_predictors(model, _swap_storage)),
+    "wrap_proj": (None, lambda model: _wrap_projections(model, 0.5)),
+    "rewrap_proj": (lambda model: _wrap_projections(model, 0.5), lambda model: _wrap_projections(model, -0.7)),
+}
+
+
+@pytest.mark.parametrize("edit", list(_MIDDLE_EDITS), ids=str)
+def test_a_step_after_an_update_in_the_middle_of_a_sequence_reads_the_new_weights(edit):
+    """Within a sequence the kept plan is checked at every step: after an in-place update, new storage, a wrapped
+    layer or another wrapper of the same kind, the next step computes as a step whose cache never kept a plan (a
+    copy of the cache: copies leave the plan out)."""
+    import copy
+
+    model = tiny_lm(pool_groups=2)
+    setup, update = _MIDDLE_EDITS[edit]
+    if setup is not None:
+        setup(model)
+    input_ids = prompt(n=10)
+    with torch.no_grad():
+        cache = _in_steps(model, input_ids[:, :9], [(0, 6), (6, 7), (7, 8), (8, 9)])[-1].cache
+        assert all(layer.decode_plan is not None for layer in cache.layers)
+        before = model(input_ids[:, 9:], cache=copy.deepcopy(cache), use_cache=True).logits
+        update(model)
+        fresh = copy.deepcopy(cache)
+        assert all(layer.decode_plan is None for layer in fresh.layers)
+        expected = model(input_ids[:, 9:], cache=fresh, use_cache=True).logits
+        stepped = model(input_ids[:, 9:], cache=cache, use_cache=True).logits
+    assert (expected - before).abs().max() > 1e-3  # the update reaches this step's logits
+    torch.testing.assert_close(stepped, expected, atol=0, rtol=0)
 
 
 def test_decoding_reads_the_predictor_layers_that_are_there_now():
@@ -155,23 +213,28 @@ def test_decoding_reads_the_predictor_layers_that_are_there_now():
 
 
 def test_decoding_constants_built_under_a_fake_tensor_mode_are_not_kept():
-    """The decoding tables and weights are kept on the attention module between steps; ones computed under
-    FakeTensorMode (shape and memory estimators) are valid only there and must not reach real steps."""
+    """The decoding tables and weights are kept between steps (the tables on the attention module, the plan on
+    the cache layer); ones computed under FakeTensorMode (shape and memory estimators) are valid only there and
+    must not reach real steps."""
     from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from contextpool_hf.cache_contextpool import ContextPoolCacheLayer
 
     model = tiny_lm(pool_groups=2)
     attention = model.model.layers[0].attention
     input_ids = prompt(n=12)
+    layer_cache = ContextPoolCacheLayer()
     with torch.no_grad():
         full = model(input_ids, use_cache=False).logits
         with FakeTensorMode(allow_non_fake_inputs=True) as mode:
             like = mode.from_tensor(torch.zeros(2, 1, 32))
             attention._decode_tables(like, attention.pool.radius + 1)
-            attention._decode_plan(like, attention.pool.radius + 1)
-        assert "_decode_tables_cache" not in attention.__dict__ and "_decode_plan_cache" not in attention.__dict__
-        steps = torch.cat([o.logits for o in _in_steps(model, input_ids, [(0, 6)] + [(i, i + 1) for i in range(6, 12)])], 1)
+            attention._decode_plan(like, attention.pool.radius + 1, layer_cache)
+        assert "_decode_tables_cache" not in attention.__dict__ and layer_cache.decode_plan is None
+        outputs = _in_steps(model, input_ids, [(0, 6)] + [(i, i + 1) for i in range(6, 12)])
+        steps = torch.cat([o.logits for o in outputs], 1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
-    assert "_decode_tables_cache" in attention.__dict__ and "_decode_plan_cache" in attention.__dict__
+    assert "_decode_tables_cache" in attention.__dict__ and outputs[-1].cache.layers[0].decode_plan is not None
 
 
 @pytest.mark.parametrize("placement", ["attention_input", "block_output"])

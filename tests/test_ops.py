@@ -954,6 +954,31 @@ def test_2d_tile_tables_kept_from_inference_mode_serve_a_later_backward(monkeypa
         torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
 
 
+def test_2d_tile_tables_made_under_a_fake_tensor_mode_are_not_kept(monkeypatch):
+    """Tables built while a FakeTensorMode runs (shape and memory estimators) are fake tensors, valid only there.
+    Kept, they turned every later real call of the same geometry into a fake one: a vision model's real forward
+    returned FakeTensor logits. They are used there and not kept; the real call after is exact."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import contextpool_hf.pooling_2d_contextpool as pooling_2d
+
+    for name, value in PATHS_2D["tiled"].items():
+        monkeypatch.setattr(pooling_2d, name, value)
+    monkeypatch.setattr(pooling_2d, "_TABLE_CACHE", {})
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 9, 7, 3, dtype=torch.float64, generator=gen)
+    w = torch.rand(2, 9, 7, dtype=torch.float64, generator=gen)
+    s = torch.rand(2, 9, 7, dtype=torch.float64, generator=gen) * 1.5 + 0.3
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:  # the value checks read no data there
+        fake = context_pool_2d(*(mode.from_tensor(t) for t in (x, w, s)), sigma_max=2.0, implementation="fast")
+    assert fake.shape == x.shape and not pooling_2d._TABLE_CACHE
+    on_meta = context_pool_2d(*(t.to("meta") for t in (x, w, s)), sigma_max=2.0, implementation="fast")
+    assert on_meta.shape == x.shape and on_meta.is_meta
+    y = context_pool_2d(x, w, s, sigma_max=2.0, implementation="fast")
+    assert type(y) is torch.Tensor and pooling_2d._TABLE_CACHE
+    torch.testing.assert_close(y, context_pool_2d(x, w, s, sigma_max=2.0, implementation="reference"), rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_2d_switch_dense_to_tiled_at_the_threshold(monkeypatch, stride):
     """The plan switches from dense to tiles exactly above _DENSE_MAX_COEFS; both sides are exact."""

@@ -105,6 +105,27 @@ def test_generate_with_a_static_cache_gives_the_dynamic_cache_tokens(overrides):
     _assert_same_generation(_greedy(model, input_ids, attention_mask, cache=cache), expected)
 
 
+def test_a_reused_static_cache_reads_the_predictor_weights_as_they_are_now():
+    """A static cache reused after `reset()` (as generate reuses its own) starts a new sequence, which must read the
+    predictor's weights anew: here after an edit through `.data`, which no check between steps can see."""
+    model = tiny_causal_lm()
+    input_ids = random_ids(batch=2, n=9)
+    attention_mask = torch.ones_like(input_ids)
+    cache = StaticCache(config=model.config, max_cache_len=40)
+    before = _greedy(model, input_ids, attention_mask, cache=cache)
+    assert all(layer.decode_plan is not None for layer in cache.layers)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            predictor = layer.attention.pool.predictor
+            predictor.conv.weight.data.mul_(-4.0)
+            predictor.proj.weight.data.mul_(8.0)
+    cache.reset()
+    assert all(layer.decode_plan is None for layer in cache.layers)
+    expected = _greedy(model, input_ids, attention_mask)  # a new dynamic cache
+    assert (expected[1] - before[1]).abs().max() > 1e-3  # the edit reaches the logits
+    _assert_same_generation(_greedy(model, input_ids, attention_mask, cache=cache), expected)
+
+
 def test_beam_search_and_sampling_with_a_static_cache_equal_the_dynamic_cache():
     model = tiny_causal_lm()
     input_ids = random_ids(batch=2, n=6)

@@ -20,7 +20,28 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticCa
 from .checks_contextpool import _is_exporting
 
 
-class ContextPoolCacheLayer(DynamicLayer):
+class _SequenceDecodePlan:
+    """The decoding plan a cache layer keeps for its sequence (`decoding_contextpool.DecodePlan`: the predictor's
+    weights in decoding layout and the step's constants, built at the sequence's first decoding step).
+
+    Kept per sequence rather than on the model, so that every new sequence reads the predictor's weights anew:
+    a check between steps sees in-place updates and replaced layers, but not an edit through `param.data`
+    (initialisers, EMA and model-averaging swaps), which leaves the parameter's version counter alone. Forgotten
+    when the layer is reset or its batch changes, and left out of copies and pickles (`copy.deepcopy` of a
+    prompt's cache would otherwise copy the predictor's modules along).
+    """
+
+    __slots__ = ()  # no layout of its own, and after StaticLayer in the bases: `add_pool_state_layers` turns a
+    # StaticLayer object into a ContextPoolStaticLayer (a __class__ assignment needs the same layout)
+    decode_plan = None  # (sources, key, DecodePlan) or None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("decode_plan", None)
+        return state
+
+
+class ContextPoolCacheLayer(DynamicLayer, _SequenceDecodePlan):
     """A DynamicLayer that also keeps what a causal ContextPool needs to continue a sequence.
 
     pool_features (B, G, R + 1, C): the last R + 1 pooled-feature inputs, as a ring buffer
@@ -118,7 +139,7 @@ class ContextPoolCacheLayer(DynamicLayer):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, fn(value))
-        self.owned_ring = None
+        self.owned_ring = self.decode_plan = None
 
     def pool_history(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The ring in time order, oldest first: features (B, G, R + 1, C), weights (B, G, R + 1)."""
@@ -173,7 +194,7 @@ class ContextPoolCacheLayer(DynamicLayer):
 
     def reset(self) -> None:
         super().reset()
-        self.pool_features = self.pool_weights = self.conv_state = self.owned_ring = None
+        self.pool_features = self.pool_weights = self.conv_state = self.owned_ring = self.decode_plan = None
         self.pool_next = 0
         self.past_log, self.pending_replay = [], None
         self._kv_buffers = self._kv_views = None
@@ -235,7 +256,7 @@ class ContextPoolCache(DynamicCache):
         return self.layers[layer_idx]
 
 
-class ContextPoolStaticLayer(StaticLayer):
+class ContextPoolStaticLayer(StaticLayer, _SequenceDecodePlan):
     """A StaticLayer (keys/values preallocated to max_cache_len) with the pooling state beside it,
     also preallocated and updated in place (its buffers keep one address, as compiled code needs).
 
@@ -254,7 +275,7 @@ class ContextPoolStaticLayer(StaticLayer):
         self._init_pool_state()
 
     def _init_pool_state(self) -> None:
-        self.pool_features = self.pool_weights = self.conv_state = None
+        self.pool_features = self.pool_weights = self.conv_state = self.decode_plan = None
         self.pool_started = False
 
     def write_pool_state(self, features, weights, conv_state) -> None:
@@ -289,6 +310,7 @@ class ContextPoolStaticLayer(StaticLayer):
             value = getattr(self, name)
             if value is not None:
                 value.copy_(fn(value))  # in place: the buffers keep their addresses
+        self.decode_plan = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
@@ -310,6 +332,7 @@ class ContextPoolStaticLayer(StaticLayer):
             if value is not None:
                 value.zero_()
         self.pool_started = False
+        self.decode_plan = None
 
 
 class ContextPoolStaticCache(StaticCache):

@@ -12,6 +12,7 @@ import hashlib
 import math
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 IMPLEMENTATIONS = ("fast", "reference", "triton")
 DEFAULT_EPS = 1e-6
@@ -120,7 +121,8 @@ def _empty_result(x: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor, s
 
 
 def _check_values(name: str, tensor: torch.Tensor, low=None, high=None, low_open: bool = False) -> None:
-    """Value checks (finite, in range). They read the data, so they are skipped under torch.compile.
+    """Value checks (finite, in range). They read the data, so they are skipped under torch.compile and for
+    tensors without data (the meta device; a FakeTensorMode's tensors, as shape and memory estimators run them).
 
     One pass over the data: min and max propagate nan and expose +-inf, so they answer the
     finiteness and the range questions together.
@@ -129,7 +131,7 @@ def _check_values(name: str, tensor: torch.Tensor, low=None, high=None, low_open
         return
     if not tensor.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
-    if tensor.numel() == 0:
+    if tensor.numel() == 0 or tensor.is_meta or is_fake(tensor):
         return
     smallest, largest = torch.stack(torch.aminmax(tensor.detach())).tolist()
     if not (math.isfinite(smallest) and math.isfinite(largest)):
@@ -213,6 +215,18 @@ def _kept_tensors(build):
         return build()
 
 
+def _plain_tensors_only(value) -> bool:
+    """True when every tensor in value (nested tuples, lists, dicts; None allowed) is a plain torch.Tensor: what a
+    module or table cache may keep between calls. A tensor made under a FakeTensorMode (shape and memory
+    estimators) or another tensor subclass's mode is valid only there; kept, it would turn every later real call
+    that reads it into a fake one."""
+    if isinstance(value, dict):
+        return all(_plain_tensors_only(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return all(_plain_tensors_only(v) for v in value)
+    return value is None or not isinstance(value, torch.Tensor) or type(value) is torch.Tensor
+
+
 def _autocast_off(fn):
     """fn, run with autocast off on the device of its first tensor argument: an autograd Function's forward or
     backward, or a pooling implementation (`pooling_contextpool._run`). The operators compute in float32 at
@@ -223,7 +237,8 @@ def _autocast_off(fn):
     @functools.wraps(fn)
     def wrapper(*args):
         device_type = next((a.device.type for a in args if isinstance(a, torch.Tensor)), None)
-        if device_type is None or not torch.is_autocast_enabled(device_type):
+        # a device type autocast does not know (meta) has no autocast to turn off, and asking raises
+        if device_type is None or not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
             return fn(*args)
         with torch.autocast(device_type, enabled=False):
             return fn(*args)

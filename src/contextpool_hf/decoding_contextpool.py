@@ -22,21 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks_contextpool import _kept_tensors
+from .checks_contextpool import _kept_tensors, _plain_tensors_only
 from .modeling_utils_contextpool import _is_compiling
 from .pooling_contextpool import _SIGMA_FLOOR, DEFAULT_EPS
 from .predictor_contextpool import _is_plain_layer, _predictor_input
 
 _SQRT_HALF = math.sqrt(0.5)
-
-
-def _plain_tensors_only(value) -> bool:
-    """True when every tensor in value (nested tuples, lists, dicts; None allowed) is a plain torch.Tensor."""
-    if isinstance(value, dict):
-        return all(_plain_tensors_only(v) for v in value.values())
-    if isinstance(value, (tuple, list)):
-        return all(_plain_tensors_only(v) for v in value)
-    return value is None or not isinstance(value, torch.Tensor) or type(value) is torch.Tensor
 
 
 def _module_memo(module: nn.Module, name: str, key, build, keep: bool = True):
@@ -101,7 +92,7 @@ class CausalPoolDecoding:
         ring_features, ring_weights = layer_cache.pool_features, layer_cache.pool_weights
         window = ring_weights.shape[-1]
         out_dtype = features.dtype
-        plan = self._decode_plan(features, window)
+        plan = self._decode_plan(features, window, layer_cache)
         weights, sigma_gate, layer_cache.conv_state = _decode_gates(plan, hidden, keep, layer_cache.conv_state)
         sigma = torch.addcmul(plan.sigma_min, sigma_gate, plan.sigma_span)  # spec item 3
 
@@ -129,7 +120,7 @@ class CausalPoolDecoding:
         (no Python-int slot to guard on under torch.compile). Same shapes and result."""
         history, history_weights = layer_cache.pool_history()
         window = history_weights.shape[-1]
-        plan = self._decode_plan(features, window)
+        plan = self._decode_plan(features, window, layer_cache)
         weights, sigma_gate, conv_state = _decode_gates(plan, hidden, keep, layer_cache.conv_state)
         sigma = torch.addcmul(plan.sigma_min, sigma_gate, plan.sigma_span)  # spec item 3
         ring_features = torch.cat([history[:, :, 1:], features.to(history.dtype)], dim=2)  # (B, G, R + 1, C)
@@ -140,14 +131,16 @@ class CausalPoolDecoding:
                               plan.neg_half_distance_sq_rows[window - 1], features.dtype)  # fmt: skip
         return pooled, sigma
 
-    def _decode_plan(self, like: torch.Tensor, window: int) -> DecodePlan:
+    def _decode_plan(self, like: torch.Tensor, window: int, layer_cache) -> DecodePlan:
         """The `DecodePlan` for steps on `like` (B, G, 1, C) with a ring of `window` = R + 1 slots.
 
-        Kept between steps in inference, and reused while it was built from the same modules and parameters
-        (compared by identity), the parameters unchanged (storage and version counter: an optimizer step or
-        `load_state_dict`, both in place, rebuild it), and for the same batch, dtype, device and window. Built
-        afresh when autograd records (the weights must be the parameters' functions) and under torch.compile;
-        a plan holding FakeTensors is never kept (`_plain_tensors_only`).
+        Kept in inference by the cache layer for its sequence (`layer_cache.decode_plan`, see
+        `cache_contextpool._SequenceDecodePlan`): a new sequence builds its own, so it reads the predictor's
+        weights as they are then, however they were edited. Between steps it is reused while it was built from the
+        same modules and parameters (compared by identity), the parameters unchanged (storage and version counter:
+        an optimizer step or `load_state_dict`, both in place, rebuild it), and for the same batch, dtype, device
+        and window. Built afresh when autograd records (the weights must be the parameters' functions) and under
+        torch.compile; a plan holding FakeTensors is never kept (`_plain_tensors_only`).
         """
         # the modules through their registries, not attribute hops (see DecodePlan)
         pool = self._modules["pool"]
@@ -162,7 +155,7 @@ class CausalPoolDecoding:
             sources = (pool, predictor, in_proj, conv, proj) + params
             key = (like.shape[0], like.dtype, like.device, window, pool.sigma_min, pool.sigma_max, pool.normalize,
                    tuple(map(_storage_key, params)))  # fmt: skip
-            cached = self.__dict__.get("_decode_plan_cache")
+            cached = layer_cache.decode_plan
             # identity: the cache entry holds its sources, so no other object can have taken their ids
             if cached is not None and cached[1] == key and all(map(operator.is_, cached[0], sources)):
                 return cached[2]
@@ -174,7 +167,7 @@ class CausalPoolDecoding:
             tables["eps"], tables["neg_half_distance_sq_rows"], tables["slot_index"],
         )  # fmt: skip
         if keep and _plain_tensors_only(plan):
-            self.__dict__["_decode_plan_cache"] = (sources, key, plan)
+            layer_cache.decode_plan = (sources, key, plan)
         return plan
 
     def _decode_tables(self, like: torch.Tensor, window: int) -> dict:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .checks_contextpool import _autocast_off, _kept_tensors
+from .checks_contextpool import _autocast_off, _kept_tensors, _plain_tensors_only
 
 # A map whose n_out x n_in coefficients per image are at most this many runs dense (one tile):
 # 65536 = a 16x16 map at stride 1 (256 x 256), or 32x16 -> 16x8 at stride 2. The crossover to
@@ -200,13 +200,16 @@ def _cached_tile_tables(lay, device, dtype):
     """`_tile_tables`, remembered per geometry: a model calls the same few shapes every step, and
     building the tables is about 20 small ops per call (a quarter of the op's forward on a
     ResNet-sized map). Not cached while torch.compile traces (the graph builds them itself); made outside
-    inference_mode (`_kept_tensors`: inference tensors could not be saved for a later backward)."""
+    inference_mode (`_kept_tensors`: inference tensors could not be saved for a later backward), and never kept
+    when made under a FakeTensorMode (`_plain_tensors_only`)."""
     if torch.compiler.is_compiling():
         return _tile_tables(lay, device, dtype)
     key = (lay.th, lay.tw, lay.lh, lay.lw, lay.left_h, lay.left_w, lay.stride, lay.radius, str(device), dtype)
     tables = _TABLE_CACHE.get(key)
     if tables is None:
         tables = _kept_tensors(lambda: _tile_tables(lay, device, dtype))
+        if not _plain_tensors_only(tables):
+            return tables
         if len(_TABLE_CACHE) >= _TABLE_CACHE_SIZE:
             _TABLE_CACHE.clear()
         _TABLE_CACHE[key] = tables
