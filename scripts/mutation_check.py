@@ -427,6 +427,13 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_static_cache.py", "reused_static_cache"),
     ),
     Mutation(
+        "2d-tables-kept-from-fake-mode", "the 2-D tile tables built under a FakeTensorMode are kept, and later real "
+        "forwards of that geometry compute with fake tensors",
+        "        if not _plain_tensors_only(tables):\n            return tables\n",
+        "",
+        _k("tests/test_vision.py", "fake_tensor"),
+    ),
+    Mutation(
         "int-mask-zeros-ignored", "an integer attention mask with padding reads as all ones",
         "            return None if low == 1 else attention_mask != 0\n",
         "            return None\n",

@@ -618,3 +618,34 @@ def test_2d_operator_forms_match_reference(monkeypatch, separable, d, dense_max,
             assert (y.stride(2), y.stride(1), y.stride(3)) == (1, out[1], out[0] * out[1]), y.stride()
         if dense_max is None and d < out[0] * out[1]:  # through M, dense: x's gradient is written in x's layout
             assert results[0][1].stride() == x.stride(), (results[0][1].stride(), x.stride())
+
+
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_a_forward_under_a_fake_tensor_mode_leaves_later_real_forwards_real(monkeypatch, family):
+    """Shape and memory estimators run a model under a FakeTensorMode. The 2-D pooling keeps its tile tables per
+    geometry; kept from such a run they were fake tensors, and every later real forward at that geometry returned
+    FakeTensor logits. The models also run on the meta device (the operators' value checks skip data-less tensors)."""
+    import copy
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import contextpool_hf.pooling_2d_contextpool as pooling_2d
+
+    monkeypatch.setattr(pooling_2d, "_DENSE_MAX_COEFS", 0)  # the tiled path: its tables are the ones kept
+    monkeypatch.setattr(pooling_2d, "_TABLE_CACHE", {})
+    if family == "resnet":
+        model = ContextPoolResNetForImageClassification(tiny_resnet_config()).eval()
+    else:
+        model = ContextPoolViTForImageClassification(tiny_vit_config()).eval()
+    pixels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(pixels).logits
+        pooling_2d._TABLE_CACHE.clear()
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            fake = model(mode.from_tensor(pixels)).logits
+        got = model(pixels).logits
+        on_meta = copy.deepcopy(model).to("meta")(pixels.to("meta")).logits
+    assert fake.shape == expected.shape and pooling_2d._TABLE_CACHE
+    assert type(got) is torch.Tensor
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert on_meta.is_meta and on_meta.shape == expected.shape
