@@ -120,6 +120,19 @@ def _empty_result(x: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor, s
     return x.new_zeros(shape) + attached.to(x.dtype)
 
 
+def _holds_no_data(tensor: torch.Tensor) -> bool:
+    """A tensor with a shape but no values: on the meta device, or a FakeTensorMode's (shape and memory estimators
+    run models on them, as transformers' own models allow)."""
+    return tensor.is_meta or (type(tensor) is not torch.Tensor and is_fake(tensor))
+
+
+def _values_unreadable(tensor: torch.Tensor) -> bool:
+    """Whether a check or a branch must not read `tensor`'s values: while torch.compile or export traces (a read
+    would break the graph) or when it holds no data (`_holds_no_data`). The caller then skips the check, or takes
+    the path that is right for any value."""
+    return _is_compiling() or _holds_no_data(tensor)
+
+
 def _check_values(name: str, tensor: torch.Tensor, low=None, high=None, low_open: bool = False) -> None:
     """Value checks (finite, in range). They read the data, so they are skipped under torch.compile and for
     tensors without data (the meta device; a FakeTensorMode's tensors, as shape and memory estimators run them).
@@ -131,7 +144,7 @@ def _check_values(name: str, tensor: torch.Tensor, low=None, high=None, low_open
         return
     if not tensor.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
-    if tensor.numel() == 0 or tensor.is_meta or is_fake(tensor):
+    if tensor.numel() == 0 or _holds_no_data(tensor):
         return
     smallest, largest = torch.stack(torch.aminmax(tensor.detach())).tolist()
     if not (math.isfinite(smallest) and math.isfinite(largest)):
@@ -165,7 +178,7 @@ def _mask_as_weights(attention_mask: torch.Tensor, name: str) -> torch.Tensor:
         return attention_mask
     if attention_mask.is_complex():
         raise ValueError(f"{name} must be a bool, integer or float tensor of 0 and 1, got dtype {attention_mask.dtype}")
-    if not _is_compiling() and attention_mask.numel():
+    if attention_mask.numel() and not _values_unreadable(attention_mask):
         bad = (attention_mask != 0) & (attention_mask != 1)
         if bool(bad.any()):
             value = attention_mask[bad][0].item()
@@ -178,23 +191,23 @@ def _mask_as_weights(attention_mask: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def _keep_or_none(attention_mask: torch.Tensor, name: str) -> torch.Tensor | None:
-    """`_mask_as_weights`, or None when every token is kept (nothing to mask). Under torch.compile / export never
-    None (that would read the data).
+    """`_mask_as_weights`, or None when every token is kept (nothing to mask). Under torch.compile / export, and for a mask
+    without data (`_holds_no_data`), never None (that would read the data).
 
     An integer mask, the kind tokenizers and `generate` make, is checked and tested for all ones in one
     reduction and one read-back (3 calls where the general check and the all-ones test take 8: a decoding
     step at batch 1 pays per call); anything else takes the general check, which also names a bad value.
     """
-    compiling = _is_compiling()
+    unreadable = _is_compiling() or (isinstance(attention_mask, torch.Tensor) and _holds_no_data(attention_mask))
     integer = isinstance(attention_mask, torch.Tensor) and not (
         attention_mask.dtype == torch.bool or attention_mask.is_floating_point() or attention_mask.is_complex()
     )
-    if integer and not compiling and attention_mask.numel():
+    if integer and not unreadable and attention_mask.numel():
         low, high = torch.stack(torch.aminmax(attention_mask)).tolist()
         if 0 <= low and high <= 1:
             return None if low == 1 else attention_mask != 0
     keep = _mask_as_weights(attention_mask, name)
-    if not compiling and bool(keep.all()):
+    if not unreadable and bool(keep.all()):
         return None
     return keep
 
@@ -227,6 +240,12 @@ def _plain_tensors_only(value) -> bool:
     return value is None or not isinstance(value, torch.Tensor) or type(value) is torch.Tensor
 
 
+def _autocast_on(device_type: str) -> bool:
+    """torch.is_autocast_enabled(device_type), False for a device type autocast does not know (meta), where torch
+    raises instead of answering."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def _autocast_off(fn):
     """fn, run with autocast off on the device of its first tensor argument: an autograd Function's forward or
     backward, or a pooling implementation (`pooling_contextpool._run`). The operators compute in float32 at
@@ -237,8 +256,7 @@ def _autocast_off(fn):
     @functools.wraps(fn)
     def wrapper(*args):
         device_type = next((a.device.type for a in args if isinstance(a, torch.Tensor)), None)
-        # a device type autocast does not know (meta) has no autocast to turn off, and asking raises
-        if device_type is None or not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+        if device_type is None or not _autocast_on(device_type):
             return fn(*args)
         with torch.autocast(device_type, enabled=False):
             return fn(*args)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .checks_contextpool import _mask_as_weights
+from .checks_contextpool import _mask_as_weights, _values_unreadable
 from .modeling_utils_contextpool import _is_compiling
 
 
@@ -21,7 +21,7 @@ def _check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "inpu
     if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.is_complex():
         got = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise ValueError(f"{name} must be an integer tensor of token ids in [0, {vocab_size}), got {got}")
-    if _is_compiling() or input_ids.numel() == 0:
+    if input_ids.numel() == 0 or _values_unreadable(input_ids):
         return
     low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one reduction, one read-back
     if low < 0 or high >= vocab_size:
@@ -75,7 +75,7 @@ def _check_labels(name: str, labels, shape: tuple[int, ...], vocab_size: int) ->
         raise ValueError(f"{name} must be an integer tensor of token ids (-100 = ignore), got {got}")
     if tuple(labels.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(labels.shape)}")
-    if _is_compiling() or labels.numel() == 0:
+    if labels.numel() == 0 or _values_unreadable(labels):
         return
     bad = (labels != -100) & ((labels < 0) | (labels >= vocab_size))
     if bool(bad.any()):
@@ -101,7 +101,7 @@ class _PackedLayout:
 
 def _packed_layout(position_ids, keep, past, model) -> _PackedLayout | None:
     """The layout when some row restarts its positions (a position not one past the previous), else None."""
-    if past > 0 or _is_compiling() or position_ids.shape[1] < 2:
+    if past > 0 or position_ids.shape[1] < 2 or _values_unreadable(position_ids):
         return None
     restart = position_ids[:, 1:] != position_ids[:, :-1] + 1  # (B, n - 1)
     if keep is not None:  # padding's positions (generate gives left padding 1, 1, ..., then 0, 1, ...) are no restart
@@ -130,7 +130,7 @@ def _position_ids(config, position_ids, batch, n, past, device):
         return torch.arange(past, past + n, device=device).unsqueeze(0).expand(batch, n)
     if position_ids.shape[-1] != n:
         raise ValueError(f"position_ids must have length {n} (the input length), got shape {tuple(position_ids.shape)}")
-    if limited and not _is_compiling() and position_ids.numel() and int(position_ids.max()) >= max_len:
+    if limited and position_ids.numel() and not _values_unreadable(position_ids) and int(position_ids.max()) >= max_len:
         raise ValueError(
             f"position_ids reach {int(position_ids.max())}, beyond max_position_embeddings ({max_len})"
         )

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
+from .checks_contextpool import _autocast_on
 from .configuration_contextpool_vision import ContextPoolResNetConfig
 from .modeling_utils_contextpool import _lerp_grads, _mix_pooled, _pool_from_config
 from .pooling_contextpool import ContextPool, _is_compiling
@@ -114,7 +115,7 @@ class _MaxPoolMix(torch.autograd.Function):
             torch.is_grad_enabled()
             and (hidden.requires_grad or mix.requires_grad)
             and not _is_compiling()
-            and not torch.is_autocast_enabled(hidden.device.type)
+            and not _autocast_on(hidden.device.type)
         )
 
     @staticmethod

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 # `_is_compiling` is the op module's, re-exported here so every model file takes it from one place.
+from .checks_contextpool import _autocast_on
 from .pooling_contextpool import ContextPool, _is_compiling  # noqa: F401
 from .predictor_contextpool import _is_plain_layer
 
@@ -115,7 +116,7 @@ def _mixed_projection(head, original, pooled, mix, layers) -> torch.Tensor | Non
     the layers' out_features). Applies while autograd records, eager, outside autocast, with plain nn.Linear
     layers (a PEFT adapter's own forward must run).
     """
-    if not torch.is_grad_enabled() or _is_compiling() or torch.is_autocast_enabled(original.device.type):
+    if not torch.is_grad_enabled() or _is_compiling() or _autocast_on(original.device.type):
         return None
     if not all(_is_plain_layer(layer) for layer in layers):
         return None

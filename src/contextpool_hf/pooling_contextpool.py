@@ -41,6 +41,7 @@ from .checks_contextpool import (  # noqa: F401  (re-exported: the public and te
     DEFAULT_EPS,
     IMPLEMENTATIONS,
     _autocast_off,
+    _autocast_on,
     _check_bool,
     _check_int,
     _check_module_options,
@@ -378,7 +379,7 @@ class ContextPool(nn.Module):
         if not hidden.is_floating_point():
             raise ValueError(f"hidden must be a floating-point tensor, got dtype {hidden.dtype}")
         param = next(self.parameters(), None)
-        if param is not None and hidden.dtype != param.dtype and not torch.is_autocast_enabled(hidden.device.type):
+        if param is not None and hidden.dtype != param.dtype and not _autocast_on(hidden.device.type):
             raise ValueError(
                 f"hidden has dtype {hidden.dtype} but the ContextPool parameters are {param.dtype}: "
                 f"cast one to the other (hidden.to({param.dtype}) or module.to({hidden.dtype}))"

@@ -12,6 +12,7 @@ from torch import nn
 
 from .checks_contextpool import (
     _autocast_off,
+    _autocast_on,
     _check_module_options,
     _define_op,
     _is_compiling,
@@ -409,7 +410,7 @@ class ContextPoolPredictor(nn.Module):
             and conv_state is None
             and (self.causal or self.kernel_size % 2 == 1)
             and h.dtype == conv.weight.dtype == self.proj.weight.dtype
-            and not torch.is_autocast_enabled(h.device.type)
+            and not _autocast_on(h.device.type)
         )
 
     def _fusable_2d(self, h: torch.Tensor) -> bool:
@@ -423,7 +424,7 @@ class ContextPoolPredictor(nn.Module):
             and self.kernel_size % 2 == 1
             and h.dtype == conv.weight.dtype == self.proj.weight.dtype
             and torch.is_grad_enabled()
-            and not torch.is_autocast_enabled(h.device.type)
+            and not _autocast_on(h.device.type)
             and not _is_compiling()
             and not _is_exporting()
         )
@@ -437,7 +438,7 @@ class ContextPoolPredictor(nn.Module):
             _is_plain_layer(proj)
             and conv.dtype == proj.weight.dtype
             and conv.is_contiguous()
-            and not torch.is_autocast_enabled(conv.device.type)
+            and not _autocast_on(conv.device.type)
             and not _is_exporting()
         )
 
