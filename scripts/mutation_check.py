@@ -434,6 +434,25 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_vision.py", "fake_tensor"),
     ),
     Mutation(
+        "token-check-reads-data-less", "the token-id check reads the values of fake and meta tensors (a text model "
+        "under a FakeTensorMode or on meta stops there)",
+        "    if input_ids.numel() == 0 or _values_unreadable(input_ids):\n",
+        "    if input_ids.numel() == 0 or _is_compiling():\n",
+        ("tests/test_shapes_without_data.py",),
+    ),
+    Mutation(
+        "mask-check-reads-data-less", "a fake or meta attention mask is read to find out whether it masks anything",
+        "    unreadable = _is_compiling() or (isinstance(attention_mask, torch.Tensor) and _holds_no_data(attention_mask))\n",
+        "    unreadable = _is_compiling()\n",
+        _k("tests/test_shapes_without_data.py", "padded or masked or classification or seq2seq"),
+    ),
+    Mutation(
+        "autocast-asked-of-meta", "autocast is asked about the meta device, which torch answers with an error",
+        "    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)\n",
+        "    return torch.is_autocast_enabled(device_type)\n",
+        _k("tests/test_shapes_without_data.py", "meta"),
+    ),
+    Mutation(
         "int-mask-zeros-ignored", "an integer attention mask with padding reads as all ones",
         "            return None if low == 1 else attention_mask != 0\n",
         "            return None\n",
