@@ -191,8 +191,8 @@ def _mask_as_weights(attention_mask: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def _keep_or_none(attention_mask: torch.Tensor, name: str) -> torch.Tensor | None:
-    """`_mask_as_weights`, or None when every token is kept (nothing to mask). Under torch.compile / export, and for a mask
-    without data (`_holds_no_data`), never None (that would read the data).
+    """`_mask_as_weights`, or None when every token is kept (nothing to mask). Under torch.compile / export, and
+    for a mask without data (`_holds_no_data`), never None (that would read the data).
 
     An integer mask, the kind tokenizers and `generate` make, is checked and tested for all ones in one
     reduction and one read-back (3 calls where the general check and the all-ones test take 8: a decoding

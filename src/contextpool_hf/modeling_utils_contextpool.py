@@ -11,8 +11,9 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-# `_is_compiling` is the op module's, re-exported here so every model file takes it from one place.
 from .checks_contextpool import _autocast_on
+
+# `_is_compiling` is the op module's, re-exported here so every model file takes it from one place.
 from .pooling_contextpool import ContextPool, _is_compiling  # noqa: F401
 from .predictor_contextpool import _is_plain_layer
 
