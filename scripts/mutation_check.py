@@ -442,8 +442,8 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "mask-check-reads-data-less", "a fake or meta attention mask is read to find out whether it masks anything",
-        "    unreadable = _is_compiling() or (isinstance(attention_mask, torch.Tensor) and _holds_no_data(attention_mask))\n",
-        "    unreadable = _is_compiling()\n",
+        "    unreadable = not isinstance(attention_mask, torch.Tensor) or _values_unreadable(attention_mask)\n",
+        "    unreadable = not isinstance(attention_mask, torch.Tensor) or _is_compiling()\n",
         _k("tests/test_shapes_without_data.py", "padded or masked or classification or seq2seq"),
     ),
     Mutation(

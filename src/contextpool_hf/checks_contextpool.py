@@ -198,7 +198,7 @@ def _keep_or_none(attention_mask: torch.Tensor, name: str) -> torch.Tensor | Non
     reduction and one read-back (3 calls where the general check and the all-ones test take 8: a decoding
     step at batch 1 pays per call); anything else takes the general check, which also names a bad value.
     """
-    unreadable = _is_compiling() or (isinstance(attention_mask, torch.Tensor) and _holds_no_data(attention_mask))
+    unreadable = not isinstance(attention_mask, torch.Tensor) or _values_unreadable(attention_mask)
     integer = isinstance(attention_mask, torch.Tensor) and not (
         attention_mask.dtype == torch.bool or attention_mask.is_floating_point() or attention_mask.is_complex()
     )

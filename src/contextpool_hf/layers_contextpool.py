@@ -26,7 +26,7 @@ from .attention_contextpool import (
     eager_attention_forward,
 )
 from .cache_contextpool import ContextPoolCache, ContextPoolStaticLayer, cache_layer
-from .checks_contextpool import _kept_tensors
+from .checks_contextpool import _kept_tensors, _plain_tensors_only
 from .configuration_contextpool import ContextPoolConfig, rope_stand_in
 from .decoding_contextpool import CausalPoolDecoding
 from .inputs_contextpool import _PackedLayout
@@ -95,9 +95,7 @@ def _plain_inv_freq(head_dim: int, theta: float, device: torch.device) -> torch.
         return 1.0 / (theta**exponent)
 
     inv_freq = _kept_tensors(build)  # kept: made outside inference_mode
-    # only a plain tensor is kept: one made under a FakeTensorMode (or another tensor subclass's mode) is valid
-    # only there
-    if not compiling and type(inv_freq) is torch.Tensor:
+    if not compiling and _plain_tensors_only(inv_freq):  # one made under a FakeTensorMode is valid only there
         _PLAIN_ROPE_CACHE[key] = inv_freq
     return inv_freq
 
@@ -119,7 +117,7 @@ def _scaled_inv_freq(config) -> tuple[torch.Tensor, float]:
             return inv_freq.float(), float(factor)
 
         inv_freq, factor = _kept_tensors(build)  # kept: made outside inference_mode
-        if type(inv_freq) is not torch.Tensor:  # made under a FakeTensorMode: valid only there (see _plain_inv_freq)
+        if not _plain_tensors_only(inv_freq):  # made under a FakeTensorMode: valid only there
             return inv_freq, factor
         _SCALED_ROPE_CACHE[key] = (inv_freq, factor)
     return _SCALED_ROPE_CACHE[key]
