@@ -452,6 +452,35 @@ MUTATIONS: list[Mutation] = [
         "    return torch.is_autocast_enabled(device_type)\n",
         _k("tests/test_shapes_without_data.py", "meta"),
     ),
+    # --- stop 40: accelerate's offloading (weights on meta until a layer's own forward loads them) -------------
+    Mutation(
+        "offloaded-layer-read", "the fast paths read an offloaded layer's weights (on the meta device) instead of "
+        "calling the layer, whose accelerate hook loads them",
+        '    return "_hf_hook" in layer.__dict__ and layer._parameters["weight"].is_meta\n',
+        "    return False\n",
+        ("tests/test_offload.py",),
+    ),
+    Mutation(
+        "any-hook-turns-off-fast-paths", "any accelerate hook (also one that only moves inputs, as on a model split "
+        "over GPUs) makes the fast paths call the layers instead of reading their weights",
+        '    return "_hf_hook" in layer.__dict__ and layer._parameters["weight"].is_meta\n',
+        '    return "_hf_hook" in layer.__dict__\n',
+        _k("tests/test_offload.py", "do_not_offload"),
+    ),
+    Mutation(
+        "offloaded-bias-read-on-meta", "a bias added after pooling is read on the meta device where accelerate "
+        "offloads its layer",
+        "    if value is None or not value.is_meta:\n        return value\n",
+        "    return value\n",
+        _k("tests/test_offload.py", "bias or groups2"),
+    ),
+    Mutation(
+        "block-output-mix-read-on-meta", "the mix of a pooled block output is read outside its module's forward, on "
+        "the meta device where accelerate offloads it",
+        '_parameter_value(self, "pool_mix")',
+        "self.pool_mix",
+        _k("tests/test_offload.py", "block_output"),
+    ),
     Mutation(
         "int-mask-zeros-ignored", "an integer attention mask with padding reads as all ones",
         "            return None if low == 1 else attention_mask != 0\n",

@@ -67,6 +67,17 @@ for auto_name, folder in plan.items():
             inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=8, do_sample=False,
             use_cache=True, pad_token_id=0,
         )
+        # the same checkpoint with its layers offloaded to disk by accelerate (the remote files' fast paths meet
+        # weights on the meta device there)
+        device_map = {{"model.embed_tokens": "cpu", "model.layers": "disk", "model.norm": "cpu", "lm_head": "cpu"}}
+        model = getattr(transformers, auto_name).from_pretrained(
+            folder, trust_remote_code=True, device_map=device_map, offload_folder=root + "/offload").eval()
+        with torch.no_grad():
+            offloaded = {{"logits": model(**inputs).logits, "generate": model.generate(
+                inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=8, do_sample=False,
+                use_cache=True, pad_token_id=0,
+            ), "meta": sum(p.is_meta for p in model.parameters())}}
+        torch.save(offloaded, root + "/remote_offloaded.pt")
 torch.save(results, root + "/remote_outputs.pt")
 json.dump(modules, open(root + "/remote_modules.json", "w"))
 """
@@ -114,8 +125,9 @@ def remote_run(tmp_path_factory):
     code = REMOTE_CODE.format(root=str(root), threads=torch.get_num_threads(), fields=OUTPUT_FIELDS)
     run_without_package(code, timeout=600)
     remote = torch.load(root / "remote_outputs.pt")
+    offloaded = torch.load(root / "remote_offloaded.pt")
     modules = json.loads((root / "remote_modules.json").read_text())
-    return {"root": root, "plan": plan, "local": local, "remote": remote, "modules": modules}
+    return {"root": root, "plan": plan, "local": local, "remote": remote, "modules": modules, "offloaded": offloaded}
 
 
 def test_remote_outputs_equal_in_process_outputs(remote_run):
@@ -129,6 +141,14 @@ def test_remote_outputs_equal_in_process_outputs(remote_run):
 def test_remote_generation_equals_in_process_generation(remote_run):
     assert remote_run["local"]["generate"].shape == (2, 18)
     assert torch.equal(remote_run["remote"]["generate"], remote_run["local"]["generate"])
+
+
+def test_remote_code_runs_with_its_layers_offloaded(remote_run):
+    """accelerate's disk offloading through the remote files (`tests/test_offload.py` has every family in process)."""
+    offloaded, local = remote_run["offloaded"], remote_run["local"]
+    assert offloaded["meta"] > 0
+    torch.testing.assert_close(offloaded["logits"], local["AutoModelForCausalLM.logits"], rtol=1e-5, atol=1e-5)
+    assert torch.equal(offloaded["generate"], local["generate"])
 
 
 def test_remote_classes_come_from_the_dynamic_modules(remote_run):

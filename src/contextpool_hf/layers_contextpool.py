@@ -35,6 +35,7 @@ from .modeling_utils_contextpool import (
     _linear_without_bias,
     _mix_pooled,
     _mixed_projection,
+    _parameter_value,
     _pool_from_config,
 )
 
@@ -337,8 +338,9 @@ class ContextPoolSelfAttention(CausalPoolDecoding, nn.Module):
         if self.pool_target == "kv":
             mixed_parts = [q] + mixed_parts
         q, k, v = mixed_parts
-        if self.q_proj.bias is not None:
-            q, k, v = q + self.q_proj.bias, k + self.k_proj.bias, v + self.v_proj.bias
+        if self.q_proj.bias is not None:  # read through `_parameter_value`: an offloaded layer's waits on meta
+            q = q + _parameter_value(self.q_proj, "bias")
+            k, v = k + _parameter_value(self.k_proj, "bias"), v + _parameter_value(self.v_proj, "bias")
         return q, k, v, sigma
 
     def _mixed_projections(self, hidden, features, pooled, sigma):
@@ -358,7 +360,8 @@ class ContextPoolSelfAttention(CausalPoolDecoding, nn.Module):
         (the layer's normalised input). residual (B, n, d) -> (B, n, d), sigma (B, 1, n)."""
         layer_cache = cache_layer(cache, self.layer_idx) if cache is not None else None
         pooled, sigma = self._pool(predictor_input, residual.unsqueeze(1), keep, layer_cache)
-        return _mix_pooled(residual, pooled.squeeze(1), self.pool_mix), sigma
+        # read outside this module's forward: through `_parameter_value`, where an offloaded one waits on meta
+        return _mix_pooled(residual, pooled.squeeze(1), _parameter_value(self, "pool_mix")), sigma
 
     # -- forward ---------------------------------------------------------------------------
 

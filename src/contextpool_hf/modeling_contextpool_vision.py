@@ -39,6 +39,7 @@ from .modeling_utils_contextpool import (
     _linear_without_bias,
     _mix_pooled,
     _mixed_projection,
+    _parameter_value,
     _stacked_linear,
 )
 from .predictor_contextpool import _is_plain_layer
@@ -251,8 +252,8 @@ class ContextPoolViTAttention(nn.Module):
             pooled = (self.q_proj, self.k_proj, self.v_proj) if self.config.pool_feeds == "qkv" else (self.k_proj, self.v_proj)
             projected = torch.cat([_linear_without_bias(p, hidden) for p in pooled], dim=-1)  # (B, N, F*d)
             projected, sigma = self._pool_projections(hidden, projected, grid)
-            if self.q_proj.bias is not None:
-                projected = projected + torch.cat([p.bias for p in pooled])
+            if self.q_proj.bias is not None:  # through `_parameter_value`: an offloaded layer's waits on meta
+                projected = projected + torch.cat([_parameter_value(p, "bias") for p in pooled])
             if self.config.pool_feeds == "qkv":
                 q, k, v = projected.split(d, dim=-1)
             else:

@@ -1,11 +1,13 @@
 """Pieces every ContextPool model family shares (text, seq2seq, vision).
 
 Flat, Hub-shipped file: imports only torch, transformers and its sibling flat files
-(`save_pretrained` copies it next to any modeling file that imports it).
+(`save_pretrained` copies it next to any modeling file that imports it); accelerate only inside `_parameter_value`,
+reached only where accelerate's own hooks offload a layer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -185,13 +187,37 @@ def _linear_without_bias(layer, x: torch.Tensor) -> torch.Tensor:
     """layer(x) less its bias, for the paths that pool projections and add the bias after pooling.
 
     A plain nn.Linear is read directly (one matmul); any other layer (a PEFT LoRA adapter, a quantised
-    linear) runs its own forward and its bias is taken off, so the adapter is never skipped.
+    linear, an offloaded layer) runs its own forward and its bias is taken off, so the adapter is never skipped.
     """
     if _is_plain_layer(layer):
         return F.linear(x, layer.weight)
     out = layer(x)
-    bias = getattr(layer, "bias", None)
+    bias = _parameter_value(layer, "bias")
     return out if bias is None else out - bias
+
+
+def _parameter_value(module, name: str) -> torch.Tensor | None:
+    """`module.<name>` (a parameter; None where absent) as a tensor to compute with, also where accelerate
+    offloads it.
+
+    An offloaded module's parameters wait on the meta device between its forwards (see `_offloaded`). The paths
+    that read one outside that module's forward (a bias added after pooling, the mix of a pooled block output)
+    read it here, where accelerate's `align_module_device` loads it for the read. The tensor read stays valid
+    when the hook puts the module's parameters back on meta (it replaces them, it does not empty them).
+    """
+    value = getattr(module, name, None)
+    if value is None or not value.is_meta:
+        return value
+    try:  # only an accelerate hook puts a module's parameters on meta while its inputs are real
+        from accelerate.utils import align_module_device, has_offloaded_params
+    except ImportError:
+        return value
+    with contextlib.ExitStack() as loaded:
+        # the module that holds a parameter of that name: this one, or a wrapper's base layer (a PEFT adapter)
+        for part in module.modules():
+            if part._parameters.get(name) is not None and has_offloaded_params(part):
+                loaded.enter_context(align_module_device(part))
+        return getattr(module, name)
 
 
 def _keep_forward_signature(model_class) -> None:

@@ -275,8 +275,16 @@ _PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 def _is_plain_layer(layer) -> bool:
     """Whether a fast path may read `layer.weight` / `.bias` instead of calling the layer: a plain nn.Linear or
     nn.Conv, not a wrapper whose forward adds to its base weights (a PEFT LoRA adapter, a quantised linear),
-    which reading the weights would silently skip."""
-    return type(layer) in _PLAIN_LAYERS
+    which reading the weights would silently skip, and not a layer whose weights are offloaded (`_offloaded`)."""
+    return type(layer) in _PLAIN_LAYERS and not _offloaded(layer)
+
+
+def _offloaded(layer) -> bool:
+    """Whether accelerate offloads `layer`'s weights (`from_pretrained(device_map=...)` with "cpu" or "disk"
+    entries, `cpu_offload`, `disk_offload`): they then wait on the meta device, and the hook it sets on the layer
+    (`_hf_hook`) loads them for the layer's own forward only, so the layer must be called, not read. A model
+    all on the meta device (shape runs) has no hook: its fast paths run on meta like the rest."""
+    return "_hf_hook" in layer.__dict__ and layer._parameters["weight"].is_meta
 
 
 def _project_channels_first(act: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
