@@ -452,7 +452,7 @@ MUTATIONS: list[Mutation] = [
         "    return torch.is_autocast_enabled(device_type)\n",
         _k("tests/test_shapes_without_data.py", "meta"),
     ),
-    # --- stop 40: accelerate's offloading (weights on meta until a layer's own forward loads them) -------------
+    # --- stop 40: layers the fast paths must call, not read: offloaded by accelerate, or with hooks ------------
     Mutation(
         "offloaded-layer-read", "the fast paths read an offloaded layer's weights (on the meta device) instead of "
         "calling the layer, whose accelerate hook loads them",
@@ -480,6 +480,20 @@ MUTATIONS: list[Mutation] = [
         '_parameter_value(self, "pool_mix")',
         "self.pool_mix",
         _k("tests/test_offload.py", "block_output"),
+    ),
+    Mutation(
+        "hooked-layer-read", "the fast paths read the weights of a layer with hooks instead of calling it: a user's "
+        "hooks never run, and a pruned layer's weights are stale",
+        "    return bool(layer._forward_pre_hooks or layer._forward_hooks or layer._backward_pre_hooks\n",
+        "    return False and bool(layer._forward_pre_hooks or layer._forward_hooks or layer._backward_pre_hooks\n",
+        ("tests/test_layer_hooks.py",),
+    ),
+    Mutation(
+        "global-hooks-ignored", "hooks on every module (register_module_forward_hook) do not count as hooks on a "
+        "layer: the fast paths skip them",
+        "                or layer._backward_hooks or any(_GLOBAL_MODULE_HOOKS))",
+        "                or layer._backward_hooks)",
+        _k("tests/test_layer_hooks.py", "every_module"),
     ),
     Mutation(
         "int-mask-zeros-ignored", "an integer attention mask with padding reads as all ones",

@@ -59,7 +59,7 @@ def _greedy(model, ids, **kwargs):
     return model.generate(ids, max_new_tokens=6, do_sample=False, **kwargs)
 
 
-@pytest.mark.parametrize("overrides", CAUSAL_VARIANTS, ids=lambda o: ",".join(o) or "default")
+@pytest.mark.parametrize("overrides", CAUSAL_VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
 def test_an_offloaded_causal_lm_gives_the_same_logits_and_tokens(overrides):
     model = tiny_causal_lm(**overrides)
     offloaded = _offloaded_copy(model)

@@ -270,13 +270,30 @@ def _predictor_input(in_proj, hidden, keep):
 
 
 _PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+# torch's hooks on every module (`torch.nn.modules.module.register_module_forward_hook` and its kin): dicts that
+# registering fills in place, which Module.__call__ reads before it skips to the forward
+_GLOBAL_MODULE_HOOKS = tuple(
+    getattr(torch.nn.modules.module, name, {})
+    for name in ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_backward_pre_hooks",
+                 "_global_backward_hooks")
+)  # fmt: skip
 
 
 def _is_plain_layer(layer) -> bool:
     """Whether a fast path may read `layer.weight` / `.bias` instead of calling the layer: a plain nn.Linear or
     nn.Conv, not a wrapper whose forward adds to its base weights (a PEFT LoRA adapter, a quantised linear),
-    which reading the weights would silently skip, and not a layer whose weights are offloaded (`_offloaded`)."""
-    return type(layer) in _PLAIN_LAYERS and not _offloaded(layer)
+    which reading the weights would silently skip; not a layer with hooks (`_has_hooks`); and not a layer whose
+    weights are offloaded (`_offloaded`). Any other layer is called."""
+    return type(layer) in _PLAIN_LAYERS and not _has_hooks(layer) and not _offloaded(layer)
+
+
+def _has_hooks(layer) -> bool:
+    """Whether calling `layer` runs more than its forward: hooks on it or on every module, the test torch's
+    Module.__call__ makes. Reading its weights would skip them: a user's forward or backward hooks, and
+    reparametrisations kept by a forward pre-hook (`torch.nn.utils.prune`, the old `weight_norm`), whose
+    `weight` is then a tensor the hook recomputes from the trained parameters at each call."""
+    return bool(layer._forward_pre_hooks or layer._forward_hooks or layer._backward_pre_hooks
+                or layer._backward_hooks or any(_GLOBAL_MODULE_HOOKS))  # fmt: skip
 
 
 def _offloaded(layer) -> bool:
