@@ -338,9 +338,9 @@ class ContextPoolSelfAttention(CausalPoolDecoding, nn.Module):
         if self.pool_target == "kv":
             mixed_parts = [q] + mixed_parts
         q, k, v = mixed_parts
-        if self.q_proj.bias is not None:  # read through `_parameter_value`: an offloaded layer's waits on meta
-            q = q + _parameter_value(self.q_proj, "bias")
-            k, v = k + _parameter_value(self.k_proj, "bias"), v + _parameter_value(self.v_proj, "bias")
+        # read through `_parameter_value`: an offloaded layer's waits on meta, a quantized layer's is a method
+        biases = [_parameter_value(proj, "bias") for proj in (self.q_proj, self.k_proj, self.v_proj)]
+        q, k, v = (t if bias is None else t + bias for t, bias in zip((q, k, v), biases, strict=True))
         return q, k, v, sigma
 
     def _mixed_projections(self, hidden, features, pooled, sigma):

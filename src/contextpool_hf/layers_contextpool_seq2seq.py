@@ -131,8 +131,9 @@ class ContextPoolCrossAttention(nn.Module):
                 pooled = self.pool.pool(features, weights, sigma)
                 mixed = _mix_pooled(features, pooled, self.pool_mix.view(1, groups, 1, 1))
                 k, v = (p.reshape(batch, m, -1) for p in mixed.transpose(1, 2).chunk(2, dim=-1))
-                if self.k_proj.bias is not None:  # through `_parameter_value`: an offloaded layer's waits on meta
-                    k, v = k + _parameter_value(self.k_proj, "bias"), v + _parameter_value(self.v_proj, "bias")
+                # through `_parameter_value`: an offloaded layer's waits on meta, a quantized layer's is a method
+                k_bias, v_bias = _parameter_value(self.k_proj, "bias"), _parameter_value(self.v_proj, "bias")
+                k, v = (k if k_bias is None else k + k_bias), (v if v_bias is None else v + v_bias)
         k = k.view(batch, m, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, m, dh)
         v = v.view(batch, m, self.num_heads, self.head_dim).transpose(1, 2)
         return k, v

@@ -252,8 +252,10 @@ class ContextPoolViTAttention(nn.Module):
             pooled = (self.q_proj, self.k_proj, self.v_proj) if self.config.pool_feeds == "qkv" else (self.k_proj, self.v_proj)
             projected = torch.cat([_linear_without_bias(p, hidden) for p in pooled], dim=-1)  # (B, N, F*d)
             projected, sigma = self._pool_projections(hidden, projected, grid)
-            if self.q_proj.bias is not None:  # through `_parameter_value`: an offloaded layer's waits on meta
-                projected = projected + torch.cat([_parameter_value(p, "bias") for p in pooled])
+            # through `_parameter_value`: an offloaded layer's waits on meta, a quantized layer's is a method
+            biases = [_parameter_value(p, "bias") for p in pooled]
+            if all(bias is not None for bias in biases):  # the projections are built with or without, all alike
+                projected = projected + torch.cat(biases)
             if self.config.pool_feeds == "qkv":
                 q, k, v = projected.split(d, dim=-1)
             else:

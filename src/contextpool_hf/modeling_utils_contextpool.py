@@ -198,7 +198,7 @@ def _linear_without_bias(layer, x: torch.Tensor) -> torch.Tensor:
 
 def _parameter_value(module, name: str) -> torch.Tensor | None:
     """`module.<name>` (a parameter; None where absent) as a tensor to compute with, also where accelerate
-    offloads it.
+    offloads it, or where the layer gives it by a method (torch.ao's quantized layers: `bias()`).
 
     An offloaded module's parameters wait on the meta device between its forwards (see `_offloaded`). The paths
     that read one outside that module's forward (a bias added after pooling, the mix of a pooled block output)
@@ -206,6 +206,8 @@ def _parameter_value(module, name: str) -> torch.Tensor | None:
     when the hook puts the module's parameters back on meta (it replaces them, it does not empty them).
     """
     value = getattr(module, name, None)
+    if callable(value) and not isinstance(value, torch.Tensor):  # quantize_dynamic's Linear: weight(), bias()
+        value = value()
     if value is None or not value.is_meta:
         return value
     try:  # only an accelerate hook puts a module's parameters on meta while its inputs are real
