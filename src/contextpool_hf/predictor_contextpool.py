@@ -301,7 +301,10 @@ def _offloaded(layer) -> bool:
     entries, `cpu_offload`, `disk_offload`): they then wait on the meta device, and the hook it sets on the layer
     (`_hf_hook`) loads them for the layer's own forward only, so the layer must be called, not read. A model
     all on the meta device (shape runs) has no hook: its fast paths run on meta like the rest."""
-    return "_hf_hook" in layer.__dict__ and layer._parameters["weight"].is_meta
+    if "_hf_hook" not in layer.__dict__:
+        return False
+    weight = layer._parameters.get("weight")  # None where a reparametrisation took it out (then it has hooks)
+    return weight is None or weight.is_meta
 
 
 def _project_channels_first(act: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
