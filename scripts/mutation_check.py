@@ -504,6 +504,20 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_layer_hooks.py", "quantized"),
     ),
     Mutation(
+        "decode-tables-kept-from-fake-mode", "the decoding tables built by steps under a FakeTensorMode are kept, "
+        "and later real decoding computes with fake tensors",
+        "    if keep and _plain_tensors_only(value):\n",
+        "    if keep:\n",
+        _k("tests/test_shapes_without_data.py", "decoding_steps"),
+    ),
+    Mutation(
+        "rotary-tables-kept-from-fake-mode", "the rotary frequencies made under a FakeTensorMode are kept for the "
+        "process, and every later real forward at that base rotates with fake tensors",
+        "    if not compiling and _plain_tensors_only(inv_freq):  # one made under a FakeTensorMode is valid only there\n",
+        "    if not compiling:\n",
+        _k("tests/test_shapes_without_data.py", "decoding_steps"),
+    ),
+    Mutation(
         "int-mask-zeros-ignored", "an integer attention mask with padding reads as all ones",
         "            return None if low == 1 else attention_mask != 0\n",
         "            return None\n",

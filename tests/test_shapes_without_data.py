@@ -104,3 +104,27 @@ def test_checks_still_read_real_inputs():
         model(input_ids=inputs["input_ids"] + 10_000)
     with pytest.raises(ValueError, match="attention_mask must contain only 0"):
         model(input_ids=inputs["input_ids"], attention_mask=torch.full_like(inputs["input_ids"], 2))
+
+
+@pytest.mark.parametrize("cache_kind", ["static", "dynamic"])
+def test_decoding_steps_under_a_fake_tensor_mode_leave_real_decoding_exact(cache_kind):
+    """A prompt and two decoding steps on a fake cache (static: transformers' StaticCache, which ours takes over;
+    dynamic: the model's own) as a model's first run, then real greedy decoding: it equals a fresh copy's. What the
+    fake steps build for later steps (the decoding tables, the rotary tables) must not be kept for real ones. Like
+    transformers' Llama, `generate` itself does not run under a FakeTensorMode (it reads token values)."""
+    from transformers import StaticCache
+
+    # a rotary base no other test uses: the rotary tables are kept per process, keyed on it
+    model, input_ids = tiny_causal_lm(rope_theta=4321.0 if cache_kind == "static" else 4322.0), random_ids(n=12)
+    fresh = copy.deepcopy(model)
+    with torch.no_grad():
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            fake_ids = mode.from_tensor(input_ids)
+            cache = StaticCache(config=model.config, max_cache_len=20) if cache_kind == "static" else None
+            out = model(fake_ids, cache=cache, use_cache=True)
+            for position in (12, 13):
+                out = model(fake_ids[:, :1], cache=out.cache, use_cache=True, cache_position=torch.tensor([position]))
+        assert isinstance(out.logits, FakeTensor) and out.logits.shape == (2, 1, model.config.vocab_size)
+        tokens = model.generate(input_ids, max_new_tokens=6, do_sample=False, cache_implementation=cache_kind)
+        want = fresh.generate(input_ids, max_new_tokens=6, do_sample=False, cache_implementation=cache_kind)
+    assert type(tokens) is torch.Tensor and torch.equal(tokens, want)
