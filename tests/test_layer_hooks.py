@@ -158,7 +158,9 @@ def test_a_quantized_layers_bias_is_read_through_its_method():
     quantized = _quantized(nn.Sequential(layer))[0]
     x = torch.randn(3, 16)
     assert torch.equal(_parameter_value(quantized, "bias"), layer.bias.detach())
-    torch.testing.assert_close(_linear_without_bias(quantized, x) + layer.bias, quantized(x), rtol=0, atol=1e-6)
+    unbiased, bias = _linear_without_bias(quantized, x)
+    assert torch.equal(bias, layer.bias.detach())
+    torch.testing.assert_close(unbiased + layer.bias, quantized(x), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", ["causal-groups2", "seq2seq", "vit-groups2"])

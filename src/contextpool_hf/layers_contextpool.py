@@ -31,6 +31,7 @@ from .configuration_contextpool import ContextPoolConfig, rope_stand_in
 from .decoding_contextpool import CausalPoolDecoding
 from .inputs_contextpool import _PackedLayout
 from .modeling_utils_contextpool import (
+    _add_bias,
     _is_compiling,
     _linear_without_bias,
     _mix_pooled,
@@ -324,7 +325,8 @@ class ContextPoolSelfAttention(CausalPoolDecoding, nn.Module):
             return self.q_proj(query_source), self.k_proj(mixed), self.v_proj(mixed), sigma
         batch, n, _ = hidden.shape
         groups = self.groups
-        q, k, v = (_linear_without_bias(proj, hidden) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        (q, q_bias), (k, k_bias), (v, v_bias) = (_linear_without_bias(proj, hidden)
+                                                 for proj in (self.q_proj, self.k_proj, self.v_proj))  # fmt: skip
         # heads are contiguous in the projection outputs, so group g owns a contiguous block
         parts = [q, k, v] if self.pool_target == "qkv" else [k, v]
         sizes = [p.shape[-1] // groups for p in parts]
@@ -338,10 +340,7 @@ class ContextPoolSelfAttention(CausalPoolDecoding, nn.Module):
         if self.pool_target == "kv":
             mixed_parts = [q] + mixed_parts
         q, k, v = mixed_parts
-        # read through `_parameter_value`: an offloaded layer's waits on meta, a quantized layer's is a method
-        biases = [_parameter_value(proj, "bias") for proj in (self.q_proj, self.k_proj, self.v_proj)]
-        q, k, v = (t if bias is None else t + bias for t, bias in zip((q, k, v), biases, strict=True))
-        return q, k, v, sigma
+        return _add_bias(q, q_bias), _add_bias(k, k_bias), _add_bias(v, v_bias), sigma
 
     def _mixed_projections(self, hidden, features, pooled, sigma):
         """(q, k, v, sigma) from `_mixed_projection` (features, pooled (B, 1, n, d)), or None where it does not

@@ -22,10 +22,10 @@ from .configuration_contextpool_seq2seq import ContextPoolSeq2SeqConfig
 from .inputs_contextpool import _embedded_inputs
 from .layers_contextpool import ContextPoolSelfAttention
 from .modeling_utils_contextpool import (
+    _add_bias,
     _linear_without_bias,
     _mix_pooled,
     _mixed_projection,
-    _parameter_value,
     _pool_from_config,
 )
 
@@ -125,15 +125,13 @@ class ContextPoolCrossAttention(nn.Module):
                     k, v = self.k_proj(mixed), self.v_proj(mixed)
             else:
                 groups = self.groups
-                k = _linear_without_bias(self.k_proj, memory).view(batch, m, groups, -1)
-                v = _linear_without_bias(self.v_proj, memory).view(batch, m, groups, -1)
+                (k, k_bias), (v, v_bias) = (_linear_without_bias(proj, memory) for proj in (self.k_proj, self.v_proj))
+                k, v = k.view(batch, m, groups, -1), v.view(batch, m, groups, -1)
                 features = torch.cat([k.transpose(1, 2), v.transpose(1, 2)], dim=-1)  # (B, G, m, 2 d / G), group-major
                 pooled = self.pool.pool(features, weights, sigma)
                 mixed = _mix_pooled(features, pooled, self.pool_mix.view(1, groups, 1, 1))
                 k, v = (p.reshape(batch, m, -1) for p in mixed.transpose(1, 2).chunk(2, dim=-1))
-                # through `_parameter_value`: an offloaded layer's waits on meta, a quantized layer's is a method
-                k_bias, v_bias = _parameter_value(self.k_proj, "bias"), _parameter_value(self.v_proj, "bias")
-                k, v = (k if k_bias is None else k + k_bias), (v if v_bias is None else v + v_bias)
+                k, v = _add_bias(k, k_bias), _add_bias(v, v_bias)
         k = k.view(batch, m, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, m, dh)
         v = v.view(batch, m, self.num_heads, self.head_dim).transpose(1, 2)
         return k, v

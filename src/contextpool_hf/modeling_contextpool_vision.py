@@ -39,7 +39,6 @@ from .modeling_utils_contextpool import (
     _linear_without_bias,
     _mix_pooled,
     _mixed_projection,
-    _parameter_value,
     _stacked_linear,
 )
 from .predictor_contextpool import _is_plain_layer
@@ -250,10 +249,8 @@ class ContextPoolViTAttention(nn.Module):
         else:
             # The pooled projections in one matmul (bias after pooling, see the class docstring).
             pooled = (self.q_proj, self.k_proj, self.v_proj) if self.config.pool_feeds == "qkv" else (self.k_proj, self.v_proj)
-            projected = torch.cat([_linear_without_bias(p, hidden) for p in pooled], dim=-1)  # (B, N, F*d)
-            projected, sigma = self._pool_projections(hidden, projected, grid)
-            # through `_parameter_value`: an offloaded layer's waits on meta, a quantized layer's is a method
-            biases = [_parameter_value(p, "bias") for p in pooled]
+            unbiased, biases = zip(*(_linear_without_bias(p, hidden) for p in pooled), strict=True)
+            projected, sigma = self._pool_projections(hidden, torch.cat(unbiased, dim=-1), grid)  # (B, N, F*d)
             if all(bias is not None for bias in biases):  # the projections are built with or without, all alike
                 projected = projected + torch.cat(biases)
             if self.config.pool_feeds == "qkv":

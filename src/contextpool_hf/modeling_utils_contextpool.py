@@ -183,17 +183,24 @@ def _classification_loss(config, logits: torch.Tensor, labels: torch.Tensor, *, 
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
-def _linear_without_bias(layer, x: torch.Tensor) -> torch.Tensor:
-    """layer(x) less its bias, for the paths that pool projections and add the bias after pooling.
+def _linear_without_bias(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(layer(x) less its bias, the bias or None), for the paths that pool projections and add the bias after
+    pooling (`_add_bias`).
 
     A plain nn.Linear is read directly (one matmul); any other layer (a PEFT LoRA adapter, a quantised
     linear, an offloaded layer) runs its own forward and its bias is taken off, so the adapter is never skipped.
+    The bias is read once, here (through `_parameter_value`: an offloaded layer's is loaded for the read).
     """
     if _is_plain_layer(layer):
-        return F.linear(x, layer.weight)
+        return F.linear(x, layer.weight), layer.bias
     out = layer(x)
     bias = _parameter_value(layer, "bias")
-    return out if bias is None else out - bias
+    return (out if bias is None else out - bias), bias
+
+
+def _add_bias(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x + bias, or x where the layer has none (`_linear_without_bias`)."""
+    return x if bias is None else x + bias
 
 
 def _parameter_value(module, name: str) -> torch.Tensor | None:
