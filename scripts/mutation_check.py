@@ -126,7 +126,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "eps-10x", "the pooling normaliser's eps is 1e-5 instead of the spec's 1e-6",
-        "DEFAULT_EPS = 1e-6", "DEFAULT_EPS = 1e-5",
+        "    return 1e-6\n", "    return 1e-5\n",
         _k("tests/test_ops.py", "spec_oracle"),
     ),
     Mutation(
@@ -562,6 +562,51 @@ MUTATIONS: list[Mutation] = [
         "resume-picks-oldest", "--resume_from_checkpoint latest picks the oldest complete checkpoint",
         "        folders = _checkpoint_folders(output_dir)\n", "        folders = _checkpoint_folders(output_dir)[::-1]\n",
         _k("tests/test_training.py", "resolve_latest"),
+    ),
+    Mutation(
+        "dynamic-outside-q-global", "the 1-D pooling's Function reads the q outside the window from a module-level "
+        "float: torch.compile(dynamic=True) fails at the second pooled layer",
+        "    return -1e30\n", "    return _OUTSIDE_Q\n\n\n_OUTSIDE_Q = -1e30\n",
+        _k("tests/test_compile_dynamic.py", "causal_lm and fast"),
+    ),
+    Mutation(
+        "dynamic-min-exponent-global", "the 1-D pooling's Function reads its exponent clamp from a module-level float",
+        "    return -80.0\n", "    return _MIN_EXPONENT\n\n\n_MIN_EXPONENT = -80.0\n",
+        _k("tests/test_compile_dynamic.py", "causal_lm and fast"),
+    ),
+    Mutation(
+        "dynamic-2d-min-exponent-global", "the 2-D pooling reads its exponent clamp from module-level floats",
+        "    return -300.0 if dtype == torch.float64 else -40.0\n",
+        "    return _LOW64 if dtype == torch.float64 else _LOW32\n\n\n_LOW64, _LOW32 = -300.0, -40.0\n",
+        _k("tests/test_compile_dynamic.py", "vit"),
+    ),
+    Mutation(
+        "dynamic-eps-global", "the pooling layers pass eps from a module-level float into the Functions",
+        "    return 1e-6\n", "    return _EPS\n\n\n_EPS = 1e-6\n",
+        _k("tests/test_compile_dynamic.py", "causal_lm and fast"),
+    ),
+    Mutation(
+        "dynamic-sigma-floor-global", "the sigma floor is a module-level float, read in each checkpointed layer",
+        "    return 0.025\n", "    return _FLOOR\n\n\n_FLOOR = 0.025\n",
+        _k("tests/test_compile_dynamic.py", "checkpointing"),
+    ),
+    Mutation(
+        "dynamic-sort-by-stride", "dims are ordered by sorted(key=stride), which dynamo cannot do on symbolic strides",
+        "    order: list[int] = []\n    for dim in range(t.dim()):\n",
+        "    order = sorted(range(t.dim()), key=lambda i: (-t.stride(i), i))\n    for dim in ():\n",
+        _k("tests/test_compile_dynamic.py", "reference"),
+    ),
+    Mutation(
+        "dynamic-float-args-symbolic", "the functional ops keep symbolic float arguments (math.isfinite and the "
+        "window radius then fail under torch.compile(dynamic=True))",
+        "    return guard_scalar(value) if _is_real(value) else value\n", "    return value\n",
+        _k("tests/test_compile_dynamic.py", "functional"),
+    ),
+    Mutation(
+        "vit-pooled-view", "the ViT flattens its pooled patches with .view(), which a tiled grid's cropped output "
+        "(17 x 17 patches) rejects",
+        "sigma).reshape(batch, n - 1, d)\n", "sigma).view(batch, n - 1, d)\n",
+        _k("tests/test_vision.py", "fast_matches_reference and vit"),
     ),
 ]
 

@@ -199,12 +199,18 @@ def _assert_same_logits_and_grads(a, b, tol):
                                       ("resnet", {"pool_downsampling": ["stem_conv", "stem_pool", "stages"]}),
                                       ("resnet", {"pool_downsampling": ["stem_conv", "stem_pool", "stages"],
                                                   "pool_placement": "after_conv"}),
-                                      ("resnet", {"layer_type": "bottleneck", "downsample_in_bottleneck": True})])
+                                      ("resnet", {"layer_type": "bottleneck", "downsample_in_bottleneck": True}),
+                                      # grids past the dense form, not a multiple of the tile: the tiled pooling's
+                                      # output is then a cropped view, which the ViT's .view() used to reject
+                                      ("vit", {"image_size": 68}),  # 17 x 17 patches
+                                      ("vit", {"image_size": 68, "pool_groups": 2}),  # pooled after projecting
+                                      ("resnet", {"image_size": 68})])  # a 34 x 34 stem map
 def test_fast_matches_reference_implementation(which, kw):
     """The whole model, logits and every parameter's gradient, fast vs the dense float64 reference."""
     torch.manual_seed(0)
-    make, cfg, size = ((ContextPoolViTForImageClassification, tiny_vit_config, 16) if which == "vit"
-                       else (ContextPoolResNetForImageClassification, tiny_resnet_config, 24))
+    kw = dict(kw)
+    make, cfg, size = ((ContextPoolViTForImageClassification, tiny_vit_config, kw.get("image_size", 16)) if which == "vit"
+                       else (ContextPoolResNetForImageClassification, tiny_resnet_config, kw.pop("image_size", 24)))
     fast = make(cfg(pool_mix_init=0.7, **kw)).double().train()
     ref = make(cfg(pool_mix_init=0.7, pool_implementation="reference", **kw)).double().train()
     ref.load_state_dict(fast.state_dict())

@@ -13,9 +13,23 @@ import math
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
+from torch.fx.experimental.symbolic_shapes import guard_scalar
 
 IMPLEMENTATIONS = ("fast", "reference", "triton")
-DEFAULT_EPS = 1e-6
+
+
+# Float constants that the autograd Functions' forwards and backwards read are literals returned by functions,
+# not module-level floats. Under torch.compile(dynamic=True) dynamo turns every float it reads from a global or
+# an attribute into a graph input (a SymFloat), created where the float is first used: inside a Function's
+# forward, that is the Function's own subgraph. The next pooled layer's Function then reads the same global,
+# gets that input back from a subgraph already closed, and dynamo stops with "lift_tracked_freevar_to_input
+# should not be called on root SubgraphTracer" (every family failed so). A literal is a constant to dynamo.
+def default_eps() -> float:
+    """The pooling normaliser's eps: y_i = sum_j c_ij x_j / (eps + sum_j c_ij)."""
+    return 1e-6
+
+
+DEFAULT_EPS = default_eps()
 # sigma is produced as sigma_min + (sigma_max - sigma_min) * sigmoid(b); allow float rounding
 # at the top of that range without letting real out-of-range widths through.
 _SIGMA_MAX_SLACK = 1e-4
@@ -61,6 +75,16 @@ def _check_bool(name: str, value) -> None:
     # "no", 0 or None would be truthy/falsy by accident: only True or False say what they mean
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def _concrete(value):
+    """value, or its Python value where it is symbolic. Under torch.compile(dynamic=True) dynamo makes a float
+    argument a SymFloat, and the window radius and the pooling plans are Python numbers built from sigma_max and
+    truncation (math.isfinite, ceil); a guard on the value (a recompile for another one, as for any float
+    without dynamic=True) keeps them so."""
+    # a real number only (bad values get their errors from the checks); dynamo answers isinstance(x, float) for a
+    # SymFloat with True, and guard_scalar returns a plain number as it is
+    return guard_scalar(value) if _is_real(value) else value
 
 
 def _check_options(sigma_max: float, truncation: float, implementation: str, eps: float,
@@ -109,8 +133,9 @@ def _check_not_transformed(*tensors: torch.Tensor) -> None:
 # to 0 and 0 * inf would give NaN) means the identity: every neighbour's weight
 # exp(-dist^2 / (2 sigma^2)) with dist >= 1 is below exp(-800), which is exactly 0 in float32 and
 # float64, and so it already is at this floor. Flooring is therefore exact (outputs and gradients:
-# the true d/dsigma is 0 there too), not an approximation.
-_SIGMA_FLOOR = 0.025
+# the true d/dsigma is 0 there too), not an approximation. (A literal returned by a function: see default_eps.)
+def _sigma_floor() -> float:
+    return 0.025
 
 
 def _empty_result(x: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor, shape) -> torch.Tensor:
@@ -238,6 +263,23 @@ def _plain_tensors_only(value) -> bool:
     if isinstance(value, (tuple, list)):
         return all(_plain_tensors_only(v) for v in value)
     return value is None or not isinstance(value, torch.Tensor) or type(value) is torch.Tensor
+
+
+def _dims_by_stride(t: torch.Tensor) -> tuple[list[int], list[int]]:
+    """(order, inverse): t's dims by stride, the outermost (largest) first and ties in dim order, and the
+    permutation that undoes `t.permute(order)`. An insertion sort of comparisons, not sorted(key=stride):
+    dynamo cannot sort on symbolic strides (torch.compile(dynamic=True)), but turns each comparison into a
+    guard."""
+    order: list[int] = []
+    for dim in range(t.dim()):
+        at = len(order)
+        while at > 0 and t.stride(order[at - 1]) < t.stride(dim):
+            at -= 1
+        order.insert(at, dim)
+    inverse = [0] * len(order)
+    for position, dim in enumerate(order):
+        inverse[dim] = position
+    return order, inverse
 
 
 def _autocast_on(device_type: str) -> bool:

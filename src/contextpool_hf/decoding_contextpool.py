@@ -24,7 +24,7 @@ from torch import nn
 
 from .checks_contextpool import _kept_tensors, _plain_tensors_only
 from .modeling_utils_contextpool import _is_compiling
-from .pooling_contextpool import _SIGMA_FLOOR, DEFAULT_EPS
+from .pooling_contextpool import DEFAULT_EPS, _sigma_floor
 from .predictor_contextpool import _is_plain_layer, _predictor_input
 
 _SQRT_HALF = math.sqrt(0.5)
@@ -163,7 +163,7 @@ class CausalPoolDecoding:
         plan = DecodePlan(
             in_proj, conv, proj, predictor.kernel_size,
             _decoding_weights(*params, like, keep) if direct else None,
-            tables["sigma_min"], tables["sigma_span"], pool.sigma_min < 2 * _SIGMA_FLOOR, pool.normalize,
+            tables["sigma_min"], tables["sigma_span"], pool.sigma_min < 2 * _sigma_floor(), pool.normalize,
             tables["eps"], tables["neg_half_distance_sq_rows"], tables["slot_index"],
         )  # fmt: skip
         if keep and _plain_tensors_only(plan):
@@ -260,7 +260,7 @@ def _decode_pool(plan: DecodePlan, ring_features, ring_weights, sigma, neg_half_
     # sigma = sigma_min + gate * span never falls below sigma_min (less a rounding of the step's dtype),
     # so the floor is a call only when sigma_min lies near it.
     if plan.floor_sigma:
-        sigma = sigma.clamp_min(_SIGMA_FLOOR)
+        sigma = sigma.clamp_min(_sigma_floor())
     coef = ring_weights * torch.exp(neg_half_age_sq * sigma.pow(-2))  # (B, G, R + 1)
     if plan.normalize:  # normalise the R + 1 coefficients rather than the C outputs: fewer calls
         coef = coef / (coef.sum(-1, keepdim=True) + plan.eps)

@@ -212,7 +212,9 @@ class ContextPoolViTAttention(nn.Module):
         cls, patches = hidden.split([1, n - 1], dim=1)
         patches = patches.contiguous().view(batch, rows, cols, d)
         weights, sigma, _ = self.pool.predict(patches)  # (B, 1, rows, cols) each
-        pooled = self.pool.pool(patches.unsqueeze(1), weights, sigma).view(batch, n - 1, d)
+        # reshape, not view: the tiled pooling's output is a view cropped from whole tiles where the grid is not a
+        # multiple of the tile (17x17, 20x20 patches, ...), which no view flattens
+        pooled = self.pool.pool(patches.unsqueeze(1), weights, sigma).reshape(batch, n - 1, d)
         return cls, patches.view(batch, n - 1, d), pooled, sigma
 
     def _pool_projections(self, hidden, projected, grid):

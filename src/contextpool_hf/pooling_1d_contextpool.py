@@ -35,11 +35,16 @@ _CHUNK_ELEMENTS_ACCELERATOR = 1 << 26
 # argument reaches exp: exponents below -80 are clamped there and their results set to exactly 0.
 # Such a term is below exp(-80) = 1.8e-35, under the rounding of any sum it enters (the output's
 # own term has exp(0) = 1), and the reference's own exp underflows to (nearly) 0 there too; a
-# zero-weight token whose neighbours are all that far still pools exactly 0.
-_MIN_EXPONENT = -80.0
-# q outside the window: finite (the sigma gradient multiplies by q, and 0 * inf would be NaN) and
-# so negative that q / s^2 is below _MIN_EXPONENT for every s (s <= sigma_max, finite).
-_OUTSIDE_Q = -1e30
+# zero-weight token whose neighbours are all that far still pools exactly 0. (Literals returned by
+# functions, as dynamo needs them inside the Functions: see checks_contextpool.default_eps.)
+def _min_exponent() -> float:
+    return -80.0
+
+
+def _outside_q() -> float:
+    """q outside the window: finite (the sigma gradient multiplies by q, and 0 * inf would be NaN) and so
+    negative that q / s^2 is below _min_exponent() for every s (s <= sigma_max, finite)."""
+    return -1e30
 
 
 def _plan_1d(n: int, radius: int, causal: bool) -> tuple[int, int, int, int]:
@@ -63,22 +68,23 @@ def _pad_rows(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
 
 def _block_tables(block, window, left, radius, causal, device, dtype):
     """(T, W) table q_ij = -dist^2 / 2 between output i and window input j of a block
-    (_OUTSIDE_Q outside the window)."""
+    (_outside_q() outside the window)."""
     out_pos = torch.arange(block, device=device).view(block, 1)
     in_pos = torch.arange(window, device=device).view(1, window) - left
     dist = (in_pos - out_pos).to(dtype)  # (T, W): input position minus output position
     inside = dist.abs() <= radius
     if causal:
         inside = inside & (dist <= 0)
-    return torch.where(inside, dist * dist * -0.5, torch.full((), _OUTSIDE_Q, dtype=dtype, device=device))
+    return torch.where(inside, dist * dist * -0.5, torch.full((), _outside_q(), dtype=dtype, device=device))
 
 
 def _chunk_coefficients(w_win, s_pad, q):
     """gauss_ij = exp(-dist^2 / (2 s_i^2)) and c_ij = w_j gauss_ij, both (B, kc, T, W)."""
     inv_var = (s_pad * s_pad).reciprocal_()  # (B, kc, T, 1)
     exponent = torch.mul(q, inv_var)
-    kept = exponent >= _MIN_EXPONENT  # False outside the window and where the term is < 1.8e-35
-    gauss = exponent.clamp_min_(_MIN_EXPONENT).exp_().mul_(kept)  # exactly 0 where not kept
+    low = _min_exponent()
+    kept = exponent >= low  # False outside the window and where the term is < 1.8e-35
+    gauss = exponent.clamp_min_(low).exp_().mul_(kept)  # exactly 0 where not kept
     return gauss, gauss * w_win
 
 
@@ -295,7 +301,8 @@ def _pool_1d_export(x, weights, sigma, radius, causal, normalize, eps):
     x_pad = F.pad(x, (0, 0, radius, right))  # (B, R + n + right, d): zero weight outside
     w_band = F.pad(weights, (radius, right)).unfold(1, offsets.numel(), 1)  # (B, n, K), a view
     exponent = (sigma * sigma).reciprocal().unsqueeze(-1) * (offsets * offsets * -0.5)  # (B, n, K)
-    gauss = exponent.clamp_min(_MIN_EXPONENT).exp() * (exponent >= _MIN_EXPONENT)
+    low = _min_exponent()
+    gauss = exponent.clamp_min(low).exp() * (exponent >= low)
     coef = gauss * w_band  # (B, n, K)
     y = coef[..., 0:1] * x_pad[:, 0:n]
     for c in range(1, offsets.numel()):

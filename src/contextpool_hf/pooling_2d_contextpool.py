@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .checks_contextpool import _autocast_off, _kept_tensors, _plain_tensors_only
+from .checks_contextpool import _autocast_off, _dims_by_stride, _kept_tensors, _plain_tensors_only
 
 # A map whose n_out x n_in coefficients per image are at most this many runs dense (one tile):
 # 65536 = a 16x16 map at stride 1 (256 x 256), or 32x16 -> 16x8 at stride 2. The crossover to
@@ -132,8 +132,10 @@ class _Layout:
             return win.reshape(win.shape[:3] + (self.lh * self.lw, win.shape[-1]))
         return win.reshape(win.shape[:3] + (self.lh * self.lw,))
 
-    def to_tiles(self, t, value=0.0):
-        """(B, Ho, Wo[, d]) outputs -> (B, nth, ntw, Th*Tw[, d])."""
+    def to_tiles(self, t, value):
+        """(B, Ho, Wo[, d]) outputs -> (B, nth, ntw, Th*Tw[, d]), padded with `value` (a literal at each call: a
+        float default would be a shared graph input under torch.compile(dynamic=True), see
+        checks_contextpool.default_eps)."""
         ho, wo = self.out_sizes
         extra = (self.nth * self.th - ho, self.ntw * self.tw - wo)
         if self.nth == self.ntw == 1 and not any(extra):
@@ -185,9 +187,12 @@ class _Layout:
 # applied as a 0/1 mask. In float32 a coefficient's factors are then at least exp(-40) each, their
 # product at least exp(-80) = 1.8e-35, still a normal float32; a clamped term is at most
 # exp(-40) = 4e-18 of the output's own term (gauss exp(0) = 1), below the rounding of any sum it
-# enters, so the clamp changes no result. float64 keeps the exact terms down to exp(-600).
-_MIN_EXPONENT = -40.0
-_MIN_EXPONENT_FLOAT64 = -300.0
+# enters, so the clamp changes no result. float64 keeps the exact terms down to exp(-600). (A literal
+# returned by a function, as dynamo needs it inside the Function: see checks_contextpool.default_eps.)
+def _min_exponent(dtype: torch.dtype) -> float:
+    return -300.0 if dtype == torch.float64 else -40.0
+
+
 # Halo size (Lh * Lw) from which the Gaussian is built from row and column factors.
 _SEPARABLE_MIN_HALO = 128
 
@@ -249,7 +254,7 @@ def _gauss(inv_var, tables, lay):
     exps per output and one multiply per coefficient, instead of an exp per coefficient."""
     iv = inv_var.unsqueeze(-1)
     factors, q, inside = tables
-    low = _MIN_EXPONENT_FLOAT64 if iv.dtype == torch.float64 else _MIN_EXPONENT
+    low = _min_exponent(iv.dtype)
     if not _separable(lay):  # the same clamp as the product of the two clamped factors' floor
         return torch.mul(iv, q).clamp_min_(2 * low).exp_().mul_(inside)
     (q_row, in_row), (q_col, in_col) = factors
@@ -318,7 +323,7 @@ class _TiledPool2d(torch.autograd.Function):
         need_x, need_w, need_sigma = ctx.needs_input_grad[:3]
         batch = x_pad.shape[0]
         one_chunk = _is_one_chunk(batch, lay, steps)
-        g_t = lay.to_tiles(grad_y)  # (B, nth, ntw, To, d)
+        g_t = lay.to_tiles(grad_y, value=0.0)  # (B, nth, ntw, To, d)
         grad_x_pad = grad_w_pad = grad_inv_var = None
         if need_x and not lay.dense:
             grad_x_pad = x_pad.new_zeros(x_pad.shape)
@@ -563,8 +568,7 @@ def _is_one_chunk(batch: int, lay, steps) -> bool:
 def _empty_like_layout(chunk: torch.Tensor, shape) -> torch.Tensor:
     """An empty tensor of `shape` whose dims are in memory in the order of `chunk`'s (same rank): a chunk computed
     channels-first (a transposed matmul result) gets a channels-first full buffer."""
-    order = sorted(range(chunk.dim()), key=lambda i: (-chunk.stride(i), i))  # outermost dim first
-    inverse = sorted(range(chunk.dim()), key=lambda i: order[i])
+    order, inverse = _dims_by_stride(chunk)  # outermost dim first
     return chunk.new_empty([shape[i] for i in order]).permute(inverse)
 
 

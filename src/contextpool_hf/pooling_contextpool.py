@@ -36,7 +36,6 @@ import torch
 from torch import nn
 
 from .checks_contextpool import (  # noqa: F401  (re-exported: the public and test-facing names)
-    _SIGMA_FLOOR,
     _SIGMA_MAX_SLACK,
     DEFAULT_EPS,
     IMPLEMENTATIONS,
@@ -50,11 +49,14 @@ from .checks_contextpool import (  # noqa: F401  (re-exported: the public and te
     _check_real,
     _check_shape,
     _check_values,
+    _concrete,
     _empty_result,
     _is_compiling,
     _is_exporting,
     _is_real,
     _mask_as_weights,
+    _sigma_floor,
+    default_eps,
 )
 
 # Only the two entry points: the 1-D tuning constants live (and are patched, by tests and bench_op) in
@@ -164,7 +166,7 @@ def _run(x, weights, sigma, radius, stride, causal, normalize, eps, implementati
         return _empty_result(x, weights, sigma, tuple(sigma.shape) + tuple(x.shape[-1:]))
     compute_dtype = torch.promote_types(x.dtype, torch.float32)
     x, weights, sigma = (t.to(compute_dtype) for t in (x, weights, sigma))
-    sigma = sigma.clamp_min(_SIGMA_FLOOR)  # exact: see _SIGMA_FLOOR (a tiny sigma is the identity, not NaN)
+    sigma = sigma.clamp_min(_sigma_floor())  # exact: see _sigma_floor (a tiny sigma is the identity, not NaN)
     if not _is_exporting():  # exported graphs keep R: min(R, n - 1) would fix the length
         radius = clamped_radius(radius, weights.shape[1:])
     fn = _IMPLEMENTATION_FUNCTIONS[implementation]
@@ -203,8 +205,10 @@ def context_pool(
             "reference" (dense n x n) or "triton" (Triton kernels on CUDA, opt-in).
 
     Returns:
-        y with the shape of x.
+        y with the shape of x. Past 160 tokens it may be a view cropped from whole blocks (not contiguous):
+        flatten it with `.reshape`, not `.view`.
     """
+    sigma_max, truncation, eps = (_concrete(v) for v in (sigma_max, truncation, eps))
     _check_options(sigma_max, truncation, implementation, eps, causal, normalize)
     if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4):
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -266,8 +270,10 @@ def context_pool_2d(
         attention_mask: optional (batch, H, W), 1 = real pixel/patch, 0 = padding.
 
     Returns:
-        (batch, H_out, W_out, d).
+        (batch, H_out, W_out, d). On a grid large enough to be tiled (past 16 x 16 at stride 1) it may be a view
+        cropped from whole tiles (not contiguous): flatten it with `.reshape`, not `.view`.
     """
+    sigma_max, truncation, eps = (_concrete(v) for v in (sigma_max, truncation, eps))
     _check_options(sigma_max, truncation, implementation, eps, normalize=normalize)
     if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
         raise ValueError(f"stride must be a positive int, got {stride!r}")
@@ -435,7 +441,7 @@ class ContextPool(nn.Module):
         w = weights.reshape((batch * groups,) + weights.shape[2:])
         s = sigma.reshape((batch * groups,) + sigma.shape[2:])
         y = _run(
-            x, w, s, self.radius, self.stride, self.causal, self.normalize, DEFAULT_EPS, self.implementation
+            x, w, s, self.radius, self.stride, self.causal, self.normalize, default_eps(), self.implementation
         )
         return y.reshape((batch, groups) + y.shape[1:-1] + (c,))
 

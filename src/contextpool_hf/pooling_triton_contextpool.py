@@ -34,7 +34,9 @@ from typing import NamedTuple
 
 import torch
 
-from .pooling_1d_contextpool import _MIN_EXPONENT  # smaller exponents give exactly 0, as in the fast path
+from .pooling_1d_contextpool import _min_exponent
+
+_MIN_EXPONENT = _min_exponent()  # smaller exponents give exactly 0, as in the fast path
 
 try:  # the optional accelerator: everything else in the package runs without it
     import triton

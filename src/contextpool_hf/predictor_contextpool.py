@@ -15,6 +15,7 @@ from .checks_contextpool import (
     _autocast_on,
     _check_module_options,
     _define_op,
+    _dims_by_stride,
     _is_compiling,
     _is_exporting,
     _op_namespace,
@@ -331,11 +332,10 @@ def _gelu_dense(t: torch.Tensor) -> torch.Tensor:
     if t.is_contiguous() or t.dim() < 3:
         return F.gelu(t)
     # t is a permuted view of a contiguous tensor (the conv output): GELU there, then the same view
-    order = sorted(range(t.dim()), key=lambda i: -t.stride(i))  # dims by stride, outermost first
+    order, inverse = _dims_by_stride(t)  # dims by stride, outermost first
     base = t.permute(order)
     if not base.is_contiguous():
         return F.gelu(t)
-    inverse = sorted(range(t.dim()), key=lambda i: order[i])
     return F.gelu(base).permute(inverse)
 
 
