@@ -608,6 +608,19 @@ MUTATIONS: list[Mutation] = [
         "sigma).reshape(batch, n - 1, d)\n", "sigma).view(batch, n - 1, d)\n",
         _k("tests/test_vision.py", "fast_matches_reference and vit"),
     ),
+    Mutation(
+        "cache-type-unchecked", "a cache / past_key_values that is no transformers Cache (a legacy tuple) reaches the "
+        "model, which fails with an AttributeError deep inside",
+        "    if cache is not None and not isinstance(cache, Cache):\n", "    if False:\n",
+        _k("tests/test_bad_input.py", "not_a_transformers_cache"),
+    ),
+    Mutation(
+        "continuous-batching-allowed", "the causal LM lets transformers' continuous batching start: every request "
+        "comes back empty, the error only logged",
+        "        raise NotImplementedError(CONTINUOUS_BATCHING_UNSUPPORTED)\n",
+        "        return super().init_continuous_batching(*args, **kwargs)\n",
+        _k("tests/test_bad_input.py", "continuous"), where="src/contextpool_hf/generation_contextpool.py",
+    ),
 ]
 
 

@@ -462,3 +462,28 @@ def test_tiny_pool_sigma_min_decodes_without_nan():
     step = model(ids[:, 4:5], cache=prefix.cache).logits
     assert torch.isfinite(full).all() and torch.isfinite(step).all()
     torch.testing.assert_close(step[:, -1], full[:, 4], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("argument", ["cache", "past_key_values"])
+@pytest.mark.parametrize("bad", [((torch.zeros(1, 2, 3, 8), torch.zeros(1, 2, 3, 8)),), {}, torch.zeros(2)],
+                         ids=["legacy-tuple", "dict", "tensor"])  # fmt: skip
+def test_a_cache_that_is_not_a_transformers_cache_names_the_argument(argument, bad):
+    """Before: AttributeError "'tuple' object has no attribute 'get_seq_length'" from inside the model."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # past_key_values is the deprecated name
+        with pytest.raises(ValueError, match=f"cache / past_key_values must be a transformers Cache .*got {type(bad).__name__}"):
+            causal_lm()(token_ids(), use_cache=True, **{argument: bad})
+
+
+def test_continuous_batching_is_refused_up_front():
+    """transformers' continuous batching (generate_batch) packs sequences into paged key/value blocks, which hold no
+    pooling state. Before, the causal LM's first batched forward raised inside the batching loop, which only logs
+    it: generate_batch returned every request with no tokens. Now each entry point says why, at once."""
+    model = causal_lm()
+    with pytest.raises(NotImplementedError, match="continuous batching .* not supported by ContextPool models"):
+        model.generate_batch(inputs=[[1, 2, 3], [4, 5]], max_new_tokens=2)
+    with pytest.raises(NotImplementedError, match="continuous batching"):
+        with model.continuous_batching_context_manager():
+            pass
+    with pytest.raises(NotImplementedError, match="continuous batching"):
+        seq2seq().init_continuous_batching()

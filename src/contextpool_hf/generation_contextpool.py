@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import StaticCache
 from transformers.generation import GenerationMixin
 
-from .cache_contextpool import ContextPoolCache, ContextPoolStaticCache
+from .cache_contextpool import CONTINUOUS_BATCHING_UNSUPPORTED, ContextPoolCache, ContextPoolStaticCache
 
 
 class ContextPoolGenerationMixin(GenerationMixin):
@@ -47,6 +47,11 @@ class ContextPoolGenerationMixin(GenerationMixin):
         cache_batch_size = max(generation_config.num_beams, generation_config.num_return_sequences) * batch_size
         model_kwargs["cache"] = self._prepare_static_cache(implementation, cache_batch_size, max_cache_length,
                                                            generation_config.prefill_chunk_size, model_kwargs)  # fmt: skip
+
+    def init_continuous_batching(self, *args, **kwargs):
+        """Refused up front: `generate_batch` and `continuous_batching_context_manager` start here, and inside the
+        batching loop a failure is only logged and every request comes back empty."""
+        raise NotImplementedError(CONTINUOUS_BATCHING_UNSUPPORTED)
 
     def _prepare_static_cache(self, cache_implementation, batch_size, max_cache_len, prefill_chunk_size, model_kwargs):
         """A ContextPoolStaticCache of at least the previous call's length (so a compiled step is reused)."""

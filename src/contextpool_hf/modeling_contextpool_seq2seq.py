@@ -29,7 +29,7 @@ from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .attention_contextpool import _attention_bias
-from .cache_contextpool import ContextPoolCache
+from .cache_contextpool import CONTINUOUS_BATCHING_UNSUPPORTED, ContextPoolCache
 from .checks_contextpool import _keep_or_none
 from .configuration_contextpool_seq2seq import ContextPoolSeq2SeqConfig
 from .heads_contextpool import _lm_loss
@@ -427,6 +427,10 @@ class ContextPoolForConditionalGeneration(ContextPoolSeq2SeqPreTrainedModel, Gen
 
     def get_decoder(self):
         return self.model.decoder
+
+    def init_continuous_batching(self, *args, **kwargs):
+        """Refused up front, as in the causal LM (inside the batching loop a failure leaves every request empty)."""
+        raise NotImplementedError(CONTINUOUS_BATCHING_UNSUPPORTED)
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
