@@ -13,7 +13,14 @@ import math
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
-from torch.fx.experimental.symbolic_shapes import guard_scalar
+
+try:  # an internal module: without it, symbolic floats (torch.compile(dynamic=True)) stay as they are
+    from torch.fx.experimental.symbolic_shapes import guard_scalar
+except ImportError:  # pragma: no cover
+
+    def guard_scalar(value):
+        return value
+
 
 IMPLEMENTATIONS = ("fast", "reference", "triton")
 
