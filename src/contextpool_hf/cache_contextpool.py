@@ -376,13 +376,6 @@ def add_pool_state_layers(cache: StaticCache) -> StaticCache:
     return cache
 
 
-CONTINUOUS_BATCHING_UNSUPPORTED = (
-    "continuous batching (generate_batch, init_continuous_batching) is not supported by ContextPool models: it packs "
-    "many sequences into paged key/value blocks, and each layer's pooling keeps a window of pooled-feature inputs "
-    "per sequence, which a PagedAttentionCache does not hold. Use model.generate on a padded batch"
-)
-
-
 def resolve_cache(cache: Cache | None, use_cache: bool, record_past: bool = False) -> tuple[Cache | None, bool]:
     """(the cache a causal forward uses, whether it is static).
 
@@ -390,10 +383,11 @@ def resolve_cache(cache: Cache | None, use_cache: bool, record_past: bool = Fals
     `ContextPoolCache` holding its keys/values (None when empty); use_cache without a cache starts a new one, which
     records its past when `record_past` (an assistant model's cache gets cropped)."""
     if cache is not None and not isinstance(cache, Cache):
-        # a legacy tuple, a continuous-batching PagedAttentionCache, ...: say so here, not with an AttributeError
+        # a legacy tuple, a dict, ...: say so here, not with an AttributeError (continuous batching's
+        # PagedAttentionCache never gets here: `init_continuous_batching` refuses it first)
         raise ValueError(
             "cache / past_key_values must be a transformers Cache (DynamicCache, StaticCache or ContextPoolCache), "
-            f"got {type(cache).__name__}" + (f": {CONTINUOUS_BATCHING_UNSUPPORTED}" if "Paged" in type(cache).__name__ else "")
+            f"got {type(cache).__name__}"
         )
     static = isinstance(cache, StaticCache)  # fixed-size keys/values
     if static:

@@ -14,7 +14,14 @@ import torch.nn.functional as F
 from transformers.cache_utils import StaticCache
 from transformers.generation import GenerationMixin
 
-from .cache_contextpool import CONTINUOUS_BATCHING_UNSUPPORTED, ContextPoolCache, ContextPoolStaticCache
+from .cache_contextpool import ContextPoolCache, ContextPoolStaticCache
+
+# the refusal of every ContextPool model that generates (the causal LM here, the seq2seq model)
+CONTINUOUS_BATCHING_UNSUPPORTED = (
+    "continuous batching (generate_batch, init_continuous_batching) is not supported by ContextPool models: it packs "
+    "many sequences into paged key/value blocks, and each layer's pooling keeps a window of pooled-feature inputs "
+    "per sequence, which a PagedAttentionCache does not hold. Use model.generate on a padded batch"
+)
 
 
 class ContextPoolGenerationMixin(GenerationMixin):

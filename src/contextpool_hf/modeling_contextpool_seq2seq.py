@@ -29,9 +29,10 @@ from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .attention_contextpool import _attention_bias
-from .cache_contextpool import CONTINUOUS_BATCHING_UNSUPPORTED, ContextPoolCache
+from .cache_contextpool import ContextPoolCache
 from .checks_contextpool import _keep_or_none
 from .configuration_contextpool_seq2seq import ContextPoolSeq2SeqConfig
+from .generation_contextpool import CONTINUOUS_BATCHING_UNSUPPORTED
 from .heads_contextpool import _lm_loss
 from .inputs_contextpool import _check_labels
 from .layers_contextpool import ContextPoolSelfAttention
