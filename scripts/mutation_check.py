@@ -621,6 +621,20 @@ MUTATIONS: list[Mutation] = [
         "        return super().init_continuous_batching(*args, **kwargs)\n",
         _k("tests/test_bad_input.py", "continuous"), where="src/contextpool_hf/generation_contextpool.py",
     ),
+    Mutation(
+        "raw-pixels-accepted", "integer pixels (a raw 0-255 image) reach the vision models, cast to float and "
+        "classified unnormalised",
+        "    if not pixel_values.is_floating_point():\n",
+        "    if False:\n",
+        _k("tests/test_vision.py", "raw_pixels"), where="src/contextpool_hf/layers_contextpool_vision.py",
+    ),
+    Mutation(
+        "pixels-not-cast", "pixels in another float dtype than the model's go in uncast (the ResNet's first conv "
+        "fails, the ViT's too)",
+        "    return pixel_values.to(dtype)\n",
+        "    return pixel_values\n",
+        _k("tests/test_vision.py", "another_float"), where="src/contextpool_hf/layers_contextpool_vision.py",
+    ),
 ]
 
 

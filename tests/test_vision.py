@@ -392,6 +392,43 @@ def test_bad_inputs():
         vit(pixel_values=torch.randn(3, 16, 16))
 
 
+def _vision_pair():
+    torch.manual_seed(0)
+    vit = randomize(ContextPoolViTForImageClassification(tiny_vit_config())).eval()
+    resnet = randomize(ContextPoolResNetForImageClassification(tiny_resnet_config())).eval()
+    return {"vit": vit, "resnet": resnet}
+
+
+@pytest.mark.parametrize("which", ["vit", "resnet"])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool, torch.complex64])
+def test_raw_pixels_are_refused(which, dtype):
+    """Integer pixels are a raw image (0-255): before, the ViT cast them to float and classified the unnormalised
+    values (a silent wrong answer), and the ResNet failed inside its first conv ("expected scalar type Byte")."""
+    model = _vision_pair()[which]
+    pixels = (torch.rand(2, 3, 16, 16) * 255).to(dtype)
+    with pytest.raises(ValueError, match=r"pixel_values must be floating point .*image processor"):
+        model(pixel_values=pixels)
+
+
+@pytest.mark.parametrize("which", ["vit", "resnet"])
+def test_pixels_in_another_float_dtype_are_cast_to_the_model_dtype(which):
+    """As transformers' ViT: an image processor's float32 pixels into a bf16 model, float64 pixels from numpy into a
+    float32 model. Before, the ResNet failed inside its first conv ("expected scalar type Double but found Float")."""
+    model = _vision_pair()[which]
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        reference = model(pixel_values=pixels).logits
+        for dtype in (torch.float64, torch.float16):
+            assert torch.equal(model(pixel_values=pixels.to(dtype)).logits, model(pixel_values=pixels.to(dtype).float()).logits)
+        assert torch.equal(model(pixel_values=pixels.double()).logits, reference)
+        model.to(torch.bfloat16)
+        logits = model(pixel_values=pixels).logits
+        assert logits.dtype == torch.bfloat16
+        assert torch.equal(logits, model(pixel_values=pixels.bfloat16()).logits)
+    with pytest.raises(ValueError, match=r"pixel_values must be \(batch, channels, height, width\), got ndarray"):
+        model(pixel_values=pixels.numpy())
+
+
 def test_grayscale_image_through_processor():
     processor = ViTImageProcessorPil(size={"height": 16, "width": 16}, do_convert_rgb=True)
     gray = Image.fromarray((np.random.default_rng(0).random((20, 20)) * 255).astype("uint8"), mode="L")

@@ -24,16 +24,26 @@ def _make_pool(config, channels: int, stride: int) -> ContextPool:
     return _pool_from_config(config, channels, causal=False, spatial_dims=2, stride=stride)
 
 
-def _check_channels(pixel_values: torch.Tensor, expected: int) -> None:
+def _checked_pixel_values(pixel_values: torch.Tensor, expected_channels: int, dtype: torch.dtype) -> torch.Tensor:
+    """pixel_values (B, channels, H, W) as the model reads them: in the model's floating dtype, cast from any other
+    floating dtype as transformers' ViT casts (an image processor's float32 for a bf16 model). Integer and bool
+    pixels are refused: they are raw images (0-255), which a cast would feed in unnormalised, a silent wrong answer."""
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
         got = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
         raise ValueError(f"pixel_values must be (batch, channels, height, width), got {got}")
-    if pixel_values.shape[1] != expected:
+    if not pixel_values.is_floating_point():
+        raise ValueError(
+            f"pixel_values must be floating point (rescaled and normalised pixels), got {pixel_values.dtype}: pass"
+            " the images through the model's image processor (AutoImageProcessor.from_pretrained(...)), which"
+            " rescales and normalises them."
+        )
+    if pixel_values.shape[1] != expected_channels:
         raise ValueError(
             "Make sure that the channel dimension of the pixel values match with the one set in the configuration."
-            f" Expected {expected} but got {pixel_values.shape[1]}. (A grayscale image for an RGB model: pass it"
-            " through the image processor with do_convert_rgb=True.)"
+            f" Expected {expected_channels} but got {pixel_values.shape[1]}. (A grayscale image for an RGB model:"
+            " pass it through the image processor with do_convert_rgb=True.)"
         )
+    return pixel_values.to(dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -220,7 +230,7 @@ class ContextPoolResNetEmbeddings(nn.Module):
         self.num_channels = config.num_channels
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        _check_channels(pixel_values, self.num_channels)
+        pixel_values = _checked_pixel_values(pixel_values, self.num_channels, self.embedder.convolution.weight.dtype)
         return self.pooler(self.embedder(pixel_values))
 
 

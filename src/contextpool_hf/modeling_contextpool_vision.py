@@ -30,7 +30,7 @@ from .layers_contextpool_vision import (
     ContextPoolDownsample,
     ContextPoolResNetEmbeddings,
     ContextPoolResNetEncoder,
-    _check_channels,
+    _checked_pixel_values,
     _make_pool,
 )
 from .modeling_utils_contextpool import (
@@ -128,7 +128,8 @@ class ContextPoolViTEmbeddings(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
         """-> embeddings (B, 1 + rows*cols, d) and the grid (rows, cols)."""
-        _check_channels(pixel_values, self.config.num_channels)
+        dtype = self.patch_embeddings.projection.weight.dtype
+        pixel_values = _checked_pixel_values(pixel_values, self.config.num_channels, dtype)
         height, width = pixel_values.shape[-2:]
         patch = self.config.patch_size
         if not interpolate_pos_encoding:
@@ -367,8 +368,7 @@ class ContextPoolViTModel(ContextPoolViTPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        dtype = self.embeddings.patch_embeddings.projection.weight.dtype
-        hidden, grid = self.embeddings(pixel_values.to(dtype), bool(interpolate_pos_encoding))
+        hidden, grid = self.embeddings(pixel_values, bool(interpolate_pos_encoding))
         all_hidden = (hidden,) if output_hidden_states else None
         all_attn = () if output_attentions else None
         sizes = () if output_pooling_sizes else None
