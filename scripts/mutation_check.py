@@ -635,6 +635,26 @@ MUTATIONS: list[Mutation] = [
         "    return pixel_values\n",
         _k("tests/test_vision.py", "another_float"), where="src/contextpool_hf/layers_contextpool_vision.py",
     ),
+    Mutation(
+        "int32-labels-uncast", "labels of another integer dtype than int64 (int32 from a datasets column) reach "
+        "cross_entropy as they are: every text loss fails inside torch",
+        "    labels = labels.long()\n",
+        "    labels = labels\n",
+        _k("tests/test_bad_input.py", "any_integer"), where="src/contextpool_hf/inputs_contextpool.py",
+    ),
+    Mutation(
+        "int32-class-ids-uncast", "int32 class ids reach the classification loss as they are (sequence and image "
+        "classification fail inside torch)",
+        "labels.reshape(-1).long())",
+        "labels.reshape(-1))",
+        _k("tests/test_bad_input.py", "any_integer"), where="src/contextpool_hf/modeling_utils_contextpool.py",
+    ),
+    Mutation(
+        "bool-ids-accepted", "a bool tensor (a mask) passes as token ids, labels or answer positions",
+        "            and value.dtype != torch.bool)",
+        "            and True)",
+        _k("tests/test_bad_input.py", "bool_ids"), where="src/contextpool_hf/inputs_contextpool.py",
+    ),
 ]
 
 

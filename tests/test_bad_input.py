@@ -27,6 +27,7 @@ from contextpool_hf.modeling_contextpool import (
     ContextPoolModel,
 )
 from contextpool_hf.modeling_contextpool_seq2seq import ContextPoolForConditionalGeneration
+from contextpool_hf.modeling_contextpool_vision import ContextPoolViTForImageClassification
 from contextpool_hf.pooling_contextpool import (
     ContextPool,
     ContextPoolPredictor,
@@ -392,6 +393,70 @@ def test_bad_labels_name_the_argument():
     raises_naming("labels", lambda: tagger(token_ids(), labels=torch.full((2, 6), 3)))
     raises_naming("labels", lambda: tagger(token_ids(), labels=torch.zeros(2, 5, dtype=torch.long)))
     assert torch.isfinite(tagger(token_ids(), labels=torch.full((2, 6), 2)).loss)
+
+
+def _losses_of_every_head(dtype):
+    """head name -> its loss with every id, label and position tensor in `dtype` (the same values)."""
+    ids, cast = token_ids(), (lambda t: t.to(dtype))
+    class_cast = cast if dtype in (torch.int64, torch.int32) else (lambda t: t)
+    text = {}
+    for cls in (ContextPoolForMaskedLM, ContextPoolForSequenceClassification, ContextPoolForTokenClassification,
+                ContextPoolForQuestionAnswering):  # fmt: skip
+        torch.manual_seed(0)
+        text[cls] = cls(ContextPoolConfig(**TEXT)).eval()
+    positions = torch.tensor([1, 7])  # the second outside the input: ignored
+    torch.manual_seed(0)
+    vit = ContextPoolViTForImageClassification(ContextPoolViTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=8, patch_size=4,
+        num_labels=3)).eval()  # fmt: skip
+    return {
+        "causal": causal_lm()(cast(ids), labels=cast(ids)).loss,
+        "causal-shift": causal_lm()(cast(ids), shift_labels=cast(ids)).loss,
+        "masked": text[ContextPoolForMaskedLM](cast(ids), labels=cast(ids)).loss,
+        # class ids pick single-label classification only as int64 / int32, as in transformers
+        "sequence": text[ContextPoolForSequenceClassification](cast(ids), labels=class_cast(torch.tensor([2, 0]))).loss,
+        "token": text[ContextPoolForTokenClassification](cast(ids), labels=cast(ids % 3)).loss,
+        "answer": text[ContextPoolForQuestionAnswering](cast(ids), start_positions=cast(positions),
+                                                        end_positions=cast(positions + 2)).loss,  # fmt: skip
+        "seq2seq": seq2seq()(cast(token_ids(2, 5, 40)), labels=cast(token_ids(2, 4, 40, seed=2))).loss,
+        "vit": vit(torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)),
+                   labels=class_cast(torch.tensor([2, 0]))).loss,  # fmt: skip
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_ids_and_labels_of_any_integer_dtype_give_the_int64_losses(dtype):
+    """int32 comes from datasets' int32 columns (`with_format("torch")` keeps the dtype). Before, every loss raised
+    inside torch's cross_entropy ("expected target dtype to be Long"), and ids other than int64/int32 raised inside the
+    embedding; transformers' own heads fail the same way. Now any integer dtype gives the int64 losses."""
+    expected, got = _losses_of_every_head(torch.int64), _losses_of_every_head(dtype)
+    for head, loss in expected.items():
+        assert torch.isfinite(loss), head
+        torch.testing.assert_close(got[head], loss, rtol=0, atol=0, msg=head)
+
+
+def test_class_ids_of_another_integer_dtype_name_the_problem_type():
+    """transformers picks single-label classification for int64 / int32 labels and multi-label otherwise: uint8 class
+    ids (B,) are multi-label targets of the wrong shape. Before, torch's "Target size ... must be the same as input
+    size" from inside the loss; now a ValueError naming labels, the shapes and the rule."""
+    model = ContextPoolForSequenceClassification(ContextPoolConfig(**TEXT)).eval()
+    error = raises_naming("labels", lambda: model(token_ids(), labels=torch.tensor([2, 0], dtype=torch.uint8)))
+    assert "multi_label_classification" in str(error) and "torch.int64 or torch.int32" in str(error)
+    multi_hot = torch.tensor([[1, 0, 1], [0, 1, 0]], dtype=torch.uint8)  # multi-label targets work in any dtype
+    model.config.problem_type = None
+    assert torch.isfinite(model(token_ids(), labels=multi_hot).loss)
+
+
+def test_bool_ids_labels_and_positions_name_the_argument():
+    """A bool tensor is a mask, not ids: refused, where before it was read as ids 0 and 1 or failed inside torch."""
+    ids = token_ids()
+    raises_naming("input_ids", lambda: causal_lm()(ids > 20))
+    raises_naming("labels", lambda: causal_lm()(ids, labels=ids > 20))
+    qa = ContextPoolForQuestionAnswering(ContextPoolConfig(**TEXT)).eval()
+    raises_naming("start_positions", lambda: qa(ids, start_positions=torch.tensor([1.0, 2.0]),
+                                                end_positions=torch.tensor([2, 3])))  # fmt: skip
+    raises_naming("end_positions", lambda: qa(ids, start_positions=torch.tensor([1, 2]),
+                                              end_positions=torch.tensor([True, False])))  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------

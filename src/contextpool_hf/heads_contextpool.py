@@ -16,7 +16,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .configuration_contextpool import ContextPoolConfig
-from .inputs_contextpool import _check_labels
+from .inputs_contextpool import _checked_labels
 from .layers_contextpool import _make_norm
 
 
@@ -74,9 +74,9 @@ def _causal_lm_loss(logits, labels, shift_labels, vocab_size, num_items_in_batch
     """The causal LM's loss, or None: from shift_labels (already shifted) when given, else from labels (shifted
     here). labels are checked even when shift_labels replace them: a bad one is a bug upstream."""
     if labels is not None:
-        _check_labels("labels", labels, tuple(logits.shape[:2]), vocab_size)
+        labels = _checked_labels("labels", labels, tuple(logits.shape[:2]), vocab_size)
     if shift_labels is not None:
-        _check_labels("shift_labels", shift_labels, tuple(logits.shape[:2]), vocab_size)
+        shift_labels = _checked_labels("shift_labels", shift_labels, tuple(logits.shape[:2]), vocab_size)
         return _lm_loss(logits, shift_labels, vocab_size, num_items_in_batch)
     if labels is not None:
         return _lm_loss(logits, labels, vocab_size, num_items_in_batch, shift=True)

@@ -17,15 +17,26 @@ from .checks_contextpool import _mask_as_weights, _values_unreadable
 from .modeling_utils_contextpool import _is_compiling
 
 
-def _check_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> None:
-    if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.is_complex():
+def _is_integer_tensor(value) -> bool:
+    """An integer tensor (any width, signed or not), not bool: ids and labels. A bool tensor is a mask, not ids."""
+    return (isinstance(value, torch.Tensor) and not value.is_floating_point() and not value.is_complex()
+            and value.dtype != torch.bool)  # fmt: skip
+
+
+def _checked_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> torch.Tensor:
+    """input_ids as the embedding reads them: int64 or int32 as given, any other integer dtype (uint8 from an image
+    of ids, int16) as int64, every id in [0, vocab_size); else a ValueError naming `name`."""
+    if not _is_integer_tensor(input_ids):
         got = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise ValueError(f"{name} must be an integer tensor of token ids in [0, {vocab_size}), got {got}")
+    if input_ids.dtype not in (torch.int64, torch.int32):  # the two index dtypes torch's embedding takes
+        input_ids = input_ids.long()
     if input_ids.numel() == 0 or _values_unreadable(input_ids):
-        return
+        return input_ids
     low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one reduction, one read-back
     if low < 0 or high >= vocab_size:
         raise ValueError(f"{name} contains ids outside [0, {vocab_size}): min {low}, max {high}")
+    return input_ids
 
 
 def _check_inputs_embeds(inputs_embeds, weight: torch.Tensor, name: str = "inputs_embeds") -> None:
@@ -52,7 +63,7 @@ def _embedded_inputs(input_ids, inputs_embeds, embedding: torch.nn.Embedding, vo
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError(f"Pass exactly one of {ids_name} or {embeds_name}")
     if input_ids is not None:
-        _check_token_ids(input_ids, vocab_size, ids_name)
+        input_ids = _checked_token_ids(input_ids, vocab_size, ids_name)
         if input_ids.dim() != 2:
             raise ValueError(f"{ids_name} must be (batch, sequence_length), got shape {tuple(input_ids.shape)}")
         inputs_embeds = embedding(input_ids)
@@ -68,18 +79,21 @@ def _embedded_inputs(input_ids, inputs_embeds, embedding: torch.nn.Embedding, vo
     return inputs_embeds
 
 
-def _check_labels(name: str, labels, shape: tuple[int, ...], vocab_size: int) -> None:
-    """(B, n) target ids in [0, vocab_size) or -100 (ignored); else a ValueError naming `name`."""
-    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex():
+def _checked_labels(name: str, labels, shape: tuple[int, ...], vocab_size: int) -> torch.Tensor:
+    """(B, n) target ids in [0, vocab_size) or -100 (ignored), as int64 (the losses' target dtype; int32 labels come
+    from datasets' int32 columns); else a ValueError naming `name`."""
+    if not _is_integer_tensor(labels):
         got = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise ValueError(f"{name} must be an integer tensor of token ids (-100 = ignore), got {got}")
     if tuple(labels.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(labels.shape)}")
+    labels = labels.long()
     if labels.numel() == 0 or _values_unreadable(labels):
-        return
+        return labels
     bad = (labels != -100) & ((labels < 0) | (labels >= vocab_size))
     if bool(bad.any()):
         raise ValueError(f"{name} must be token ids in [0, {vocab_size}) or -100 (ignore), got {int(labels[bad][0])}")
+    return labels
 
 
 @dataclass

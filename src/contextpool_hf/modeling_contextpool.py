@@ -49,9 +49,10 @@ from .configuration_contextpool import ContextPoolConfig
 from .generation_contextpool import ContextPoolGenerationMixin
 from .heads_contextpool import ContextPoolMaskedLMHead, _causal_lm_loss, _lm_loss, _sequence_representation
 from .inputs_contextpool import (
-    _check_labels,
-    _check_token_ids,
+    _checked_labels,
+    _checked_token_ids,
     _embedded_inputs,
+    _is_integer_tensor,
     _packed_layout,
     _position_ids,
     _static_cache_positions,
@@ -238,7 +239,7 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
         if self.embed_token_types is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros(batch, n, dtype=torch.long, device=device)
-            _check_token_ids(token_type_ids, config.type_vocab_size, "token_type_ids")
+            token_type_ids = _checked_token_ids(token_type_ids, config.type_vocab_size, "token_type_ids")
             hidden = hidden + self.embed_token_types(token_type_ids)
         if self.embed_norm is not None:
             hidden = self.embed_norm(hidden)
@@ -420,7 +421,7 @@ class ContextPoolForMaskedLM(ContextPoolPreTrainedModel):
         logits = self.cls(outputs.last_hidden_state)
         loss = None
         if labels is not None:
-            _check_labels("labels", labels, tuple(logits.shape[:2]), self.config.vocab_size)
+            labels = _checked_labels("labels", labels, tuple(logits.shape[:2]), self.config.vocab_size)
             loss = _lm_loss(logits, labels, self.config.vocab_size, num_items_in_batch)
         output = ContextPoolMaskedLMOutput(
             loss=loss,
@@ -515,7 +516,7 @@ class ContextPoolForTokenClassification(ContextPoolPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
-            _check_labels("labels", labels, tuple(logits.shape[:2]), self.num_labels)  # class ids per token
+            labels = _checked_labels("labels", labels, tuple(logits.shape[:2]), self.num_labels)  # class ids per token
             loss = F.cross_entropy(logits.reshape(-1, self.num_labels).float(), labels.reshape(-1), ignore_index=-100)
         output = ContextPoolTokenClassifierOutput(
             loss=loss,
@@ -525,6 +526,14 @@ class ContextPoolForTokenClassification(ContextPoolPreTrainedModel):
             pooling_sizes=outputs.pooling_sizes,
         )
         return output if return_dict else output.to_tuple()
+
+
+def _answer_positions(name: str, positions, n: int) -> torch.Tensor:
+    """(B,) answer-span positions as int64 (any integer dtype given), those outside [0, n) set to n (ignored)."""
+    if not _is_integer_tensor(positions):
+        got = positions.dtype if isinstance(positions, torch.Tensor) else type(positions).__name__
+        raise ValueError(f"{name} must be an integer tensor of token positions, got {got}")
+    return positions.reshape(-1).long().clamp(0, n)
 
 
 class ContextPoolForQuestionAnswering(ContextPoolPreTrainedModel):
@@ -563,8 +572,8 @@ class ContextPoolForQuestionAnswering(ContextPoolPreTrainedModel):
         loss = None
         if start_positions is not None and end_positions is not None:
             n = start_logits.shape[1]
-            start = start_positions.reshape(-1).clamp(0, n)
-            end = end_positions.reshape(-1).clamp(0, n)
+            start, end = (_answer_positions(name, positions, n)
+                          for name, positions in (("start_positions", start_positions), ("end_positions", end_positions)))  # fmt: skip
             loss = (
                 F.cross_entropy(start_logits.float(), start, ignore_index=n)
                 + F.cross_entropy(end_logits.float(), end, ignore_index=n)

@@ -34,7 +34,7 @@ from .checks_contextpool import _keep_or_none
 from .configuration_contextpool_seq2seq import ContextPoolSeq2SeqConfig
 from .generation_contextpool import CONTINUOUS_BATCHING_UNSUPPORTED
 from .heads_contextpool import _lm_loss
-from .inputs_contextpool import _check_labels
+from .inputs_contextpool import _checked_labels
 from .layers_contextpool import ContextPoolSelfAttention
 
 # sinusoidal_positions and the layers are re-exported: convert_seq2seq.py imports the former from here.
@@ -485,7 +485,7 @@ class ContextPoolForConditionalGeneration(ContextPoolSeq2SeqPreTrainedModel, Gen
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if labels is not None:
             # ids and dtype first: shifted into decoder_input_ids, bad labels would be blamed on those
-            _check_labels("labels", labels, tuple(labels.shape), self.config.vocab_size)
+            labels = _checked_labels("labels", labels, tuple(labels.shape), self.config.vocab_size)
             use_cache = False  # training: nothing to continue
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
@@ -509,7 +509,7 @@ class ContextPoolForConditionalGeneration(ContextPoolSeq2SeqPreTrainedModel, Gen
             logits = logits + self.final_logits_bias.to(logits.dtype)
         loss = None
         if labels is not None:
-            _check_labels("labels", labels, tuple(logits.shape[:2]), self.config.vocab_size)
+            labels = _checked_labels("labels", labels, tuple(logits.shape[:2]), self.config.vocab_size)
             loss = _lm_loss(logits, labels, self.config.vocab_size, num_items_in_batch)
         output = ContextPoolSeq2SeqLMOutput(
             loss=loss,

@@ -179,7 +179,15 @@ def _classification_loss(config, logits: torch.Tensor, labels: torch.Tensor, *, 
             return F.mse_loss(logits.squeeze(-1), labels.reshape(-1).to(logits.dtype))
         return F.mse_loss(logits, labels.to(logits.dtype))
     if config.problem_type == "single_label_classification":
-        return F.cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1))
+        # int32 class ids (a datasets int32 column) as int64: cross_entropy takes no other integer targets
+        return F.cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1).long())
+    if labels.shape != logits.shape:  # else torch's "Target size ... must be the same as input size"
+        raise ValueError(
+            f"labels must be (batch, num_labels) = {tuple(logits.shape)} multi-hot targets for problem_type="
+            f"'multi_label_classification', got shape {tuple(labels.shape)} ({labels.dtype}). Class ids for "
+            "single-label classification are torch.int64 or torch.int32 (as in transformers, the dtype picks the "
+            "problem type when config.problem_type is unset)"
+        )
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
