@@ -10,7 +10,9 @@ generate-b8: greedy decoding with the cache, prompt 128, 64 new tokens, against 
 generate-compiled-b1 and generate-compiled-b8: the same with a static cache and the decoding steps compiled by
 inductor, as `bench_model.py --compile` runs them (the warm-up call compiles each model's step, a minute or so);
 decode-b1 and decode-b8: the same decoding timed per forward, the prompt's and each new token's, the three
-models alternated call by call: far steadier on a shared machine, and without generate's own work).
+models alternated call by call: far steadier on a shared machine, and without generate's own work;
+decode-static-b1 and decode-static-b8: those forwards on a new static cache per prompt, eager (ContextPool on its
+ContextPoolStaticCache, Llama on transformers' StaticCache)).
 Each ratio is the median of the per-step ratios of process CPU time (the steadier estimate on a
 shared machine), with its min-max spread.
 
@@ -18,6 +20,7 @@ shared machine), with its min-max spread.
     python scripts/bench_ab.py --ref HEAD~3 --models causal-lm --repeats 8
     python scripts/bench_ab.py --ref HEAD --models generate-b1 generate-b8 --repeats 10
     python scripts/bench_ab.py --ref HEAD --models decode-b1 decode-b8 --repeats 650
+    python scripts/bench_ab.py --ref HEAD --models decode-static-b8 --repeats 1000
     python scripts/bench_ab.py --ref HEAD --models generate-compiled-b8 --repeats 30
 
 `new/ref` below 1 means the working tree is faster than the revision. Nothing is written unless
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import importlib.machinery
 import importlib.util
@@ -48,7 +52,7 @@ import bench_vision
 import torch
 
 FAMILIES = ("vit", "resnet", "causal-lm", "seq2seq", "generate-b1", "generate-b8", "generate-compiled-b1",
-            "generate-compiled-b8", "decode-b1", "decode-b8")
+            "generate-compiled-b8", "decode-b1", "decode-b8", "decode-static-b1", "decode-static-b8")
 REF_PACKAGE = "contextpool_hf_ref"
 # the names each benchmark module builds its ContextPool models from
 _PATCHED = {
@@ -62,6 +66,8 @@ _PATCHED = {
     "generate-compiled-b8": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
     "decode-b1": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
     "decode-b8": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
+    "decode-static-b1": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
+    "decode-static-b8": (bench_model, ("ContextPoolConfig", "ContextPoolForCausalLM")),
 }
 
 
@@ -163,6 +169,17 @@ def build_steps(family, ref_package, quick):
         if kind == "decode":
             return [bench_model.decode_step_fn(model, int(batch), args.prompt_len, args.new_tokens, args.vocab)
                     for model in (new, ref, vanilla)]  # fmt: skip
+        if kind == "decode-static":  # each model's static cache class, sized for the whole sequence
+            from transformers import StaticCache
+
+            from contextpool_hf import ContextPoolStaticCache
+
+            ref_cache = sys.modules[f"{REF_PACKAGE}.cache_contextpool"].ContextPoolStaticCache
+            caches = (ContextPoolStaticCache, ref_cache, StaticCache)
+            max_len = args.prompt_len + args.new_tokens + 1
+            return [bench_model.decode_step_fn(model, int(batch), args.prompt_len, args.new_tokens, args.vocab,
+                                               cache_class=functools.partial(cache, config=model.config, max_cache_len=max_len))
+                    for model, cache in zip((new, ref, vanilla), caches, strict=True)]  # fmt: skip
         return [bench_model.generate_fn(model, int(batch), args.prompt_len, args.new_tokens, args.vocab,
                                         compiled=kind == "generate-compiled") for model in (new, ref, vanilla)]  # fmt: skip
     make_pair = bench_model.causal_pair if family == "causal-lm" else bench_model.seq2seq_pair

@@ -162,8 +162,8 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         "static-cache-inference-mode-unchecked", "a static cache filled under inference_mode fails deep in torch elsewhere",
-        "            elif not torch.compiler.is_compiling() and buffer.is_inference() and not torch.is_inference_mode_enabled():",
-        "            elif False:",
+        "        if not torch.compiler.is_compiling() and buffer.is_inference() and not torch.is_inference_mode_enabled():",
+        "        if False:",
         _k("tests/test_static_cache.py", "misuse_raises_a_clear_error"),
     ),
     Mutation(
@@ -383,16 +383,17 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_triton.py", "compile"),
     ),
     Mutation(
-        "static-window-unshifted", "a static-cache decode step drops the newest pooling input instead of the oldest",
-        "        ring_features = torch.cat([history[:, :, 1:], features.to(history.dtype)], dim=2)",
-        "        ring_features = torch.cat([history[:, :, :-1], features.to(history.dtype)], dim=2)",
-        _k("tests/test_static_cache.py", "float64"),
+        "static-ring-slot-off-by-one", "a static-cache decode step writes its newest pooling input one ring slot off "
+        "(over a newer input than the oldest; stop 42's ring replaced the shifted window of `static-window-unshifted`)",
+        "        return self._ring_slots(1, 0, self.pool_weights.device)",
+        "        return self._ring_slots(1, 1, self.pool_weights.device)",
+        _k("tests/test_static_cache.py", "float64"), where="src/contextpool_hf/cache_contextpool.py",
     ),
     Mutation(
         "static-step-outside-autograd", "a static-cache decode step with autograd on pools a detached copy of its newest "
         "weight (no gradient reaches the predictor through it)",
-        "        ring_weights = torch.cat([history_weights[:, :, 1:], weights.to(history_weights.dtype)], dim=2)",
-        "        ring_weights = torch.cat([history_weights[:, :, 1:], weights.detach().to(history_weights.dtype)], dim=2)",
+        "            ring_weights = ring_weights.index_copy(2, slot, weights.to(ring_weights.dtype))",
+        "            ring_weights = ring_weights.index_copy(2, slot, weights.detach().to(ring_weights.dtype))",
         _k("tests/test_static_cache.py", "autograd"),
     ),
     # --- stop 33: the decoding plan and the one-reduction integer mask check ----------------------------------------
@@ -654,6 +655,20 @@ MUTATIONS: list[Mutation] = [
         "            and value.dtype != torch.bool)",
         "            and True)",
         _k("tests/test_bad_input.py", "bool_ids"), where="src/contextpool_hf/inputs_contextpool.py",
+    ),
+    Mutation(
+        "static-history-unordered", "a chunk after decoding steps on a static cache reads the pooling ring in slot "
+        "order instead of time order (the wrong distances to its inputs)",
+        "        return self.pool_features.index_select(2, slots), self.pool_weights.index_select(2, slots)",
+        "        return self.pool_features, self.pool_weights",
+        _k("tests/test_static_cache.py", "float64"), where="src/contextpool_hf/cache_contextpool.py",
+    ),
+    Mutation(
+        "static-chunk-slots-off", "a chunk on a static cache stores its last inputs in the ring slots of the "
+        "positions before the chunk, not of their own",
+        "        slots = self._ring_slots(self.pool_weights.shape[-1], new_tokens, self.pool_weights.device)",
+        "        slots = self._ring_slots(self.pool_weights.shape[-1], 0, self.pool_weights.device)",
+        _k("tests/test_static_cache.py", "float64"), where="src/contextpool_hf/cache_contextpool.py",
     ),
 ]
 

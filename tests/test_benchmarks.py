@@ -1,5 +1,6 @@
 """The benchmark scripts' results files: a smoke or partial run never replaces measured results by surprise."""
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -248,19 +249,26 @@ def test_the_gpu_benchmark_script_runs_end_to_end_in_smoke_mode(tmp_path):
     assert bad.returncode == 2 and "unknown argument '--fast' (allowed: --smoke)" in bad.stderr
 
 
-def test_the_decoding_stepper_decodes_as_greedy_generate():
-    """bench_model.decode_step_fn (bench_ab's decode-b* families) times one forward per call: the prompt on a new
-    cache, then one token per call, greedy, then the prompt again. Its tokens are generate()'s, for ContextPool
-    and for Llama, and a second sequence starts afresh."""
+@pytest.mark.parametrize("static", [False, True])
+def test_the_decoding_stepper_decodes_as_greedy_generate(static):
+    """bench_model.decode_step_fn (bench_ab's decode-b* families; decode-static-b*: a new static cache per prompt)
+    times one forward per call: the prompt on a new cache, then one token per call, greedy, then the prompt again.
+    Its tokens are generate()'s, for ContextPool and for Llama, and a second sequence starts afresh."""
+    from transformers import StaticCache
+
+    from contextpool_hf import ContextPoolStaticCache
+
     args = bench_model.parse_args(["--quick"])
     contextpool, llama = bench_model.causal_pair(args, 64)
-    for model in (contextpool, llama):
-        step = bench_model.decode_step_fn(model, 2, prompt_len=10, new_tokens=5, vocab=args.vocab)
+    for model, cache in ((contextpool, ContextPoolStaticCache), (llama, StaticCache)):
+        cache_class = functools.partial(cache, config=model.config, max_cache_len=16) if static else None
+        step = bench_model.decode_step_fn(model, 2, prompt_len=10, new_tokens=5, vocab=args.vocab, cache_class=cache_class)
         seen = []
         original = model.forward
 
         def record(*a, __forward=original, __seen=seen, **k):
             out = __forward(*a, **k)
+            assert isinstance(out.cache, StaticCache) == static
             __seen.append(out.logits[:, -1:].argmax(-1))
             return out
 

@@ -261,10 +261,12 @@ class ContextPoolStaticLayer(StaticLayer, _SequenceDecodePlan):
     also preallocated and updated in place (its buffers keep one address, as compiled code needs).
 
     pool_features (B, G, R + 1, C) and pool_weights (B, G, R + 1): the last R + 1 pooling inputs and
-    their weights in time order, oldest first (a sliding window: a step shifts it by one, so the
-    newest input always sits in the last slot and no slot index changes from step to step);
-    conv_state (B, kernel - 1, width): the predictor's causal conv inputs, oldest first. `pool_started` is False
-    until the first chunk has pooled (that chunk pools alone, as after an empty dynamic cache).
+    their weights, as a ring: position t in slot t % (R + 1). A decoding step writes one slot in place, at an
+    index computed from the layer's length tensor (`cumulative_length`, the tokens before the forward: the
+    pooling runs before the keys/values update), so every step runs the same graph; a sliding window would
+    copy all R + 1 rows twice per step (shift, then store). conv_state (B, kernel - 1, width): the predictor's
+    causal conv inputs, oldest first. `pool_started` is False until the first chunk has pooled (that chunk
+    pools alone, as after an empty dynamic cache).
     """
 
     is_croppable = False  # the pooling state of removed tokens is not kept (see `crop`)
@@ -278,9 +280,10 @@ class ContextPoolStaticLayer(StaticLayer, _SequenceDecodePlan):
         self.pool_features = self.pool_weights = self.conv_state = self.decode_plan = None
         self.pool_started = False
 
-    def write_pool_state(self, features, weights, conv_state) -> None:
-        """Store the newest window in place (allocated on the first call). features (B, G, R + 1, C),
-        weights (B, G, R + 1), conv_state (B, kernel - 1, width) or None (no predictor)."""
+    def write_pool_state(self, features, weights, conv_state, new_tokens: int) -> None:
+        """Store the pooling state after a chunk of `new_tokens` tokens, in place (allocated on the first call):
+        features (B, G, R + 1, C) and weights (B, G, R + 1), the last R + 1 inputs oldest first, go to their ring
+        slots; conv_state (B, kernel - 1, width) or None (no predictor)."""
         new = {"pool_features": features, "pool_weights": weights, "conv_state": conv_state}
         for name, value in new.items():
             if value is None:
@@ -291,19 +294,50 @@ class ContextPoolStaticLayer(StaticLayer, _SequenceDecodePlan):
                 if not torch.compiler.is_compiling():
                     torch._dynamo.mark_static_address(buffer)
                 setattr(self, name, buffer)
-            elif not torch.compiler.is_compiling() and buffer.is_inference() and not torch.is_inference_mode_enabled():
-                raise RuntimeError(
-                    "cache: this ContextPoolStaticCache was filled under torch.inference_mode(), and its buffers are "
-                    "written in place, which torch allows only there: continue decoding on it under "
-                    "torch.inference_mode(), or start a new cache"
-                )
-            with torch.no_grad():  # inference state: a static cache is for decoding, not training
-                buffer.copy_(value)
+            self._check_writable(buffer)
+        # the window's input i is at position (length after the chunk) - (R + 1) + i: slot (length + i) % (R + 1)
+        slots = self._ring_slots(self.pool_weights.shape[-1], new_tokens, self.pool_weights.device)
+        with torch.no_grad():  # inference state: a static cache is for decoding, not training
+            self.pool_features.index_copy_(2, slots, features.to(self.pool_features.dtype))
+            self.pool_weights.index_copy_(2, slots, weights.to(self.pool_weights.dtype))
+            if conv_state is not None:
+                self.conv_state.copy_(conv_state)
         self.pool_started = True
 
+    def write_pool_step(self, slot, features, weights, conv_state) -> None:
+        """A decoding step's state, in place: the newest input (features (B, G, 1, C), weights (B, G, 1)) into ring
+        slot `slot` (1,) (`ring_slot`), and the conv state (B, kernel - 1, width)."""
+        self._check_writable(self.pool_features)
+        with torch.no_grad():
+            self.pool_features.index_copy_(2, slot, features.to(self.pool_features.dtype))
+            self.pool_weights.index_copy_(2, slot, weights.to(self.pool_weights.dtype))
+            self.conv_state.copy_(conv_state)
+
+    def ring_slot(self) -> torch.Tensor:
+        """(1,) the ring slot of the forward's first token: its position (the tokens before it) modulo R + 1."""
+        return self._ring_slots(1, 0, self.pool_weights.device)
+
+    def _ring_slots(self, count: int, offset: int, device) -> torch.Tensor:
+        """(count,) the ring slots of positions length + offset + i, i < count (length: the tokens before this
+        forward), modulo R + 1: a tensor computed from the length tensor, never read back to the host."""
+        window, length = self.pool_weights.shape[-1], self.cumulative_length
+        length = length.to(device) if isinstance(length, torch.Tensor) else length
+        return (torch.arange(count, device=device) + (length + offset)) % window
+
+    @staticmethod
+    def _check_writable(buffer) -> None:
+        if not torch.compiler.is_compiling() and buffer.is_inference() and not torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "cache: this ContextPoolStaticCache was filled under torch.inference_mode(), and its buffers are "
+                "written in place, which torch allows only there: continue decoding on it under "
+                "torch.inference_mode(), or start a new cache"
+            )
+
     def pool_history(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The window, oldest first: features (B, G, R + 1, C), weights (B, G, R + 1)."""
-        return self.pool_features, self.pool_weights
+        """The last R + 1 inputs in time order, oldest first: features (B, G, R + 1, C), weights (B, G, R + 1). The
+        oldest, at position length - (R + 1), sits in slot length % (R + 1)."""
+        slots = self._ring_slots(self.pool_weights.shape[-1], 0, self.pool_weights.device)
+        return self.pool_features.index_select(2, slots), self.pool_weights.index_select(2, slots)
 
     def _map_pool_state(self, fn) -> None:
         for name in self._POOL_STATE:

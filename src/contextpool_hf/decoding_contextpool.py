@@ -76,7 +76,8 @@ class DecodePlan(NamedTuple):
     floor_sigma: bool  # whether sigma may come near the operator's floor (see `_decode_pool`)
     normalize: bool
     eps: torch.Tensor  # 0-dim, float32 at least
-    neg_half_distance_sq_rows: list  # R + 1 rows of (R + 1,), see `_decode_tables`
+    neg_half_distance_sq: torch.Tensor  # (R + 1, R + 1), see `_decode_tables`
+    neg_half_distance_sq_rows: list  # its R + 1 rows
     slot_index: list  # R + 1 (1,) indices
 
 
@@ -115,20 +116,21 @@ class CausalPoolDecoding:
         return pooled, sigma
 
     def _decode_step_static(self, hidden, features, keep, layer_cache):
-        """`_decode_step` on a fixed-size cache layer: the window shifts by one instead of a ring slot
-        being overwritten, so the newest input is always last and every step runs the same graph
-        (no Python-int slot to guard on under torch.compile). Same shapes and result."""
-        history, history_weights = layer_cache.pool_history()
-        window = history_weights.shape[-1]
+        """`_decode_step` on a fixed-size cache layer: the ring slot comes from the layer's length tensor rather than
+        a Python int, so that every step runs the same graph under torch.compile. Same shapes and result."""
+        ring_features, ring_weights = layer_cache.pool_features, layer_cache.pool_weights
+        window = ring_weights.shape[-1]
         plan = self._decode_plan(features, window, layer_cache)
         weights, sigma_gate, conv_state = _decode_gates(plan, hidden, keep, layer_cache.conv_state)
         sigma = torch.addcmul(plan.sigma_min, sigma_gate, plan.sigma_span)  # spec item 3
-        ring_features = torch.cat([history[:, :, 1:], features.to(history.dtype)], dim=2)  # (B, G, R + 1, C)
-        ring_weights = torch.cat([history_weights[:, :, 1:], weights.to(history_weights.dtype)], dim=2)
-        layer_cache.write_pool_state(ring_features, ring_weights, conv_state)
-        # the newest input sits in the last slot: the ring's distance row for slot R
+        slot = layer_cache.ring_slot()  # (1,)
+        if torch.is_grad_enabled():  # the step's graph must reach the newest input: pool a copy with it written in
+            ring_features = ring_features.index_copy(2, slot, features.to(ring_features.dtype))
+            ring_weights = ring_weights.index_copy(2, slot, weights.to(ring_weights.dtype))
+        layer_cache.write_pool_step(slot, features, weights, conv_state)  # in place (without autograd)
+        neg_half_age_sq = plan.neg_half_distance_sq.index_select(0, slot).view(window)  # the newest slot's row
         pooled = _decode_pool(plan, ring_features.to(features.dtype), ring_weights.to(weights.dtype), sigma,
-                              plan.neg_half_distance_sq_rows[window - 1], features.dtype)  # fmt: skip
+                              neg_half_age_sq, features.dtype)  # fmt: skip
         return pooled, sigma
 
     def _decode_plan(self, like: torch.Tensor, window: int, layer_cache) -> DecodePlan:
@@ -164,7 +166,7 @@ class CausalPoolDecoding:
             in_proj, conv, proj, predictor.kernel_size,
             _decoding_weights(*params, like, keep) if direct else None,
             tables["sigma_min"], tables["sigma_span"], pool.sigma_min < 2 * _sigma_floor(), pool.normalize,
-            tables["eps"], tables["neg_half_distance_sq_rows"], tables["slot_index"],
+            tables["eps"], tables["neg_half_distance_sq"], tables["neg_half_distance_sq_rows"], tables["slot_index"],
         )  # fmt: skip
         if keep and _plain_tensors_only(plan):
             layer_cache.decode_plan = (sources, key, plan)
@@ -173,8 +175,8 @@ class CausalPoolDecoding:
     def _decode_tables(self, like: torch.Tensor, window: int) -> dict:
         """Constants of a decoding step, built once per device, dtype (of `like`) and ring size R + 1.
 
-        neg_half_distance_sq_rows (R + 1 rows of R + 1): row s holds -(age of each slot)^2 / 2 when the
-        newest input sits in slot s (float32 at least); slot_index: the (1,) index of each slot;
+        neg_half_distance_sq (R + 1, R + 1): row s holds -(age of each slot)^2 / 2 when the newest input sits in
+        slot s (float32 at least), and neg_half_distance_sq_rows its rows; slot_index: the (1,) index of each slot;
         and the step's scalars as 0-dim tensors on the device.
         """
         dtype, device = like.dtype, like.device
@@ -189,9 +191,11 @@ class CausalPoolDecoding:
             def scalar(value, scalar_dtype=dtype):
                 return torch.tensor(value, dtype=scalar_dtype, device=device)
 
+            table = (age * age).to(compute) * -0.5
             return dict(
+                neg_half_distance_sq=table,  # indexed by a slot tensor (the static cache's steps)
                 # the rows as ready-made views: indexing the table on every step would be one more call
-                neg_half_distance_sq_rows=list(((age * age).to(compute) * -0.5).unbind(0)),
+                neg_half_distance_sq_rows=list(table.unbind(0)),
                 slot_index=[slots[s : s + 1] for s in range(window)],
                 sigma_min=scalar(pool.sigma_min),
                 sigma_span=scalar(pool.sigma_max - pool.sigma_min),

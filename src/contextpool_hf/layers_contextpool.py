@@ -279,7 +279,7 @@ class ContextPoolSelfAttention(CausalPoolDecoding, nn.Module):
         pooled, last_features, last_weights = self._pool_chunk(
             features, weights, sigma, layer_cache.pool_history() if started else None
         )
-        layer_cache.write_pool_state(last_features, last_weights, conv_state)
+        layer_cache.write_pool_state(last_features, last_weights, conv_state, hidden.shape[1])
         return pooled, sigma
 
     def packing_gap(self) -> int:
