@@ -314,8 +314,10 @@ class ContextPoolStaticLayer(StaticLayer, _SequenceDecodePlan):
             self.conv_state.copy_(conv_state)
 
     def ring_slot(self) -> torch.Tensor:
-        """(1,) the ring slot of the forward's first token: its position (the tokens before it) modulo R + 1."""
-        return self._ring_slots(1, 0, self.pool_weights.device)
+        """(1,) the ring slot of the forward's first token: its position (the tokens before it) modulo R + 1. Two
+        calls (a decoding step pays per call): the length tensor is on the buffers' device once the keys/values
+        exist, which they do before any decoding step."""
+        return torch.remainder(self.cumulative_length, self.pool_weights.shape[-1]).view(1)
 
     def _ring_slots(self, count: int, offset: int, device) -> torch.Tensor:
         """(count,) the ring slots of positions length + offset + i, i < count (length: the tokens before this
