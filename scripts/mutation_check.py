@@ -657,6 +657,20 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_bad_input.py", "bool_ids"), where="src/contextpool_hf/inputs_contextpool.py",
     ),
     Mutation(
+        "bool-positions-accepted", "a bool tensor passes as position_ids (rotary models read a mask as positions 0 "
+        "and 1)",
+        "position_ids.dtype == torch.bool or position_ids.is_complex()",
+        "False or position_ids.is_complex()",
+        _k("tests/test_bad_input.py", "bad_position_ids"), where="src/contextpool_hf/inputs_contextpool.py",
+    ),
+    Mutation(
+        "negative-absolute-positions-accepted", "negative learned positions reach the position table (an IndexError "
+        "inside torch)",
+        "            if low < 0 or high >= max_len:",
+        "            if high >= max_len:",
+        _k("tests/test_bad_input.py", "table_indices"), where="src/contextpool_hf/inputs_contextpool.py",
+    ),
+    Mutation(
         "static-history-unordered", "a chunk after decoding steps on a static cache reads the pooling ring in slot "
         "order instead of time order (the wrong distances to its inputs)",
         "        return self.pool_features.index_select(2, slots), self.pool_weights.index_select(2, slots)",

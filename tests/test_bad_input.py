@@ -552,3 +552,40 @@ def test_continuous_batching_is_refused_up_front():
             pass
     with pytest.raises(NotImplementedError, match="continuous batching"):
         seq2seq().init_continuous_batching()
+
+
+@pytest.mark.parametrize("positions", ["rotary", "absolute"])
+def test_position_ids_of_any_integer_dtype_and_shape_give_the_same_logits(positions):
+    """int32 / int16 / uint8 positions, one row for every sequence, and (n,) positions give the int64 (B, n) logits.
+    Before, absolute positions other than int64/int32 failed inside the embedding, and (n,) positions with an
+    IndexError from the model's own code."""
+    model, ids = causal_lm(position_embedding_type=positions), token_ids()
+    reference = model(ids, position_ids=torch.arange(6).expand(2, 6)).logits
+    for given in (torch.arange(6, dtype=torch.int32).expand(2, 6), torch.arange(6, dtype=torch.int16).expand(2, 6),
+                  torch.arange(6, dtype=torch.uint8)[None], torch.arange(6)):  # fmt: skip
+        assert torch.equal(model(ids, position_ids=given).logits, reference), given.dtype
+
+
+@pytest.mark.parametrize("positions", ["rotary", "absolute"])
+@pytest.mark.parametrize(
+    "bad",
+    [torch.ones(2, 6, dtype=torch.bool), [[0, 1, 2, 3, 4, 5]] * 2, torch.arange(6).expand(3, 6), torch.arange(6)[None, None],
+     torch.arange(5)],  # fmt: skip
+    ids=["bool", "list", "other-batch", "3-d", "short"],
+)
+def test_bad_position_ids_name_the_argument(positions, bad):
+    """Before: a bool mask was read as positions 0 and 1 (rotary), a list raised AttributeError, another batch size or
+    a 3-D tensor a RuntimeError from inside torch."""
+    raises_naming("position_ids", lambda: causal_lm(position_embedding_type=positions)(token_ids(), position_ids=bad))
+
+
+def test_absolute_positions_must_be_table_indices():
+    """Learned positions index a table: floats and negative positions are refused (before: torch's embedding errors,
+    "Expected tensor for argument #1 'indices'" and "index out of range in self"). Rotary positions may be either."""
+    absolute, rotary, ids = causal_lm(position_embedding_type="absolute"), causal_lm(), token_ids()
+    error = raises_naming("position_ids", lambda: absolute(ids, position_ids=torch.arange(6.0).expand(2, 6)))
+    assert "absolute" in str(error)
+    error = raises_naming("position_ids", lambda: absolute(ids, position_ids=torch.arange(6).expand(2, 6) - 2))
+    assert "[0, 32)" in str(error)
+    for given in (torch.arange(6.0).expand(2, 6), torch.arange(6).expand(2, 6) - 2):
+        assert torch.isfinite(rotary(ids, position_ids=given).logits).all()

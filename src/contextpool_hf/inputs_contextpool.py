@@ -142,12 +142,26 @@ def _position_ids(config, position_ids, batch, n, past, device):
                 f"max_length={max_len}))"
             )
         return torch.arange(past, past + n, device=device).unsqueeze(0).expand(batch, n)
-    if position_ids.shape[-1] != n:
-        raise ValueError(f"position_ids must have length {n} (the input length), got shape {tuple(position_ids.shape)}")
-    if limited and position_ids.numel() and not _values_unreadable(position_ids) and int(position_ids.max()) >= max_len:
-        raise ValueError(
-            f"position_ids reach {int(position_ids.max())}, beyond max_position_embeddings ({max_len})"
-        )
+    if not isinstance(position_ids, torch.Tensor) or position_ids.dtype == torch.bool or position_ids.is_complex():
+        got = position_ids.dtype if isinstance(position_ids, torch.Tensor) else type(position_ids).__name__
+        raise ValueError(f"position_ids must be a tensor of token positions (integers; rotary positions may be "
+                         f"floats), got {got}")  # fmt: skip
+    if position_ids.dim() == 1:  # (n,): the same positions for every row
+        position_ids = position_ids.unsqueeze(0)
+    if position_ids.dim() != 2 or position_ids.shape[0] not in (1, batch) or position_ids.shape[1] != n:
+        raise ValueError(f"position_ids must be (batch, sequence_length) = {(batch, n)}, (1, {n}) or ({n},), got "
+                         f"shape {tuple(position_ids.shape)}")  # fmt: skip
+    if limited:  # they index the learned position table
+        if position_ids.is_floating_point():
+            raise ValueError(f"position_ids must be integers with position_embedding_type='absolute' (they index "
+                             f"the learned position table), got {position_ids.dtype}")  # fmt: skip
+        if position_ids.dtype not in (torch.int64, torch.int32):  # the two index dtypes torch's embedding takes
+            position_ids = position_ids.long()
+        if position_ids.numel() and not _values_unreadable(position_ids):
+            low, high = torch.stack(torch.aminmax(position_ids)).tolist()  # one reduction, one read-back
+            if low < 0 or high >= max_len:
+                raise ValueError(f"position_ids must lie in [0, max_position_embeddings) = [0, {max_len}), got min "
+                                 f"{low}, max {high}")  # fmt: skip
     return position_ids.expand(batch, n) if position_ids.shape[0] == 1 else position_ids
 
 
