@@ -671,6 +671,20 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_bad_input.py", "table_indices"), where="src/contextpool_hf/inputs_contextpool.py",
     ),
     Mutation(
+        "class-ids-range-unchecked", "a class id outside [0, num_labels) reaches cross_entropy (torch's \"Target 5 is "
+        "out of bounds\")",
+        "        bad = (labels != -100) & ((labels < 0) | (labels >= num_labels))",
+        "        bad = labels != labels",
+        _k("tests/test_bad_input.py", "do_not_fit_name_labels"), where="src/contextpool_hf/modeling_utils_contextpool.py",
+    ),
+    Mutation(
+        "negative-answer-position-clamped", "a negative answer position is clamped to 0 (the CLS token: a silent "
+        "\"no answer\" target), as transformers does",
+        "bool((positions < 0).any())",
+        "False",
+        _k("tests/test_bad_input.py", "answer_positions"), where="src/contextpool_hf/modeling_contextpool.py",
+    ),
+    Mutation(
         "static-history-unordered", "a chunk after decoding steps on a static cache reads the pooling ring in slot "
         "order instead of time order (the wrong distances to its inputs)",
         "        return self.pool_features.index_select(2, slots), self.pool_weights.index_select(2, slots)",

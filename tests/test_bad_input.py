@@ -589,3 +589,42 @@ def test_absolute_positions_must_be_table_indices():
     assert "[0, 32)" in str(error)
     for given in (torch.arange(6.0).expand(2, 6), torch.arange(6).expand(2, 6) - 2):
         assert torch.isfinite(rotary(ids, position_ids=given).logits).all()
+
+
+@pytest.mark.parametrize(
+    "labels, problem",
+    [(torch.tensor([[1, 2], [0, 1]]), "single"), (torch.tensor([1, 2, 0]), "single"), (torch.tensor([1, 5]), "single"),
+     (torch.tensor([1, -3]), "single"), (torch.rand(3), "regression"), (torch.rand(2, 4), "multi")],  # fmt: skip
+    ids=["two-per-example", "three-for-two", "class-5-of-3", "negative-class", "regression-count", "multi-hot-width"],
+)
+def test_classification_targets_that_do_not_fit_name_labels(labels, problem):
+    """Sequence and image classification: before, torch's errors from inside the loss ("Expected input batch_size (2)
+    to match target batch_size (4)", "Target 5 is out of bounds", a broadcast error), none naming labels."""
+    fields = dict(TEXT, num_labels=1) if problem == "regression" else dict(TEXT)
+    torch.manual_seed(0)
+    text = ContextPoolForSequenceClassification(ContextPoolConfig(**fields)).eval()
+    raises_naming("labels", lambda: text(token_ids(), labels=labels))
+    vit = ContextPoolViTForImageClassification(ContextPoolViTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=8, patch_size=4,
+        num_labels=fields["num_labels"])).eval()  # fmt: skip
+    raises_naming("labels", lambda: vit(torch.randn(2, 3, 8, 8), labels=labels))
+
+
+def test_classification_targets_that_fit_still_train():
+    """-100 is ignored and (B, 1) class ids are (B,) ones, as in transformers."""
+    torch.manual_seed(0)
+    model = ContextPoolForSequenceClassification(ContextPoolConfig(**TEXT)).eval()
+    ids = token_ids()
+    assert torch.equal(model(ids, labels=torch.tensor([[1], [2]])).loss, model(ids, labels=torch.tensor([1, 2])).loss)
+    torch.testing.assert_close(model(ids, labels=torch.tensor([1, -100])).loss, model(ids[:1], labels=torch.tensor([1])).loss)
+
+
+def test_answer_positions_that_do_not_fit_name_the_argument():
+    """One position per example, none negative (transformers clamps a negative one to 0, the CLS token: a "no answer"
+    target); past the input they are ignored, as in transformers."""
+    torch.manual_seed(0)
+    qa, ids = ContextPoolForQuestionAnswering(ContextPoolConfig(**TEXT)).eval(), token_ids()
+    good = torch.tensor([1, 2])
+    raises_naming("start_positions", lambda: qa(ids, start_positions=torch.tensor([1, 2, 3]), end_positions=good))
+    raises_naming("end_positions", lambda: qa(ids, start_positions=good, end_positions=torch.tensor([-1, 2])))
+    assert torch.isfinite(qa(ids, start_positions=torch.tensor([[1], [9]]), end_positions=good).loss)

@@ -44,7 +44,7 @@ from .cache_contextpool import (  # noqa: F401
     add_pool_state_layers,
     resolve_cache,
 )
-from .checks_contextpool import _keep_or_none
+from .checks_contextpool import _keep_or_none, _values_unreadable
 from .configuration_contextpool import ContextPoolConfig
 from .generation_contextpool import ContextPoolGenerationMixin
 from .heads_contextpool import ContextPoolMaskedLMHead, _causal_lm_loss, _lm_loss, _sequence_representation
@@ -528,12 +528,18 @@ class ContextPoolForTokenClassification(ContextPoolPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-def _answer_positions(name: str, positions, n: int) -> torch.Tensor:
-    """(B,) answer-span positions as int64 (any integer dtype given), those outside [0, n) set to n (ignored)."""
+def _answer_positions(name: str, positions, batch: int, n: int) -> torch.Tensor:
+    """(B,) answer-span positions as int64 (any integer dtype given), those past the input (>= n) set to n (ignored,
+    as in transformers); a negative position is refused (transformers would clamp it to 0, the CLS token)."""
     if not _is_integer_tensor(positions):
         got = positions.dtype if isinstance(positions, torch.Tensor) else type(positions).__name__
         raise ValueError(f"{name} must be an integer tensor of token positions, got {got}")
-    return positions.reshape(-1).long().clamp(0, n)
+    if positions.numel() != batch:
+        raise ValueError(f"{name} must hold one position per example, ({batch},), got shape {tuple(positions.shape)}")
+    positions = positions.reshape(-1).long()
+    if not _values_unreadable(positions) and bool((positions < 0).any()):
+        raise ValueError(f"{name} must be token positions >= 0 (past the input: ignored), got {int(positions.min())}")
+    return positions.clamp(0, n)
 
 
 class ContextPoolForQuestionAnswering(ContextPoolPreTrainedModel):
@@ -561,7 +567,7 @@ class ContextPoolForQuestionAnswering(ContextPoolPreTrainedModel):
         return_dict=None,
         **kwargs,
     ) -> ContextPoolQuestionAnsweringOutput | tuple:
-        """start_positions/end_positions (B,): answer span; positions outside the input are ignored."""
+        """start_positions/end_positions (B,): answer span; positions past the input are ignored."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self._model_outputs(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
@@ -572,7 +578,7 @@ class ContextPoolForQuestionAnswering(ContextPoolPreTrainedModel):
         loss = None
         if start_positions is not None and end_positions is not None:
             n = start_logits.shape[1]
-            start, end = (_answer_positions(name, positions, n)
+            start, end = (_answer_positions(name, positions, start_logits.shape[0], n)
                           for name, positions in (("start_positions", start_positions), ("end_positions", end_positions)))  # fmt: skip
             loss = (
                 F.cross_entropy(start_logits.float(), start, ignore_index=n)

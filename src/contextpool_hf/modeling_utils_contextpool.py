@@ -13,7 +13,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from .checks_contextpool import _autocast_on
+from .checks_contextpool import _autocast_on, _values_unreadable
 
 # `_is_compiling` is the op module's, re-exported here so every model file takes it from one place.
 from .pooling_contextpool import ContextPool, _is_compiling  # noqa: F401
@@ -174,6 +174,7 @@ def _classification_loss(config, logits: torch.Tensor, labels: torch.Tensor, *, 
             config.problem_type = "multi_label_classification"
     if float32:
         logits = logits.float()
+    _check_classification_labels(config.problem_type, logits, labels)
     if config.problem_type == "regression":
         if num_labels == 1:  # logits (B, 1), labels (B,) or (B, 1)
             return F.mse_loss(logits.squeeze(-1), labels.reshape(-1).to(logits.dtype))
@@ -181,14 +182,34 @@ def _classification_loss(config, logits: torch.Tensor, labels: torch.Tensor, *, 
     if config.problem_type == "single_label_classification":
         # int32 class ids (a datasets int32 column) as int64: cross_entropy takes no other integer targets
         return F.cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1).long())
-    if labels.shape != logits.shape:  # else torch's "Target size ... must be the same as input size"
-        raise ValueError(
-            f"labels must be (batch, num_labels) = {tuple(logits.shape)} multi-hot targets for problem_type="
-            f"'multi_label_classification', got shape {tuple(labels.shape)} ({labels.dtype}). Class ids for "
-            "single-label classification are torch.int64 or torch.int32 (as in transformers, the dtype picks the "
-            "problem type when config.problem_type is unset)"
-        )
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def _check_classification_labels(problem_type: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """labels that fit logits (B, num_labels) for `problem_type`, else a ValueError naming labels. Before, torch's
+    own errors from inside the loss ("Expected input batch_size (2) to match target batch_size (4)", "Target 5 is
+    out of bounds", a broadcast error) or, for regression targets of another count, a broadcast."""
+    batch, num_labels = logits.shape[0], logits.shape[-1]
+    if problem_type == "multi_label_classification":
+        if labels.shape != logits.shape:
+            raise ValueError(
+                f"labels must be (batch, num_labels) = {tuple(logits.shape)} multi-hot targets for problem_type="
+                f"'multi_label_classification', got shape {tuple(labels.shape)} ({labels.dtype}). Class ids for "
+                "single-label classification are torch.int64 or torch.int32 (as in transformers, the dtype picks "
+                "the problem type when config.problem_type is unset)"
+            )
+        return
+    # one target per example ((B,) or (B, 1)), or for regression over several outputs one per logit
+    expected = batch * (num_labels if problem_type == "regression" and num_labels > 1 else 1)
+    if labels.numel() != expected:
+        shape = f"({batch},)" if expected == batch else f"{tuple(logits.shape)}"
+        raise ValueError(f"labels must hold {expected} targets, {shape}, for problem_type={problem_type!r} and "
+                         f"logits of shape {tuple(logits.shape)}, got shape {tuple(labels.shape)}")  # fmt: skip
+    if problem_type == "single_label_classification" and labels.numel() and not _values_unreadable(labels):
+        bad = (labels != -100) & ((labels < 0) | (labels >= num_labels))
+        if bool(bad.any()):
+            raise ValueError(f"labels must be class ids in [0, num_labels) = [0, {num_labels}) or -100 (ignore), "
+                             f"got {int(labels[bad][0])}")  # fmt: skip
 
 
 def _linear_without_bias(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
