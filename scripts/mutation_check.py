@@ -685,6 +685,20 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_bad_input.py", "answer_positions"), where="src/contextpool_hf/modeling_contextpool.py",
     ),
     Mutation(
+        "encoder-outputs-unchecked", "encoder_outputs that are not the encoder's output (a bare tensor, a dict) reach "
+        "the decoder unread",
+        "    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or hidden.shape[-1] != width:",
+        "    if False:",
+        _k("tests/test_bad_input.py", "encoder_outputs"), where="src/contextpool_hf/modeling_contextpool_seq2seq.py",
+    ),
+    Mutation(
+        "seq2seq-labels-rank-unchecked", "seq2seq labels that are not (batch, length) reach the right shift (\"too "
+        "many indices\")",
+        "            if not isinstance(labels, torch.Tensor) or labels.dim() != 2:  # shifted right below: (B, n) only",
+        "            if False:",
+        _k("tests/test_bad_input.py", "batch_of_sequences"), where="src/contextpool_hf/modeling_contextpool_seq2seq.py",
+    ),
+    Mutation(
         "static-history-unordered", "a chunk after decoding steps on a static cache reads the pooling ring in slot "
         "order instead of time order (the wrong distances to its inputs)",
         "        return self.pool_features.index_select(2, slots), self.pool_weights.index_select(2, slots)",

@@ -628,3 +628,28 @@ def test_answer_positions_that_do_not_fit_name_the_argument():
     raises_naming("start_positions", lambda: qa(ids, start_positions=torch.tensor([1, 2, 3]), end_positions=good))
     raises_naming("end_positions", lambda: qa(ids, start_positions=good, end_positions=torch.tensor([-1, 2])))
     assert torch.isfinite(qa(ids, start_positions=torch.tensor([[1], [9]]), end_positions=good).loss)
+
+
+def test_encoder_outputs_that_are_not_the_encoders_name_the_argument():
+    """The encoder's ModelOutput, transformers' BaseModelOutput and a return_dict=False tuple are read alike. Before, a
+    bare tensor was unpacked row by row (its first example taken for the hidden states: "encoder_hidden_states has
+    batch 6") and a dict by its keys."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    model, src, tgt = seq2seq(), token_ids(2, 6, 40), token_ids(2, 4, 40, seed=3)
+    encoded = model.get_encoder()(src)
+    hidden = encoded.last_hidden_state
+    reference = model(decoder_input_ids=tgt, encoder_outputs=encoded).logits
+    for same in ((hidden,), [hidden], BaseModelOutput(last_hidden_state=hidden)):
+        assert torch.equal(model(decoder_input_ids=tgt, encoder_outputs=same).logits, reference)
+    for bad in (hidden, {"last_hidden_state": hidden}, (hidden[0],), (torch.randn(2, 6, 7),), BaseModelOutput()):
+        raises_naming("encoder_outputs", lambda b=bad: model(decoder_input_ids=tgt, encoder_outputs=b))
+
+
+def test_seq2seq_labels_must_be_a_batch_of_sequences():
+    """Labels are shifted right into decoder_input_ids: (B, n) only. Before, (n,) labels raised "too many indices" from
+    the shift and a list an AttributeError."""
+    model, src, tgt = seq2seq(), token_ids(2, 6, 40), token_ids(2, 4, 40, seed=3)
+    for bad in (tgt[0], tgt.tolist(), tgt[None]):
+        raises_naming("labels", lambda b=bad: model(src, labels=b))
+    assert torch.isfinite(model(src, labels=tgt).loss)

@@ -303,6 +303,24 @@ def _refuse_decoder_position_ids(decoder_position_ids) -> None:
         )
 
 
+def _given_encoder_outputs(encoder_outputs, width: int) -> ModelOutput:
+    """`encoder_outputs` passed in (generate's, or a caller's from `model.get_encoder()`): a ModelOutput with
+    last_hidden_state, or a tuple (last_hidden_state, hidden_states, attentions, pooling_sizes) as return_dict=False
+    gives, its first element (B, m, width); else a ValueError naming the argument. Before, a bare tensor was unpacked
+    row by row (its first example taken for the hidden states) and a dict by its keys."""
+    if isinstance(encoder_outputs, (tuple, list)) and 1 <= len(encoder_outputs) <= 4:
+        encoder_outputs = ContextPoolEncoderOutput(*encoder_outputs)
+    hidden = encoder_outputs.get("last_hidden_state") if isinstance(encoder_outputs, ModelOutput) else None
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or hidden.shape[-1] != width:
+        got = f"last_hidden_state {tuple(hidden.shape)}" if isinstance(hidden, torch.Tensor) else type(encoder_outputs).__name__
+        raise ValueError(
+            f"encoder_outputs must be the encoder's output: a ModelOutput with last_hidden_state (batch, "
+            f"source_length, {width}) (what model.get_encoder()(...) returns), or a tuple whose first element is that "
+            f"tensor; got {got}"
+        )
+    return encoder_outputs
+
+
 class ContextPoolSeq2SeqModel(ContextPoolSeq2SeqPreTrainedModel):
     """Shared embedding, encoder and decoder; returns the decoder's last hidden state."""
 
@@ -359,8 +377,8 @@ class ContextPoolSeq2SeqModel(ContextPoolSeq2SeqPreTrainedModel):
                 output_pooling_sizes=output_pooling_sizes,
                 return_dict=True,
             )
-        elif not isinstance(encoder_outputs, ModelOutput):
-            encoder_outputs = ContextPoolEncoderOutput(*encoder_outputs)
+        else:
+            encoder_outputs = _given_encoder_outputs(encoder_outputs, config.d_model)
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids,
             attention_mask=decoder_attention_mask,
@@ -485,6 +503,9 @@ class ContextPoolForConditionalGeneration(ContextPoolSeq2SeqPreTrainedModel, Gen
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if labels is not None:
             # ids and dtype first: shifted into decoder_input_ids, bad labels would be blamed on those
+            if not isinstance(labels, torch.Tensor) or labels.dim() != 2:  # shifted right below: (B, n) only
+                got = f"shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+                raise ValueError(f"labels must be (batch, target_length) token ids (-100 = ignore), got {got}")
             labels = _checked_labels("labels", labels, tuple(labels.shape), self.config.vocab_size)
             use_cache = False  # training: nothing to continue
             if decoder_input_ids is None and decoder_inputs_embeds is None:
