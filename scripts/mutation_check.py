@@ -682,7 +682,7 @@ MUTATIONS: list[Mutation] = [
         "\"no answer\" target), as transformers does",
         "bool((positions < 0).any())",
         "False",
-        _k("tests/test_bad_input.py", "answer_positions"), where="src/contextpool_hf/modeling_contextpool.py",
+        _k("tests/test_bad_input.py", "answer_positions"), where="src/contextpool_hf/heads_contextpool.py",
     ),
     Mutation(
         "encoder-outputs-unchecked", "encoder_outputs that are not the encoder's output (a bare tensor, a dict) reach "

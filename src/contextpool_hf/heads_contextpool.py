@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
+from .checks_contextpool import _values_unreadable
 from .configuration_contextpool import ContextPoolConfig
-from .inputs_contextpool import _checked_labels
+from .inputs_contextpool import _checked_labels, _is_integer_tensor
 from .layers_contextpool import _make_norm
 
 
@@ -104,3 +105,17 @@ def _sequence_representation(config, hidden, attention_mask, input_ids):
     else:
         last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, device=hidden.device)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def _answer_positions(name: str, positions, batch: int, n: int) -> torch.Tensor:
+    """(B,) answer-span positions as int64 (any integer dtype given), those past the input (>= n) set to n (ignored,
+    as in transformers); a negative position is refused (transformers would clamp it to 0, the CLS token)."""
+    if not _is_integer_tensor(positions):
+        got = positions.dtype if isinstance(positions, torch.Tensor) else type(positions).__name__
+        raise ValueError(f"{name} must be an integer tensor of token positions, got {got}")
+    if positions.numel() != batch:
+        raise ValueError(f"{name} must hold one position per example, ({batch},), got shape {tuple(positions.shape)}")
+    positions = positions.reshape(-1).long()
+    if not _values_unreadable(positions) and bool((positions < 0).any()):
+        raise ValueError(f"{name} must be token positions >= 0 (past the input: ignored), got {int(positions.min())}")
+    return positions.clamp(0, n)

@@ -44,15 +44,20 @@ from .cache_contextpool import (  # noqa: F401
     add_pool_state_layers,
     resolve_cache,
 )
-from .checks_contextpool import _keep_or_none, _values_unreadable
+from .checks_contextpool import _keep_or_none
 from .configuration_contextpool import ContextPoolConfig
 from .generation_contextpool import ContextPoolGenerationMixin
-from .heads_contextpool import ContextPoolMaskedLMHead, _causal_lm_loss, _lm_loss, _sequence_representation
+from .heads_contextpool import (
+    ContextPoolMaskedLMHead,
+    _answer_positions,
+    _causal_lm_loss,
+    _lm_loss,
+    _sequence_representation,
+)
 from .inputs_contextpool import (
     _checked_labels,
     _checked_token_ids,
     _embedded_inputs,
-    _is_integer_tensor,
     _packed_layout,
     _position_ids,
     _static_cache_positions,
@@ -526,20 +531,6 @@ class ContextPoolForTokenClassification(ContextPoolPreTrainedModel):
             pooling_sizes=outputs.pooling_sizes,
         )
         return output if return_dict else output.to_tuple()
-
-
-def _answer_positions(name: str, positions, batch: int, n: int) -> torch.Tensor:
-    """(B,) answer-span positions as int64 (any integer dtype given), those past the input (>= n) set to n (ignored,
-    as in transformers); a negative position is refused (transformers would clamp it to 0, the CLS token)."""
-    if not _is_integer_tensor(positions):
-        got = positions.dtype if isinstance(positions, torch.Tensor) else type(positions).__name__
-        raise ValueError(f"{name} must be an integer tensor of token positions, got {got}")
-    if positions.numel() != batch:
-        raise ValueError(f"{name} must hold one position per example, ({batch},), got shape {tuple(positions.shape)}")
-    positions = positions.reshape(-1).long()
-    if not _values_unreadable(positions) and bool((positions < 0).any()):
-        raise ValueError(f"{name} must be token positions >= 0 (past the input: ignored), got {int(positions.min())}")
-    return positions.clamp(0, n)
 
 
 class ContextPoolForQuestionAnswering(ContextPoolPreTrainedModel):
