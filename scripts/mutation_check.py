@@ -385,8 +385,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "static-ring-slot-off-by-one", "a static-cache decode step writes its newest pooling input one ring slot off "
         "(over a newer input than the oldest; stop 42's ring replaced the shifted window of `static-window-unshifted`)",
-        "        return torch.remainder(self.cumulative_length, self.pool_weights.shape[-1]).view(1)",
-        "        return torch.remainder(self.cumulative_length + 1, self.pool_weights.shape[-1]).view(1)",
+        "        return torch.remainder(length, self.pool_weights.shape[-1]).view(1)",
+        "        return torch.remainder(length + 1, self.pool_weights.shape[-1]).view(1)",
         _k("tests/test_static_cache.py", "float64"), where="src/contextpool_hf/cache_contextpool.py",
     ),
     Mutation(

@@ -262,7 +262,7 @@ class ContextPoolStaticLayer(StaticLayer, _SequenceDecodePlan):
 
     pool_features (B, G, R + 1, C) and pool_weights (B, G, R + 1): the last R + 1 pooling inputs and
     their weights, as a ring: position t in slot t % (R + 1). A decoding step writes one slot in place, at an
-    index computed from the layer's length tensor (`cumulative_length`, the tokens before the forward: the
+    index computed from the layer's length tensor (`get_seq_length()`, the tokens before the forward: the
     pooling runs before the keys/values update), so every step runs the same graph; a sliding window would
     copy all R + 1 rows twice per step (shift, then store). conv_state (B, kernel - 1, width): the predictor's
     causal conv inputs, oldest first. `pool_started` is False until the first chunk has pooled (that chunk
@@ -315,14 +315,18 @@ class ContextPoolStaticLayer(StaticLayer, _SequenceDecodePlan):
 
     def ring_slot(self) -> torch.Tensor:
         """(1,) the ring slot of the forward's first token: its position (the tokens before it) modulo R + 1. Two
-        calls (a decoding step pays per call): the length tensor is on the buffers' device once the keys/values
-        exist, which they do before any decoding step."""
-        return torch.remainder(self.cumulative_length, self.pool_weights.shape[-1]).view(1)
+        calls (a decoding step pays per call): the layer's length is a tensor on the buffers' device once the
+        keys/values exist, which they do before any decoding step."""
+        length = self.get_seq_length()
+        if not isinstance(length, torch.Tensor):  # a transformers whose static layers count in Python ints
+            length = torch.tensor(length, device=self.pool_weights.device)
+        return torch.remainder(length, self.pool_weights.shape[-1]).view(1)
 
     def _ring_slots(self, count: int, offset: int, device) -> torch.Tensor:
         """(count,) the ring slots of positions length + offset + i, i < count (length: the tokens before this
-        forward), modulo R + 1: a tensor computed from the length tensor, never read back to the host."""
-        window, length = self.pool_weights.shape[-1], self.cumulative_length
+        forward, `get_seq_length()`: 0 before the keys/values exist, then a tensor), modulo R + 1, never read back
+        to the host."""
+        window, length = self.pool_weights.shape[-1], self.get_seq_length()
         length = length.to(device) if isinstance(length, torch.Tensor) else length
         return (torch.arange(count, device=device) + (length + offset)) % window
 
