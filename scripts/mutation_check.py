@@ -664,10 +664,10 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_bad_input.py", "bad_position_ids"), where="src/contextpool_hf/inputs_contextpool.py",
     ),
     Mutation(
-        "negative-absolute-positions-accepted", "negative learned positions reach the position table (an IndexError "
-        "inside torch)",
-        "            if low < 0 or high >= max_len:",
-        "            if high >= max_len:",
+        "negative-absolute-positions-accepted", "negative learned positions (and token ids: one range check) reach "
+        "the position table (an IndexError inside torch)",
+        "    if low < 0 or high >= vocab_size:",
+        "    if high >= vocab_size:",
         _k("tests/test_bad_input.py", "table_indices"), where="src/contextpool_hf/inputs_contextpool.py",
     ),
     Mutation(

@@ -652,4 +652,6 @@ def test_seq2seq_labels_must_be_a_batch_of_sequences():
     model, src, tgt = seq2seq(), token_ids(2, 6, 40), token_ids(2, 4, 40, seed=3)
     for bad in (tgt[0], tgt.tolist(), tgt[None]):
         raises_naming("labels", lambda b=bad: model(src, labels=b))
+    # labels of another length than the decoder inputs given beside them
+    raises_naming("labels", lambda: model(src, decoder_input_ids=token_ids(2, 5, 40), labels=tgt))
     assert torch.isfinite(model(src, labels=tgt).loss)

@@ -297,21 +297,23 @@ class ContextPoolStaticLayer(StaticLayer, _SequenceDecodePlan):
             self._check_writable(buffer)
         # the window's input i is at position (length after the chunk) - (R + 1) + i: slot (length + i) % (R + 1)
         slots = self._ring_slots(self.pool_weights.shape[-1], new_tokens, self.pool_weights.device)
-        with torch.no_grad():  # inference state: a static cache is for decoding, not training
-            self.pool_features.index_copy_(2, slots, features.to(self.pool_features.dtype))
-            self.pool_weights.index_copy_(2, slots, weights.to(self.pool_weights.dtype))
-            if conv_state is not None:
-                self.conv_state.copy_(conv_state)
+        self._write_ring(slots, features, weights, conv_state)
         self.pool_started = True
 
     def write_pool_step(self, slot, features, weights, conv_state) -> None:
         """A decoding step's state, in place: the newest input (features (B, G, 1, C), weights (B, G, 1)) into ring
         slot `slot` (1,) (`ring_slot`), and the conv state (B, kernel - 1, width)."""
         self._check_writable(self.pool_features)
+        self._write_ring(slot, features, weights, conv_state)
+
+    def _write_ring(self, slots, features, weights, conv_state) -> None:
+        """features (B, G, k, C) and weights (B, G, k) into ring slots `slots` (k,), conv_state (or None) over the
+        conv state; in place, outside autograd (inference state: a static cache is for decoding, not training)."""
         with torch.no_grad():
-            self.pool_features.index_copy_(2, slot, features.to(self.pool_features.dtype))
-            self.pool_weights.index_copy_(2, slot, weights.to(self.pool_weights.dtype))
-            self.conv_state.copy_(conv_state)
+            self.pool_features.index_copy_(2, slots, features.to(self.pool_features.dtype))
+            self.pool_weights.index_copy_(2, slots, weights.to(self.pool_weights.dtype))
+            if conv_state is not None:
+                self.conv_state.copy_(conv_state)
 
     def ring_slot(self) -> torch.Tensor:
         """(1,) the ring slot of the forward's first token: its position (the tokens before it) modulo R + 1. Two

@@ -17,7 +17,7 @@ from transformers.activations import ACT2FN
 
 from .checks_contextpool import _values_unreadable
 from .configuration_contextpool import ContextPoolConfig
-from .inputs_contextpool import _checked_labels, _is_integer_tensor
+from .inputs_contextpool import _checked_labels, _dtype_or_type, _is_integer_tensor
 from .layers_contextpool import _make_norm
 
 
@@ -111,7 +111,7 @@ def _answer_positions(name: str, positions, batch: int, n: int) -> torch.Tensor:
     """(B,) answer-span positions as int64 (any integer dtype given), those past the input (>= n) set to n (ignored,
     as in transformers); a negative position is refused (transformers would clamp it to 0, the CLS token)."""
     if not _is_integer_tensor(positions):
-        got = positions.dtype if isinstance(positions, torch.Tensor) else type(positions).__name__
+        got = _dtype_or_type(positions)
         raise ValueError(f"{name} must be an integer tensor of token positions, got {got}")
     if positions.numel() != batch:
         raise ValueError(f"{name} must hold one position per example, ({batch},), got shape {tuple(positions.shape)}")

@@ -17,17 +17,24 @@ from .checks_contextpool import _mask_as_weights, _values_unreadable
 from .modeling_utils_contextpool import _is_compiling
 
 
+def _dtype_or_type(value) -> str:
+    """What an argument is, for an error: its dtype when it is a tensor, else its type's name (a list, an array)."""
+    return str(value.dtype) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def _is_integer_tensor(value) -> bool:
     """An integer tensor (any width, signed or not), not bool: ids and labels. A bool tensor is a mask, not ids."""
     return (isinstance(value, torch.Tensor) and not value.is_floating_point() and not value.is_complex()
             and value.dtype != torch.bool)  # fmt: skip
 
 
-def _checked_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> torch.Tensor:
-    """input_ids as the embedding reads them: int64 or int32 as given, any other integer dtype (uint8 from an image
-    of ids, int16) as int64, every id in [0, vocab_size); else a ValueError naming `name`."""
+def _checked_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids", noun: str = "ids",
+                       size_name: str | None = None) -> torch.Tensor:
+    """input_ids as an embedding reads them: int64 or int32 as given, any other integer dtype (uint8 from an image
+    of ids, int16) as int64, every one in [0, vocab_size); else a ValueError naming `name`. Learned positions are
+    indices too: `_position_ids` passes them here (noun "positions", size_name "max_position_embeddings")."""
     if not _is_integer_tensor(input_ids):
-        got = input_ids.dtype if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        got = _dtype_or_type(input_ids)
         raise ValueError(f"{name} must be an integer tensor of token ids in [0, {vocab_size}), got {got}")
     if input_ids.dtype not in (torch.int64, torch.int32):  # the two index dtypes torch's embedding takes
         input_ids = input_ids.long()
@@ -35,7 +42,8 @@ def _checked_token_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "in
         return input_ids
     low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one reduction, one read-back
     if low < 0 or high >= vocab_size:
-        raise ValueError(f"{name} contains ids outside [0, {vocab_size}): min {low}, max {high}")
+        bound = f"[0, {vocab_size})" if size_name is None else f"[0, {size_name}) = [0, {vocab_size})"
+        raise ValueError(f"{name} contains {noun} outside {bound}: min {low}, max {high}")
     return input_ids
 
 
@@ -43,7 +51,7 @@ def _check_inputs_embeds(inputs_embeds, weight: torch.Tensor, name: str = "input
     """A floating tensor in the model's dtype. transformers' Llama does not cast either: a float64
     embedding into a float32 model fails inside the first matmul, so say so here, at the entry."""
     if not isinstance(inputs_embeds, torch.Tensor) or not inputs_embeds.is_floating_point():
-        got = inputs_embeds.dtype if isinstance(inputs_embeds, torch.Tensor) else type(inputs_embeds).__name__
+        got = _dtype_or_type(inputs_embeds)
         raise ValueError(f"{name} must be a floating-point tensor, got {got}")
     # also under autocast: the norms are not autocast and fail on float64 next to float32 weights
     if inputs_embeds.dtype != weight.dtype:
@@ -83,10 +91,9 @@ def _checked_labels(name: str, labels, shape: tuple[int, ...], vocab_size: int) 
     """(B, n) target ids in [0, vocab_size) or -100 (ignored), as int64 (the losses' target dtype; int32 labels come
     from datasets' int32 columns); else a ValueError naming `name`."""
     if not _is_integer_tensor(labels):
-        got = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+        got = _dtype_or_type(labels)
         raise ValueError(f"{name} must be an integer tensor of token ids (-100 = ignore), got {got}")
-    if tuple(labels.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(labels.shape)}")
+    _check_label_shape(name, labels, shape)
     labels = labels.long()
     if labels.numel() == 0 or _values_unreadable(labels):
         return labels
@@ -94,6 +101,11 @@ def _checked_labels(name: str, labels, shape: tuple[int, ...], vocab_size: int) 
     if bool(bad.any()):
         raise ValueError(f"{name} must be token ids in [0, {vocab_size}) or -100 (ignore), got {int(labels[bad][0])}")
     return labels
+
+
+def _check_label_shape(name: str, labels: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(labels.shape)}")
 
 
 @dataclass
@@ -143,7 +155,7 @@ def _position_ids(config, position_ids, batch, n, past, device):
             )
         return torch.arange(past, past + n, device=device).unsqueeze(0).expand(batch, n)
     if not isinstance(position_ids, torch.Tensor) or position_ids.dtype == torch.bool or position_ids.is_complex():
-        got = position_ids.dtype if isinstance(position_ids, torch.Tensor) else type(position_ids).__name__
+        got = _dtype_or_type(position_ids)
         raise ValueError(f"position_ids must be a tensor of token positions (integers; rotary positions may be "
                          f"floats), got {got}")  # fmt: skip
     if position_ids.dim() == 1:  # (n,): the same positions for every row
@@ -155,13 +167,7 @@ def _position_ids(config, position_ids, batch, n, past, device):
         if position_ids.is_floating_point():
             raise ValueError(f"position_ids must be integers with position_embedding_type='absolute' (they index "
                              f"the learned position table), got {position_ids.dtype}")  # fmt: skip
-        if position_ids.dtype not in (torch.int64, torch.int32):  # the two index dtypes torch's embedding takes
-            position_ids = position_ids.long()
-        if position_ids.numel() and not _values_unreadable(position_ids):
-            low, high = torch.stack(torch.aminmax(position_ids)).tolist()  # one reduction, one read-back
-            if low < 0 or high >= max_len:
-                raise ValueError(f"position_ids must lie in [0, max_position_embeddings) = [0, {max_len}), got min "
-                                 f"{low}, max {high}")  # fmt: skip
+        position_ids = _checked_token_ids(position_ids, max_len, "position_ids", "positions", "max_position_embeddings")
     return position_ids.expand(batch, n) if position_ids.shape[0] == 1 else position_ids
 
 

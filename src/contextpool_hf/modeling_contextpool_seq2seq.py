@@ -34,7 +34,7 @@ from .checks_contextpool import _keep_or_none
 from .configuration_contextpool_seq2seq import ContextPoolSeq2SeqConfig
 from .generation_contextpool import CONTINUOUS_BATCHING_UNSUPPORTED
 from .heads_contextpool import _lm_loss
-from .inputs_contextpool import _checked_labels
+from .inputs_contextpool import _check_label_shape, _checked_labels
 from .layers_contextpool import ContextPoolSelfAttention
 
 # sinusoidal_positions and the layers are re-exported: convert_seq2seq.py imports the former from here.
@@ -529,8 +529,8 @@ class ContextPoolForConditionalGeneration(ContextPoolSeq2SeqPreTrainedModel, Gen
         if self.final_logits_bias is not None:
             logits = logits + self.final_logits_bias.to(logits.dtype)
         loss = None
-        if labels is not None:
-            labels = _checked_labels("labels", labels, tuple(logits.shape[:2]), self.config.vocab_size)
+        if labels is not None:  # ids, dtype and values checked above; their length against the decoder's here
+            _check_label_shape("labels", labels, tuple(logits.shape[:2]))
             loss = _lm_loss(logits, labels, self.config.vocab_size, num_items_in_batch)
         output = ContextPoolSeq2SeqLMOutput(
             loss=loss,
