@@ -418,12 +418,14 @@ def add_pool_state_layers(cache: StaticCache) -> StaticCache:
     return cache
 
 
-def resolve_cache(cache: Cache | None, use_cache: bool, record_past: bool = False) -> tuple[Cache | None, bool]:
+def resolve_cache(cache: Cache | None, use_cache: bool, record_past: bool = False,
+                  fits: tuple[int, int, int, int] | None = None) -> tuple[Cache | None, bool]:
     """(the cache a causal forward uses, whether it is static).
 
     A `StaticCache` (compiled decoding) gains the pooling-state layers; any other transformers cache becomes a
     `ContextPoolCache` holding its keys/values (None when empty); use_cache without a cache starts a new one, which
-    records its past when `record_past` (an assistant model's cache gets cropped)."""
+    records its past when `record_past` (an assistant model's cache gets cropped). A filled cache must fit
+    `fits` = (batch, layers, key/value heads, head width), see `check_cache_fits` (outside compilation)."""
     if cache is not None and not isinstance(cache, Cache):
         # a legacy tuple, a dict, ...: say so here, not with an AttributeError (continuous batching's
         # PagedAttentionCache never gets here: `init_continuous_batching` refuses it first)
@@ -436,6 +438,8 @@ def resolve_cache(cache: Cache | None, use_cache: bool, record_past: bool = Fals
         add_pool_state_layers(cache)
     elif cache is not None and not isinstance(cache, ContextPoolCache):
         cache = ContextPoolCache.from_prefix(cache) if cache.get_seq_length() > 0 else None
+    if fits is not None and cache is not None and not torch.compiler.is_compiling() and (static or cache.get_seq_length() > 0):
+        check_cache_fits(cache, *fits)
     if use_cache and cache is None:
         cache = ContextPoolCache()
         if record_past:
@@ -453,3 +457,38 @@ def cache_layer(cache: Cache, layer_idx: int):
             "model's config (ContextPoolStaticCache(config=model.config, max_cache_len=...))"
         )
     return cache.layers[layer_idx]
+
+
+def check_cache_fits(cache: Cache, batch: int, num_layers: int, kv_heads: int, head_dim: int) -> None:
+    """Refuse a filled cache that does not fit this model and batch, before a layer reads it.
+
+    A cache holds per layer keys/values (B, Hkv, length, dh) and, for pooling layers, the pooling state. One made by
+    another model (other layers, heads or widths) or for another batch would otherwise fail inside torch.cat with
+    sizes that name nothing, or, with fewer layers, be read silently: the missing layers would start a new sequence
+    while the others continue one. Only the first layer's keys and the layer count are read (O(1) per forward, cheap
+    enough for every decoding step); each pooling layer checks its own state when it first continues a sequence
+    (`CausalPoolDecoding._check_pool_state`).
+    """
+    layers = cache.layers
+    holding = len(layers)
+    if isinstance(cache, StaticCache):  # preallocated per config layer, filled lazily: count the filled ones
+        if holding == 0 or not layers[0].is_initialized:
+            return  # nothing filled yet: the first forward sizes it
+        holding = min(holding, num_layers + 1)
+        while holding > 0 and not layers[holding - 1].is_initialized:
+            holding -= 1
+    problem = None
+    if holding != num_layers:
+        problem = f"keys/values of {holding} layer{'s' * (holding != 1)}, this model has {num_layers}"
+    else:
+        keys = layers[0].keys  # (B, Hkv, length, dh); a static layer's batch is checked with its positions
+        if keys is not None and keys.shape[0] != batch and not isinstance(cache, StaticCache):
+            problem = f"a batch of {keys.shape[0]} sequences, the inputs have {batch}"
+        elif keys is not None and (keys.shape[1], keys.shape[-1]) != (kv_heads, head_dim):
+            problem = (f"keys/values of {keys.shape[1]} heads of width {keys.shape[-1]}, this model's layers have "
+                       f"{kv_heads} heads of width {head_dim}")  # fmt: skip
+    if problem is not None:
+        raise ValueError(
+            f"cache (past_key_values) holds {problem}: it was filled by another model or for another batch. Pass "
+            "the cache this model returned for these sequences (outputs.cache), or none to start new ones"
+        )

@@ -161,6 +161,7 @@ class CausalPoolDecoding:
             # identity: the cache entry holds its sources, so no other object can have taken their ids
             if cached is not None and cached[1] == key and all(map(operator.is_, cached[0], sources)):
                 return cached[2]
+        self._check_pool_state(layer_cache, like)  # once per sequence: a kept plan was built after this check
         tables = self._decode_tables(like, window)
         plan = DecodePlan(
             in_proj, conv, proj, predictor.kernel_size,
@@ -171,6 +172,35 @@ class CausalPoolDecoding:
         if keep and _plain_tensors_only(plan):
             layer_cache.decode_plan = (sources, key, plan)
         return plan
+
+    def _check_pool_state(self, layer_cache, features) -> None:
+        """Refuse a pooling state this layer did not leave, before reading it (features (B, G, n, C): the new inputs).
+
+        A cache another model filled may have keys/values of this model's sizes (`check_cache_fits`) and still
+        another pooling: other groups or channels, another window R + 1 (sigma_max, truncation), another predictor
+        kernel or width. Pooling on it would fail inside torch, or, for a wider window, read its extra slots as if
+        they were in this model's window: a silent wrong answer. Outside compilation (shapes only)."""
+        if _is_compiling():
+            return
+        pool = self._modules["pool"]
+        ring, conv_state = layer_cache.pool_features, layer_cache.conv_state  # (B, G, R + 1, C), (B, k - 1, width)
+        found = expected = None
+        if ring is not None:
+            batch, groups, _, channels = features.shape
+            expected = (batch, groups, pool.radius + 1, channels)
+            found = tuple(ring.shape) if tuple(ring.shape) != expected else None
+            what = "pooling inputs (batch, groups, window R + 1, channels)"
+        predictor = pool._modules.get("predictor")
+        if found is None and conv_state is not None and predictor is not None:
+            expected = (features.shape[0], predictor.kernel_size - 1, predictor.width)
+            found = tuple(conv_state.shape) if tuple(conv_state.shape) != expected else None
+            what = "predictor conv inputs (batch, kernel - 1, width)"
+        if found is not None:
+            raise ValueError(
+                f"cache (past_key_values): layer {self.layer_idx} holds {what} {found}, this model's layer needs "
+                f"{expected}: the cache was filled by another model (another pooling configuration). Pass the cache "
+                "this model returned (outputs.cache), or none to start new sequences"
+            )
 
     def _decode_tables(self, like: torch.Tensor, window: int) -> dict:
         """Constants of a decoding step, built once per device, dtype (of `like`) and ring size R + 1.

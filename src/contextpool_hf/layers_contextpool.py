@@ -234,6 +234,7 @@ class ContextPoolSelfAttention(CausalPoolDecoding, nn.Module):
             layer_cache.record(hidden, features, keep)
         if hidden.shape[1] == 1 and layer_cache.conv_state is not None:  # a decoding step (a conv state means a predictor)
             return self._decode_step(hidden, features, keep, layer_cache)
+        self._check_pool_state(layer_cache, features)
         weights, sigma, conv_state = self.pool.predict(hidden, keep, layer_cache.conv_state)
         history = layer_cache.pool_history() if layer_cache.pool_features is not None else None
         pooled, last_features, last_weights = self._pool_chunk(features, weights, sigma, history)
@@ -275,6 +276,8 @@ class ContextPoolSelfAttention(CausalPoolDecoding, nn.Module):
         started = layer_cache.pool_started
         if started and hidden.shape[1] == 1 and self.pool.predictor is not None:
             return self._decode_step_static(hidden, features, keep, layer_cache)
+        if started:
+            self._check_pool_state(layer_cache, features)
         weights, sigma, conv_state = self.pool.predict(hidden, keep, layer_cache.conv_state if started else None)
         pooled, last_features, last_weights = self._pool_chunk(
             features, weights, sigma, layer_cache.pool_history() if started else None

@@ -217,7 +217,8 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
         if self.gradient_checkpointing and self.training and use_cache:
             use_cache = False
         # static: fixed-size keys/values (compiled decoding); an assistant model's cache records its past
-        cache, static = resolve_cache(cache, use_cache, record_past=getattr(self, "_record_cache_past", False))
+        fits = (batch, config.num_hidden_layers, config.num_key_value_heads, config.head_dim)  # a filled cache's sizes
+        cache, static = resolve_cache(cache, use_cache, getattr(self, "_record_cache_past", False), fits)
         past = cache.get_seq_length() if cache is not None else 0
 
         position_ids_given = position_ids is not None and not static

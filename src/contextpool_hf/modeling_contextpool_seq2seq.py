@@ -29,7 +29,7 @@ from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .attention_contextpool import _attention_bias
-from .cache_contextpool import ContextPoolCache
+from .cache_contextpool import ContextPoolCache, check_cache_fits
 from .checks_contextpool import _keep_or_none
 from .configuration_contextpool_seq2seq import ContextPoolSeq2SeqConfig
 from .generation_contextpool import CONTINUOUS_BATCHING_UNSUPPORTED
@@ -259,6 +259,9 @@ class ContextPoolSeq2SeqDecoder(ContextPoolSeq2SeqPreTrainedModel):
 
         hidden = self.embeddings(input_ids, inputs_embeds, past, "decoder_")
         batch, n = hidden.shape[:2]
+        if past > 0 and not torch.compiler.is_compiling():
+            heads = config.decoder_attention_heads
+            check_cache_fits(cache.self_attention_cache, batch, config.decoder_layers, heads, config.d_model // heads)
         m = encoder_hidden_states.shape[1]
         if encoder_hidden_states.shape[0] != batch:
             raise ValueError(

@@ -364,11 +364,12 @@ class ContextPoolPredictor(nn.Module):
         super().__init__()
         _check_module_options(hidden_size, groups, kernel_size, causal, width, spatial_dims)
         width = width or hidden_size
-        self.groups, self.kernel_size, self.causal, self.spatial_dims = (
+        self.groups, self.kernel_size, self.causal, self.spatial_dims, self.width = (
             groups,
             kernel_size,
             causal,
             spatial_dims,
+            width,
         )
         # A narrower predictor first projects down; at full width it reads the input directly.
         self.in_proj = nn.Linear(hidden_size, width, bias=False) if width != hidden_size else None
