@@ -712,6 +712,49 @@ MUTATIONS: list[Mutation] = [
         "        slots = self._ring_slots(self.pool_weights.shape[-1], 0, self.pool_weights.device)",
         _k("tests/test_static_cache.py", "float64"), where="src/contextpool_hf/cache_contextpool.py",
     ),
+    Mutation(
+        "cache-fit-unchecked", "a filled cache of another batch or another model's sizes reaches the layers (errors "
+        "inside torch.cat; fewer layers read silently)",
+        "        check_cache_fits(cache, *fits)",
+        "        pass",
+        _k("tests/test_cache_fits.py", "keys_and_values or another_batch or plain_dynamic"),
+        where="src/contextpool_hf/cache_contextpool.py",
+    ),
+    Mutation(
+        "cache-layer-count-unchecked", "a filled cache with fewer layers than the model continues its sequences in "
+        "the first layers and starts new ones in the rest (silent)",
+        "    if holding != num_layers:",
+        "    if False:",
+        _k("tests/test_cache_fits.py", "fewer or more"), where="src/contextpool_hf/cache_contextpool.py",
+    ),
+    Mutation(
+        "seq2seq-cache-fit-unchecked", "the seq2seq decoder takes a self-attention cache of another batch or model",
+        "        if past > 0 and not torch.compiler.is_compiling():",
+        "        if False:",
+        _k("tests/test_cache_fits.py", "seq2seq"), where="src/contextpool_hf/modeling_contextpool_seq2seq.py",
+    ),
+    Mutation(
+        "pool-state-window-unchecked", "pooling state of a wider window (another sigma_max) is read as this "
+        "layer's: a step pools over the extra slots (silent)",
+        "            expected = (batch, groups, pool.radius + 1, channels)",
+        "            expected = (batch, groups, ring.shape[2], channels)",
+        _k("tests/test_cache_fits.py", "wider"), where="src/contextpool_hf/decoding_contextpool.py",
+    ),
+    Mutation(
+        "pool-state-unchecked-on-steps", "a decoding step's plan is built on another configuration's pooling "
+        "state without the check",
+        "        self._check_pool_state(layer_cache, like)  # once per sequence",
+        "        pass  # once per sequence",
+        _k("tests/test_cache_fits.py", "pooling_configurations and step"), where="src/contextpool_hf/decoding_contextpool.py",
+    ),
+    Mutation(
+        "pool-state-unchecked-on-chunks", "a chunk on a dynamic cache pools after another configuration's state "
+        "without the check",
+        "        self._check_pool_state(layer_cache, features)\n        weights, sigma, conv_state = self.pool.predict(hidden, keep, layer_cache.conv_state)",
+        "        weights, sigma, conv_state = self.pool.predict(hidden, keep, layer_cache.conv_state)",
+        _k("tests/test_cache_fits.py", "pooling_configurations and chunk and dynamic"),
+        where="src/contextpool_hf/layers_contextpool.py",
+    ),
 ]
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import random_ids, tiny_causal_lm
 from transformers import DynamicCache
 
 from contextpool_hf import ContextPoolForConditionalGeneration
 from contextpool_hf.cache_contextpool import ContextPoolStaticCache
 from contextpool_hf.configuration_contextpool_seq2seq import ContextPoolSeq2SeqConfig
-from helpers import random_ids, tiny_causal_lm
 
 CACHE_MESSAGE = r"cache \(past_key_values\) holds"
 

@@ -140,6 +140,33 @@ def _packed_layout(position_ids, keep, past, model) -> _PackedLayout | None:
     return _PackedLayout(segment, dest, keep, int(dest.max()) + 1)
 
 
+def _token_type_ids(token_type_ids, type_vocab_size: int, batch: int, n: int, device) -> torch.Tensor:
+    """Segment ids in [0, type_vocab_size) of shape (B, n), (1, n) or (n,) (zeros when not given). Another shape
+    (another batch, the ids of another length) is a ValueError naming the argument, not a broadcast error inside
+    the embeddings' sum."""
+    if token_type_ids is None:
+        return torch.zeros(batch, n, dtype=torch.long, device=device)
+    token_type_ids = _checked_token_ids(token_type_ids, type_vocab_size, "token_type_ids")
+    shape = tuple(token_type_ids.shape)
+    if shape not in ((batch, n), (1, n), (n,)):
+        raise ValueError(f"token_type_ids must be (batch, sequence_length) = {(batch, n)}, (1, {n}) or ({n},), got "
+                         f"shape {shape}")  # fmt: skip
+    return token_type_ids  # (n,) and (1, n): the same segments for every row (the embedding broadcasts)
+
+
+def _logits_positions(logits_to_keep):
+    """What `logits_to_keep` selects along the sequence, as in transformers' Llama: an int k the last k positions (0:
+    all of them), a 1-D integer tensor the positions it lists. Anything else is a ValueError, not an IndexError."""
+    if isinstance(logits_to_keep, int) and not isinstance(logits_to_keep, bool) and logits_to_keep >= 0:
+        return slice(-logits_to_keep, None)
+    if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dim() == 1 and _is_integer_tensor(logits_to_keep):
+        return logits_to_keep
+    got = repr(logits_to_keep) if not isinstance(logits_to_keep, torch.Tensor) else (
+        f"a {logits_to_keep.dim()}-D {logits_to_keep.dtype} tensor")  # fmt: skip
+    raise ValueError("logits_to_keep must be an int k >= 0 (the last k positions; 0 keeps all) or a 1-D integer "
+                     f"tensor of positions, got {got}")  # fmt: skip
+
+
 def _position_ids(config, position_ids, batch, n, past, device):
     """(B, n) positions of n new tokens after `past` cached ones: counted on when not given, else checked."""
     # Only learned absolute positions have a table to index; rotary positions are computed for any

@@ -56,11 +56,12 @@ from .heads_contextpool import (
 )
 from .inputs_contextpool import (
     _checked_labels,
-    _checked_token_ids,
     _embedded_inputs,
+    _logits_positions,
     _packed_layout,
     _position_ids,
     _static_cache_positions,
+    _token_type_ids,
 )
 from .layers_contextpool import (  # noqa: F401
     ContextPoolLayer,
@@ -243,9 +244,7 @@ class ContextPoolModel(ContextPoolPreTrainedModel):
         if self.embed_positions is not None:
             hidden = hidden + self.embed_positions(position_ids)
         if self.embed_token_types is not None:
-            if token_type_ids is None:
-                token_type_ids = torch.zeros(batch, n, dtype=torch.long, device=device)
-            token_type_ids = _checked_token_ids(token_type_ids, config.type_vocab_size, "token_type_ids")
+            token_type_ids = _token_type_ids(token_type_ids, config.type_vocab_size, batch, n, device)
             hidden = hidden + self.embed_token_types(token_type_ids)
         if self.embed_norm is not None:
             hidden = self.embed_norm(hidden)
@@ -366,8 +365,7 @@ class ContextPoolForCausalLM(ContextPoolPreTrainedModel, ContextPoolGenerationMi
             return_dict=True,
         )
         hidden = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden[:, keep, :])
+        logits = self.lm_head(hidden[:, _logits_positions(logits_to_keep), :])
         loss = _causal_lm_loss(logits, labels, shift_labels, self.config.vocab_size, num_items_in_batch)
         output = ContextPoolCausalLMOutput(
             loss=loss,
