@@ -755,6 +755,19 @@ MUTATIONS: list[Mutation] = [
         _k("tests/test_cache_fits.py", "pooling_configurations and chunk and dynamic"),
         where="src/contextpool_hf/layers_contextpool.py",
     ),
+    Mutation(
+        "token-type-shape-unchecked", "token_type_ids of another batch or length reach the embeddings' sum (a "
+        "broadcast error)",
+        "    if shape not in ((batch, n), (1, n), (n,)):",
+        "    if False:",
+        _k("tests/test_bad_input_arguments.py", "token_type"), where="src/contextpool_hf/inputs_contextpool.py",
+    ),
+    Mutation(
+        "negative-logits-to-keep-accepted", "a negative logits_to_keep silently drops the first positions' logits",
+        "not isinstance(logits_to_keep, bool) and logits_to_keep >= 0:",
+        "not isinstance(logits_to_keep, bool):",
+        _k("tests/test_bad_input_arguments.py", "logits_to_keep"), where="src/contextpool_hf/inputs_contextpool.py",
+    ),
 ]
 
 
