@@ -768,6 +768,13 @@ MUTATIONS: list[Mutation] = [
         "not isinstance(logits_to_keep, bool):",
         _k("tests/test_bad_input_arguments.py", "logits_to_keep"), where="src/contextpool_hf/inputs_contextpool.py",
     ),
+    Mutation(
+        "problem-type-stored-before-check", "a classification batch the label check refuses still fixes "
+        "config.problem_type, so every later batch of correct class ids is refused too",
+        "    _check_classification_labels(problem_type, logits, labels)",
+        "    config.problem_type = problem_type\n    _check_classification_labels(problem_type, logits, labels)",
+        _k("tests/test_bad_input_arguments.py", "refused"), where="src/contextpool_hf/modeling_utils_contextpool.py",
+    ),
 ]
 
 

@@ -68,3 +68,38 @@ def test_logits_to_keep_keeps_what_transformers_keeps():
         torch.testing.assert_close(model(ids, logits_to_keep=2).logits, full[:, -2:])
         torch.testing.assert_close(model(ids, logits_to_keep=100).logits, full)
         torch.testing.assert_close(model(ids, logits_to_keep=torch.tensor([0, 4])).logits, full[:, [0, 4]])
+
+
+def image_classifier(kind):
+    from contextpool_hf.configuration_contextpool_vision import ContextPoolResNetConfig, ContextPoolViTConfig
+    from contextpool_hf.modeling_contextpool_vision import (
+        ContextPoolResNetForImageClassification,
+        ContextPoolViTForImageClassification,
+    )
+
+    torch.manual_seed(0)
+    if kind == "vit":
+        return ContextPoolViTForImageClassification(ContextPoolViTConfig(
+            image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+            intermediate_size=64, num_labels=3)).eval()  # fmt: skip
+    return ContextPoolResNetForImageClassification(ContextPoolResNetConfig(
+        hidden_sizes=[8, 16], depths=[1, 1], embedding_size=8, num_labels=3)).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["text", "vit", "resnet"])
+def test_a_refused_batch_leaves_the_problem_type_unset(kind):
+    """With config.problem_type unset, the first labels pick it (transformers' rule: integer class ids are single-label,
+    float targets multi-label) and the config keeps it. Before, a batch the check refused (float class ids of shape
+    (B,), uint8 ids) stored its choice first, so every later batch of correct class ids was refused as well."""
+    if kind == "text":
+        model = encoder_head(ContextPoolForSequenceClassification)
+        inputs = {"input_ids": random_ids(n=7)}
+    else:
+        model = image_classifier(kind)
+        inputs = {"pixel_values": torch.randn(2, 3, 16, 16)}
+    for refused in (torch.tensor([0.0, 1.0]), torch.tensor([0, 1], dtype=torch.uint8)):
+        with pytest.raises(ValueError, match="labels must be"):
+            model(**inputs, labels=refused)
+        assert model.config.problem_type is None
+    loss = model(**inputs, labels=torch.tensor([0, 1])).loss
+    assert model.config.problem_type == "single_label_classification" and torch.isfinite(loss)

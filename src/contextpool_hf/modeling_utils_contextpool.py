@@ -165,21 +165,26 @@ def _classification_loss(config, logits: torch.Tensor, labels: torch.Tensor, *, 
     """
     labels = labels.to(logits.device)
     num_labels = config.num_labels
-    if config.problem_type is None:
+    problem_type = config.problem_type
+    if problem_type is None:
         if num_labels == 1:
-            config.problem_type = "regression"
+            problem_type = "regression"
         elif num_labels > 1 and labels.dtype in (torch.long, torch.int):
-            config.problem_type = "single_label_classification"
+            problem_type = "single_label_classification"
         else:
-            config.problem_type = "multi_label_classification"
+            problem_type = "multi_label_classification"
     if float32:
         logits = logits.float()
-    _check_classification_labels(config.problem_type, logits, labels)
-    if config.problem_type == "regression":
+    _check_classification_labels(problem_type, logits, labels)
+    # stored only once the labels fit: a refused batch (float class ids, say) must not fix the problem type of
+    # every later one, as it did when the choice was stored before the check
+    if config.problem_type is None:
+        config.problem_type = problem_type
+    if problem_type == "regression":
         if num_labels == 1:  # logits (B, 1), labels (B,) or (B, 1)
             return F.mse_loss(logits.squeeze(-1), labels.reshape(-1).to(logits.dtype))
         return F.mse_loss(logits, labels.to(logits.dtype))
-    if config.problem_type == "single_label_classification":
+    if problem_type == "single_label_classification":
         # int32 class ids (a datasets int32 column) as int64: cross_entropy takes no other integer targets
         return F.cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1).long())
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
