@@ -59,6 +59,7 @@ def _k(path: str, expr: str) -> tuple[str, ...]:
 
 
 ORACLE = "tests/test_convert_oracle.py"
+WINDOW_TESTS = ("tests/test_convert.py", "tests/test_static_cache.py", "tests/test_transformers_features.py")
 LOGITS = "tests/test_logits_equivalence.py"
 
 MUTATIONS: list[Mutation] = [
@@ -774,6 +775,94 @@ MUTATIONS: list[Mutation] = [
         "    _check_classification_labels(problem_type, logits, labels)",
         "    config.problem_type = problem_type\n    _check_classification_labels(problem_type, logits, labels)",
         _k("tests/test_bad_input_arguments.py", "refused"), where="src/contextpool_hf/modeling_utils_contextpool.py",
+    ),
+    Mutation(
+        "sliding-window-one-wider", "the eager/sdpa mask lets each query see one key more than its sliding window",
+        "            allowed = allowed & ~allowed.tril(kv_len - q_len - window)\n        allowed = allowed[None, None]",
+        "            allowed = allowed & ~allowed.tril(kv_len - q_len - window - 1)\n        allowed = allowed[None, None]",
+        WINDOW_TESTS, where="src/contextpool_hf/attention_contextpool.py",
+    ),
+    Mutation(
+        "flex-window-one-wider", "the full mask of the other backends (flex attention) is one key wider than the "
+        "sliding window",
+        "            allowed = allowed & ~allowed.tril(kv_len - q_len - window)\n    allowed = allowed[None, None]",
+        "            allowed = allowed & ~allowed.tril(kv_len - q_len - window - 1)\n    allowed = allowed[None, None]",
+        WINDOW_TESTS, where="src/contextpool_hf/attention_contextpool.py",
+    ),
+    Mutation(
+        "static-window-one-wider", "the static cache's mask is one key wider than the sliding window",
+        "(slots[None, :] > positions[:, None] - window)",
+        "(slots[None, :] >= positions[:, None] - window)",
+        WINDOW_TESTS, where="src/contextpool_hf/attention_contextpool.py",
+    ),
+    Mutation(
+        "packed-documents-not-causal", "packed documents (DataCollatorWithFlattening) attend within their document "
+        "but to its future tokens too",
+        "same & torch.ones(n, n, dtype=torch.bool, device=same.device).tril() if causal else same",
+        "same",
+        ("tests/test_transformers_features.py", "tests/test_bad_input.py"), where="src/contextpool_hf/attention_contextpool.py",
+    ),
+    Mutation(
+        "static-prefill-ignores-window", "a prompt on an empty static cache takes the plain causal kernel even when "
+        "the sliding window is shorter than the prompt",
+        "        and (window is None or window >= n)\n",
+        "        and True\n",
+        WINDOW_TESTS, where="src/contextpool_hf/attention_contextpool.py",
+    ),
+    Mutation(
+        "pooler-without-tanh", "the BERT-style pooler leaves out its tanh",
+        "torch.tanh(self.pooler(hidden[:, 0]))",
+        "self.pooler(hidden[:, 0])",
+        ("tests/test_convert.py",), where="src/contextpool_hf/modeling_contextpool.py",
+    ),
+    Mutation(
+        "new-tokens-mask-misaligned", "the new tokens' padding is read from the first columns of the attention mask "
+        "instead of the columns after the cache",
+        "            keep_new = keep_all[:, past:] if keep_all is not None else None",
+        "            keep_new = keep_all[:, :n] if keep_all is not None else None",
+        ("tests/test_generation.py",), where="src/contextpool_hf/modeling_contextpool.py",
+    ),
+    Mutation(
+        "blocks-keep-remainder", "grouping texts into blocks keeps the short last block",
+        "        total = (len(stream) // block_size) * block_size",
+        "        total = len(stream)",
+        ("tests/test_training_counts.py",), where="src/contextpool_hf/training_data.py",
+    ),
+    Mutation(
+        "chars-without-separator", "characters per token (bits per character) leave out each line's newline",
+        '"n_chars": [len(t) + 1 for t in texts]',
+        '"n_chars": [len(t) for t in texts]',
+        ("tests/test_training_counts.py",), where="src/contextpool_hf/training_data.py",
+    ),
+    Mutation(
+        "documents-run-together", "with a tokenizer without BOS, documents are grouped with no EOS between them",
+        "            ids = [seq + [tokenizer.eos_token_id] for seq in ids]",
+        "            ids = ids",
+        ("tests/test_training_counts.py",), where="src/contextpool_hf/training_data.py",
+    ),
+    Mutation(
+        "flops-causal-full-context", "the FLOPs estimate counts a causal model's whole n x n attention product",
+        "    context = block_size / 2 if causal else block_size",
+        "    context = block_size",
+        ("tests/test_training_counts.py",), where="src/contextpool_hf/training_models.py",
+    ),
+    Mutation(
+        "flops-pool-window-two-sided", "the FLOPs estimate counts a two-sided pooling window for causal pooling",
+        "        window = radius + 1 if config.is_causal else 2 * radius + 1",
+        "        window = 2 * radius + 1",
+        ("tests/test_training_counts.py",), where="src/contextpool_hf/training_models.py",
+    ),
+    Mutation(
+        "foreign-card-overwritten", "a push replaces a README.md on the Hub that this project did not write",
+        "            card_kept = existing is not None and not is_contextpool_card(existing)",
+        "            card_kept = False",
+        _k("tests/test_hub.py", "card_written_by_user"), where="src/contextpool_hf/hub.py",
+    ),
+    Mutation(
+        "private-flag-dropped", "a push asked to create a private repository creates a public one",
+        "api.create_repo(repo_id, private=private, exist_ok=True)",
+        "api.create_repo(repo_id, private=None, exist_ok=True)",
+        _k("tests/test_hub.py", "cli_push"), where="src/contextpool_hf/hub.py",
     ),
 ]
 

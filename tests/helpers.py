@@ -5,6 +5,8 @@ that short sequences and generation run well past it, and a wide initialisation 
 decoding does not collapse to one repeated token (tests compare token sequences).
 """
 
+from pathlib import Path
+
 import torch
 
 from contextpool_hf import ContextPoolConfig, ContextPoolForCausalLM
@@ -50,3 +52,12 @@ def saved_storages(fn):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         result = fn()
     return result, saved
+
+
+def package_import_path() -> str:
+    """The folder that holds the contextpool_hf these tests import, for a subprocess's PYTHONPATH: a subprocess
+    that should run the package under test must import this tree, not whichever one is installed (the mutation
+    check runs the tests on a copy of the repository with PYTHONPATH on the copy's src)."""
+    import contextpool_hf
+
+    return str(Path(contextpool_hf.__file__).resolve().parents[1])

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import package_import_path
 from hub_server import TEST_TOKEN, HubServer
 from remote_utils import TEXT_MODEL_FILES
 
@@ -310,7 +311,7 @@ def _client_env(endpoint: str, home: Path, token: str | None = TEST_TOKEN) -> di
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "TRANSFORMERS_"))}
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(home / "hf_home"), HF_MODULES_CACHE=str(home / "modules"),
                HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1", PYTHONPATH="")
+               OMP_NUM_THREADS="1", PYTHONPATH=package_import_path())  # the pusher runs the package under test
     if token:
         env["HF_TOKEN"] = token
     return env

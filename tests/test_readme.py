@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import package_import_path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKER = "<!-- runnable -->"
@@ -48,5 +49,5 @@ def test_readme_snippets_run(tmp_path):
     for code in (code for lang, code in blocks if lang == "bash"):
         done = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=tmp_path, capture_output=True, text=True,
                               timeout=900, env={"PATH": bin_dir + ":/usr/bin:/bin", "HOME": str(tmp_path),
-                                                "HF_HUB_OFFLINE": "1"})  # fmt: skip
+                                                "HF_HUB_OFFLINE": "1", "PYTHONPATH": package_import_path()})  # fmt: skip
         assert done.returncode == 0, code + done.stdout[-2000:] + done.stderr[-4000:]
