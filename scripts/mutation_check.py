@@ -864,6 +864,60 @@ MUTATIONS: list[Mutation] = [
         "api.create_repo(repo_id, private=None, exist_ok=True)",
         _k("tests/test_hub.py", "cli_push"), where="src/contextpool_hf/hub.py",
     ),
+    Mutation(
+        "card-train-metrics-as-eval", "the model card lists all_results.json's training metrics (train_loss, "
+        "runtimes) as evaluation results",
+        'if not k.startswith(("train_", "predict_", "test_")) and _is_metric(k, v)}',
+        'if _is_metric(k, v)}',
+        _k("tests/test_hub.py", "eval_metrics_only"), where="src/contextpool_hf/hub_card.py",
+    ),
+    Mutation(
+        "user-card-taken-for-ours", "a user's README.md that only tags the model contextpool (or only cites the "
+        "paper) is taken for this project's card and replaced on push",
+        'return "contextpool" in (card.data.tags or []) and "huang2022contextpool" in card.text',
+        'return "contextpool" in (card.data.tags or []) or "huang2022contextpool" in card.text',
+        _k("tests/test_hub.py", "replaceable"), where="src/contextpool_hf/hub_card.py",
+    ),
+    Mutation(
+        "char-study-first-seed", "the character-level study reports its first seed's test bpc as the mean",
+        '"test_bpc": statistics.mean(test), ',
+        '"test_bpc": test[0], ',
+        _k("tests/test_studies.py", "sample_std"), where="scripts/study_char_lm.py",
+    ),
+    Mutation(
+        "lm-study-first-seed", "the language-modelling study reports its first seed as the mean",
+        "return statistics.mean(values), (",
+        "return values[0], (",
+        _k("tests/test_studies.py", "sample_std"), where="scripts/study_lm.py",
+    ),
+    Mutation(
+        "study-population-std", "the vision study states the population std (n) as its seed spread, not the "
+        "sample std (n - 1)",
+        'statistics.stdev(acc) if len(acc) > 1 else 0.0',
+        'statistics.pstdev(acc) if len(acc) > 1 else 0.0',
+        _k("tests/test_studies.py", "sample_std"), where="scripts/study_vision.py",
+    ),
+    Mutation(
+        "tokenizer-pair-one-segment", "the trained tokenizer gives a sentence pair's second sequence token type 0",
+        '["$B:1"]',
+        '["$B:0"]',
+        _k("tests/test_tokenization.py", "special_tokens"), where="src/contextpool_hf/tokenization.py",
+    ),
+    Mutation(
+        "vit-interpolation-bilinear", "the ViT resizes its position table bilinearly for other image sizes, not "
+        "bicubically as transformers' ViT",
+        'mode="bicubic"',
+        'mode="bilinear"',
+        _k(ORACLE, "interpolates"), where="src/contextpool_hf/modeling_contextpool_vision.py",
+    ),
+    Mutation(
+        "cross-pooling-ignores-source-padding", "the decoder's pooled cross-attention memory gives source padding "
+        "pooling weight",
+        "weights, sigma, _ = self.pool.predict(memory, keep)",
+        "weights, sigma, _ = self.pool.predict(memory, None)",
+        ("tests/test_seq2seq.py", "tests/test_seq2seq_remote.py", "tests/test_bad_input.py", ORACLE, LOGITS),
+        where="src/contextpool_hf/layers_contextpool_seq2seq.py",
+    ),
 ]
 
 

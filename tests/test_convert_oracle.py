@@ -387,6 +387,20 @@ def test_converted_vision_model_reproduces_the_source_forward(family):
         assert max_diff(expected, wrong(pixel_values=pixels).logits) > MARGIN * TOL
 
 
+def test_converted_vit_interpolates_its_positions_as_the_source_does():
+    """interpolate_pos_encoding=True at other image sizes (a larger, a non-square and a smaller grid): the same
+    bicubic resize of the position table as transformers' ViT, so the converted model gives the source's logits."""
+    from contextpool_hf.convert_vision import convert_vit
+
+    source = vision_source("vit")
+    converted = convert_vit(source)
+    for size in [(24, 24), (16, 32), (8, 8)]:
+        pixels = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            expected = source(pixel_values=pixels, interpolate_pos_encoding=True).logits
+            assert max_diff(expected, converted(pixel_values=pixels, interpolate_pos_encoding=True).logits) <= TOL
+
+
 # ----------------------------------------------------------------------------------------
 # Measured numbers (run with -s to print them; also a check that the margins hold)
 # ----------------------------------------------------------------------------------------

@@ -496,6 +496,30 @@ def test_build_model_card_locally(tmp_path):
     assert "@inproceedings{huang2022contextpool" in card.text
 
 
+def test_card_metrics_are_the_eval_metrics_only(tmp_path):
+    """all_results.json mixes train_*, eval_* and unprefixed eval metrics (the scripts' perplexity): the card lists
+    the evaluation's, never a training loss or runtime as if it were one."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "all_results.json").write_text(json.dumps({
+        "train_loss": 3.5, "train_runtime": 12.0, "train_samples_per_second": 9.0, "eval_loss": 2.25,
+        "eval_runtime": 1.5, "perplexity": 9.49, "epoch": 1.0, "predict_loss": 2.0, "test_accuracy": 0.5}))  # fmt: skip
+    metrics, source = hub.read_eval_results(folder)
+    assert (metrics, source) == ({"eval_loss": 2.25, "perplexity": 9.49}, "all_results.json")
+
+
+def test_only_this_projects_own_card_counts_as_replaceable():
+    """A push replaces the Hub's README.md only when this project wrote it: both its tag and its citation. A
+    user's card that merely tags the model `contextpool`, or cites the paper, is theirs."""
+    ours = str(hub.build_model_card(None, repo_id="me/x", config={"architectures": ["ContextPoolForMaskedLM"],
+                                                                  "model_type": "contextpool"}))  # fmt: skip
+    assert hub.is_contextpool_card(ours)
+    tagged = "---\ntags:\n- contextpool\n---\n# My model\nNotes of my own.\n"
+    citing = "---\ntags:\n- mine\n---\n# My model\n@inproceedings{huang2022contextpool, ...}\n"
+    assert not hub.is_contextpool_card(tagged) and not hub.is_contextpool_card(citing)
+    assert not hub.is_contextpool_card("# My own card\n")
+
+
 def test_fallback_template_has_the_same_essentials(tmp_path, monkeypatch):
     from huggingface_hub import ModelCard
 

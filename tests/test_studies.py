@@ -1,6 +1,7 @@
 """The issue-16 studies (scripts/study_char_lm.py, scripts/study_vision.py): helpers, and --quick smokes (slow)."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -313,3 +314,58 @@ def test_vision_lr_grid_resume_key_ignores_seed_counts_threads_and_the_rate():
     assert study_vision.lr_grid_settings(base) == study_vision.lr_grid_settings(other_run_counts)
     shorter = vars(study_vision.parse(["--lr_grid", "1e-3", "--vit_epochs", "10"]))
     assert study_vision.lr_grid_settings(base) != study_vision.lr_grid_settings(shorter)
+
+
+def _mean_and_sample_std(values):
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+SEED_VALUES = {"a": [1.0, 2.0, 4.0], "b": [0.5, 0.25, 0.75]}  # two variants, three seeds each, interleaved below
+
+
+def test_every_study_reports_the_mean_and_sample_std_over_its_seeds():
+    """The headline rows are means over seeds with the sample standard deviation (n - 1) as their spread, per
+    variant, every seed counted. Before, a summary that reported the first seed (or any one run) passed every
+    test: only the slow smokes ran the summaries, on one seed."""
+    import study_lm
+    import study_translation
+
+    runs = [(name, seed, values[seed]) for seed in range(3) for name, values in SEED_VALUES.items()]
+    expected = {name: _mean_and_sample_std(values) for name, values in SEED_VALUES.items()}
+
+    char_rows = [{"variant": name, "layers": 2, "placement": "p", "pooling": "adaptive", "learning_rate": 1e-3,
+                  "test_bpc": value, "test_bpc_by_corpus": {c: value for c in study_char_lm.CORPORA},
+                  "val_bpc": value, "n_parameters": 10, "train_tokens": 5, "flops_total": 1.0, "flops_pooling": 0.0,
+                  "train_seconds": 1.0} for name, _, value in runs]  # fmt: skip
+    for row in study_char_lm.summarise(char_rows):
+        assert row["seeds"] == 3
+        assert (row["test_bpc"], row["test_bpc_std"]) == pytest.approx(expected[row["variant"]])
+        assert row["val_bpc"] == pytest.approx(expected[row["variant"]][0])
+
+    lm_rows = [{"section": "lm", "variant": name, "layers": 2, "eval_loss": value, "eval_bpc": 2 * value,
+                "train_seconds": 1.0, "n_parameters": 10, "train_tokens": 5, "flops_total": 1.0, "flops_pooling": 0.0}
+               for name, _, value in runs]  # fmt: skip
+    for row in study_lm.summarise(lm_rows):
+        mean, std = expected[row["variant"]]
+        assert row["seeds"] == 3 and (row["eval_loss"], row["eval_loss_std"]) == pytest.approx((mean, std))
+        assert (row["eval_bpc"], row["eval_bpc_std"]) == pytest.approx((2 * mean, 2 * std))
+
+    variants = dict(zip(SEED_VALUES, ("vit-p4-4L", "cp-vit-p4-4L"), strict=True))
+    vision_rows = [{"variant": variants[name], "model": study_vision.VARIANTS[variants[name]][0], "family": "vit",
+                    "patch_size": 4, "layers": 4, "epochs": 1, "params": 10, "gflops": 1.0, "test_accuracy": value,
+                    "val_accuracy": value, "train_wall_s": 1.0} for name, _, value in runs]  # fmt: skip
+    by_variant = {v: k for k, v in variants.items()}
+    for row in study_vision.summarize(vision_rows):
+        assert row["seeds"] == 3
+        assert (row["test_acc_mean"], row["test_acc_std"]) == pytest.approx(expected[by_variant[row["variant"]]])
+
+    models = dict(zip(SEED_VALUES, list(study_translation.MODELS)[:2], strict=True))
+    translation_rows = [{"model": models[name], "params": 10, "encoder_layers": 1, "decoder_layers": 1,
+                         "test_bleu": value, "test_chrf": 10 * value, "train_seconds": 1.0, "train_pflops_est": 1.0,
+                         "train_src_tokens": 1, "train_tgt_tokens": 1} for name, _, value in runs]  # fmt: skip
+    by_model = {v: k for k, v in models.items()}
+    for row in study_translation.summarise(translation_rows):
+        mean, std = expected[by_model[row["model"]]]
+        assert row["seeds"] == 3 and row["bleu"] == pytest.approx((mean, std))
+        assert row["chrf"] == pytest.approx((10 * mean, 10 * std))

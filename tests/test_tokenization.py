@@ -43,6 +43,10 @@ def test_bpe_special_tokens(bpe):
     assert ids[0] == bpe.bos_token_id and bpe.eos_token_id not in ids  # BOS only by default
     pair = bpe("a", "b")
     assert pair.input_ids.count(bpe.bos_token_id) == 2
+    # the second sequence of a pair, its BOS included, is segment 1 (BERT's token types for sentence pairs)
+    second = pair.input_ids.index(bpe.bos_token_id, 1)
+    types = bpe("a", "b", return_token_type_ids=True)["token_type_ids"]
+    assert types == [0] * second + [1] * (len(pair.input_ids) - second)
     assert bpe("In", add_special_tokens=False).input_ids[0] != bpe.bos_token_id
 
 
