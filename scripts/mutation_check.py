@@ -918,6 +918,43 @@ MUTATIONS: list[Mutation] = [
         ("tests/test_seq2seq.py", "tests/test_seq2seq_remote.py", "tests/test_bad_input.py", ORACLE, LOGITS),
         where="src/contextpool_hf/layers_contextpool_seq2seq.py",
     ),
+    Mutation(
+        "llama-baseline-deeper", "--baseline llama builds a deeper model than the ContextPool model it is compared with",
+        "num_hidden_layers=cp_config.num_hidden_layers, num_attention_heads=cp_config.num_attention_heads,\n            num_key_value_heads",
+        "num_hidden_layers=cp_config.num_hidden_layers + 1, num_attention_heads=cp_config.num_attention_heads,\n            num_key_value_heads",
+        _k("tests/test_training_counts.py", "baselines"), where="src/contextpool_hf/training_models.py",
+    ),
+    Mutation(
+        "bert-baseline-wider-mlp", "--baseline bert builds a wider MLP than the ContextPool model it is compared with",
+        "intermediate_size=cp_config.intermediate_size, hidden_act=cp_config.hidden_act,",
+        "intermediate_size=2 * cp_config.intermediate_size, hidden_act=cp_config.hidden_act,",
+        _k("tests/test_training_counts.py", "baselines"), where="src/contextpool_hf/training_models.py",
+    ),
+    Mutation(
+        "accuracy-counts-ignored-labels", "the shipped accuracy metric counts the -100 positions (MLM's unmasked "
+        "tokens)",
+        "        keep = references != ignore_index",
+        "        keep = references == references",
+        ("tests/test_metrics.py",), where="src/contextpool_hf/metrics/accuracy",
+    ),
+    Mutation(
+        "eval-metrics-not-saved", "a training run writes no eval_results.json",
+        '        trainer.save_metrics("eval", metrics_eval)\n',
+        "        pass\n",
+        _k("tests/test_training.py", "end_to_end"), where="src/contextpool_hf/training.py",
+    ),
+    Mutation(
+        "nan-guard-not-attached", "the scripts' Trainer runs without the non-finite-loss guard",
+        "    if not any(isinstance(cb, NonFiniteLossCallback) for cb in trainer.callback_handler.callbacks):",
+        "    if False:",
+        ("tests/test_training.py", "tests/test_training_hardening.py"), where="src/contextpool_hf/training.py",
+    ),
+    Mutation(
+        "time-budget-ignored", "--max_train_seconds is accepted and ignored",
+        "    return [TimeBudgetCallback(model_args.max_train_seconds)] if model_args.max_train_seconds else []",
+        "    return []",
+        _k("tests/test_training.py", "max_train_seconds"), where="src/contextpool_hf/training.py",
+    ),
 ]
 
 

@@ -222,6 +222,17 @@ def test_loading_a_corrupt_model_is_a_clear_error(tmp_path):
 # scripts, in-process
 
 
+def test_max_train_seconds_stops_training_and_still_evaluates_and_saves(tmp_path):
+    """--max_train_seconds: the run stops at the first step past the budget (here the first), then evaluates and
+    saves as a finished run does."""
+    import run_clm
+
+    results = run_clm.main(clm_args(tmp_path, "out", "--max_steps", "50", "--max_train_seconds", "0.001"))
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 1 and "eval_loss" in results
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
 def test_run_clm_tiny_end_to_end(tmp_path):
     import run_clm
     from transformers import AutoModelForCausalLM, AutoTokenizer

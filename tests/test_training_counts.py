@@ -65,9 +65,9 @@ def test_documents_are_separated_by_eos_when_the_tokenizer_has_no_bos(tokenizer)
 
 
 def tiny_config(causal: bool, **overrides) -> ContextPoolConfig:
-    return ContextPoolConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=32, max_position_embeddings=64, is_causal=causal, pool_sigma_max=2.0,
-                             pool_truncation=1.5, **overrides)  # fmt: skip
+    fields = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                  max_position_embeddings=64, is_causal=causal, pool_sigma_max=2.0, pool_truncation=1.5)  # fmt: skip
+    return ContextPoolConfig(**{**fields, **overrides})
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
@@ -85,3 +85,21 @@ def test_flops_estimate_counts_attention_and_pooling_per_direction(causal):
     one_layer = estimate_training_flops((ContextPoolForCausalLM if causal else ContextPoolForMaskedLM)(
         tiny_config(causal, pool_layers=[1])), tokens=1000, block_size=32)  # fmt: skip
     assert one_layer["flops_pooling"] == flops["flops_pooling"] / 2
+
+
+@pytest.mark.parametrize("task", ["mlm", "clm"])
+def test_baselines_are_the_contextpool_models_size(task):
+    """--baseline bert / llama builds transformers' model of the ContextPool model's sizes: with pooling off
+    (pool_layers=[]) both have the same non-embedding parameter count (the N of the FLOPs estimate), so a study
+    compares like with like. A non-default MLP width catches a baseline that takes its own."""
+    from transformers import BertForMaskedLM, LlamaForCausalLM
+
+    from contextpool_hf.training_models import vanilla_config
+
+    shape = dict(mlp_type="gated", norm_type="rmsnorm", hidden_act="silu", position_embedding_type="rotary") \
+        if task == "clm" else {}  # fmt: skip
+    config = tiny_config(task == "clm", intermediate_size=40, pool_layers=[], **shape)
+    baseline = vanilla_config(task, "llama" if task == "clm" else "bert", config)
+    ours = (ContextPoolForCausalLM if task == "clm" else ContextPoolForMaskedLM)(config)
+    theirs = (LlamaForCausalLM if task == "clm" else BertForMaskedLM)(baseline)
+    assert theirs.num_parameters(exclude_embeddings=True) == ours.num_parameters(exclude_embeddings=True)
