@@ -955,6 +955,30 @@ MUTATIONS: list[Mutation] = [
         "    return []",
         _k("tests/test_training.py", "max_train_seconds"), where="src/contextpool_hf/training.py",
     ),
+    Mutation(
+        "fresh-weights-unwarned", "a conversion that initialises new weights (a new task head) says nothing",
+        "    if fresh:\n        warnings.warn(",
+        "    if False:\n        warnings.warn(",
+        ("tests/test_convert.py",), where="src/contextpool_hf/convert.py",
+    ),
+    Mutation(
+        "generation-config-dropped", "a converted model loses its source's generation_config (decoding defaults)",
+        "        target.generation_config = copy.deepcopy(source.generation_config)",
+        "        pass",
+        _k("tests/test_convert.py", "keeps_the_sources_dtype"), where="src/contextpool_hf/convert.py",
+    ),
+    Mutation(
+        "base-model-drops-pooler", "a converted bare BERT model leaves out the source's pooler",
+        'config.use_pooler = task == "sequence-classification" or (task == "base" and has_pooler)',
+        'config.use_pooler = task == "sequence-classification"',
+        ("tests/test_convert.py",), where="src/contextpool_hf/convert.py",
+    ),
+    Mutation(
+        "converted-in-float32", "a bf16 source converts to a float32 model",
+        "    target = target_class(config).to(source.dtype)",
+        "    target = target_class(config)",
+        _k("tests/test_convert.py", "keeps_the_sources_dtype"), where="src/contextpool_hf/convert.py",
+    ),
 ]
 
 

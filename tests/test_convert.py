@@ -238,6 +238,18 @@ def test_gpt2_logits_and_generation():
     assert_same_generation(source, converted, pad_token_id=2)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_conversion_keeps_the_sources_dtype_and_generation_settings(dtype):
+    """A bf16 (or float64) source converts to a model of that dtype, not float32 (twice the memory, or lost
+    precision), and the source's generation_config (its decoding defaults) carries over whole, a copy."""
+    source = tiny_gpt2(tie_word_embeddings=True).to(dtype)
+    source.generation_config.max_new_tokens, source.generation_config.repetition_penalty = 7, 1.3
+    converted = convert_model(source)
+    assert {p.dtype for p in converted.parameters()} == {dtype}
+    assert converted.generation_config.to_dict() == source.generation_config.to_dict()
+    assert converted.generation_config is not source.generation_config
+
+
 def test_special_token_ids_outside_the_vocabulary_are_dropped_with_a_warning():
     # GPT2Config's default bos/eos (50256) on a small vocabulary, and pad -1: ids the source can
     # never embed; ContextPoolConfig rejects them, so conversion drops them and says so.
