@@ -192,7 +192,9 @@ class CausalPoolDecoding:
             what = "pooling inputs (batch, groups, window R + 1, channels)"
         predictor = pool._modules.get("predictor")
         if found is None and conv_state is not None and predictor is not None:
-            expected = (features.shape[0], predictor.kernel_size - 1, predictor.width)
+            # a predictor pickled whole by an older version has no `width`: its state's own width is then taken
+            width = getattr(predictor, "width", conv_state.shape[-1])
+            expected = (features.shape[0], predictor.kernel_size - 1, width)
             found = tuple(conv_state.shape) if tuple(conv_state.shape) != expected else None
             what = "predictor conv inputs (batch, kernel - 1, width)"
         if found is not None:
