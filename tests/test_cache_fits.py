@@ -19,7 +19,8 @@ from contextpool_hf import ContextPoolForConditionalGeneration
 from contextpool_hf.cache_contextpool import ContextPoolStaticCache
 from contextpool_hf.configuration_contextpool_seq2seq import ContextPoolSeq2SeqConfig
 
-CACHE_MESSAGE = r"cache \(past_key_values\) holds"
+CACHE_NAME = r"cache \(past_key_values\)"
+CACHE_MESSAGE = CACHE_NAME + " holds"
 
 
 def filled_cache(model, ids, static: bool):
@@ -84,7 +85,7 @@ def test_another_pooling_configurations_state_names_the_layer(other, found, need
     silently (a step pooled over 7 slots with this model's table for 5), the rest failed inside torch."""
     model, ids = tiny_causal_lm(), random_ids(n=6)
     cache = filled_cache(tiny_causal_lm(**other), ids, static)
-    with pytest.raises(ValueError, match=f"{CACHE_MESSAGE[:-6]}: layer 0 holds {found}, this model's layer needs {needed}"):
+    with pytest.raises(ValueError, match=f"{CACHE_NAME}: layer 0 holds {found}, this model's layer needs {needed}"):
         model(ids[:, :new_tokens], cache=cache, use_cache=True)
 
 
