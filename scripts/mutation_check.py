@@ -979,6 +979,44 @@ MUTATIONS: list[Mutation] = [
         "    target = target_class(config)",
         _k("tests/test_convert.py", "keeps_the_sources_dtype"), where="src/contextpool_hf/convert.py",
     ),
+    Mutation(
+        "mean-pooling-reads-padding", "classifier_pooling='mean' averages the padding's hidden states too",
+        "        return (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)",
+        "        return hidden.mean(1)",
+        ("tests/test_sequence_heads.py",), where="src/contextpool_hf/heads_contextpool.py",
+    ),
+    Mutation(
+        "last-token-counted-from-the-left", "classifier_pooling='last' without a mask takes the number of real "
+        "tokens minus one as the last one (wrong with left padding)",
+        "        last = (is_real * positions).argmax(-1)",
+        "        last = is_real.sum(-1) - 1",
+        ("tests/test_sequence_heads.py",), where="src/contextpool_hf/heads_contextpool.py",
+    ),
+    Mutation(
+        "static-cache-exact-fit-refused", "a static cache refuses the tokens that exactly fill it",
+        "        if filled + n > max_len:",
+        "        if filled + n >= max_len:",
+        ("tests/test_static_cache.py",), where="src/contextpool_hf/inputs_contextpool.py",
+    ),
+    Mutation(
+        "absolute-positions-exact-fit-refused", "learned positions refuse a sequence of exactly "
+        "max_position_embeddings tokens",
+        "        if limited and past + n > max_len:",
+        "        if limited and past + n >= max_len:",
+        ("tests/test_sequence_heads.py",), where="src/contextpool_hf/inputs_contextpool.py",
+    ),
+    Mutation(
+        "push-branch-not-created", "a push to a new branch (revision) does not create it first",
+        "            api.create_branch(repo_id, branch=revision, exist_ok=True)",
+        "            pass",
+        ("tests/test_hub.py",), where="src/contextpool_hf/hub.py",
+    ),
+    Mutation(
+        "seq2seq-position-offset-dropped", "learned seq2seq positions ignore BART's position offset",
+        "            positions = self.embed_positions(position_ids + self.offset)",
+        "            positions = self.embed_positions(position_ids)",
+        ("tests/test_seq2seq.py",), where="src/contextpool_hf/layers_contextpool_seq2seq.py",
+    ),
 ]
 
 
