@@ -1017,6 +1017,12 @@ MUTATIONS: list[Mutation] = [
         "            positions = self.embed_positions(position_ids)",
         ("tests/test_seq2seq.py",), where="src/contextpool_hf/layers_contextpool_seq2seq.py",
     ),
+    Mutation(
+        "vit-mean-pooling-takes-cls", "the ViT's classifier_pooling='mean' averages the CLS token with the patches",
+        'pooled = sequence[:, 0] if self.config.classifier_pooling == "cls" else sequence[:, 1:].mean(1)',
+        'pooled = sequence[:, 0] if self.config.classifier_pooling == "cls" else sequence.mean(1)',
+        _k("tests/test_vision.py", "pooler_output_is"), where="src/contextpool_hf/modeling_contextpool_vision.py",
+    ),
 ]
 
 

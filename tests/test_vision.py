@@ -109,6 +109,19 @@ def test_groups_must_divide_resnet_channels():
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_vit_pooler_output_is_the_cls_token_or_the_mean_of_the_patches(pooling):
+    """classifier_pooling="cls" reads the CLS token; "mean" averages the patch tokens only, not the CLS token with
+    them (a mean that took it in passed every test before)."""
+    torch.manual_seed(0)
+    model = ContextPoolViTModel(tiny_vit_config(classifier_pooling=pooling)).eval()
+    with torch.no_grad():
+        out = model(pixel_values=torch.randn(2, 3, 16, 16))
+    hidden = out.last_hidden_state  # (2, 1 + 16, d)
+    expected = hidden[:, 0] if pooling == "cls" else hidden[:, 1:].mean(1)
+    torch.testing.assert_close(out.pooler_output, expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("kw", [{}, {"pool_groups": 4, "pool_feeds": "kv", "classifier_pooling": "mean"},
                                 {"pool_layers": [1]}])
 def test_vit_shapes_loss_sizes(kw):
