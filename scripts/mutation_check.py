@@ -757,8 +757,8 @@ MUTATIONS: list[Mutation] = [
         where="src/contextpool_hf/layers_contextpool.py",
     ),
     Mutation(
-        "token-type-shape-unchecked", "token_type_ids of another batch or length reach the embeddings' sum (a "
-        "broadcast error)",
+        "token-type-shape-unchecked", "token_type_ids (and position_ids: one shape check serves both) of another "
+        "batch or length reach the embeddings' sum (a broadcast error)",
         "    if shape not in ((batch, n), (1, n), (n,)):",
         "    if False:",
         _k("tests/test_bad_input_arguments.py", "token_type"), where="src/contextpool_hf/inputs_contextpool.py",

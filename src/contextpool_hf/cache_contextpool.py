@@ -469,9 +469,9 @@ def check_cache_fits(cache: Cache, batch: int, num_layers: int, kv_heads: int, h
     enough for every decoding step); each pooling layer checks its own state when it first continues a sequence
     (`CausalPoolDecoding._check_pool_state`).
     """
-    layers = cache.layers
+    layers, static = cache.layers, isinstance(cache, StaticCache)
     holding = len(layers)
-    if isinstance(cache, StaticCache):  # preallocated per config layer, filled lazily: count the filled ones
+    if static:  # preallocated per config layer, filled lazily: count the filled ones
         if holding == 0 or not layers[0].is_initialized:
             return  # nothing filled yet: the first forward sizes it
         holding = min(holding, num_layers + 1)
@@ -482,7 +482,7 @@ def check_cache_fits(cache: Cache, batch: int, num_layers: int, kv_heads: int, h
         problem = f"keys/values of {holding} layer{'s' * (holding != 1)}, this model has {num_layers}"
     else:
         keys = layers[0].keys  # (B, Hkv, length, dh); a static layer's batch is checked with its positions
-        if keys is not None and keys.shape[0] != batch and not isinstance(cache, StaticCache):
+        if keys is not None and keys.shape[0] != batch and not static:
             problem = f"a batch of {keys.shape[0]} sequences, the inputs have {batch}"
         elif keys is not None and (keys.shape[1], keys.shape[-1]) != (kv_heads, head_dim):
             problem = (f"keys/values of {keys.shape[1]} heads of width {keys.shape[-1]}, this model's layers have "

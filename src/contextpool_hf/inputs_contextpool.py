@@ -147,11 +147,17 @@ def _token_type_ids(token_type_ids, type_vocab_size: int, batch: int, n: int, de
     if token_type_ids is None:
         return torch.zeros(batch, n, dtype=torch.long, device=device)
     token_type_ids = _checked_token_ids(token_type_ids, type_vocab_size, "token_type_ids")
-    shape = tuple(token_type_ids.shape)
-    if shape not in ((batch, n), (1, n), (n,)):
-        raise ValueError(f"token_type_ids must be (batch, sequence_length) = {(batch, n)}, (1, {n}) or ({n},), got "
-                         f"shape {shape}")  # fmt: skip
+    _check_per_token_shape("token_type_ids", token_type_ids, batch, n)
     return token_type_ids  # (n,) and (1, n): the same segments for every row (the embedding broadcasts)
+
+
+def _check_per_token_shape(name: str, value: torch.Tensor, batch: int, n: int) -> None:
+    """One value per input token: (batch, n), or (1, n) / (n,) for the same values in every row; else a ValueError
+    naming `name` and the shape it was given (token_type_ids, position_ids)."""
+    shape = tuple(value.shape)
+    if shape not in ((batch, n), (1, n), (n,)):
+        raise ValueError(f"{name} must be (batch, sequence_length) = {(batch, n)}, (1, {n}) or ({n},), got shape "
+                         f"{shape}")  # fmt: skip
 
 
 def _logits_positions(logits_to_keep):
@@ -185,11 +191,9 @@ def _position_ids(config, position_ids, batch, n, past, device):
         got = _dtype_or_type(position_ids)
         raise ValueError(f"position_ids must be a tensor of token positions (integers; rotary positions may be "
                          f"floats), got {got}")  # fmt: skip
+    _check_per_token_shape("position_ids", position_ids, batch, n)
     if position_ids.dim() == 1:  # (n,): the same positions for every row
         position_ids = position_ids.unsqueeze(0)
-    if position_ids.dim() != 2 or position_ids.shape[0] not in (1, batch) or position_ids.shape[1] != n:
-        raise ValueError(f"position_ids must be (batch, sequence_length) = {(batch, n)}, (1, {n}) or ({n},), got "
-                         f"shape {tuple(position_ids.shape)}")  # fmt: skip
     if limited:  # they index the learned position table
         if position_ids.is_floating_point():
             raise ValueError(f"position_ids must be integers with position_embedding_type='absolute' (they index "
